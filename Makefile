@@ -1,0 +1,37 @@
+# ondisk: build, run and test.
+#
+# RocksDB is compiled from C++ source by the rocksdb crate (about 12 minutes on 2 cores), so every
+# target builds into one cache outside the checkout and uses ONE profile (release) for the binary
+# and the tests: only the first build on a machine pays for RocksDB.
+
+CARGO_TARGET_DIR ?= $(HOME)/.cache/ondisk-target
+export CARGO_TARGET_DIR
+CARGO ?= cargo
+
+.PHONY: ondisk deps test lint unit-test integration-test clean-data
+
+## Build ./ondisk at the repository root.
+ondisk: deps
+	$(CARGO) build --release --locked --bin ondisk
+	cp "$(CARGO_TARGET_DIR)/release/ondisk" ./ondisk
+
+## Install what the build needs: libclang for RocksDB's bindings, a C++ compiler.
+deps:
+	@if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then \
+		echo "installing libclang-dev (needed to build RocksDB's bindings)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libclang-dev clang g++ >/dev/null; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "cargo is required: install Rust from your distribution or rustup"; exit 1; }
+
+## Everything CI checks: formatting, lints, unit and integration tests.
+test: deps lint
+	$(CARGO) test --release --locked --all-targets
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+
+## Start over: remove every node's data (as in the original example).
+clean-data:
+	find example-data -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -1,0 +1,244 @@
+//! The command line: Go-style flags as in the dragonboat and kv-db examples (`-nodeid 1` and
+//! `--nodeid 1` both work), resolved into the addresses and settings a node starts with.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::error::Error;
+use crate::types::Member;
+use crate::types::NodeId;
+
+/// Raft addresses of nodes 1, 2 and 3 when no address or cluster is given, as in the original.
+const DEFAULT_RAFT_ADDRS: [&str; 3] = ["localhost:63001", "localhost:63002", "localhost:63003"];
+/// Without `-http` or `--port`, the HTTP port is the raft port plus this.
+const HTTP_PORT_OFFSET: u16 = 1000;
+
+/// ondisk: a replicated key-value store (Raft over RocksDB) with a REPL and an HTTP API.
+#[derive(Debug, Parser)]
+#[command(name = "ondisk", version)]
+pub struct Args {
+    /// This node's id. Ids 1, 2 and 3 have default addresses (localhost:63001..63003).
+    #[arg(long = "nodeid", visible_aliases = ["replicaid", "id"], default_value_t = 1)]
+    pub node_id: NodeId,
+
+    /// This node's raft address, HOST:PORT (default: from -nodeid, or from --cluster).
+    #[arg(long)]
+    pub addr: Option<String>,
+
+    /// Initial members' raft addresses in id order, comma-separated; entry N is node N
+    /// (an `http://` prefix is accepted, as in kv-db).
+    #[arg(long)]
+    pub cluster: Option<String>,
+
+    /// HTTP API address, HOST:PORT (default: the raft host, raft port + 1000).
+    #[arg(long)]
+    pub http: Option<String>,
+
+    /// HTTP API port on the raft address's host (the kv-db form; -http takes precedence).
+    #[arg(long)]
+    pub port: Option<u16>,
+
+    /// Directory holding every node's data; this node uses DIR/node<ID>/.
+    #[arg(long = "data-dir", default_value = "example-data")]
+    pub data_dir: PathBuf,
+
+    /// Deadline for a proposal or a linearizable read, e.g. 3s or 500ms.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Raft heartbeat interval.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Minimum Raft election timeout (the maximum is twice this); must exceed the heartbeat.
+    #[arg(long = "election-timeout", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub election_timeout: Duration,
+
+    /// Applied entries between snapshots; each snapshot lets the log be compacted.
+    #[arg(long = "snapshot-entries", default_value_t = 10_000)]
+    pub snapshot_entries: u64,
+
+    /// Log entries kept behind each snapshot point for followers that lag slightly.
+    #[arg(long = "compaction-overhead", default_value_t = 1_000)]
+    pub compaction_overhead: u64,
+
+    /// Run without the interactive prompt (serve until SIGINT/SIGTERM).
+    #[arg(long = "no-repl")]
+    pub no_repl: bool,
+
+    /// Also write logs to stderr (they always go to DIR/node<ID>/ondisk.log).
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+}
+
+impl Args {
+    /// Parses the process's arguments, accepting single-dash long flags.
+    pub fn parse_go_style() -> Self {
+        Args::parse_from(go_style(std::env::args_os()))
+    }
+}
+
+/// Rewrites `-name` and `-name=value` to `--name...`, leaving `-h`/`-v`-style short flags alone.
+fn go_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, arg)| match arg.to_str() {
+            Some(s) if i > 0 && is_single_dash_long_flag(s) => OsString::from(format!("-{s}")),
+            _ => arg,
+        })
+        .collect()
+}
+
+fn is_single_dash_long_flag(arg: &str) -> bool {
+    let Some(rest) = arg.strip_prefix('-') else {
+        return false;
+    };
+    let name = rest.split('=').next().unwrap_or("");
+    !rest.starts_with('-') && name.len() > 1 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// Where this node listens and whom it starts a cluster with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addresses {
+    pub raft: String,
+    pub http: String,
+    pub initial_members: BTreeMap<NodeId, Member>,
+}
+
+impl Args {
+    /// Works out this node's addresses and the initial membership from the flags.
+    pub fn addresses(&self) -> Result<Addresses, Error> {
+        let listed: Vec<String> = match &self.cluster {
+            Some(list) => list
+                .split(',')
+                .map(|entry| entry.trim())
+                .filter(|entry| !entry.is_empty())
+                .map(|entry| entry.strip_prefix("http://").unwrap_or(entry).trim_end_matches('/').to_string())
+                .collect(),
+            None => DEFAULT_RAFT_ADDRS.iter().map(|a| a.to_string()).collect(),
+        };
+        if listed.is_empty() {
+            return Err(Error::Config("--cluster lists no addresses".into()));
+        }
+        let own_entry = usize::try_from(self.node_id)
+            .ok()
+            .and_then(|id| id.checked_sub(1))
+            .and_then(|i| listed.get(i));
+        let raft = match (&self.addr, own_entry) {
+            (Some(addr), _) => addr.clone(),
+            (None, Some(listed)) => listed.clone(),
+            (None, None) if self.cluster.is_some() => {
+                return Err(Error::Config(format!(
+                    "node id {} has no entry in --cluster ({} entries) and no -addr",
+                    self.node_id,
+                    listed.len()
+                )))
+            }
+            (None, None) => {
+                return Err(Error::Config(
+                    "node id must be 1, 2 or 3 when address is not specified".into(),
+                ))
+            }
+        };
+        let (host, raft_port) = split_host_port(&raft)?;
+        let http = match (&self.http, self.port) {
+            (Some(http), _) => http.clone(),
+            (None, Some(port)) => format!("{host}:{port}"),
+            (None, None) => {
+                let port = raft_port.checked_add(HTTP_PORT_OFFSET).ok_or_else(|| {
+                    Error::Config(format!(
+                        "raft port {raft_port} leaves no room for the default HTTP port; give -http"
+                    ))
+                })?;
+                format!("{host}:{port}")
+            }
+        };
+        split_host_port(&http)?;
+        let mut initial_members: BTreeMap<NodeId, Member> = listed
+            .iter()
+            .zip(1..)
+            .map(|(addr, id)| {
+                (
+                    id,
+                    Member {
+                        raft_addr: addr.clone(),
+                        http_addr: String::new(),
+                    },
+                )
+            })
+            .collect();
+        if let Some(member) = initial_members.get_mut(&self.node_id) {
+            member.raft_addr = raft.clone();
+        }
+        Ok(Addresses {
+            raft,
+            http,
+            initial_members,
+        })
+    }
+}
+
+/// Splits `host:port`, refusing anything else with a message naming the address.
+pub fn split_host_port(addr: &str) -> Result<(&str, u16), Error> {
+    let bad = || Error::Config(format!("invalid address {addr:?}: expected HOST:PORT"));
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse::<u16>().map_err(|_| bad())?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Args {
+        let argv = std::iter::once("ondisk").chain(line.split_whitespace()).map(OsString::from);
+        Args::try_parse_from(go_style(argv)).unwrap()
+    }
+
+    #[test]
+    fn single_and_double_dash_flags_mean_the_same() {
+        assert_eq!(args("-nodeid 2").node_id, 2);
+        assert_eq!(args("--nodeid 2").node_id, 2);
+        assert_eq!(args("-replicaid=3").node_id, 3);
+        assert_eq!(args("-data-dir /tmp/x").data_dir, PathBuf::from("/tmp/x"));
+        assert!(args("-v").verbose);
+    }
+
+    #[test]
+    fn default_ids_map_to_the_original_addresses() {
+        let a = args("-nodeid 2").addresses().unwrap();
+        assert_eq!(a.raft, "localhost:63002");
+        assert_eq!(a.http, "localhost:64002");
+        assert_eq!(a.initial_members.len(), 3);
+    }
+
+    #[test]
+    fn an_unknown_id_needs_an_address() {
+        let err = args("-nodeid 4").addresses().unwrap_err();
+        assert_eq!(err.to_string(), "node id must be 1, 2 or 3 when address is not specified");
+        assert_eq!(args("-nodeid 4 -addr 127.0.0.1:7000").addresses().unwrap().raft, "127.0.0.1:7000");
+    }
+
+    #[test]
+    fn the_kv_db_form_picks_this_nodes_entry() {
+        let a = args("--id 2 --cluster http://127.0.0.1:12379,http://127.0.0.1:22379,http://127.0.0.1:32379 --port 22380")
+            .addresses()
+            .unwrap();
+        assert_eq!(a.raft, "127.0.0.1:22379");
+        assert_eq!(a.http, "127.0.0.1:22380");
+        assert_eq!(a.initial_members[&3].raft_addr, "127.0.0.1:32379");
+    }
+
+    #[test]
+    fn malformed_addresses_are_refused() {
+        assert!(args("-nodeid 1 -addr nonsense").addresses().is_err());
+        assert!(args("-nodeid 1 -http 127.0.0.1:notaport").addresses().is_err());
+    }
+}

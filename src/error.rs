@@ -1,0 +1,80 @@
+//! The one error type of the library. Every failure a user or a peer can cause ends up here and is
+//! printed as a single line by the binary; nothing on those paths panics.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Failures of the node host and the layers below it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The data directory holds files that ondisk did not write; we refuse to touch them.
+    #[error("data directory {path} was not created by ondisk (no {marker} file); refusing to use it")]
+    ForeignDataDir { path: PathBuf, marker: &'static str },
+
+    /// The data directory belongs to a different node id or format version.
+    #[error("data directory {path} {reason}")]
+    IncompatibleDataDir { path: PathBuf, reason: String },
+
+    /// RocksDB's LOCK file is held: another ondisk process runs on the same data directory.
+    #[error("data directory {path} is in use by another process")]
+    DataDirLocked { path: PathBuf },
+
+    /// RocksDB reported corruption or another failure while opening or using a database.
+    #[error("storage error in {path}: {message}")]
+    Storage { path: PathBuf, message: String },
+
+    /// A listening address is taken.
+    #[error("{what} address {addr} is already in use")]
+    AddrInUse { what: &'static str, addr: String },
+
+    /// A listening address cannot be bound for another reason (bad host, permissions).
+    #[error("cannot listen on {what} address {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: io::Error,
+    },
+
+    /// A proposal or read could not complete in time, most often because no quorum is reachable.
+    #[error("{op} timed out after {} (is a quorum of nodes up?)", humantime::format_duration(*.after))]
+    Timeout { op: &'static str, after: Duration },
+
+    /// The request may or may not have taken effect: the leader changed or was lost between
+    /// accepting it and confirming it. Retrying blindly could apply it twice.
+    #[error("{op} outcome unknown: {reason}")]
+    OutcomeUnknown { op: &'static str, reason: String },
+
+    /// The request reached a node that is shutting down or whose Raft core has stopped.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+
+    /// Raft refused the request for a reason other than leadership (e.g. a membership rule).
+    #[error("{0}")]
+    Raft(String),
+
+    /// The command line or configuration is unusable.
+    #[error("{0}")]
+    Config(String),
+
+    /// Any other I/O failure.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Maps a RocksDB error raised while opening `path` to the most specific variant, so the user
+    /// reads "in use by another process" rather than RocksDB's wording about LOCK files.
+    pub fn from_rocksdb(path: impl Into<PathBuf>, err: rocksdb::Error) -> Self {
+        let path = path.into();
+        let message = err.into_string();
+        if message.contains("LOCK") && (message.contains("lock") || message.contains("Resource")) {
+            Error::DataDirLocked { path }
+        } else {
+            Error::Storage { path, message }
+        }
+    }
+}

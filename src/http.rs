@@ -1,0 +1,386 @@
+//! The HTTP API: the kv-db / raftexample interface at the root (`PUT /KEY`, `GET /KEY`,
+//! `POST /ID`, `DELETE /ID`) and a versioned API under `/v1` with compare-and-swap, range scans,
+//! stale reads, members and status, plus `/health` and `/metrics`.
+//!
+//! Keys come from the raw request path, percent-decoded to bytes, so any key the REPL can hold can
+//! be addressed here too. Values travel as raw bodies. Every error is mapped in one place,
+//! [`ApiError`], to a status code and a JSON body.
+
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::RawQuery;
+use axum::extract::State;
+use axum::http::header;
+use axum::http::HeaderValue;
+use axum::http::Method;
+use axum::http::StatusCode;
+use axum::http::Uri;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Json;
+use axum::Router;
+use base64::Engine;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::error::Error;
+use crate::node::Node;
+use crate::telemetry;
+use crate::types::Command;
+use crate::types::CommandResult;
+
+/// Default cap on a request body (a value); larger bodies get 413.
+pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+/// Default and maximum number of pairs a scan returns.
+const DEFAULT_SCAN_LIMIT: usize = 1000;
+const MAX_SCAN_LIMIT: usize = 100_000;
+/// `/health` must answer well before a load balancer's own timeout.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Methods the kv-db interface serves at the root, for the `Allow` header of a 405.
+const KVDB_METHODS: &str = "GET, PUT, POST, DELETE";
+
+/// What every handler shares.
+#[derive(Clone)]
+struct ApiState {
+    node: Arc<Node>,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// Builds the API. `metrics` is the process's Prometheus recorder, when one is installed.
+pub fn router(node: Arc<Node>, metrics: Option<PrometheusHandle>, body_limit: usize) -> Router {
+    Router::new()
+        .route("/v1/kv/", get(scan))
+        .route("/v1/kv/{*key}", get(v1_get).put(v1_put).delete(v1_delete))
+        .route("/v1/members", get(members))
+        .route("/v1/status", get(status))
+        .route("/health", get(health))
+        .route("/metrics", get(render_metrics))
+        .fallback(kvdb)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(ApiState { node, metrics })
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Every way a request can fail, and the one place that turns each into a response.
+#[derive(Debug)]
+enum ApiError {
+    BadRequest(String),
+    NotFound,
+    PreconditionFailed(Option<Vec<u8>>),
+    NotImplemented(String),
+    MethodNotAllowed(&'static str),
+    Node(Error),
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError::Node(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = |status: StatusCode, message: String| (status, Json(json!({ "error": message }))).into_response();
+        match self {
+            ApiError::BadRequest(message) => body(StatusCode::BAD_REQUEST, message),
+            ApiError::NotFound => body(StatusCode::NOT_FOUND, "key not found".into()),
+            ApiError::PreconditionFailed(current) => (
+                StatusCode::PRECONDITION_FAILED,
+                Json(json!({
+                    "error": "precondition failed",
+                    "current": current.map(|value| encoded(&value)),
+                })),
+            )
+                .into_response(),
+            ApiError::NotImplemented(message) => body(StatusCode::NOT_IMPLEMENTED, message),
+            ApiError::MethodNotAllowed(allow) => {
+                let mut response = body(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into());
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                response
+            }
+            ApiError::Node(e) => {
+                let retryable = matches!(e, Error::Timeout { .. } | Error::ShuttingDown);
+                let status = match &e {
+                    Error::Timeout { .. } | Error::ShuttingDown | Error::OutcomeUnknown { .. } => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                    Error::Config(_) => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                let mut response = body(status, e.to_string());
+                if retryable {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+                response
+            }
+        }
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Runs a handler, recording its outcome and latency under `op`.
+async fn timed(op: &'static str, work: impl std::future::Future<Output = ApiResult>) -> Response {
+    let started = Instant::now();
+    let response = work.await.unwrap_or_else(IntoResponse::into_response);
+    telemetry::record_request(op, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// A value as JSON: UTF-8 text as is, anything else as base64, with the encoding named.
+fn encoded(bytes: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => json!({ "value": text, "encoding": "utf-8" }),
+        Err(_) => json!({
+            "value": base64::engine::general_purpose::STANDARD.encode(bytes),
+            "encoding": "base64",
+        }),
+    }
+}
+
+fn raw_value(value: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()
+}
+
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// The key addressed by `path` after `prefix`, percent-decoded to bytes.
+fn key_from_path(path: &str, prefix: &str) -> Result<Vec<u8>, ApiError> {
+    let raw = path.strip_prefix(prefix).unwrap_or("");
+    if raw.is_empty() {
+        return Err(ApiError::BadRequest("missing key in the path".into()));
+    }
+    Ok(percent_encoding::percent_decode_str(raw).collect())
+}
+
+/// Query parameters, percent-decoded to bytes (no `+`-as-space: a `+` is a `+`). Unknown names
+/// are refused so a typo never silently changes a request's meaning.
+struct Query(Vec<(String, Vec<u8>)>);
+
+impl Query {
+    fn parse(raw: Option<String>, allowed: &[&str]) -> Result<Self, ApiError> {
+        let mut pairs = Vec::new();
+        for part in raw.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = part.split_once('=').unwrap_or((part, ""));
+            let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned();
+            if !allowed.contains(&name.as_str()) {
+                return Err(ApiError::BadRequest(format!("unknown query parameter {name:?}")));
+            }
+            pairs.push((name, percent_encoding::percent_decode_str(value).collect()));
+        }
+        Ok(Query(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+    }
+
+    fn text(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        self.get(name)
+            .map(|v| std::str::from_utf8(v).map_err(|_| ApiError::BadRequest(format!("{name} is not UTF-8"))))
+            .transpose()
+    }
+
+    /// `consistency=linearizable` (the default) or `consistency=stale`.
+    fn stale(&self) -> Result<bool, ApiError> {
+        match self.text("consistency")? {
+            None | Some("linearizable") => Ok(false),
+            Some("stale") => Ok(true),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "consistency must be linearizable or stale, not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// The kv-db / raftexample interface: everything not matched by a more specific route.
+async fn kvdb(State(api): State<ApiState>, method: Method, uri: Uri, body: Bytes) -> Response {
+    let op = match method {
+        Method::GET => "get",
+        Method::PUT => "put",
+        Method::POST => "add_member",
+        Method::DELETE => "remove_member",
+        _ => "other",
+    };
+    timed(op, async move {
+        match method {
+            Method::GET => {
+                let key = key_from_path(uri.path(), "/")?;
+                api.node.get(&key).await?.map(raw_value).ok_or(ApiError::NotFound)
+            }
+            Method::PUT => {
+                let key = key_from_path(uri.path(), "/")?;
+                api.node.put(key, body.to_vec()).await?;
+                Ok(no_content())
+            }
+            Method::POST | Method::DELETE => {
+                let id = uri.path().trim_start_matches('/');
+                let id: u64 = id
+                    .parse()
+                    .map_err(|_| ApiError::BadRequest(format!("node id must be a number, not {id:?}")))?;
+                Err(ApiError::NotImplemented(format!(
+                    "membership changes (node {id}) are not supported by this version of ondisk"
+                )))
+            }
+            _ => Err(ApiError::MethodNotAllowed(KVDB_METHODS)),
+        }
+    })
+    .await
+}
+
+async fn v1_get(State(api): State<ApiState>, uri: Uri, RawQuery(query): RawQuery) -> Response {
+    timed("get", async move {
+        let key = key_from_path(uri.path(), "/v1/kv/")?;
+        let query = Query::parse(query, &["consistency"])?;
+        let value = if query.stale()? {
+            api.node.get_stale(&key)?
+        } else {
+            api.node.get(&key).await?
+        };
+        value.map(raw_value).ok_or(ApiError::NotFound)
+    })
+    .await
+}
+
+async fn v1_put(State(api): State<ApiState>, uri: Uri, RawQuery(query): RawQuery, body: Bytes) -> Response {
+    let query = Query::parse(query, &["prev_value", "prev_exist"]);
+    let conditional = matches!(&query, Ok(q) if !q.0.is_empty());
+    timed(if conditional { "cas" } else { "put" }, async move {
+        let key = key_from_path(uri.path(), "/v1/kv/")?;
+        let query = query?;
+        let expected = match (query.get("prev_value"), query.text("prev_exist")?) {
+            (None, None) => {
+                api.node.put(key, body.to_vec()).await?;
+                return Ok(no_content());
+            }
+            (Some(value), None | Some("true")) => Some(value.to_vec()),
+            (None, Some("false")) => None,
+            (Some(_), Some("false")) => {
+                return Err(ApiError::BadRequest("prev_value contradicts prev_exist=false".into()))
+            }
+            (None, Some("true")) => {
+                return Err(ApiError::BadRequest("prev_exist=true needs prev_value".into()))
+            }
+            (_, Some(other)) => {
+                return Err(ApiError::BadRequest(format!("prev_exist must be true or false, not {other:?}")))
+            }
+        };
+        let command = Command::CompareAndSwap {
+            key,
+            expected,
+            value: body.to_vec(),
+        };
+        match api.node.propose("cas", command).await? {
+            CommandResult::Applied => Ok(no_content()),
+            CommandResult::PreconditionFailed { current } => Err(ApiError::PreconditionFailed(current)),
+        }
+    })
+    .await
+}
+
+async fn v1_delete(State(api): State<ApiState>, uri: Uri) -> Response {
+    timed("delete", async move {
+        let key = key_from_path(uri.path(), "/v1/kv/")?;
+        api.node.delete(key).await?;
+        Ok(no_content())
+    })
+    .await
+}
+
+/// `GET /v1/kv/?prefix=P&limit=N`: pairs in key order, each `{key, value, encoding}` where the
+/// encoding is `base64` for both when either is not UTF-8.
+async fn scan(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Response {
+    timed("scan", async move {
+        let query = Query::parse(query, &["prefix", "limit", "consistency"])?;
+        let prefix = query.get("prefix").unwrap_or_default().to_vec();
+        let limit = match query.text("limit")? {
+            None => DEFAULT_SCAN_LIMIT,
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_SCAN_LIMIT).contains(n))
+                .ok_or_else(|| ApiError::BadRequest(format!("limit must be 1..={MAX_SCAN_LIMIT}")))?,
+        };
+        if !query.stale()? {
+            api.node.read_barrier("scan").await?;
+        }
+        let node = api.node.clone();
+        let pairs = tokio::task::spawn_blocking(move || node.scan_stale(&prefix, limit))
+            .await
+            .map_err(|e| ApiError::Node(Error::Io(std::io::Error::other(e.to_string()))))??;
+        let items: Vec<serde_json::Value> = pairs
+            .iter()
+            .map(|(key, value)| match (std::str::from_utf8(key), std::str::from_utf8(value)) {
+                (Ok(key), Ok(value)) => json!({ "key": key, "value": value, "encoding": "utf-8" }),
+                _ => {
+                    let b64 = &base64::engine::general_purpose::STANDARD;
+                    json!({ "key": b64.encode(key), "value": b64.encode(value), "encoding": "base64" })
+                }
+            })
+            .collect();
+        Ok(Json(json!({ "count": items.len(), "items": items })).into_response())
+    })
+    .await
+}
+
+async fn members(State(api): State<ApiState>) -> Response {
+    timed("members", async move {
+        let status = api.node.status();
+        Ok(Json(json!({ "leader": status.leader, "members": status.members })).into_response())
+    })
+    .await
+}
+
+async fn status(State(api): State<ApiState>) -> Response {
+    timed("status", async move { Ok(Json(api.node.status()).into_response()) }).await
+}
+
+/// 200 while this node can serve a linearizable read (a leader with a quorum is reachable and
+/// this node has caught up to its read index), 503 with the reason otherwise.
+async fn health(State(api): State<ApiState>) -> Response {
+    timed("health", async move {
+        let within = HEALTH_TIMEOUT.min(api.node.timeout());
+        Ok(match api.node.read_barrier_within("health check", within).await {
+            Ok(()) => Json(json!({ "health": true })).into_response(),
+            Err(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "health": false, "reason": e.to_string() })),
+            )
+                .into_response(),
+        })
+    })
+    .await
+}
+
+async fn render_metrics(State(api): State<ApiState>) -> Response {
+    match &api.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            telemetry::render(handle, &api.node).await,
+        )
+            .into_response(),
+        None => ApiError::NotImplemented("metrics are not enabled in this process".into()).into_response(),
+    }
+}

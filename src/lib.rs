@@ -1,0 +1,16 @@
+//! ondisk: a replicated key-value store. One Raft group (openraft) whose state machine lives in
+//! RocksDB, driven from a REPL and an HTTP API. See `docs/ARCHITECTURE.md` for how the layers fit.
+
+pub mod cli;
+pub mod error;
+pub mod http;
+pub mod logging;
+pub mod telemetry;
+pub mod network;
+pub mod node;
+pub mod repl;
+pub mod store;
+pub mod types;
+
+pub use error::Error;
+pub use error::Result;

@@ -1,0 +1,108 @@
+//! The `ondisk` binary: parse flags, open the data directory, start the node, its HTTP API and the
+//! REPL, and shut down cleanly on `exit`, SIGINT or SIGTERM. All logic lives in the library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ondisk::cli::Args;
+use ondisk::http;
+use ondisk::node::listen;
+use ondisk::node::Node;
+use ondisk::node::NodeConfig;
+use ondisk::repl;
+use ondisk::repl::ReplEnd;
+use ondisk::store::DataDir;
+use ondisk::telemetry;
+use ondisk::types::Member;
+use tokio::signal::unix::signal;
+use tokio::signal::unix::SignalKind;
+use tokio::sync::mpsc;
+
+fn main() -> ExitCode {
+    let args = Args::parse_go_style();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let addresses = args.addresses()?;
+    let data_dir = DataDir::open(&args.data_dir, args.node_id)?;
+    let _log_writer = ondisk::logging::init(&data_dir.log_file(), args.verbose)
+        .with_context(|| format!("cannot open the log file {}", data_dir.log_file().display()))?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let metrics = telemetry::install().map_err(|e| anyhow::anyhow!("cannot install metrics: {e}"))?;
+
+    let config = NodeConfig {
+        id: args.node_id,
+        member: Member {
+            raft_addr: addresses.raft.clone(),
+            http_addr: addresses.http.clone(),
+        },
+        initial_members: addresses.initial_members,
+        data_dir,
+        timeout: args.timeout,
+        heartbeat: args.heartbeat,
+        election_timeout: args.election_timeout,
+        snapshot_entries: args.snapshot_entries,
+        compaction_overhead: args.compaction_overhead,
+    };
+    let result = runtime.block_on(async {
+        let node = Node::start(config).await?;
+        let http_listener = listen("http", &addresses.http).await?;
+        println!("node address: {}", addresses.raft);
+        println!("http address: {}", addresses.http);
+        println!("{}", repl::USAGE);
+        telemetry::watch_leader_changes(&node);
+
+        let (stop, mut stopped) = mpsc::channel::<&'static str>(4);
+        let api = http::router(node.clone(), Some(metrics), http::DEFAULT_BODY_LIMIT);
+        let http_stop = stop.clone();
+        let mut http_done = tokio::spawn(async move {
+            let result = http::serve(http_listener, api, async move {
+                http_stop.closed().await;
+            })
+            .await;
+            if let Err(e) = &result {
+                tracing::error!("http server failed: {e}");
+            }
+        });
+
+        if !args.no_repl {
+            let repl_node = Arc::clone(&node);
+            let handle = tokio::runtime::Handle::current();
+            let repl_stop = stop.clone();
+            std::thread::Builder::new()
+                .name("repl".into())
+                .spawn(move || {
+                    if repl::run(repl_node, handle) == ReplEnd::Shutdown {
+                        let _ = repl_stop.blocking_send("exit");
+                    }
+                })
+                .context("cannot start the REPL")?;
+        }
+
+        let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let reason = tokio::select! {
+            reason = stopped.recv() => reason.unwrap_or("exit"),
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+            _ = &mut http_done => "http server stopped",
+        };
+        tracing::info!("shutting down ({reason})");
+        drop(stop);
+        stopped.close();
+        node.shutdown().await;
+        anyhow::Ok(())
+    });
+    // The REPL thread may still be blocked reading stdin; it does not hold anything that needs
+    // closing, so the runtime is not kept waiting for it.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result
+}

@@ -1,0 +1,266 @@
+//! Outgoing connections: one persistent TCP connection per peer address, shared by every caller.
+//!
+//! Each call registers its request id, queues its frame for the connection's writer task and waits
+//! (with a deadline) for the reader task to route the matching answer back. When a connection
+//! breaks, every call waiting on it fails at once and the next call reconnects, after a backoff
+//! that grows while the peer stays unreachable.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::io::BufWriter;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::wire::encode_frame;
+use super::wire::read_frame;
+use super::wire::RemoteError;
+use super::wire::Request;
+use super::wire::RequestFrame;
+use super::wire::Response;
+use super::wire::ResponseFrame;
+
+/// First pause after a failed connect; doubles per failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Frames queued for one connection's writer before callers wait.
+const OUTGOING_QUEUE: usize = 1024;
+
+/// Why a call to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No connection could be made (or we are backing off after failed attempts). The request was
+    /// never sent.
+    #[error("peer {addr} is unreachable: {reason}")]
+    Unreachable { addr: String, reason: String },
+    /// The request was sent (or may have been) and no answer came in time.
+    #[error("peer {addr} did not answer within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    /// The connection broke after the request may have been sent.
+    #[error("connection to {addr} was lost: {reason}")]
+    ConnectionLost { addr: String, reason: String },
+    /// The peer answered with a refusal.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+impl CallError {
+    /// True when the request certainly did not reach the peer's Raft layer, so it is safe to
+    /// retry even a non-idempotent request.
+    pub fn certainly_not_applied(&self) -> bool {
+        matches!(
+            self,
+            CallError::Unreachable { .. }
+                | CallError::Remote(RemoteError::NotLeader { .. })
+                | CallError::Remote(RemoteError::Refused(_))
+        )
+    }
+}
+
+/// The registry of peer connections, keyed by address.
+#[derive(Default)]
+pub struct Peers {
+    by_addr: Mutex<HashMap<String, Arc<Peer>>>,
+}
+
+impl Peers {
+    /// The peer at `addr`, created on first use. Connecting is lazy.
+    pub fn get(&self, addr: &str) -> Arc<Peer> {
+        let mut by_addr = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
+        by_addr
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(Peer::new(addr.to_string())))
+            .clone()
+    }
+
+    /// Sends `request` to `addr` and waits up to `timeout` for the answer.
+    pub async fn call(&self, addr: &str, request: Request, timeout: Duration) -> Result<Response, CallError> {
+        self.get(addr).call(request, timeout).await
+    }
+}
+
+/// One remote node: its current connection, if any, and the reconnect backoff.
+pub struct Peer {
+    addr: String,
+    state: tokio::sync::Mutex<PeerState>,
+}
+
+#[derive(Default)]
+struct PeerState {
+    connection: Option<Arc<Connection>>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// A live connection: where to queue frames and who is waiting for which answer.
+struct Connection {
+    outgoing: mpsc::Sender<Vec<u8>>,
+    waiting: Arc<Mutex<Waiting>>,
+    next_id: AtomicU64,
+    closed: Arc<AtomicBool>,
+}
+
+type Waiting = HashMap<u64, oneshot::Sender<Result<Response, RemoteError>>>;
+
+impl Peer {
+    fn new(addr: String) -> Self {
+        Peer {
+            addr,
+            state: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The address this peer is reached at.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends `request` and waits up to `timeout` (connecting included) for its answer.
+    pub async fn call(&self, request: Request, timeout: Duration) -> Result<Response, CallError> {
+        let deadline = Instant::now() + timeout;
+        let connection = tokio::time::timeout_at(deadline, self.connection())
+            .await
+            .map_err(|_| self.unreachable("connect timed out"))??;
+        let id = connection.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_frame(&RequestFrame { id, request }).map_err(|e| CallError::Remote(
+            RemoteError::Refused(format!("cannot encode request: {e}")),
+        ))?;
+        let (answer_tx, answer_rx) = oneshot::channel();
+        lock(&connection.waiting).insert(id, answer_tx);
+        if connection.outgoing.send(frame).await.is_err() {
+            lock(&connection.waiting).remove(&id);
+            return Err(self.unreachable("connection closed before sending"));
+        }
+        match tokio::time::timeout_at(deadline, answer_rx).await {
+            Ok(Ok(answer)) => answer.map_err(CallError::Remote),
+            Ok(Err(_)) => Err(CallError::ConnectionLost {
+                addr: self.addr.clone(),
+                reason: "connection closed while waiting for the answer".into(),
+            }),
+            Err(_) => {
+                lock(&connection.waiting).remove(&id);
+                Err(CallError::Timeout {
+                    addr: self.addr.clone(),
+                    timeout,
+                })
+            }
+        }
+    }
+
+    fn unreachable(&self, reason: &str) -> CallError {
+        CallError::Unreachable {
+            addr: self.addr.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The live connection, connecting if there is none and the backoff allows it.
+    async fn connection(&self) -> Result<Arc<Connection>, CallError> {
+        let mut state = self.state.lock().await;
+        if let Some(connection) = &state.connection {
+            if !connection.closed.load(Ordering::Acquire) {
+                return Ok(connection.clone());
+            }
+        }
+        state.connection = None;
+        if let Some(retry_at) = state.retry_at {
+            if Instant::now() < retry_at {
+                return Err(self.unreachable("backing off after failed connection attempts"));
+            }
+        }
+        match TcpStream::connect(&self.addr).await {
+            Ok(stream) => {
+                state.failures = 0;
+                state.retry_at = None;
+                let connection = Arc::new(Connection::start(stream, self.addr.clone()));
+                state.connection = Some(connection.clone());
+                Ok(connection)
+            }
+            Err(e) => {
+                state.failures = state.failures.saturating_add(1);
+                let backoff = MIN_BACKOFF
+                    .saturating_mul(1 << state.failures.min(8))
+                    .min(MAX_BACKOFF);
+                state.retry_at = Some(Instant::now() + backoff);
+                Err(self.unreachable(&e.to_string()))
+            }
+        }
+    }
+}
+
+fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
+    waiting.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Connection {
+    /// Splits the stream into a writer task (draining queued frames, flushing when the queue is
+    /// empty, so bursts share syscalls) and a reader task (routing answers by id).
+    fn start(stream: TcpStream, addr: String) -> Self {
+        // Raft messages are small and latency-bound; Nagle's algorithm would only delay them.
+        let _ = stream.set_nodelay(true);
+        let (read_half, write_half) = stream.into_split();
+        let (outgoing, mut queued) = mpsc::channel::<Vec<u8>>(OUTGOING_QUEUE);
+        let waiting: Arc<Mutex<Waiting>> = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+
+        let writer_closed = closed.clone();
+        let writer_addr = addr.clone();
+        tokio::spawn(async move {
+            let mut out = BufWriter::new(write_half);
+            let result: io::Result<()> = async {
+                while let Some(frame) = queued.recv().await {
+                    out.write_all(&frame).await?;
+                    while let Ok(frame) = queued.try_recv() {
+                        out.write_all(&frame).await?;
+                    }
+                    out.flush().await?;
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::debug!("connection to {writer_addr} failed while writing: {e}");
+            }
+            writer_closed.store(true, Ordering::Release);
+        });
+
+        let reader_waiting = waiting.clone();
+        let reader_closed = closed.clone();
+        tokio::spawn(async move {
+            let mut input = tokio::io::BufReader::new(read_half);
+            loop {
+                match read_frame::<_, ResponseFrame>(&mut input).await {
+                    Ok(Some(frame)) => {
+                        if let Some(waiter) = lock(&reader_waiting).remove(&frame.id) {
+                            let _ = waiter.send(frame.response);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!("closing connection to {addr}: {e}");
+                        break;
+                    }
+                }
+            }
+            reader_closed.store(true, Ordering::Release);
+            // Dropping the senders wakes every waiting call with "connection lost".
+            lock(&reader_waiting).clear();
+        });
+
+        Connection {
+            outgoing,
+            waiting,
+            next_id: AtomicU64::new(1),
+            closed,
+        }
+    }
+}

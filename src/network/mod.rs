@@ -1,0 +1,26 @@
+//! The node-to-node transport: length-prefixed bincode frames over persistent TCP connections.
+//!
+//! One connection per peer carries every kind of traffic (Raft's append, vote and snapshot RPCs and
+//! the client requests followers forward to the leader). Requests carry ids, so many can be in
+//! flight on one connection and answers may come back in any order.
+//!
+//! - `wire`: the frame format and the messages.
+//! - `client`: connections to peers, with per-call timeouts and reconnect backoff.
+//! - `server`: the listener that decodes frames and hands requests to a [`RpcHandler`].
+//! - `raft_network`: openraft's network traits on top of `client`.
+
+mod client;
+mod raft_network;
+mod server;
+mod wire;
+
+pub use client::CallError;
+pub use client::Peers;
+pub use raft_network::NetworkFactory;
+pub use server::serve;
+pub use server::RpcHandler;
+pub use wire::RemoteError;
+pub use wire::Request;
+pub use wire::Response;
+pub use wire::SnapshotChunk;
+pub use wire::MAX_FRAME_LEN;

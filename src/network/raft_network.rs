@@ -1,0 +1,206 @@
+//! openraft's network traits over [`Peers`]: each Raft RPC is one request/answer on the shared
+//! connection to the target, and a snapshot is streamed as a sequence of bounded chunks.
+
+use std::future::Future;
+use std::io;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::NetworkError;
+use openraft::error::RPCError;
+use openraft::error::ReplicationClosed;
+use openraft::error::StreamingError;
+use openraft::error::Timeout;
+use openraft::error::Unreachable;
+use openraft::network::RPCOption;
+use openraft::raft::AppendEntriesRequest;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use openraft::RPCTypes;
+use openraft::RaftNetworkFactory;
+use openraft::RaftNetworkV2;
+use openraft::Snapshot;
+
+use super::client::CallError;
+use super::client::Peer;
+use super::Peers;
+use super::Request;
+use super::Response;
+use super::SnapshotChunk;
+use crate::store::SnapshotFile;
+use crate::types::Member;
+use crate::types::NodeId;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+
+/// Bytes of snapshot file per chunk: large enough to stream at disk speed, small enough that
+/// neither side ever holds much of the snapshot in memory.
+const SNAPSHOT_CHUNK_LEN: usize = 1 << 20;
+/// How long the receiver may take to install a complete snapshot (it rewrites the whole state).
+const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Hands openraft a client per target, all sharing this node's peer connections.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    pub this_node: NodeId,
+    pub peers: Arc<Peers>,
+}
+
+/// openraft's view of one target node.
+pub struct PeerNetwork {
+    this_node: NodeId,
+    target: NodeId,
+    peer: Arc<Peer>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerNetwork {
+        PeerNetwork {
+            this_node: self.this_node,
+            target,
+            peer: self.peers.get(&node.raft_addr),
+        }
+    }
+}
+
+impl PeerNetwork {
+    async fn call(&self, action: RPCTypes, request: Request, timeout: Duration) -> Result<Response, RPCError<TypeConfig>> {
+        self.peer
+            .call(request, timeout)
+            .await
+            .map_err(|e| self.rpc_error(action, timeout, e))
+    }
+
+    fn rpc_error(&self, action: RPCTypes, timeout: Duration, err: CallError) -> RPCError<TypeConfig> {
+        match err {
+            CallError::Timeout { .. } => RPCError::Timeout(Timeout {
+                action,
+                id: self.this_node,
+                target: self.target,
+                timeout,
+            }),
+            CallError::ConnectionLost { .. } => RPCError::Network(NetworkError::new(&io_error(err))),
+            CallError::Unreachable { .. } | CallError::Remote(_) => {
+                RPCError::Unreachable(Unreachable::new(&io_error(err)))
+            }
+        }
+    }
+}
+
+fn io_error(err: CallError) -> io::Error {
+    io::Error::other(err.to_string())
+}
+
+fn unexpected(response: Response) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&io::Error::other(format!(
+        "unexpected answer {response:?}"
+    ))))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerNetwork {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(RPCTypes::AppendEntries, Request::AppendEntries(rpc), option.hard_ttl()).await? {
+            Response::AppendEntries(answer) => Ok(answer),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(RPCTypes::Vote, Request::Vote(rpc), option.hard_ttl()).await? {
+            Response::Vote(answer) => Ok(answer),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(RPCTypes::Vote, Request::PreVote(rpc), option.hard_ttl()).await? {
+            Response::Vote(answer) => Ok(answer),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(RPCTypes::TransferLeader, Request::TransferLeader(req), option.hard_ttl()).await? {
+            Response::TransferLeader(answer) => Ok(answer),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Streams the snapshot file in chunks, each acknowledged before the next is read, so memory
+    /// stays at one chunk per side whatever the snapshot's size. The receiver verifies the file's
+    /// checksum before installing it.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: crate::types::Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let streaming = |e: RPCError<TypeConfig>| match e {
+            RPCError::Timeout(t) => StreamingError::Timeout(t),
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            RPCError::Network(n) => StreamingError::Network(n),
+            RPCError::RemoteError(r) => StreamingError::Unreachable(Unreachable::new(&r)),
+        };
+        let Snapshot { meta, snapshot } = snapshot;
+        let mut file = snapshot.file;
+        let chunk_timeout = option.hard_ttl().max(Duration::from_secs(5));
+        tokio::pin!(cancel);
+        let mut offset = 0u64;
+        loop {
+            let (data, file_back) = tokio::task::spawn_blocking(move || {
+                let mut data = Vec::with_capacity(SNAPSHOT_CHUNK_LEN);
+                let read = (&mut file).take(SNAPSHOT_CHUNK_LEN as u64).read_to_end(&mut data);
+                (read.map(|_| data), file)
+            })
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&io::Error::other(e.to_string()))))?;
+            file = file_back;
+            let data = data.map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+            let done = data.len() < SNAPSHOT_CHUNK_LEN;
+            let len = data.len() as u64;
+            let chunk = SnapshotChunk {
+                vote,
+                meta: meta.clone(),
+                offset,
+                data,
+                done,
+            };
+            let timeout = if done { SNAPSHOT_INSTALL_TIMEOUT } else { chunk_timeout };
+            let answer = tokio::select! {
+                closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+                answer = self.call(RPCTypes::InstallSnapshot, Request::SnapshotChunk(chunk), timeout) => answer,
+            };
+            match answer.map_err(streaming)? {
+                Response::SnapshotChunkStored if !done => offset += len,
+                Response::SnapshotInstalled(answer) if done => return Ok(answer),
+                other => return Err(streaming(unexpected(other))),
+            }
+        }
+    }
+}

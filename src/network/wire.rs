@@ -1,0 +1,211 @@
+//! What travels between nodes, and how it is framed.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of bincode. Lengths above
+//! [`MAX_FRAME_LEN`] are refused before any allocation, so a garbage or hostile prefix cannot make a
+//! node allocate gigabytes.
+
+use std::io;
+
+use openraft::raft::AppendEntriesRequest;
+use openraft::ChangeMembers;
+use openraft::raft::AppendEntriesResponse;
+use openraft::raft::SnapshotResponse;
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
+use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
+use serde::Deserialize;
+use serde::Serialize;
+use tokio::io::AsyncRead;
+use tokio::io::AsyncReadExt;
+
+use crate::types::Command;
+use crate::types::CommandResult;
+use crate::types::Member;
+use crate::types::NodeId;
+use crate::types::SnapshotMeta;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+
+/// The largest frame a node sends or accepts. Append batches are capped well below it (see the
+/// Raft config in `node`), and snapshots travel in chunks far smaller.
+pub const MAX_FRAME_LEN: u32 = 80 << 20;
+
+/// A request from one node to another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// One piece of a snapshot stream; the last one asks the receiver to install it.
+    SnapshotChunk(SnapshotChunk),
+    /// A client write forwarded by a follower; the receiver must be the leader.
+    Propose(Command),
+    /// A membership change forwarded by a follower; the receiver must be the leader.
+    ChangeMembership {
+        changes: ChangeMembers<NodeId, Member>,
+        retain: bool,
+    },
+    /// A follower asking the leader for a read index: the log index a linearizable read must wait
+    /// for the follower's state machine to reach.
+    ReadIndex,
+}
+
+/// A piece of a snapshot file in transit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// The sender's vote, which the receiver hands to openraft with the complete snapshot.
+    pub vote: Vote,
+    pub meta: SnapshotMeta,
+    /// Where `data` starts in the snapshot file; a transfer always starts at 0.
+    pub offset: u64,
+    pub data: Vec<u8>,
+    /// True on the last chunk.
+    pub done: bool,
+}
+
+/// A successful answer, matching the request's kind.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    AppendEntries(AppendEntriesResponse<TypeConfig>),
+    Vote(VoteResponse<TypeConfig>),
+    TransferLeader(TransferLeaderResponse<TypeConfig>),
+    SnapshotChunkStored,
+    SnapshotInstalled(SnapshotResponse<TypeConfig>),
+    Proposed(CommandResult),
+    ReadIndex(u64),
+}
+
+/// Why the remote node did not serve a request.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum RemoteError {
+    /// The request needs the leader and the receiver is not it; carries its best knowledge of who
+    /// is. Nothing was done, so the request may be retried elsewhere.
+    #[error("node is not the leader")]
+    NotLeader { leader: Option<(NodeId, Member)> },
+    /// The request was refused or failed and was not applied.
+    #[error("{0}")]
+    Refused(String),
+    /// The request may or may not have taken effect (e.g. the entry was appended and the leader
+    /// changed before it committed).
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+}
+
+/// A request with the id its answer will carry.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RequestFrame {
+    pub id: u64,
+    pub request: Request,
+}
+
+/// An answer to the request with the same id.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    pub id: u64,
+    pub response: Result<Response, RemoteError>,
+}
+
+/// Serializes `message` into a frame, length prefix included.
+pub fn encode_frame<T: Serialize>(message: &T) -> io::Result<Vec<u8>> {
+    let len = bincode::serialized_size(message)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    if len > u64::from(MAX_FRAME_LEN) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("message of {len} bytes exceeds the {MAX_FRAME_LEN}-byte frame limit"),
+        ));
+    }
+    let mut frame = Vec::with_capacity(4 + len as usize);
+    frame.extend_from_slice(&(len as u32).to_be_bytes());
+    bincode::serialize_into(&mut frame, message)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    Ok(frame)
+}
+
+/// Reads one frame. `Ok(None)` is a clean end of stream between frames; a length over the limit,
+/// a truncated frame or undecodable bytes are errors, after which the connection must be closed.
+pub async fn read_frame<R, T>(input: &mut R) -> io::Result<Option<T>>
+where
+    R: AsyncRead + Unpin,
+    T: serde::de::DeserializeOwned,
+{
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len);
+    if len > MAX_FRAME_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame length {len} exceeds the limit of {MAX_FRAME_LEN}"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    input.read_exact(&mut body).await?;
+    decode_body(&body).map(Some)
+}
+
+/// Decodes a frame body, refusing trailing bytes so a frame means exactly one message.
+pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> io::Result<T> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_limit(u64::from(MAX_FRAME_LEN))
+        .deserialize(body)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("undecodable frame: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn round_trip(request: Request) -> Request {
+        let frame = encode_frame(&RequestFrame { id: 7, request }).unwrap();
+        let mut input = frame.as_slice();
+        let decoded: RequestFrame = read_frame(&mut input).await.unwrap().unwrap();
+        assert_eq!(decoded.id, 7);
+        decoded.request
+    }
+
+    #[tokio::test]
+    async fn a_binary_proposal_survives_the_wire() {
+        let command = Command::Put {
+            key: b"\xffkey".to_vec(),
+            value: b"\x00\xfe value".to_vec(),
+        };
+        match round_trip(Request::Propose(command.clone())).await {
+            Request::Propose(decoded) => assert_eq!(decoded, command),
+            other => panic!("decoded as {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_length_prefix_is_refused_without_allocating() {
+        let mut input: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
+        let err = read_frame::<_, RequestFrame>(&mut input).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn garbage_and_truncated_frames_are_errors_not_panics() {
+        let mut garbage: &[u8] = &[0, 0, 0, 5, 0xde, 0xad, 0xbe, 0xef, 0x99];
+        assert!(read_frame::<_, RequestFrame>(&mut garbage).await.is_err());
+        let frame = encode_frame(&RequestFrame {
+            id: 1,
+            request: Request::ReadIndex,
+        })
+        .unwrap();
+        let mut truncated = &frame[..frame.len() - 1];
+        assert!(read_frame::<_, RequestFrame>(&mut truncated).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_clean_end_of_stream_is_not_an_error() {
+        let mut empty: &[u8] = &[];
+        assert!(read_frame::<_, RequestFrame>(&mut empty).await.unwrap().is_none());
+    }
+}

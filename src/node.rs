@@ -1,0 +1,634 @@
+//! The node host: owns this node's Raft instance and storage, serves peers, and offers the client
+//! operations (propose, linearizable read, stale read, status) that the REPL and HTTP API share.
+//!
+//! Any node accepts any request. A follower forwards writes to the leader over the node transport
+//! and, for a linearizable read, asks the leader for a read index and then reads its own state
+//! machine once it has applied that far (openraft's ReadIndex protocol, served from a follower).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::ClientWriteError;
+use openraft::error::InitializeError;
+use openraft::error::LinearizableReadError;
+use openraft::error::RaftError;
+use openraft::ChangeMembers;
+use openraft::ReadPolicy;
+use openraft::ServerState;
+use openraft::Snapshot;
+use openraft::SnapshotPolicy;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::error::Error;
+use crate::error::Result;
+use crate::network;
+use crate::network::CallError;
+use crate::network::NetworkFactory;
+use crate::network::Peers;
+use crate::network::RemoteError;
+use crate::network::Request;
+use crate::network::Response;
+use crate::network::RpcHandler;
+use crate::network::SnapshotChunk;
+use crate::store;
+use crate::store::DataDir;
+use crate::store::LogStore;
+use crate::store::SnapshotFile;
+use crate::store::StateMachineStore;
+use crate::store::StateReader;
+use crate::types::Command;
+use crate::types::CommandResult;
+use crate::types::Member;
+use crate::types::NodeId;
+use crate::types::Raft;
+use crate::types::SnapshotMeta;
+
+/// Longest pause between attempts to reach a leader; a leader change ends the pause early.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Everything needed to start a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// This node's own addresses, as recorded in the membership.
+    pub member: Member,
+    /// The members a brand-new cluster starts with; ignored once the node has state on disk.
+    pub initial_members: BTreeMap<NodeId, Member>,
+    pub data_dir: DataDir,
+    /// Deadline for a proposal or a linearizable read.
+    pub timeout: Duration,
+    pub heartbeat: Duration,
+    /// Minimum election timeout; the maximum is twice this.
+    pub election_timeout: Duration,
+    /// Applied entries between snapshots (log compaction points).
+    pub snapshot_entries: u64,
+    /// Log entries kept behind a snapshot point, so slightly lagging followers catch up from the
+    /// log rather than needing a snapshot.
+    pub compaction_overhead: u64,
+}
+
+/// A running node.
+pub struct Node {
+    id: NodeId,
+    member: Member,
+    raft: Raft,
+    state: StateReader,
+    peers: Arc<Peers>,
+    timeout: Duration,
+    data_dir: DataDir,
+    incoming_snapshot: tokio::sync::Mutex<Option<IncomingSnapshot>>,
+    rpc_server: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A snapshot being received from the leader, chunk by chunk, into a file.
+struct IncomingSnapshot {
+    meta: SnapshotMeta,
+    path: PathBuf,
+    file: tokio::fs::File,
+    received: u64,
+}
+
+/// A point-in-time summary of the node, for the REPL's `status` and the HTTP status endpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    pub id: NodeId,
+    pub state: String,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub committed: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub applied_this_run: u64,
+    pub last_snapshot_index: Option<u64>,
+    pub purged: Option<u64>,
+    pub snapshots_built: u64,
+    pub snapshots_installed: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member as this node currently sees the membership.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub raft_addr: String,
+    pub http_addr: String,
+    pub voter: bool,
+    pub leader: bool,
+}
+
+/// Binds a listening socket, naming the address and its purpose in the error a user sees.
+pub async fn listen(what: &'static str, addr: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            Error::AddrInUse {
+                what,
+                addr: addr.to_string(),
+            }
+        } else {
+            Error::Bind {
+                what,
+                addr: addr.to_string(),
+                source,
+            }
+        }
+    })
+}
+
+impl Node {
+    /// Opens the node's storage, listens on its raft address, starts Raft and the peer server, and
+    /// bootstraps the initial membership if this node has never been part of a cluster.
+    ///
+    /// Storage is opened first, so a second process on the same data directory is told so rather
+    /// than that the port is taken.
+    pub async fn start(config: NodeConfig) -> Result<Arc<Node>> {
+        let data_dir = &config.data_dir;
+        let log_store = LogStore::open(&data_dir.log_db())?;
+        let state_machine = StateMachineStore::open(&data_dir.state_db(), data_dir.snapshots())?;
+        let raft_listener = listen("raft", &config.member.raft_addr).await?;
+        let state = state_machine.reader();
+        let raft_config = openraft::Config {
+            cluster_name: "ondisk".into(),
+            heartbeat_interval: millis(config.heartbeat),
+            election_timeout_min: millis(config.election_timeout),
+            election_timeout_max: millis(config.election_timeout) * 2,
+            install_snapshot_timeout: millis(config.election_timeout).max(1000),
+            // Keeps an append batch far below the transport's frame limit even with 1 MiB values.
+            max_payload_entries: 64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
+            max_in_snapshot_log_to_keep: config.compaction_overhead,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Config(format!("invalid raft timing: {e}")))?;
+        let peers = Arc::new(Peers::default());
+        let network = NetworkFactory {
+            this_node: config.id,
+            peers: peers.clone(),
+        };
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            network,
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| Error::Raft(format!("cannot start raft: {e}")))?;
+
+        let node = Arc::new(Node {
+            id: config.id,
+            member: config.member.clone(),
+            raft,
+            state,
+            peers,
+            timeout: config.timeout,
+            data_dir: data_dir.clone(),
+            incoming_snapshot: tokio::sync::Mutex::default(),
+            rpc_server: std::sync::Mutex::default(),
+        });
+        let server = tokio::spawn(network::serve(raft_listener, node.clone()));
+        *node.rpc_server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
+        node.bootstrap(config.initial_members).await?;
+        node.keep_own_address_current();
+        Ok(node)
+    }
+
+    /// Initializes a brand-new node with the initial members. Every founding member does this with
+    /// the same membership, which is safe: they all write the same first log entry. A node that
+    /// already has state (or has heard from a leader) is left alone.
+    async fn bootstrap(&self, members: BTreeMap<NodeId, Member>) -> Result<()> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        if initialized {
+            return Ok(());
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(Error::Raft(format!("cannot bootstrap the cluster: {e}"))),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This node's addresses.
+    pub fn member(&self) -> &Member {
+        &self.member
+    }
+
+    /// This node's data directory.
+    pub fn data_dir(&self) -> &DataDir {
+        &self.data_dir
+    }
+
+    /// The deadline applied to proposals and linearizable reads.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The openraft handle, for metrics and membership.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Sets `key` to `value` once committed and applied.
+    pub async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+        self.propose("put", Command::Put { key, value }).await.map(drop)
+    }
+
+    /// Deletes `key` once committed and applied.
+    pub async fn delete(&self, key: Vec<u8>) -> Result<()> {
+        self.propose("delete", Command::Delete { key }).await.map(drop)
+    }
+
+    /// Proposes `command` through the leader, wherever it is, and returns what applying it
+    /// produced. Fails with [`Error::Timeout`] when it cannot complete within the node's timeout.
+    pub async fn propose(&self, op: &'static str, command: Command) -> Result<CommandResult> {
+        let result = self.submit_to_leader(op, Request::Propose(command)).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!("ondisk_proposals_total", "result" => outcome).increment(1);
+        result
+    }
+
+    /// Changes the membership through the leader, wherever it is.
+    pub async fn change_membership(
+        &self,
+        op: &'static str,
+        changes: ChangeMembers<NodeId, Member>,
+        retain: bool,
+    ) -> Result<()> {
+        self.submit_to_leader(op, Request::ChangeMembership { changes, retain })
+            .await
+            .map(drop)
+    }
+
+    /// Runs a leader-only `request` (a proposal or a membership change) on the leader: here if
+    /// this node leads, otherwise forwarded. Retries only while the request certainly had no
+    /// effect (no leader yet, a stale leader, an unreachable one), within the node's timeout.
+    async fn submit_to_leader(&self, op: &'static str, request: Request) -> Result<CommandResult> {
+        self.with_deadline(op, self.timeout, async {
+            loop {
+                let (leader, member) = self.wait_for_leader().await?;
+                let attempt = if leader == self.id {
+                    self.submit_locally(request.clone()).await
+                } else {
+                    self.forward(&member.raft_addr, request.clone()).await
+                };
+                match attempt {
+                    Ok(result) => return Ok(result),
+                    Err(RemoteError::NotLeader { .. }) => self.pause_unless_leader_changes(Some(leader)).await,
+                    Err(RemoteError::Refused(reason)) => return Err(Error::Raft(reason)),
+                    Err(RemoteError::Unknown(reason)) => return Err(Error::OutcomeUnknown { op, reason }),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Sends a leader-only request to the node at `leader_addr`.
+    async fn forward(&self, leader_addr: &str, request: Request) -> std::result::Result<CommandResult, RemoteError> {
+        match self.peers.call(leader_addr, request, self.timeout).await {
+            Ok(Response::Proposed(result)) => Ok(result),
+            Ok(other) => Err(RemoteError::Refused(format!("unexpected answer {other:?}"))),
+            Err(CallError::Remote(remote)) => Err(remote),
+            Err(other) if other.certainly_not_applied() => Err(RemoteError::NotLeader { leader: None }.with_cause(other)),
+            Err(other) => Err(RemoteError::Unknown(other.to_string())),
+        }
+    }
+
+    /// Runs a leader-only request on this node, which believes it is the leader.
+    async fn submit_locally(&self, request: Request) -> std::result::Result<CommandResult, RemoteError> {
+        let written = match request {
+            Request::Propose(command) => self.raft.client_write(command).await,
+            Request::ChangeMembership { changes, retain } => self.raft.change_membership(changes, retain).await,
+            other => return Err(RemoteError::Refused(format!("{other:?} is not a leader request"))),
+        };
+        match written {
+            Ok(written) => Ok(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => Err(RemoteError::NotLeader {
+                leader: forward.leader_id.zip(forward.leader_node),
+            }),
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(RemoteError::Unknown(
+                "the leader changed before the entry committed".into(),
+            )),
+            Err(RaftError::Fatal(fatal)) => Err(RemoteError::Unknown(format!("raft stopped: {fatal}"))),
+            Err(other) => Err(RemoteError::Refused(other.to_string())),
+        }
+    }
+
+    /// Keeps this node's entry in the replicated membership in step with its actual addresses, so
+    /// every member learns its HTTP address (and a raft address given with `-addr`). Runs until
+    /// Raft stops.
+    fn keep_own_address_current(self: &Arc<Self>) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut metrics = node.raft.metrics();
+            loop {
+                let outdated = {
+                    let m = metrics.borrow_watched();
+                    m.current_leader.is_some()
+                        && m.membership_config
+                            .membership()
+                            .get_node(&node.id)
+                            .is_some_and(|recorded| *recorded != node.member)
+                };
+                if outdated {
+                    let update = ChangeMembers::SetNodes([(node.id, node.member.clone())].into());
+                    match node.change_membership("address update", update, true).await {
+                        Ok(()) => tracing::info!("recorded this node's addresses in the membership"),
+                        Err(e) => {
+                            tracing::debug!("recording this node's addresses failed, will retry: {e}");
+                            tokio::time::sleep(RETRY_PAUSE * 10).await;
+                        }
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// A linearizable read of `key`: reflects every write acknowledged before the read began.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.read_barrier("get").await?;
+        self.get_stale(key)
+    }
+
+    /// A read of this node's state machine as it is now, without asking the leader: fast, and
+    /// possibly behind the cluster.
+    pub fn get_stale(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.state.get(key)?)
+    }
+
+    /// Up to `limit` pairs under `prefix`, in key order, from this node's state machine.
+    pub fn scan_stale(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(self.state.scan(prefix, limit)?)
+    }
+
+    /// Waits until this node's state machine reflects every write committed before the call, so a
+    /// read that follows is linearizable.
+    pub async fn read_barrier(&self, op: &'static str) -> Result<()> {
+        self.read_barrier_within(op, self.timeout).await
+    }
+
+    /// [`Node::read_barrier`] with its own deadline (health checks want a short one).
+    pub async fn read_barrier_within(&self, op: &'static str, within: Duration) -> Result<()> {
+        self.with_deadline(op, within, async {
+            let index = loop {
+                let (leader, member) = self.wait_for_leader().await?;
+                let attempt = if leader == self.id {
+                    self.read_index_locally().await
+                } else {
+                    match self
+                        .peers
+                        .call(&member.raft_addr, Request::ReadIndex, self.timeout)
+                        .await
+                    {
+                        Ok(Response::ReadIndex(index)) => Ok(index),
+                        Ok(other) => Err(RemoteError::Refused(format!("unexpected answer {other:?}"))),
+                        Err(CallError::Remote(remote)) => Err(remote),
+                        // Asking for a read index changes nothing, so any failure may be retried.
+                        Err(other) => Err(RemoteError::NotLeader { leader: None }.with_cause(other)),
+                    }
+                };
+                match attempt {
+                    Ok(index) => break index,
+                    Err(_) => self.pause_unless_leader_changes(Some(leader)).await,
+                }
+            };
+            self.raft
+                .wait(None)
+                .applied_index_at_least(Some(index), "linearizable read")
+                .await
+                .map_err(|_| Error::ShuttingDown)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Confirms leadership with a quorum (ReadIndex) and returns the index reads must wait for.
+    async fn read_index_locally(&self) -> std::result::Result<u64, RemoteError> {
+        match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+            Ok(linearizer) => Ok(linearizer.read_log_id().index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
+                Err(RemoteError::NotLeader {
+                    leader: forward.leader_id.zip(forward.leader_node),
+                })
+            }
+            Err(other) => Err(RemoteError::Refused(other.to_string())),
+        }
+    }
+
+    /// The current leader and its addresses, waiting for one to be known.
+    async fn wait_for_leader(&self) -> Result<(NodeId, Member)> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_watched();
+                if let Some(leader) = m.current_leader {
+                    if let Some(member) = m.membership_config.membership().get_node(&leader) {
+                        return Ok((leader, member.clone()));
+                    }
+                }
+            }
+            metrics.changed().await.map_err(|_| Error::ShuttingDown)?;
+        }
+    }
+
+    /// Waits for the leader to change from `previous`, or [`RETRY_PAUSE`], whichever is first:
+    /// retrying at once against a dead leader would only spin.
+    async fn pause_unless_leader_changes(&self, previous: Option<NodeId>) {
+        let _ = self
+            .raft
+            .wait(Some(RETRY_PAUSE))
+            .metrics(|m| m.current_leader != previous, "leader change")
+            .await;
+    }
+
+    async fn with_deadline<T>(
+        &self,
+        op: &'static str,
+        within: Duration,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::time::timeout(within, work)
+            .await
+            .map_err(|_| Error::Timeout { op, after: within })?
+    }
+
+    /// A summary of this node's Raft and storage state.
+    pub fn status(&self) -> Status {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, member)| MemberStatus {
+                id: *id,
+                raft_addr: member.raft_addr.clone(),
+                http_addr: member.http_addr.clone(),
+                voter: voters.contains(id),
+                leader: m.current_leader == Some(*id),
+            })
+            .collect();
+        Status {
+            id: self.id,
+            state: state_name(m.state).to_string(),
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            committed: m.local_committed.map(|id| id.index),
+            last_applied: m.last_applied.map(|id| id.index),
+            applied_this_run: self.state.applied_this_run(),
+            last_snapshot_index: m.snapshot.map(|id| id.index),
+            purged: m.purged.map(|id| id.index),
+            snapshots_built: self.state.snapshots_built(),
+            snapshots_installed: self.state.snapshots_installed(),
+            members,
+        }
+    }
+
+    /// Stops Raft and the peer server. Storage is closed when the last handle is dropped; every
+    /// acknowledged write is already durable, so nothing needs flushing here.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft did not shut down cleanly: {e}");
+        }
+        if let Some(server) = self.rpc_server.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            server.abort();
+        }
+    }
+
+    /// Stores one chunk of a snapshot being streamed to us; on the last one, verifies the file and
+    /// hands it to openraft to install.
+    async fn receive_snapshot_chunk(&self, chunk: SnapshotChunk) -> std::result::Result<Response, RemoteError> {
+        let refused = |what: &str, e: &dyn std::fmt::Display| RemoteError::Refused(format!("{what}: {e}"));
+        let mut incoming = self.incoming_snapshot.lock().await;
+        if chunk.offset == 0 {
+            if let Some(stale) = incoming.take() {
+                let _ = tokio::fs::remove_file(&stale.path).await;
+            }
+            let index = chunk.meta.last_log_id.map_or(0, |id| id.index);
+            let path = self.data_dir.snapshots().join(format!("receiving-{index}.partial"));
+            let file = tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| refused("cannot create snapshot file", &e))?;
+            *incoming = Some(IncomingSnapshot {
+                meta: chunk.meta.clone(),
+                path,
+                file,
+                received: 0,
+            });
+        }
+        let Some(current) = incoming.as_mut() else {
+            return Err(RemoteError::Refused("snapshot chunk without a transfer in progress".into()));
+        };
+        if current.meta != chunk.meta || current.received != chunk.offset {
+            let stale = incoming.take();
+            if let Some(stale) = stale {
+                let _ = tokio::fs::remove_file(&stale.path).await;
+            }
+            return Err(RemoteError::Refused("snapshot chunk out of sequence; restart the transfer".into()));
+        }
+        current
+            .file
+            .write_all(&chunk.data)
+            .await
+            .map_err(|e| refused("cannot write snapshot file", &e))?;
+        current.received += chunk.data.len() as u64;
+        if !chunk.done {
+            return Ok(Response::SnapshotChunkStored);
+        }
+        let Some(complete) = incoming.take() else {
+            return Err(RemoteError::Refused("snapshot transfer vanished".into()));
+        };
+        drop(incoming);
+        let IncomingSnapshot { meta, path, mut file, .. } = complete;
+        file.flush().await.map_err(|e| refused("cannot write snapshot file", &e))?;
+        file.sync_all().await.map_err(|e| refused("cannot sync snapshot file", &e))?;
+        drop(file);
+        let verify_path = path.clone();
+        let verified = tokio::task::spawn_blocking(move || store::verify_snapshot(&verify_path))
+            .await
+            .map_err(|e| refused("snapshot verification failed", &e))?;
+        match verified {
+            Ok(found) if found == meta => {}
+            Ok(_) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(RemoteError::Refused("snapshot header does not match the transfer".into()));
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(refused("received snapshot is corrupt", &e));
+            }
+        }
+        let file = SnapshotFile::open(path).map_err(|e| refused("cannot reopen snapshot file", &e))?;
+        self.raft
+            .install_full_snapshot(chunk.vote, Snapshot { meta, snapshot: file })
+            .await
+            .map(Response::SnapshotInstalled)
+            .map_err(|e| refused("installing the snapshot failed", &e))
+    }
+}
+
+impl RemoteError {
+    /// Keeps the retry semantics of `self` while logging why the call failed.
+    fn with_cause(self, cause: CallError) -> Self {
+        tracing::debug!("request to the leader failed, will retry: {cause}");
+        self
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn state_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "Leader",
+        ServerState::Follower => "Follower",
+        ServerState::Candidate => "Candidate",
+        ServerState::Learner => "Learner",
+        ServerState::Shutdown => "Shutdown",
+    }
+}
+
+impl RpcHandler for Node {
+    async fn handle(&self, request: Request) -> std::result::Result<Response, RemoteError> {
+        let raft_failed = |e: RaftError<crate::types::TypeConfig>| RemoteError::Refused(e.to_string());
+        match request {
+            Request::AppendEntries(rpc) => self
+                .raft
+                .append_entries(rpc)
+                .await
+                .map(Response::AppendEntries)
+                .map_err(raft_failed),
+            Request::Vote(rpc) => self.raft.vote(rpc).await.map(Response::Vote).map_err(raft_failed),
+            Request::PreVote(rpc) => self.raft.pre_vote(rpc).await.map(Response::Vote).map_err(raft_failed),
+            Request::TransferLeader(rpc) => self
+                .raft
+                .handle_transfer_leader(rpc)
+                .await
+                .map(Response::TransferLeader)
+                .map_err(|e| RemoteError::Refused(e.to_string())),
+            Request::SnapshotChunk(chunk) => self.receive_snapshot_chunk(chunk).await,
+            request @ (Request::Propose(_) | Request::ChangeMembership { .. }) => {
+                self.submit_locally(request).await.map(Response::Proposed)
+            }
+            Request::ReadIndex => self.read_index_locally().await.map(Response::ReadIndex),
+        }
+    }
+}

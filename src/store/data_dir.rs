@@ -1,0 +1,154 @@
+//! The per-node data directory, `DIR/node<N>/`, and the marker file that proves ondisk made it.
+//!
+//! The marker exists so that pointing `-data-dir` at the wrong place (another program's files, or
+//! another node's directory) fails loudly before anything is written there.
+
+use std::fs;
+use std::io;
+use std::io::Write;
+use std::path::Path;
+use std::path::PathBuf;
+
+use crate::error::Error;
+use crate::types::NodeId;
+
+/// Name of the marker file at the root of every node directory.
+const MARKER: &str = "ONDISK";
+/// On-disk layout version; bumped when the layout changes incompatibly.
+const FORMAT_VERSION: u32 = 1;
+
+/// A validated node directory. Holding one means the directory is ours and is for this node.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Opens `base/node<id>`, creating it (with its marker) if it does not exist or is empty.
+    ///
+    /// Refuses a non-empty directory without a marker, and one whose marker names another node or
+    /// another format version, without writing anything into it.
+    pub fn open(base: &Path, node_id: NodeId) -> Result<Self, Error> {
+        let root = base.join(format!("node{node_id}"));
+        let marker = root.join(MARKER);
+        match fs::read_to_string(&marker) {
+            Ok(text) => check_marker(&root, &text, node_id)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if is_non_empty_dir(&root)? {
+                    return Err(Error::ForeignDataDir { path: root, marker: MARKER });
+                }
+                fs::create_dir_all(&root)?;
+                write_marker(&root, node_id)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(DataDir { root })
+    }
+
+    /// The node directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The RocksDB database holding the Raft log, vote and commit point.
+    pub fn log_db(&self) -> PathBuf {
+        self.root.join("raft-log")
+    }
+
+    /// The RocksDB database holding the state machine.
+    pub fn state_db(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    /// Where snapshot files are kept.
+    pub fn snapshots(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// The node's log file.
+    pub fn log_file(&self) -> PathBuf {
+        self.root.join("ondisk.log")
+    }
+}
+
+fn is_non_empty_dir(path: &Path) -> io::Result<bool> {
+    match fs::read_dir(path) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+fn check_marker(root: &Path, text: &str, node_id: NodeId) -> Result<(), Error> {
+    let incompatible = |reason: String| Error::IncompatibleDataDir {
+        path: root.to_path_buf(),
+        reason,
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+            .map(str::trim)
+    };
+    let format = field("format").and_then(|v| v.parse::<u32>().ok());
+    if format != Some(FORMAT_VERSION) {
+        return Err(incompatible(format!(
+            "has an unreadable or unsupported {MARKER} marker (expected format={FORMAT_VERSION})"
+        )));
+    }
+    match field("node_id").and_then(|v| v.parse::<NodeId>().ok()) {
+        Some(found) if found == node_id => Ok(()),
+        Some(found) => Err(incompatible(format!(
+            "belongs to node {found}, not node {node_id}"
+        ))),
+        None => Err(incompatible(format!("has a {MARKER} marker without a node id"))),
+    }
+}
+
+/// Writes the marker atomically (temp file, fsync, rename, fsync of the directory) so a crash
+/// never leaves a half-written marker that would make the directory look foreign.
+fn write_marker(root: &Path, node_id: NodeId) -> io::Result<()> {
+    let tmp = root.join(format!("{MARKER}.tmp"));
+    let mut file = fs::File::create(&tmp)?;
+    write!(
+        file,
+        "ondisk data directory\nformat={FORMAT_VERSION}\nnode_id={node_id}\n"
+    )?;
+    file.sync_all()?;
+    fs::rename(&tmp, root.join(MARKER))?;
+    fs::File::open(root)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_a_fresh_directory_and_reopens_it() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(base.path(), 2).unwrap();
+        assert!(dir.root().join(MARKER).exists());
+        DataDir::open(base.path(), 2).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_foreign_directory_without_touching_it() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("node1");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join("CURRENT"), b"not ours").unwrap();
+        let err = DataDir::open(base.path(), 1).unwrap_err();
+        assert!(matches!(err, Error::ForeignDataDir { .. }), "{err}");
+        assert!(!root.join(MARKER).exists());
+        assert_eq!(fs::read(root.join("CURRENT")).unwrap(), b"not ours");
+    }
+
+    #[test]
+    fn refuses_another_nodes_directory() {
+        let base = tempfile::tempdir().unwrap();
+        DataDir::open(base.path(), 1).unwrap();
+        fs::rename(base.path().join("node1"), base.path().join("node3")).unwrap();
+        let err = DataDir::open(base.path(), 3).unwrap_err();
+        assert!(err.to_string().contains("belongs to node 1"), "{err}");
+    }
+}

@@ -1,0 +1,232 @@
+//! The Raft log, vote and commit point, in their own RocksDB database.
+//!
+//! Appends are written at once (so openraft can read them back immediately) but acknowledged only
+//! after a WAL fsync done by one syncer thread, which takes every append queued behind the one it
+//! is syncing into the next fsync: many appends, one fsync (group commit).
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::Bound;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+
+use openraft::storage::IOFlushed;
+use openraft::storage::RaftLogStorage;
+use openraft::LogState;
+use openraft::OptionalSend;
+use openraft::RaftLogReader;
+use rocksdb::Direction;
+use rocksdb::IteratorMode;
+use rocksdb::WriteBatch;
+use rocksdb::WriteOptions;
+use rocksdb::DB;
+
+use super::blocking;
+use super::column_family;
+use super::decode;
+use super::encode;
+use super::io_err;
+use super::open_rocksdb;
+use crate::error::Error;
+use crate::types::Entry;
+use crate::types::LogId;
+use crate::types::TypeConfig;
+use crate::types::Vote;
+
+/// Log entries keyed by their index as 8 big-endian bytes, so RocksDB's key order is log order.
+const CF_LOGS: &str = "logs";
+/// Small records: the vote, the commit point and the purge point.
+const CF_META: &str = "meta";
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// openraft's log storage over RocksDB. Cheap to clone: clones share the database and syncer.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    /// Appends waiting for the fsync that makes them durable.
+    to_sync: mpsc::Sender<IOFlushed<TypeConfig>>,
+}
+
+impl LogStore {
+    /// Opens the log database at `path` and starts its syncer thread.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let db = Arc::new(open_rocksdb(path, &[CF_LOGS, CF_META])?);
+        let (to_sync, pending) = mpsc::channel();
+        let syncer_db = db.clone();
+        thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || sync_appends(&syncer_db, &pending))?;
+        Ok(LogStore { db, to_sync })
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
+        let cf = column_family(&self.db, CF_META)?;
+        match self.db.get_pinned_cf(cf, key).map_err(io_err)? {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T, sync: bool) -> io::Result<()> {
+        let cf = column_family(&self.db, CF_META)?;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db
+            .put_cf_opt(cf, key, encode(value)?, &opts)
+            .map_err(io_err)
+    }
+}
+
+/// The syncer loop: one WAL fsync per wake-up covers every append queued so far.
+fn sync_appends(db: &DB, pending: &mpsc::Receiver<IOFlushed<TypeConfig>>) {
+    while let Ok(first) = pending.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(pending.try_iter());
+        let result = db.flush_wal(true).map_err(|e| e.into_string());
+        for callback in waiting {
+            callback.io_completed(result.clone().map_err(io::Error::other));
+        }
+    }
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn key_index(key: &[u8]) -> io::Result<u64> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "malformed log key"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(i.saturating_add(1)),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        let db = self.db.clone();
+        blocking(move || {
+            let cf = column_family(&db, CF_LOGS)?;
+            let from = index_key(start);
+            let mut entries = Vec::new();
+            for item in db.iterator_cf(cf, IteratorMode::From(&from, Direction::Forward)) {
+                let (key, value) = item.map_err(io_err)?;
+                if end.is_some_and(|end| key_index(&key).is_ok_and(|i| i >= end)) {
+                    break;
+                }
+                entries.push(decode::<Entry>(&value)?);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        self.read_meta(KEY_VOTE)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId> = self.read_meta(KEY_LAST_PURGED)?;
+        let cf = column_family(&self.db, CF_LOGS)?;
+        let last_log_id = match self.db.iterator_cf(cf, IteratorMode::End).next() {
+            Some(item) => {
+                let (_, value) = item.map_err(io_err)?;
+                Some(decode::<Entry>(&value)?.log_id)
+            }
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    /// A vote must be durable before the node acts on it: a synced write.
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        let this = self.clone();
+        let vote = *vote;
+        blocking(move || this.write_meta(KEY_VOTE, &vote, true)).await
+    }
+
+    /// The commit point needs no fsync: losing it only means re-applying from the last applied
+    /// index, which is itself durable with the state it describes.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        self.write_meta(KEY_COMMITTED, &committed, false)
+    }
+
+    async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        {
+            let cf = column_family(&self.db, CF_LOGS)?;
+            for entry in entries {
+                batch.put_cf(cf, index_key(entry.log_id.index), encode(&entry)?);
+            }
+        }
+        let db = self.db.clone();
+        blocking(move || db.write(batch).map_err(io_err)).await?;
+        // Readable now; durable (and acknowledged) once the syncer's next fsync covers it. WAL
+        // order guarantees that fsync also covers every earlier vote or truncation.
+        self.to_sync
+            .send(callback)
+            .map_err(|_| io::Error::other("log syncer stopped"))
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        let from = last_log_id.map_or(0, |id| id.index + 1);
+        let db = self.db.clone();
+        blocking(move || {
+            let cf = column_family(&db, CF_LOGS)?;
+            db.delete_range_cf(cf, index_key(from), index_key(u64::MAX))
+                .map_err(io_err)
+        })
+        .await
+    }
+
+    /// Purging is only ever asked for up to a snapshot point, and the state machine syncs its
+    /// writes before it reports a snapshot (see `state_machine`), so the entries removed here are
+    /// already durable in the state machine.
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        let db = self.db.clone();
+        blocking(move || {
+            let logs = column_family(&db, CF_LOGS)?;
+            let meta = column_family(&db, CF_META)?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(meta, KEY_LAST_PURGED, encode(&log_id)?);
+            batch.delete_range_cf(logs, index_key(0), index_key(log_id.index + 1));
+            db.write(batch).map_err(io_err)
+        })
+        .await
+    }
+}

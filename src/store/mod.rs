@@ -1,0 +1,79 @@
+//! Everything a node keeps on disk: the Raft log (`log_store`), the state machine (`state_machine`),
+//! the snapshot files that let the log be compacted (`snapshot`), and the data directory that holds
+//! them (`data_dir`).
+//!
+//! Both the log and the state machine are RocksDB databases, in separate directories so each can be
+//! tuned, synced and (for the state machine) replaced on its own.
+
+mod data_dir;
+mod log_store;
+mod snapshot;
+mod state_machine;
+
+pub use data_dir::DataDir;
+pub use log_store::LogStore;
+pub use snapshot::verify as verify_snapshot;
+pub use snapshot::SnapshotFile;
+pub use state_machine::StateMachineStore;
+pub use state_machine::StateReader;
+
+use std::io;
+use std::path::Path;
+
+use rocksdb::ColumnFamilyDescriptor;
+use rocksdb::Options;
+use rocksdb::DB;
+
+use crate::error::Error;
+
+/// Opens (creating if needed) a RocksDB database with the given column families.
+///
+/// Errors are mapped by [`Error::from_rocksdb`], so a second process on the same directory is
+/// reported as such instead of as a raw LOCK-file message.
+fn open_rocksdb(path: &Path, column_families: &[&str]) -> Result<DB, Error> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // RocksDB defaults to aborting the process on some corruption paths; paranoid checks make it
+    // return an error at open instead, which we turn into a one-line message.
+    opts.set_paranoid_checks(true);
+    opts.set_keep_log_file_num(4);
+    let cfs = column_families
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| Error::from_rocksdb(path, e))
+}
+
+/// Looks up a column family that [`open_rocksdb`] was asked to create, as an I/O error if missing
+/// (it cannot be, short of a bug, but a peer-reachable path must not panic).
+fn column_family<'a>(db: &'a DB, name: &str) -> io::Result<&'a rocksdb::ColumnFamily> {
+    db.cf_handle(name)
+        .ok_or_else(|| io::Error::other(format!("column family {name} is missing")))
+}
+
+/// Converts a RocksDB error on a running database into the `io::Error` openraft's traits expect.
+fn io_err(err: rocksdb::Error) -> io::Error {
+    io::Error::other(err.into_string())
+}
+
+/// Encodes a value with bincode for storage; the types stored are all plain data.
+fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    bincode::serialize(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Decodes a stored value; a decode failure means the database is corrupt.
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    bincode::deserialize(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Runs blocking RocksDB work off the async workers, so a slow disk never stalls the runtime that
+/// carries heartbeats.
+async fn blocking<T, F>(work: F) -> io::Result<T>
+where
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| io::Error::other(format!("storage task failed: {e}")))?
+}

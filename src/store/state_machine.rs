@@ -1,0 +1,449 @@
+//! The replicated state machine, which is a RocksDB database and nothing else: no in-memory copy,
+//! so the data may be far larger than memory.
+//!
+//! Every applied batch of entries is ONE WriteBatch carrying the key-value changes together with
+//! the last applied log id and the last membership. A restart therefore resumes from exactly the
+//! state on disk, and openraft replays nothing it has already applied.
+//!
+//! Durability: applies are written without fsync (they are also in the fsynced Raft log). Before a
+//! snapshot is reported to openraft, the state machine's WAL is fsynced; openraft purges the log
+//! only up to a snapshot point, so the log never loses an entry the state machine could still lose.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use futures::Stream;
+use futures::TryStreamExt;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
+use openraft::EntryPayload;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use openraft::Snapshot;
+use rocksdb::Direction;
+use rocksdb::IteratorMode;
+use rocksdb::WriteBatch;
+use rocksdb::WriteOptions;
+use rocksdb::DB;
+
+use super::blocking;
+use super::column_family;
+use super::decode;
+use super::encode;
+use super::io_err;
+use super::open_rocksdb;
+use super::snapshot;
+use super::snapshot::SnapshotReader;
+use super::snapshot::SnapshotWriter;
+use super::SnapshotFile;
+use crate::error::Error;
+use crate::types::Command;
+use crate::types::CommandResult;
+use crate::types::LogId;
+use crate::types::SnapshotMeta;
+use crate::types::StoredMembership;
+use crate::types::TypeConfig;
+
+/// User keys and values, stored as given.
+const CF_DATA: &str = "data";
+/// The applied log id and membership, written in the same batch as the data they describe.
+const CF_META: &str = "meta";
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+
+/// The newest snapshot on disk, shared between the state machine and its snapshot builders.
+type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>;
+
+/// openraft's state machine over RocksDB.
+pub struct StateMachineStore {
+    db: Arc<DB>,
+    snapshot_dir: PathBuf,
+    current_snapshot: CurrentSnapshot,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    counters: Arc<Counters>,
+}
+
+/// Figures the node reports about its state machine.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Entries applied by this process; zero after a restart that resumed from disk with no replay.
+    applied_this_run: AtomicU64,
+    snapshots_built: AtomicU64,
+    snapshots_installed: AtomicU64,
+}
+
+/// A read-only view of the state machine for serving reads without going through Raft's task.
+///
+/// Reads see whatever has been applied; linearizability is the caller's job (wait for the read
+/// index to be applied first).
+#[derive(Clone)]
+pub struct StateReader {
+    db: Arc<DB>,
+    counters: Arc<Counters>,
+}
+
+impl StateMachineStore {
+    /// Opens the state machine at `path` and finds the newest snapshot in `snapshot_dir`.
+    pub fn open(path: &Path, snapshot_dir: PathBuf) -> Result<Self, Error> {
+        let db = Arc::new(open_rocksdb(path, &[CF_DATA, CF_META])?);
+        let read_meta = || -> io::Result<(Option<LogId>, StoredMembership)> {
+            let meta = column_family(&db, CF_META)?;
+            let applied = match db.get_pinned_cf(meta, KEY_APPLIED).map_err(io_err)? {
+                Some(bytes) => decode(&bytes)?,
+                None => None,
+            };
+            let membership = match db.get_pinned_cf(meta, KEY_MEMBERSHIP).map_err(io_err)? {
+                Some(bytes) => decode(&bytes)?,
+                None => StoredMembership::default(),
+            };
+            Ok((applied, membership))
+        };
+        let storage_err = |e: io::Error| Error::Storage {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let (applied, membership) = read_meta().map_err(storage_err)?;
+        fs::create_dir_all(&snapshot_dir)?;
+        let newest = snapshot::newest_in(&snapshot_dir).map_err(|e| Error::Storage {
+            path: snapshot_dir.clone(),
+            message: e.to_string(),
+        })?;
+        tracing::info!(
+            applied = ?applied,
+            "state machine opened at applied index {}",
+            applied.map_or(0, |id| id.index)
+        );
+        Ok(StateMachineStore {
+            db,
+            snapshot_dir,
+            current_snapshot: Arc::new(Mutex::new(newest)),
+            applied,
+            membership,
+            counters: Arc::default(),
+        })
+    }
+
+    /// A reader sharing this state machine's database.
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            db: self.db.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+impl StateReader {
+    /// The value of `key` as applied so far.
+    pub fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        let data = column_family(&self.db, CF_DATA)?;
+        self.db.get_cf(data, key).map_err(io_err)
+    }
+
+    /// Up to `limit` pairs whose keys start with `prefix`, in key order.
+    pub fn scan(&self, prefix: &[u8], limit: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let data = column_family(&self.db, CF_DATA)?;
+        let mut pairs = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(data, IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (key, value) = item.map_err(io_err)?;
+            if !key.starts_with(prefix) || pairs.len() >= limit {
+                break;
+            }
+            pairs.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(pairs)
+    }
+
+    /// Entries applied by this process since it started.
+    pub fn applied_this_run(&self) -> u64 {
+        self.counters.applied_this_run.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots this node has built since it started.
+    pub fn snapshots_built(&self) -> u64 {
+        self.counters.snapshots_built.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots this node has received and installed since it started.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.counters.snapshots_installed.load(Ordering::Relaxed)
+    }
+}
+
+/// Applies one command to the batch being built. `pending` holds this batch's earlier writes,
+/// which RocksDB cannot see yet, so a compare-and-swap after a put in the same batch sees the put.
+fn apply_command(
+    db: &DB,
+    batch: &mut WriteBatch,
+    pending: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
+    command: Command,
+) -> io::Result<CommandResult> {
+    let data = column_family(db, CF_DATA)?;
+    match command {
+        Command::Put { key, value } => {
+            batch.put_cf(data, &key, &value);
+            pending.insert(key, Some(value));
+        }
+        Command::Delete { key } => {
+            batch.delete_cf(data, &key);
+            pending.insert(key, None);
+        }
+        Command::CompareAndSwap {
+            key,
+            expected,
+            value,
+        } => {
+            let current = match pending.get(&key) {
+                Some(value) => value.clone(),
+                None => db.get_cf(data, &key).map_err(io_err)?,
+            };
+            if current != expected {
+                return Ok(CommandResult::PreconditionFailed { current });
+            }
+            batch.put_cf(data, &key, &value);
+            pending.insert(key, Some(value));
+        }
+    }
+    Ok(CommandResult::Applied)
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotFile;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, entries: Strm) -> io::Result<()>
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
+        let entries: Vec<EntryResponder<TypeConfig>> = entries.try_collect().await?;
+        let Some(last) = entries.last().map(|(entry, _)| entry.log_id) else {
+            return Ok(());
+        };
+        let mut membership = None;
+        let mut commands = Vec::with_capacity(entries.len());
+        let mut responders = Vec::with_capacity(entries.len());
+        for (entry, responder) in entries {
+            match entry.payload {
+                EntryPayload::Blank => commands.push(None),
+                EntryPayload::Normal(command) => commands.push(Some(command)),
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                    commands.push(None);
+                }
+            }
+            responders.push(responder);
+        }
+        let db = self.db.clone();
+        let new_membership = membership.clone();
+        let results = blocking(move || {
+            let mut batch = WriteBatch::default();
+            let mut pending = HashMap::new();
+            let results = commands
+                .into_iter()
+                .map(|command| match command {
+                    Some(command) => apply_command(&db, &mut batch, &mut pending, command),
+                    None => Ok(CommandResult::Applied),
+                })
+                .collect::<io::Result<Vec<_>>>()?;
+            let meta = column_family(&db, CF_META)?;
+            batch.put_cf(meta, KEY_APPLIED, encode(&Some(last))?);
+            if let Some(membership) = &new_membership {
+                batch.put_cf(meta, KEY_MEMBERSHIP, encode(membership)?);
+            }
+            db.write(batch).map_err(io_err)?;
+            Ok(results)
+        })
+        .await?;
+        self.applied = Some(last);
+        if let Some(membership) = membership {
+            self.membership = membership;
+        }
+        self.counters
+            .applied_this_run
+            .fetch_add(results.len() as u64, Ordering::Relaxed);
+        for (responder, result) in responders.into_iter().zip(results) {
+            if let Some(responder) = responder {
+                responder.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            dir: self.snapshot_dir.clone(),
+            current_snapshot: self.current_snapshot.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// Replaces the whole state with the snapshot's, in one synced WriteBatch: a crash leaves the
+    /// old state or the new one, never a mix. The checksum is verified before anything is written.
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<()> {
+        let db = self.db.clone();
+        let dir = self.snapshot_dir.clone();
+        let expected_meta = meta.clone();
+        let final_path = blocking(move || {
+            let mut reader = SnapshotReader::new(snapshot.file.try_clone()?)?;
+            if reader.meta != expected_meta {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "snapshot file header does not match the snapshot being installed",
+                ));
+            }
+            let data = column_family(&db, CF_DATA)?;
+            let mut batch = WriteBatch::default();
+            delete_all(&db, data, &mut batch)?;
+            while let Some((key, value)) = reader.next_pair()? {
+                batch.put_cf(data, key, value);
+            }
+            let meta_cf = column_family(&db, CF_META)?;
+            batch.put_cf(meta_cf, KEY_APPLIED, encode(&expected_meta.last_log_id)?);
+            batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode(&expected_meta.last_membership)?);
+            let mut sync = WriteOptions::default();
+            sync.set_sync(true);
+            db.write_opt(batch, &sync).map_err(io_err)?;
+            let final_path = dir.join(snapshot::file_name(&expected_meta));
+            adopt_file(&snapshot.path, &final_path)?;
+            Ok(final_path)
+        })
+        .await?;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        replace_current(&self.current_snapshot, meta.clone(), final_path)?;
+        self.counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            "installed snapshot at index {}",
+            meta.last_log_id.map_or(0, |id| id.index)
+        );
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<crate::types::Snapshot>> {
+        let current = self
+            .current_snapshot
+            .lock()
+            .map_err(|_| io::Error::other("snapshot state poisoned"))?
+            .clone();
+        match current {
+            Some((meta, path)) => Ok(Some(Snapshot {
+                meta,
+                snapshot: SnapshotFile::open(path)?,
+            })),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Deletes every data key in one range tombstone. The range ends just past the last key rather
+/// than at some "maximal" key, because no fixed byte string sorts after every possible key.
+fn delete_all(db: &DB, data: &rocksdb::ColumnFamily, batch: &mut WriteBatch) -> io::Result<()> {
+    let first = db.iterator_cf(data, IteratorMode::Start).next();
+    let last = db.iterator_cf(data, IteratorMode::End).next();
+    if let (Some(first), Some(last)) = (first, last) {
+        let (first, _) = first.map_err(io_err)?;
+        let (last, _) = last.map_err(io_err)?;
+        let mut end = last.into_vec();
+        end.push(0);
+        batch.delete_range_cf(data, first.into_vec(), end);
+    }
+    Ok(())
+}
+
+/// Moves a received snapshot file into the snapshot directory under its final name; copies when
+/// it lives on another file system.
+fn adopt_file(from: &Path, to: &Path) -> io::Result<()> {
+    if from == to {
+        return Ok(());
+    }
+    if fs::rename(from, to).is_err() {
+        fs::copy(from, to)?;
+        fs::File::open(to)?.sync_all()?;
+    }
+    snapshot::sync_dir(to)
+}
+
+/// Records `path` as the newest snapshot and deletes the one it replaces.
+fn replace_current(current: &CurrentSnapshot, meta: SnapshotMeta, path: PathBuf) -> io::Result<()> {
+    let mut guard = current
+        .lock()
+        .map_err(|_| io::Error::other("snapshot state poisoned"))?;
+    if let Some((_, old)) = guard.replace((meta, path.clone())) {
+        if old != path {
+            fs::remove_file(old)?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds a snapshot from a point-in-time view of the state machine while applies go on.
+pub struct SnapshotBuilder {
+    db: Arc<DB>,
+    dir: PathBuf,
+    current_snapshot: CurrentSnapshot,
+    counters: Arc<Counters>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotFile;
+
+    async fn build_snapshot(&mut self) -> io::Result<crate::types::Snapshot> {
+        let db = self.db.clone();
+        let dir = self.dir.clone();
+        let (meta, path) = blocking(move || {
+            let view = db.snapshot();
+            // Everything the view contains is now durable, so openraft may purge the log up to
+            // this snapshot's index (see the module docs).
+            db.flush_wal(true).map_err(io_err)?;
+            let meta_cf = column_family(&db, CF_META)?;
+            let applied: Option<LogId> = match view.get_cf(meta_cf, KEY_APPLIED).map_err(io_err)? {
+                Some(bytes) => decode(&bytes)?,
+                None => None,
+            };
+            let last_membership: StoredMembership =
+                match view.get_cf(meta_cf, KEY_MEMBERSHIP).map_err(io_err)? {
+                    Some(bytes) => decode(&bytes)?,
+                    None => StoredMembership::default(),
+                };
+            let meta = SnapshotMeta {
+                last_log_id: applied,
+                last_membership,
+            };
+            let mut writer = SnapshotWriter::create(&dir, &meta)?;
+            let data = column_family(&db, CF_DATA)?;
+            for item in view.iterator_cf(data, IteratorMode::Start) {
+                let (key, value) = item.map_err(io_err)?;
+                writer.add(&key, &value)?;
+            }
+            let path = dir.join(snapshot::file_name(&meta));
+            writer.finish(&path)?;
+            Ok((meta, path))
+        })
+        .await?;
+        replace_current(&self.current_snapshot, meta.clone(), path.clone())?;
+        self.counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            "snapshot captured at index {}",
+            meta.last_log_id.map_or(0, |id| id.index)
+        );
+        Ok(Snapshot {
+            meta,
+            snapshot: SnapshotFile::open(path)?,
+        })
+    }
+}
