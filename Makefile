@@ -8,12 +8,12 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/ondisk-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: ondisk deps test lint unit-test integration-test clean-data
+.PHONY: ondisk deps test lint cluster cluster-stop node-stop node-start clean-data
 
 ## Build ./ondisk at the repository root.
 ondisk: deps
 	$(CARGO) build --release --locked --bin ondisk
-	cp "$(CARGO_TARGET_DIR)/release/ondisk" ./ondisk
+	cp "$(CARGO_TARGET_DIR)/release/ondisk" ./ondisk.new && mv -f ./ondisk.new ./ondisk
 
 ## Install what the build needs: libclang for RocksDB's bindings, a C++ compiler.
 deps:
@@ -31,6 +31,21 @@ test: deps lint
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+
+## Three nodes in the background (kv-db layout, HTTP on 12380/22380/32380); waits for a leader.
+cluster: ondisk
+	scripts/cluster.sh start
+
+## Stop exactly the nodes `make cluster` started.
+cluster-stop:
+	scripts/cluster.sh stop
+
+## Stop or restart one node of that cluster: make node-stop ID=2, make node-start ID=2.
+node-stop:
+	scripts/cluster.sh stop-node $(ID)
+
+node-start:
+	scripts/cluster.sh start-node $(ID)
 
 ## Start over: remove every node's data (as in the original example).
 clean-data:

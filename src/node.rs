@@ -82,6 +82,9 @@ pub struct Node {
     timeout: Duration,
     data_dir: DataDir,
     incoming_snapshot: tokio::sync::Mutex<Option<IncomingSnapshot>>,
+    /// Held while this node, as leader, runs a membership change: openraft refuses a change while
+    /// another is in flight, so changes submitted here are queued instead of failing.
+    membership_change: tokio::sync::Mutex<()>,
     rpc_server: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -189,6 +192,7 @@ impl Node {
             timeout: config.timeout,
             data_dir: data_dir.clone(),
             incoming_snapshot: tokio::sync::Mutex::default(),
+            membership_change: tokio::sync::Mutex::default(),
             rpc_server: std::sync::Mutex::default(),
         });
         let server = tokio::spawn(network::serve(raft_listener, node.clone()));
@@ -311,7 +315,10 @@ impl Node {
     async fn submit_locally(&self, request: Request) -> std::result::Result<CommandResult, RemoteError> {
         let written = match request {
             Request::Propose(command) => self.raft.client_write(command).await,
-            Request::ChangeMembership { changes, retain } => self.raft.change_membership(changes, retain).await,
+            Request::ChangeMembership { changes, retain } => {
+                let _one_at_a_time = self.membership_change.lock().await;
+                self.raft.change_membership(changes, retain).await
+            }
             other => return Err(RemoteError::Refused(format!("{other:?} is not a leader request"))),
         };
         match written {

@@ -29,9 +29,10 @@ use super::wire::RequestFrame;
 use super::wire::Response;
 use super::wire::ResponseFrame;
 
-/// First pause after a failed connect; doubles per failure up to [`MAX_BACKOFF`].
+/// First pause after a failed connect; doubles per failure up to [`MAX_BACKOFF`], which stays
+/// short because openraft paces its own retries and a restarted peer should be reached at once.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// Frames queued for one connection's writer before callers wait.
 const OUTGOING_QUEUE: usize = 1024;
 
