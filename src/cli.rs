@@ -98,7 +98,9 @@ fn is_single_dash_long_flag(arg: &str) -> bool {
         return false;
     };
     let name = rest.split('=').next().unwrap_or("");
-    !rest.starts_with('-') && name.len() > 1 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    !rest.starts_with('-')
+        && name.len() > 1
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
 /// Where this node listens and whom it starts a cluster with.
@@ -117,7 +119,13 @@ impl Args {
                 .split(',')
                 .map(|entry| entry.trim())
                 .filter(|entry| !entry.is_empty())
-                .map(|entry| entry.strip_prefix("http://").unwrap_or(entry).trim_end_matches('/').to_string())
+                .map(|entry| {
+                    entry
+                        .strip_prefix("http://")
+                        .unwrap_or(entry)
+                        .trim_end_matches('/')
+                        .to_string()
+                })
                 .collect(),
             None => DEFAULT_RAFT_ADDRS.iter().map(|a| a.to_string()).collect(),
         };
@@ -198,7 +206,9 @@ mod tests {
     use super::*;
 
     fn args(line: &str) -> Args {
-        let argv = std::iter::once("ondisk").chain(line.split_whitespace()).map(OsString::from);
+        let argv = std::iter::once("ondisk")
+            .chain(line.split_whitespace())
+            .map(OsString::from);
         Args::try_parse_from(go_style(argv)).unwrap()
     }
 
@@ -222,8 +232,17 @@ mod tests {
     #[test]
     fn an_unknown_id_needs_an_address() {
         let err = args("-nodeid 4").addresses().unwrap_err();
-        assert_eq!(err.to_string(), "node id must be 1, 2 or 3 when address is not specified");
-        assert_eq!(args("-nodeid 4 -addr 127.0.0.1:7000").addresses().unwrap().raft, "127.0.0.1:7000");
+        assert_eq!(
+            err.to_string(),
+            "node id must be 1, 2 or 3 when address is not specified"
+        );
+        assert_eq!(
+            args("-nodeid 4 -addr 127.0.0.1:7000")
+                .addresses()
+                .unwrap()
+                .raft,
+            "127.0.0.1:7000"
+        );
     }
 
     #[test]
@@ -239,6 +258,8 @@ mod tests {
     #[test]
     fn malformed_addresses_are_refused() {
         assert!(args("-nodeid 1 -addr nonsense").addresses().is_err());
-        assert!(args("-nodeid 1 -http 127.0.0.1:notaport").addresses().is_err());
+        assert!(args("-nodeid 1 -http 127.0.0.1:notaport")
+            .addresses()
+            .is_err());
     }
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The data directory holds files that ondisk did not write; we refuse to touch them.
-    #[error("data directory {path} was not created by ondisk (no {marker} file); refusing to use it")]
+    #[error(
+        "data directory {path} was not created by ondisk (no {marker} file); refusing to use it"
+    )]
     ForeignDataDir { path: PathBuf, marker: &'static str },
 
     /// The data directory belongs to a different node id or format version.

@@ -96,7 +96,9 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = |status: StatusCode, message: String| (status, Json(json!({ "error": message }))).into_response();
+        let body = |status: StatusCode, message: String| {
+            (status, Json(json!({ "error": message }))).into_response()
+        };
         match self {
             ApiError::BadRequest(message) => body(StatusCode::BAD_REQUEST, message),
             ApiError::NotFound => body(StatusCode::NOT_FOUND, "key not found".into()),
@@ -110,7 +112,8 @@ impl IntoResponse for ApiError {
                 .into_response(),
             ApiError::NotImplemented(message) => body(StatusCode::NOT_IMPLEMENTED, message),
             ApiError::MethodNotAllowed(allow) => {
-                let mut response = body(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into());
+                let mut response =
+                    body(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into());
                 response
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -182,11 +185,20 @@ struct Query(Vec<(String, Vec<u8>)>);
 impl Query {
     fn parse(raw: Option<String>, allowed: &[&str]) -> Result<Self, ApiError> {
         let mut pairs = Vec::new();
-        for part in raw.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        for part in raw
+            .as_deref()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
-            let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned();
+            let name = percent_encoding::percent_decode_str(name)
+                .decode_utf8_lossy()
+                .into_owned();
             if !allowed.contains(&name.as_str()) {
-                return Err(ApiError::BadRequest(format!("unknown query parameter {name:?}")));
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {name:?}"
+                )));
             }
             pairs.push((name, percent_encoding::percent_decode_str(value).collect()));
         }
@@ -194,12 +206,18 @@ impl Query {
     }
 
     fn get(&self, name: &str) -> Option<&[u8]> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
     }
 
     fn text(&self, name: &str) -> Result<Option<&str>, ApiError> {
         self.get(name)
-            .map(|v| std::str::from_utf8(v).map_err(|_| ApiError::BadRequest(format!("{name} is not UTF-8"))))
+            .map(|v| {
+                std::str::from_utf8(v)
+                    .map_err(|_| ApiError::BadRequest(format!("{name} is not UTF-8")))
+            })
             .transpose()
     }
 
@@ -228,7 +246,11 @@ async fn kvdb(State(api): State<ApiState>, method: Method, uri: Uri, body: Bytes
         match method {
             Method::GET => {
                 let key = key_from_path(uri.path(), "/")?;
-                api.node.get(&key).await?.map(raw_value).ok_or(ApiError::NotFound)
+                api.node
+                    .get(&key)
+                    .await?
+                    .map(raw_value)
+                    .ok_or(ApiError::NotFound)
             }
             Method::PUT => {
                 let key = key_from_path(uri.path(), "/")?;
@@ -237,9 +259,9 @@ async fn kvdb(State(api): State<ApiState>, method: Method, uri: Uri, body: Bytes
             }
             Method::POST | Method::DELETE => {
                 let id = uri.path().trim_start_matches('/');
-                let id: u64 = id
-                    .parse()
-                    .map_err(|_| ApiError::BadRequest(format!("node id must be a number, not {id:?}")))?;
+                let id: u64 = id.parse().map_err(|_| {
+                    ApiError::BadRequest(format!("node id must be a number, not {id:?}"))
+                })?;
                 Err(ApiError::NotImplemented(format!(
                     "membership changes (node {id}) are not supported by this version of ondisk"
                 )))
@@ -264,7 +286,12 @@ async fn v1_get(State(api): State<ApiState>, uri: Uri, RawQuery(query): RawQuery
     .await
 }
 
-async fn v1_put(State(api): State<ApiState>, uri: Uri, RawQuery(query): RawQuery, body: Bytes) -> Response {
+async fn v1_put(
+    State(api): State<ApiState>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
     let query = Query::parse(query, &["prev_value", "prev_exist"]);
     let conditional = matches!(&query, Ok(q) if !q.0.is_empty());
     timed(if conditional { "cas" } else { "put" }, async move {
@@ -278,13 +305,19 @@ async fn v1_put(State(api): State<ApiState>, uri: Uri, RawQuery(query): RawQuery
             (Some(value), None | Some("true")) => Some(value.to_vec()),
             (None, Some("false")) => None,
             (Some(_), Some("false")) => {
-                return Err(ApiError::BadRequest("prev_value contradicts prev_exist=false".into()))
+                return Err(ApiError::BadRequest(
+                    "prev_value contradicts prev_exist=false".into(),
+                ))
             }
             (None, Some("true")) => {
-                return Err(ApiError::BadRequest("prev_exist=true needs prev_value".into()))
+                return Err(ApiError::BadRequest(
+                    "prev_exist=true needs prev_value".into(),
+                ))
             }
             (_, Some(other)) => {
-                return Err(ApiError::BadRequest(format!("prev_exist must be true or false, not {other:?}")))
+                return Err(ApiError::BadRequest(format!(
+                    "prev_exist must be true or false, not {other:?}"
+                )))
             }
         };
         let command = Command::CompareAndSwap {
@@ -294,7 +327,9 @@ async fn v1_put(State(api): State<ApiState>, uri: Uri, RawQuery(query): RawQuery
         };
         match api.node.propose("cas", command).await? {
             CommandResult::Applied => Ok(no_content()),
-            CommandResult::PreconditionFailed { current } => Err(ApiError::PreconditionFailed(current)),
+            CommandResult::PreconditionFailed { current } => {
+                Err(ApiError::PreconditionFailed(current))
+            }
         }
     })
     .await
@@ -354,7 +389,10 @@ async fn members(State(api): State<ApiState>) -> Response {
 }
 
 async fn status(State(api): State<ApiState>) -> Response {
-    timed("status", async move { Ok(Json(api.node.status()).into_response()) }).await
+    timed("status", async move {
+        Ok(Json(api.node.status()).into_response())
+    })
+    .await
 }
 
 /// 200 while this node can serve a linearizable read (a leader with a quorum is reachable and
@@ -362,14 +400,16 @@ async fn status(State(api): State<ApiState>) -> Response {
 async fn health(State(api): State<ApiState>) -> Response {
     timed("health", async move {
         let within = HEALTH_TIMEOUT.min(api.node.timeout());
-        Ok(match api.node.read_barrier_within("health check", within).await {
-            Ok(()) => Json(json!({ "health": true })).into_response(),
-            Err(e) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "health": false, "reason": e.to_string() })),
-            )
-                .into_response(),
-        })
+        Ok(
+            match api.node.read_barrier_within("health check", within).await {
+                Ok(()) => Json(json!({ "health": true })).into_response(),
+                Err(e) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({ "health": false, "reason": e.to_string() })),
+                )
+                    .into_response(),
+            },
+        )
     })
     .await
 }
@@ -381,6 +421,7 @@ async fn render_metrics(State(api): State<ApiState>) -> Response {
             telemetry::render(handle, &api.node).await,
         )
             .into_response(),
-        None => ApiError::NotImplemented("metrics are not enabled in this process".into()).into_response(),
+        None => ApiError::NotImplemented("metrics are not enabled in this process".into())
+            .into_response(),
     }
 }

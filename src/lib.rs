@@ -5,11 +5,11 @@ pub mod cli;
 pub mod error;
 pub mod http;
 pub mod logging;
-pub mod telemetry;
 pub mod network;
 pub mod node;
 pub mod repl;
 pub mod store;
+pub mod telemetry;
 pub mod types;
 
 pub use error::Error;

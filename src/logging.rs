@@ -21,9 +21,20 @@ pub fn init(log_file: &Path, verbose: bool) -> std::io::Result<WorkerGuard> {
         .append(true)
         .open(log_file)?;
     let (writer, guard) = tracing_appender::non_blocking(file);
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let to_file = fmt::layer().with_ansi(false).with_writer(writer).with_filter(filter());
-    let to_stderr = verbose.then(|| fmt::layer().with_writer(std::io::stderr).with_filter(filter()));
-    tracing_subscriber::registry().with(to_file).with(to_stderr).init();
+    let filter =
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let to_file = fmt::layer()
+        .with_ansi(false)
+        .with_writer(writer)
+        .with_filter(filter());
+    let to_stderr = verbose.then(|| {
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+    });
+    tracing_subscriber::registry()
+        .with(to_file)
+        .with(to_stderr)
+        .init();
     Ok(guard)
 }

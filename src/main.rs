@@ -37,7 +37,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let _log_writer = ondisk::logging::init(&data_dir.log_file(), args.verbose)
         .with_context(|| format!("cannot open the log file {}", data_dir.log_file().display()))?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let metrics = telemetry::install().map_err(|e| anyhow::anyhow!("cannot install metrics: {e}"))?;
+    let metrics =
+        telemetry::install().map_err(|e| anyhow::anyhow!("cannot install metrics: {e}"))?;
 
     let config = NodeConfig {
         id: args.node_id,

@@ -248,12 +248,16 @@ impl Node {
 
     /// Sets `key` to `value` once committed and applied.
     pub async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
-        self.propose("put", Command::Put { key, value }).await.map(drop)
+        self.propose("put", Command::Put { key, value })
+            .await
+            .map(drop)
     }
 
     /// Deletes `key` once committed and applied.
     pub async fn delete(&self, key: Vec<u8>) -> Result<()> {
-        self.propose("delete", Command::Delete { key }).await.map(drop)
+        self.propose("delete", Command::Delete { key })
+            .await
+            .map(drop)
     }
 
     /// Proposes `command` through the leader, wherever it is, and returns what applying it
@@ -291,9 +295,13 @@ impl Node {
                 };
                 match attempt {
                     Ok(result) => return Ok(result),
-                    Err(RemoteError::NotLeader { .. }) => self.pause_unless_leader_changes(Some(leader)).await,
+                    Err(RemoteError::NotLeader { .. }) => {
+                        self.pause_unless_leader_changes(Some(leader)).await
+                    }
                     Err(RemoteError::Refused(reason)) => return Err(Error::Raft(reason)),
-                    Err(RemoteError::Unknown(reason)) => return Err(Error::OutcomeUnknown { op, reason }),
+                    Err(RemoteError::Unknown(reason)) => {
+                        return Err(Error::OutcomeUnknown { op, reason })
+                    }
                 }
             }
         })
@@ -301,35 +309,52 @@ impl Node {
     }
 
     /// Sends a leader-only request to the node at `leader_addr`.
-    async fn forward(&self, leader_addr: &str, request: Request) -> std::result::Result<CommandResult, RemoteError> {
+    async fn forward(
+        &self,
+        leader_addr: &str,
+        request: Request,
+    ) -> std::result::Result<CommandResult, RemoteError> {
         match self.peers.call(leader_addr, request, self.timeout).await {
             Ok(Response::Proposed(result)) => Ok(result),
             Ok(other) => Err(RemoteError::Refused(format!("unexpected answer {other:?}"))),
             Err(CallError::Remote(remote)) => Err(remote),
-            Err(other) if other.certainly_not_applied() => Err(RemoteError::NotLeader { leader: None }.with_cause(other)),
+            Err(other) if other.certainly_not_applied() => {
+                Err(RemoteError::NotLeader { leader: None }.with_cause(other))
+            }
             Err(other) => Err(RemoteError::Unknown(other.to_string())),
         }
     }
 
     /// Runs a leader-only request on this node, which believes it is the leader.
-    async fn submit_locally(&self, request: Request) -> std::result::Result<CommandResult, RemoteError> {
+    async fn submit_locally(
+        &self,
+        request: Request,
+    ) -> std::result::Result<CommandResult, RemoteError> {
         let written = match request {
             Request::Propose(command) => self.raft.client_write(command).await,
             Request::ChangeMembership { changes, retain } => {
                 let _one_at_a_time = self.membership_change.lock().await;
                 self.raft.change_membership(changes, retain).await
             }
-            other => return Err(RemoteError::Refused(format!("{other:?} is not a leader request"))),
+            other => {
+                return Err(RemoteError::Refused(format!(
+                    "{other:?} is not a leader request"
+                )))
+            }
         };
         match written {
             Ok(written) => Ok(written.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => Err(RemoteError::NotLeader {
-                leader: forward.leader_id.zip(forward.leader_node),
-            }),
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(RemoteError::Unknown(
-                "the leader changed before the entry committed".into(),
-            )),
-            Err(RaftError::Fatal(fatal)) => Err(RemoteError::Unknown(format!("raft stopped: {fatal}"))),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(RemoteError::NotLeader {
+                    leader: forward.leader_id.zip(forward.leader_node),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(
+                RemoteError::Unknown("the leader changed before the entry committed".into()),
+            ),
+            Err(RaftError::Fatal(fatal)) => {
+                Err(RemoteError::Unknown(format!("raft stopped: {fatal}")))
+            }
             Err(other) => Err(RemoteError::Refused(other.to_string())),
         }
     }
@@ -353,9 +378,13 @@ impl Node {
                 if outdated {
                     let update = ChangeMembers::SetNodes([(node.id, node.member.clone())].into());
                     match node.change_membership("address update", update, true).await {
-                        Ok(()) => tracing::info!("recorded this node's addresses in the membership"),
+                        Ok(()) => {
+                            tracing::info!("recorded this node's addresses in the membership")
+                        }
                         Err(e) => {
-                            tracing::debug!("recording this node's addresses failed, will retry: {e}");
+                            tracing::debug!(
+                                "recording this node's addresses failed, will retry: {e}"
+                            );
                             tokio::time::sleep(RETRY_PAUSE * 10).await;
                         }
                     }
@@ -404,10 +433,14 @@ impl Node {
                         .await
                     {
                         Ok(Response::ReadIndex(index)) => Ok(index),
-                        Ok(other) => Err(RemoteError::Refused(format!("unexpected answer {other:?}"))),
+                        Ok(other) => {
+                            Err(RemoteError::Refused(format!("unexpected answer {other:?}")))
+                        }
                         Err(CallError::Remote(remote)) => Err(remote),
                         // Asking for a read index changes nothing, so any failure may be retried.
-                        Err(other) => Err(RemoteError::NotLeader { leader: None }.with_cause(other)),
+                        Err(other) => {
+                            Err(RemoteError::NotLeader { leader: None }.with_cause(other))
+                        }
                     }
                 };
                 match attempt {
@@ -514,22 +547,34 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft did not shut down cleanly: {e}");
         }
-        if let Some(server) = self.rpc_server.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(server) = self
+            .rpc_server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             server.abort();
         }
     }
 
     /// Stores one chunk of a snapshot being streamed to us; on the last one, verifies the file and
     /// hands it to openraft to install.
-    async fn receive_snapshot_chunk(&self, chunk: SnapshotChunk) -> std::result::Result<Response, RemoteError> {
-        let refused = |what: &str, e: &dyn std::fmt::Display| RemoteError::Refused(format!("{what}: {e}"));
+    async fn receive_snapshot_chunk(
+        &self,
+        chunk: SnapshotChunk,
+    ) -> std::result::Result<Response, RemoteError> {
+        let refused =
+            |what: &str, e: &dyn std::fmt::Display| RemoteError::Refused(format!("{what}: {e}"));
         let mut incoming = self.incoming_snapshot.lock().await;
         if chunk.offset == 0 {
             if let Some(stale) = incoming.take() {
                 let _ = tokio::fs::remove_file(&stale.path).await;
             }
             let index = chunk.meta.last_log_id.map_or(0, |id| id.index);
-            let path = self.data_dir.snapshots().join(format!("receiving-{index}.partial"));
+            let path = self
+                .data_dir
+                .snapshots()
+                .join(format!("receiving-{index}.partial"));
             let file = tokio::fs::File::create(&path)
                 .await
                 .map_err(|e| refused("cannot create snapshot file", &e))?;
@@ -541,14 +586,18 @@ impl Node {
             });
         }
         let Some(current) = incoming.as_mut() else {
-            return Err(RemoteError::Refused("snapshot chunk without a transfer in progress".into()));
+            return Err(RemoteError::Refused(
+                "snapshot chunk without a transfer in progress".into(),
+            ));
         };
         if current.meta != chunk.meta || current.received != chunk.offset {
             let stale = incoming.take();
             if let Some(stale) = stale {
                 let _ = tokio::fs::remove_file(&stale.path).await;
             }
-            return Err(RemoteError::Refused("snapshot chunk out of sequence; restart the transfer".into()));
+            return Err(RemoteError::Refused(
+                "snapshot chunk out of sequence; restart the transfer".into(),
+            ));
         }
         current
             .file
@@ -563,9 +612,18 @@ impl Node {
             return Err(RemoteError::Refused("snapshot transfer vanished".into()));
         };
         drop(incoming);
-        let IncomingSnapshot { meta, path, mut file, .. } = complete;
-        file.flush().await.map_err(|e| refused("cannot write snapshot file", &e))?;
-        file.sync_all().await.map_err(|e| refused("cannot sync snapshot file", &e))?;
+        let IncomingSnapshot {
+            meta,
+            path,
+            mut file,
+            ..
+        } = complete;
+        file.flush()
+            .await
+            .map_err(|e| refused("cannot write snapshot file", &e))?;
+        file.sync_all()
+            .await
+            .map_err(|e| refused("cannot sync snapshot file", &e))?;
         drop(file);
         let verify_path = path.clone();
         let verified = tokio::task::spawn_blocking(move || store::verify_snapshot(&verify_path))
@@ -575,16 +633,25 @@ impl Node {
             Ok(found) if found == meta => {}
             Ok(_) => {
                 let _ = tokio::fs::remove_file(&path).await;
-                return Err(RemoteError::Refused("snapshot header does not match the transfer".into()));
+                return Err(RemoteError::Refused(
+                    "snapshot header does not match the transfer".into(),
+                ));
             }
             Err(e) => {
                 let _ = tokio::fs::remove_file(&path).await;
                 return Err(refused("received snapshot is corrupt", &e));
             }
         }
-        let file = SnapshotFile::open(path).map_err(|e| refused("cannot reopen snapshot file", &e))?;
+        let file =
+            SnapshotFile::open(path).map_err(|e| refused("cannot reopen snapshot file", &e))?;
         self.raft
-            .install_full_snapshot(chunk.vote, Snapshot { meta, snapshot: file })
+            .install_full_snapshot(
+                chunk.vote,
+                Snapshot {
+                    meta,
+                    snapshot: file,
+                },
+            )
             .await
             .map(Response::SnapshotInstalled)
             .map_err(|e| refused("installing the snapshot failed", &e))
@@ -615,7 +682,8 @@ fn state_name(state: ServerState) -> &'static str {
 
 impl RpcHandler for Node {
     async fn handle(&self, request: Request) -> std::result::Result<Response, RemoteError> {
-        let raft_failed = |e: RaftError<crate::types::TypeConfig>| RemoteError::Refused(e.to_string());
+        let raft_failed =
+            |e: RaftError<crate::types::TypeConfig>| RemoteError::Refused(e.to_string());
         match request {
             Request::AppendEntries(rpc) => self
                 .raft
@@ -623,8 +691,18 @@ impl RpcHandler for Node {
                 .await
                 .map(Response::AppendEntries)
                 .map_err(raft_failed),
-            Request::Vote(rpc) => self.raft.vote(rpc).await.map(Response::Vote).map_err(raft_failed),
-            Request::PreVote(rpc) => self.raft.pre_vote(rpc).await.map(Response::Vote).map_err(raft_failed),
+            Request::Vote(rpc) => self
+                .raft
+                .vote(rpc)
+                .await
+                .map(Response::Vote)
+                .map_err(raft_failed),
+            Request::PreVote(rpc) => self
+                .raft
+                .pre_vote(rpc)
+                .await
+                .map(Response::Vote)
+                .map_err(raft_failed),
             Request::TransferLeader(rpc) => self
                 .raft
                 .handle_transfer_leader(rpc)

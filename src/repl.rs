@@ -27,9 +27,16 @@ Usage - type one of:
 /// One parsed line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplCommand {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Get { key: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Get {
+        key: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     Status,
     Help,
     Exit,
@@ -122,9 +129,9 @@ fn run_terminal(node: &Node, runtime: &Handle) -> ReplEnd {
                     return ReplEnd::Shutdown;
                 }
             }
-            Err(rustyline::error::ReadlineError::Eof | rustyline::error::ReadlineError::Interrupted) => {
-                return ReplEnd::Shutdown
-            }
+            Err(
+                rustyline::error::ReadlineError::Eof | rustyline::error::ReadlineError::Interrupted,
+            ) => return ReplEnd::Shutdown,
             Err(e) => {
                 eprintln!("error: reading input failed: {e}");
                 return ReplEnd::InputClosed;
@@ -249,11 +256,29 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_invalid() {
-        for line in [&b"put"[..], b"put onlykey", b"get", b"get a b", b"delete", b"frobnicate x", b"status now"] {
-            assert_eq!(parse(line), Err(InvalidInput), "{:?}", String::from_utf8_lossy(line));
+        for line in [
+            &b"put"[..],
+            b"put onlykey",
+            b"get",
+            b"get a b",
+            b"delete",
+            b"frobnicate x",
+            b"status now",
+        ] {
+            assert_eq!(
+                parse(line),
+                Err(InvalidInput),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
         assert_eq!(parse(b"   "), Ok(ReplCommand::Nothing));
-        assert_eq!(parse(b"Get key\r"), Ok(ReplCommand::Get { key: b"key".to_vec() }));
+        assert_eq!(
+            parse(b"Get key\r"),
+            Ok(ReplCommand::Get {
+                key: b"key".to_vec()
+            })
+        );
     }
 
     proptest! {

@@ -28,8 +28,10 @@ pub fn install() -> Result<PrometheusHandle, String> {
 
 /// Counts one finished HTTP request and its latency under `op`.
 pub fn record_request(op: &'static str, status: u16, elapsed: Duration) {
-    metrics::counter!("ondisk_http_requests_total", "op" => op, "code" => status.to_string()).increment(1);
-    metrics::histogram!("ondisk_http_request_duration_seconds", "op" => op).record(elapsed.as_secs_f64());
+    metrics::counter!("ondisk_http_requests_total", "op" => op, "code" => status.to_string())
+        .increment(1);
+    metrics::histogram!("ondisk_http_request_duration_seconds", "op" => op)
+        .record(elapsed.as_secs_f64());
 }
 
 /// Counts leader changes as this node observes them, for as long as the node runs.
@@ -52,7 +54,11 @@ pub async fn render(handle: &PrometheusHandle, node: &Node) -> String {
     let status = node.status();
     let index = |v: Option<u64>| v.unwrap_or(0) as f64;
     metrics::gauge!("ondisk_raft_term").set(status.term as f64);
-    metrics::gauge!("ondisk_raft_is_leader").set(if status.leader == Some(status.id) { 1.0 } else { 0.0 });
+    metrics::gauge!("ondisk_raft_is_leader").set(if status.leader == Some(status.id) {
+        1.0
+    } else {
+        0.0
+    });
     metrics::gauge!("ondisk_raft_last_log_index").set(index(status.last_log_index));
     metrics::gauge!("ondisk_raft_commit_index").set(index(status.committed));
     metrics::gauge!("ondisk_raft_applied_index").set(index(status.last_applied));

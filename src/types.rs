@@ -48,11 +48,21 @@ impl fmt::Display for Command {
         // Log lines show the shape of a command, never the (possibly large, possibly binary) value.
         match self {
             Command::Put { key, value } => {
-                write!(f, "put({}, {} bytes)", String::from_utf8_lossy(key), value.len())
+                write!(
+                    f,
+                    "put({}, {} bytes)",
+                    String::from_utf8_lossy(key),
+                    value.len()
+                )
             }
             Command::Delete { key } => write!(f, "delete({})", String::from_utf8_lossy(key)),
             Command::CompareAndSwap { key, value, .. } => {
-                write!(f, "cas({}, {} bytes)", String::from_utf8_lossy(key), value.len())
+                write!(
+                    f,
+                    "cas({}, {} bytes)",
+                    String::from_utf8_lossy(key),
+                    value.len()
+                )
             }
         }
     }

@@ -30,7 +30,8 @@ impl Answer {
     }
 
     fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
 }
 
@@ -97,14 +98,18 @@ fn a_single_node_started_with_the_kv_db_flags_serves_put_and_get() {
     .map(OsString::from)
     .collect();
     let mut node = Node::launch_args(1, args, Some(common::node_log_path(dir.path(), 1)));
-    node.wait_ready(common::STARTUP_TIMEOUT).expect("node starts");
+    node.wait_ready(common::STARTUP_TIMEOUT)
+        .expect("node starts");
     let base = format!("http://127.0.0.1:{http_port}");
 
     let stored = common::poll_until(Duration::from_secs(30), || {
         let answer = http("PUT", &format!("{base}/my-key"), b"hello");
         (answer.status == 204).then_some(answer)
     });
-    assert!(stored.is_some(), "PUT never succeeded on a one-node cluster");
+    assert!(
+        stored.is_some(),
+        "PUT never succeeded on a one-node cluster"
+    );
     let answer = http("GET", &format!("{base}/my-key"), b"");
     assert_status(&answer, 200, "GET /my-key");
     assert_eq!(answer.body, b"hello");
@@ -113,7 +118,11 @@ fn a_single_node_started_with_the_kv_db_flags_serves_put_and_get() {
 #[test]
 fn a_write_on_one_node_is_read_on_the_others_and_followers_forward_writes() {
     let (cluster, leader) = three_nodes();
-    let follower = cluster.ids().into_iter().find(|id| *id != leader).expect("a follower");
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
 
     assert_status(&put(&cluster, 1, "/my-key", b"hello"), 204, "PUT on node 1");
     for id in [2, 3] {
@@ -122,7 +131,11 @@ fn a_write_on_one_node_is_read_on_the_others_and_followers_forward_writes() {
         assert_eq!(answer.body, b"hello");
     }
 
-    assert_status(&put(&cluster, follower, "/v1/kv/forwarded", b"via follower"), 204, "PUT on a follower");
+    assert_status(
+        &put(&cluster, follower, "/v1/kv/forwarded", b"via follower"),
+        204,
+        "PUT on a follower",
+    );
     let answer = get(&cluster, leader, "/v1/kv/forwarded");
     assert_status(&answer, 200, "GET on the leader");
     assert_eq!(answer.body, b"via follower");
@@ -135,7 +148,11 @@ fn a_stopped_node_catches_up_on_writes_made_while_it_was_down() {
     cluster.kill(2);
     // Node 2 may have been the leader: writes resume once the others have elected a new one.
     cluster.wait_for_leader();
-    assert_status(&put(&cluster, 1, "/my-key", b"bar"), 204, "PUT with node 2 down");
+    assert_status(
+        &put(&cluster, 1, "/my-key", b"bar"),
+        204,
+        "PUT with node 2 down",
+    );
     assert_eq!(get(&cluster, 3, "/my-key").body, b"bar");
 
     cluster.restart(2);
@@ -149,33 +166,80 @@ fn errors_have_the_documented_status_codes() {
     let (cluster, _) = three_nodes();
 
     assert_status(&get(&cluster, 1, "/absent"), 404, "GET of a missing key");
-    assert_status(&get(&cluster, 1, "/v1/kv/absent"), 404, "v1 GET of a missing key");
+    assert_status(
+        &get(&cluster, 1, "/v1/kv/absent"),
+        404,
+        "v1 GET of a missing key",
+    );
 
     let answer = http("PATCH", &url(&cluster, 1, "/some-key"), b"x");
     assert_status(&answer, 405, "PATCH");
-    let allow = answer.headers.get("allow").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    assert!(allow.contains("PUT") && allow.contains("GET"), "Allow header: {allow:?}");
+    let allow = answer
+        .headers
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        allow.contains("PUT") && allow.contains("GET"),
+        "Allow header: {allow:?}"
+    );
 
     let too_big = vec![b'x'; (1 << 20) + 1];
-    assert_status(&put(&cluster, 1, "/big", &too_big), 413, "PUT over the body limit");
-    assert_status(&get(&cluster, 1, "/big"), 404, "the refused value was not stored");
+    assert_status(
+        &put(&cluster, 1, "/big", &too_big),
+        413,
+        "PUT over the body limit",
+    );
+    assert_status(
+        &get(&cluster, 1, "/big"),
+        404,
+        "the refused value was not stored",
+    );
 
-    assert_status(&http("POST", &url(&cluster, 1, "/not-a-number"), b"http://127.0.0.1:1"), 400, "POST with a bad id");
-    assert_status(&get(&cluster, 1, "/v1/kv/k?consistency=sometimes"), 400, "bad consistency");
-    assert_status(&get(&cluster, 1, "/v1/kv/k?colour=blue"), 400, "unknown query parameter");
+    assert_status(
+        &http(
+            "POST",
+            &url(&cluster, 1, "/not-a-number"),
+            b"http://127.0.0.1:1",
+        ),
+        400,
+        "POST with a bad id",
+    );
+    assert_status(
+        &get(&cluster, 1, "/v1/kv/k?consistency=sometimes"),
+        400,
+        "bad consistency",
+    );
+    assert_status(
+        &get(&cluster, 1, "/v1/kv/k?colour=blue"),
+        400,
+        "unknown query parameter",
+    );
     assert_status(&get(&cluster, 1, "/v1/kv/?limit=0"), 400, "zero scan limit");
 
-    assert_status(&put(&cluster, 1, "/v1/kv/cas?prev_exist=false", b"v1"), 204, "create");
+    assert_status(
+        &put(&cluster, 1, "/v1/kv/cas?prev_exist=false", b"v1"),
+        204,
+        "create",
+    );
     let answer = put(&cluster, 1, "/v1/kv/cas?prev_value=wrong", b"v2");
     assert_status(&answer, 412, "CAS with a wrong previous value");
     assert_eq!(answer.json()["current"]["value"], "v1");
-    assert_status(&put(&cluster, 1, "/v1/kv/cas?prev_value=v1", b"v2"), 204, "CAS with the right value");
+    assert_status(
+        &put(&cluster, 1, "/v1/kv/cas?prev_value=v1", b"v2"),
+        204,
+        "CAS with the right value",
+    );
     assert_eq!(get(&cluster, 2, "/v1/kv/cas").body, b"v2");
     let answer = put(&cluster, 1, "/v1/kv/cas?prev_exist=false", b"v3");
     assert_status(&answer, 412, "create of an existing key");
     assert_eq!(answer.json()["current"]["value"], "v2");
 
-    assert_status(&http("DELETE", &url(&cluster, 2, "/v1/kv/cas"), b""), 204, "DELETE");
+    assert_status(
+        &http("DELETE", &url(&cluster, 2, "/v1/kv/cas"), b""),
+        204,
+        "DELETE",
+    );
     assert_status(&get(&cluster, 3, "/v1/kv/cas"), 404, "deleted key");
 }
 
@@ -194,12 +258,22 @@ fn exactly_one_of_many_concurrent_creates_wins() {
             let start = start.clone();
             thread::spawn(move || {
                 start.wait();
-                (i, http("PUT", &url, format!("client-{i}").as_bytes()).status)
+                (
+                    i,
+                    http("PUT", &url, format!("client-{i}").as_bytes()).status,
+                )
             })
         })
         .collect();
-    let outcomes: Vec<(usize, u16)> = handles.into_iter().map(|h| h.join().expect("client thread")).collect();
-    let winners: Vec<usize> = outcomes.iter().filter(|(_, s)| *s == 204).map(|(i, _)| *i).collect();
+    let outcomes: Vec<(usize, u16)> = handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect();
+    let winners: Vec<usize> = outcomes
+        .iter()
+        .filter(|(_, s)| *s == 204)
+        .map(|(i, _)| *i)
+        .collect();
     let losers = outcomes.iter().filter(|(_, s)| *s == 412).count();
     assert_eq!(winners.len(), 1, "outcomes: {outcomes:?}");
     assert_eq!(losers, CLIENTS - 1, "outcomes: {outcomes:?}");
@@ -210,10 +284,16 @@ fn exactly_one_of_many_concurrent_creates_wins() {
 #[test]
 fn concurrent_compare_and_swap_increments_lose_no_update() {
     let (cluster, _) = three_nodes();
-    assert_status(&put(&cluster, 1, "/v1/kv/counter", b"0"), 204, "initial value");
+    assert_status(
+        &put(&cluster, 1, "/v1/kv/counter", b"0"),
+        204,
+        "initial value",
+    );
     const CLIENTS: usize = 4;
     const INCREMENTS: usize = 5;
-    let addrs: Vec<String> = (0..CLIENTS).map(|i| cluster.http_addr(1 + i % 3).to_string()).collect();
+    let addrs: Vec<String> = (0..CLIENTS)
+        .map(|i| cluster.http_addr(1 + i % 3).to_string())
+        .collect();
     let handles: Vec<_> = addrs
         .into_iter()
         .map(|addr| {
@@ -224,7 +304,9 @@ fn concurrent_compare_and_swap_increments_lose_no_update() {
                     attempts += 1;
                     assert!(attempts < 500, "too many CAS conflicts");
                     let current = http("GET", &format!("http://{addr}/v1/kv/counter"), b"");
-                    let n: usize = String::from_utf8_lossy(&current.body).parse().expect("a number");
+                    let n: usize = String::from_utf8_lossy(&current.body)
+                        .parse()
+                        .expect("a number");
                     let next = (n + 1).to_string();
                     let swap = http(
                         "PUT",
@@ -251,12 +333,25 @@ fn concurrent_compare_and_swap_increments_lose_no_update() {
 fn a_prefix_scan_returns_keys_in_order_up_to_the_limit_and_round_trips_binary_data() {
     let (cluster, _) = three_nodes();
     for key in ["user/3", "user/1", "user/2", "usex", "admin/1"] {
-        assert_status(&put(&cluster, 1, &format!("/v1/kv/{key}"), key.as_bytes()), 204, key);
+        assert_status(
+            &put(&cluster, 1, &format!("/v1/kv/{key}"), key.as_bytes()),
+            204,
+            key,
+        );
     }
-    assert_status(&put(&cluster, 1, "/v1/kv/user/%FF%00bin", b"\xfe\x00value"), 204, "binary key");
+    assert_status(
+        &put(&cluster, 1, "/v1/kv/user/%FF%00bin", b"\xfe\x00value"),
+        204,
+        "binary key",
+    );
 
     let all = get(&cluster, 2, "/v1/kv/?prefix=user/").json();
-    let keys: Vec<&str> = all["items"].as_array().expect("items").iter().map(|i| i["key"].as_str().unwrap_or("")).collect();
+    let keys: Vec<&str> = all["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["key"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(&keys[..3], &["user/1", "user/2", "user/3"]);
     assert_eq!(all["count"], 4);
     let binary = &all["items"][3];
@@ -264,7 +359,12 @@ fn a_prefix_scan_returns_keys_in_order_up_to_the_limit_and_round_trips_binary_da
     assert_eq!(binary["key"], "dXNlci//AGJpbg==");
     assert_eq!(binary["value"], "/gB2YWx1ZQ==");
 
-    let limited = get(&cluster, 3, "/v1/kv/?prefix=user/&limit=2&consistency=stale").json();
+    let limited = get(
+        &cluster,
+        3,
+        "/v1/kv/?prefix=user/&limit=2&consistency=stale",
+    )
+    .json();
     assert_eq!(limited["count"], 2);
     assert_eq!(limited["items"][1]["key"], "user/2");
 
@@ -276,7 +376,11 @@ fn a_prefix_scan_returns_keys_in_order_up_to_the_limit_and_round_trips_binary_da
 #[test]
 fn without_a_quorum_stale_reads_answer_while_linearizable_reads_and_health_fail_with_503() {
     let (mut cluster, _) = three_nodes();
-    assert_status(&put(&cluster, 1, "/v1/kv/k", b"before"), 204, "PUT with a quorum");
+    assert_status(
+        &put(&cluster, 1, "/v1/kv/k", b"before"),
+        204,
+        "PUT with a quorum",
+    );
     assert_eq!(get(&cluster, 1, "/health").json()["health"], true);
     // Every node has applied the write once a linearizable read on each of them sees it.
     for id in [1, 2, 3] {
@@ -292,8 +396,14 @@ fn without_a_quorum_stale_reads_answer_while_linearizable_reads_and_health_fail_
 
     let linearizable = get(&cluster, 1, "/v1/kv/k");
     assert_status(&linearizable, 503, "linearizable read without a quorum");
-    assert!(linearizable.headers.contains_key("retry-after"), "503 should say Retry-After");
-    assert!(linearizable.json()["error"].as_str().unwrap_or("").contains("timed out"));
+    assert!(
+        linearizable.headers.contains_key("retry-after"),
+        "503 should say Retry-After"
+    );
+    assert!(linearizable.json()["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("timed out"));
 
     let write = put(&cluster, 1, "/v1/kv/k", b"after");
     assert_status(&write, 503, "write without a quorum");
@@ -303,15 +413,25 @@ fn without_a_quorum_stale_reads_answer_while_linearizable_reads_and_health_fail_
     assert_eq!(health.json()["health"], false);
 
     cluster.restart(2);
-    let healthy = common::poll_until(Duration::from_secs(30), || (get(&cluster, 1, "/health").status == 200).then_some(()));
-    assert!(healthy.is_some(), "health never recovered after a quorum returned");
+    let healthy = common::poll_until(Duration::from_secs(30), || {
+        (get(&cluster, 1, "/health").status == 200).then_some(())
+    });
+    assert!(
+        healthy.is_some(),
+        "health never recovered after a quorum returned"
+    );
 }
 
 #[test]
 fn members_and_status_describe_the_cluster() {
     let (cluster, leader) = three_nodes();
     let members = cluster.wait_until_members_have_http_addresses();
-    let listed: HashSet<u64> = members["members"].as_array().expect("members").iter().map(|m| m["id"].as_u64().unwrap_or(0)).collect();
+    let listed: HashSet<u64> = members["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap_or(0))
+        .collect();
     assert_eq!(listed, HashSet::from([1, 2, 3]));
     assert_eq!(members["leader"], leader as u64);
     for member in members["members"].as_array().expect("members") {
@@ -327,9 +447,15 @@ fn members_and_status_describe_the_cluster() {
     assert_eq!(status["state"], "Leader");
     assert_eq!(status["leader"], leader as u64);
     for field in ["term", "last_log_index", "committed", "last_applied"] {
-        assert!(status[field].as_u64().is_some(), "status.{field} missing: {status}");
+        assert!(
+            status[field].as_u64().is_some(),
+            "status.{field} missing: {status}"
+        );
     }
-    assert!(status.get("last_snapshot_index").is_some(), "status has no last_snapshot_index: {status}");
+    assert!(
+        status.get("last_snapshot_index").is_some(),
+        "status has no last_snapshot_index: {status}"
+    );
 }
 
 #[test]
@@ -352,9 +478,15 @@ fn metrics_are_valid_prometheus_text_with_the_documented_series() {
         "ondisk_snapshots_built_total",
         "ondisk_disk_bytes",
     ] {
-        assert!(samples.iter().any(|(n, _)| n == name), "no {name} in:\n{text}");
+        assert!(
+            samples.iter().any(|(n, _)| n == name),
+            "no {name} in:\n{text}"
+        );
     }
-    let applied = samples.iter().find(|(n, _)| n == "ondisk_raft_applied_index").map(|(_, v)| *v);
+    let applied = samples
+        .iter()
+        .find(|(n, _)| n == "ondisk_raft_applied_index")
+        .map(|(_, v)| *v);
     assert!(applied.unwrap_or(0.0) >= 1.0, "applied index {applied:?}");
 }
 
@@ -367,22 +499,35 @@ fn parse_prometheus_text(text: &str) -> Vec<(String, f64)> {
             let words: Vec<&str> = comment.split_whitespace().collect();
             if words.first() == Some(&"TYPE") {
                 assert!(
-                    matches!(words.get(2), Some(&("counter" | "gauge" | "histogram" | "summary" | "untyped"))),
+                    matches!(
+                        words.get(2),
+                        Some(&("counter" | "gauge" | "histogram" | "summary" | "untyped"))
+                    ),
                     "bad TYPE line: {line}"
                 );
             }
             continue;
         }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
         let name = series.split('{').next().unwrap_or("");
         assert!(
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad metric name in: {line}"
         );
         if let Some(labels) = series.strip_prefix(name) {
-            assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "bad labels: {line}");
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "bad labels: {line}"
+            );
         }
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in: {line}"));
         samples.push((name.to_string(), value));
     }
     samples
@@ -399,9 +544,12 @@ impl HttpCluster for Cluster {
     fn wait_until_members_have_http_addresses(&self) -> serde_json::Value {
         common::poll_until(Duration::from_secs(30), || {
             let members = get(self, 1, "/v1/members").json();
-            let complete = members["members"]
-                .as_array()
-                .is_some_and(|all| all.len() == 3 && all.iter().all(|m| m["http_addr"].as_str().is_some_and(|a| !a.is_empty())));
+            let complete = members["members"].as_array().is_some_and(|all| {
+                all.len() == 3
+                    && all
+                        .iter()
+                        .all(|m| m["http_addr"].as_str().is_some_and(|a| !a.is_empty()))
+            });
             complete.then_some(members)
         })
         .expect("members never listed every HTTP address")

@@ -84,7 +84,12 @@ impl Peers {
     }
 
     /// Sends `request` to `addr` and waits up to `timeout` for the answer.
-    pub async fn call(&self, addr: &str, request: Request, timeout: Duration) -> Result<Response, CallError> {
+    pub async fn call(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, CallError> {
         self.get(addr).call(request, timeout).await
     }
 }
@@ -132,9 +137,9 @@ impl Peer {
             .await
             .map_err(|_| self.unreachable("connect timed out"))??;
         let id = connection.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = encode_frame(&RequestFrame { id, request }).map_err(|e| CallError::Remote(
-            RemoteError::Refused(format!("cannot encode request: {e}")),
-        ))?;
+        let frame = encode_frame(&RequestFrame { id, request }).map_err(|e| {
+            CallError::Remote(RemoteError::Refused(format!("cannot encode request: {e}")))
+        })?;
         let (answer_tx, answer_rx) = oneshot::channel();
         lock(&connection.waiting).insert(id, answer_tx);
         if connection.outgoing.send(frame).await.is_err() {

@@ -71,14 +71,24 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 }
 
 impl PeerNetwork {
-    async fn call(&self, action: RPCTypes, request: Request, timeout: Duration) -> Result<Response, RPCError<TypeConfig>> {
+    async fn call(
+        &self,
+        action: RPCTypes,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, RPCError<TypeConfig>> {
         self.peer
             .call(request, timeout)
             .await
             .map_err(|e| self.rpc_error(action, timeout, e))
     }
 
-    fn rpc_error(&self, action: RPCTypes, timeout: Duration, err: CallError) -> RPCError<TypeConfig> {
+    fn rpc_error(
+        &self,
+        action: RPCTypes,
+        timeout: Duration,
+        err: CallError,
+    ) -> RPCError<TypeConfig> {
         match err {
             CallError::Timeout { .. } => RPCError::Timeout(Timeout {
                 action,
@@ -86,7 +96,9 @@ impl PeerNetwork {
                 target: self.target,
                 timeout,
             }),
-            CallError::ConnectionLost { .. } => RPCError::Network(NetworkError::new(&io_error(err))),
+            CallError::ConnectionLost { .. } => {
+                RPCError::Network(NetworkError::new(&io_error(err)))
+            }
             CallError::Unreachable { .. } | CallError::Remote(_) => {
                 RPCError::Unreachable(Unreachable::new(&io_error(err)))
             }
@@ -112,7 +124,14 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(RPCTypes::AppendEntries, Request::AppendEntries(rpc), option.hard_ttl()).await? {
+        match self
+            .call(
+                RPCTypes::AppendEntries,
+                Request::AppendEntries(rpc),
+                option.hard_ttl(),
+            )
+            .await?
+        {
             Response::AppendEntries(answer) => Ok(answer),
             other => Err(unexpected(other)),
         }
@@ -123,7 +142,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(RPCTypes::Vote, Request::Vote(rpc), option.hard_ttl()).await? {
+        match self
+            .call(RPCTypes::Vote, Request::Vote(rpc), option.hard_ttl())
+            .await?
+        {
             Response::Vote(answer) => Ok(answer),
             other => Err(unexpected(other)),
         }
@@ -134,7 +156,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(RPCTypes::Vote, Request::PreVote(rpc), option.hard_ttl()).await? {
+        match self
+            .call(RPCTypes::Vote, Request::PreVote(rpc), option.hard_ttl())
+            .await?
+        {
             Response::Vote(answer) => Ok(answer),
             other => Err(unexpected(other)),
         }
@@ -145,7 +170,14 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(RPCTypes::TransferLeader, Request::TransferLeader(req), option.hard_ttl()).await? {
+        match self
+            .call(
+                RPCTypes::TransferLeader,
+                Request::TransferLeader(req),
+                option.hard_ttl(),
+            )
+            .await?
+        {
             Response::TransferLeader(answer) => Ok(answer),
             other => Err(unexpected(other)),
         }
@@ -175,11 +207,15 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         loop {
             let (data, file_back) = tokio::task::spawn_blocking(move || {
                 let mut data = Vec::with_capacity(SNAPSHOT_CHUNK_LEN);
-                let read = (&mut file).take(SNAPSHOT_CHUNK_LEN as u64).read_to_end(&mut data);
+                let read = (&mut file)
+                    .take(SNAPSHOT_CHUNK_LEN as u64)
+                    .read_to_end(&mut data);
                 (read.map(|_| data), file)
             })
             .await
-            .map_err(|e| StreamingError::Network(NetworkError::new(&io::Error::other(e.to_string()))))?;
+            .map_err(|e| {
+                StreamingError::Network(NetworkError::new(&io::Error::other(e.to_string())))
+            })?;
             file = file_back;
             let data = data.map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
             let done = data.len() < SNAPSHOT_CHUNK_LEN;
@@ -191,7 +227,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 data,
                 done,
             };
-            let timeout = if done { SNAPSHOT_INSTALL_TIMEOUT } else { chunk_timeout };
+            let timeout = if done {
+                SNAPSHOT_INSTALL_TIMEOUT
+            } else {
+                chunk_timeout
+            };
             let answer = tokio::select! {
                 closed = &mut cancel => return Err(StreamingError::Closed(closed)),
                 answer = self.call(RPCTypes::InstallSnapshot, Request::SnapshotChunk(chunk), timeout) => answer,

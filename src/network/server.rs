@@ -23,7 +23,10 @@ use super::wire::ResponseFrame;
 
 /// What serves requests arriving from peers; implemented by the node host.
 pub trait RpcHandler: Send + Sync + 'static {
-    fn handle(&self, request: Request) -> impl Future<Output = Result<Response, RemoteError>> + Send;
+    fn handle(
+        &self,
+        request: Request,
+    ) -> impl Future<Output = Result<Response, RemoteError>> + Send;
 }
 
 /// Accepts peer connections on `listener` until the task is dropped.
@@ -47,7 +50,10 @@ pub async fn serve<H: RpcHandler>(listener: TcpListener, handler: Arc<H>) {
     }
 }
 
-async fn serve_connection<H: RpcHandler>(stream: TcpStream, handler: Arc<H>) -> std::io::Result<()> {
+async fn serve_connection<H: RpcHandler>(
+    stream: TcpStream,
+    handler: Arc<H>,
+) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let (read_half, write_half) = stream.into_split();
     let (answers, mut to_write) = mpsc::unbounded_channel::<Vec<u8>>();

@@ -7,13 +7,13 @@
 use std::io;
 
 use openraft::raft::AppendEntriesRequest;
-use openraft::ChangeMembers;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
+use openraft::ChangeMembers;
 use serde::Deserialize;
 use serde::Serialize;
 use tokio::io::AsyncRead;
@@ -156,7 +156,12 @@ pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> io::Result<T>
         .with_fixint_encoding()
         .with_limit(u64::from(MAX_FRAME_LEN))
         .deserialize(body)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("undecodable frame: {e}")))
+        .map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("undecodable frame: {e}"),
+            )
+        })
 }
 
 #[cfg(test)]
@@ -206,6 +211,9 @@ mod tests {
     #[tokio::test]
     async fn a_clean_end_of_stream_is_not_an_error() {
         let mut empty: &[u8] = &[];
-        assert!(read_frame::<_, RequestFrame>(&mut empty).await.unwrap().is_none());
+        assert!(read_frame::<_, RequestFrame>(&mut empty)
+            .await
+            .unwrap()
+            .is_none());
     }
 }

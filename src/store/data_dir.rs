@@ -35,7 +35,10 @@ impl DataDir {
             Ok(text) => check_marker(&root, &text, node_id)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if is_non_empty_dir(&root)? {
-                    return Err(Error::ForeignDataDir { path: root, marker: MARKER });
+                    return Err(Error::ForeignDataDir {
+                        path: root,
+                        marker: MARKER,
+                    });
                 }
                 fs::create_dir_all(&root)?;
                 write_marker(&root, node_id)?;
@@ -101,7 +104,9 @@ fn check_marker(root: &Path, text: &str, node_id: NodeId) -> Result<(), Error> {
         Some(found) => Err(incompatible(format!(
             "belongs to node {found}, not node {node_id}"
         ))),
-        None => Err(incompatible(format!("has a {MARKER} marker without a node id"))),
+        None => Err(incompatible(format!(
+            "has a {MARKER} marker without a node id"
+        ))),
     }
 }
 

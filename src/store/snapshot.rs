@@ -284,7 +284,10 @@ mod tests {
         ];
         let path = write_sample(dir.path(), &pairs);
         let read = read_all(&path).unwrap();
-        let expected: Vec<_> = pairs.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        let expected: Vec<_> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
         assert_eq!(read, expected);
     }
 

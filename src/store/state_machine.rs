@@ -294,7 +294,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     /// Replaces the whole state with the snapshot's, in one synced WriteBatch: a crash leaves the
     /// old state or the new one, never a mix. The checksum is verified before anything is written.
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: SnapshotFile) -> io::Result<()> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotFile,
+    ) -> io::Result<()> {
         let db = self.db.clone();
         let dir = self.snapshot_dir.clone();
         let expected_meta = meta.clone();
@@ -314,7 +318,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             let meta_cf = column_family(&db, CF_META)?;
             batch.put_cf(meta_cf, KEY_APPLIED, encode(&expected_meta.last_log_id)?);
-            batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode(&expected_meta.last_membership)?);
+            batch.put_cf(
+                meta_cf,
+                KEY_MEMBERSHIP,
+                encode(&expected_meta.last_membership)?,
+            );
             let mut sync = WriteOptions::default();
             sync.set_sync(true);
             db.write_opt(batch, &sync).map_err(io_err)?;
@@ -326,7 +334,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         replace_current(&self.current_snapshot, meta.clone(), final_path)?;
-        self.counters.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             "installed snapshot at index {}",
             meta.last_log_id.map_or(0, |id| id.index)
@@ -436,7 +446,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
         .await?;
         replace_current(&self.current_snapshot, meta.clone(), path.clone())?;
-        self.counters.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .snapshots_built
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             "snapshot captured at index {}",
             meta.last_log_id.map_or(0, |id| id.index)
