@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::error::Error;
+use crate::node::InjectedFault;
 use crate::types::Member;
 use crate::types::NodeId;
 
@@ -73,6 +74,11 @@ pub struct Args {
     /// Also write logs to stderr (they always go to DIR/node<ID>/ondisk.log).
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
+
+    /// Deliberately break a guarantee, so the fault-injection suite can prove it notices.
+    /// Testing only; hidden from the help.
+    #[arg(long = "test-fault", hide = true, value_enum)]
+    pub test_fault: Option<InjectedFault>,
 }
 
 impl Args {
@@ -109,6 +115,10 @@ pub struct Addresses {
     pub raft: String,
     pub http: String,
     pub initial_members: BTreeMap<NodeId, Member>,
+    /// Identifies the cluster the command line describes: a checksum of the listed initial
+    /// members (before any `-addr` override), the same on every founding member. A data directory
+    /// records it, so one started against another cluster's flags is refused.
+    pub cluster_id: u32,
 }
 
 impl Args {
@@ -182,10 +192,12 @@ impl Args {
         if let Some(member) = initial_members.get_mut(&self.node_id) {
             member.raft_addr = raft.clone();
         }
+        let cluster_id = crc32fast::hash(listed.join(",").as_bytes());
         Ok(Addresses {
             raft,
             http,
             initial_members,
+            cluster_id,
         })
     }
 }

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let addresses = args.addresses()?;
-    let data_dir = DataDir::open(&args.data_dir, args.node_id)?;
+    let data_dir = DataDir::open(&args.data_dir, args.node_id, Some(addresses.cluster_id))?;
     let _log_writer = ondisk::logging::init(&data_dir.log_file(), args.verbose)
         .with_context(|| format!("cannot open the log file {}", data_dir.log_file().display()))?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -53,6 +53,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         election_timeout: args.election_timeout,
         snapshot_entries: args.snapshot_entries,
         compaction_overhead: args.compaction_overhead,
+        fault: args.test_fault,
     };
     let result = runtime.block_on(async {
         let node = Node::start(config).await?;

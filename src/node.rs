@@ -70,6 +70,18 @@ pub struct NodeConfig {
     /// Log entries kept behind a snapshot point, so slightly lagging followers catch up from the
     /// log rather than needing a snapshot.
     pub compaction_overhead: u64,
+    /// `None` except in tests of the test suite itself.
+    pub fault: Option<InjectedFault>,
+}
+
+/// A deliberate violation of ondisk's guarantees, switched on only by tests (`--test-fault`) to
+/// show that the fault-injection suite's checker detects it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InjectedFault {
+    /// Serve `get` from the local state machine without confirming a read index.
+    StaleReads,
+    /// Acknowledge a write once the leader has accepted it, before it is committed.
+    AckBeforeCommit,
 }
 
 /// A running node.
@@ -80,6 +92,7 @@ pub struct Node {
     state: StateReader,
     peers: Arc<Peers>,
     timeout: Duration,
+    fault: Option<InjectedFault>,
     data_dir: DataDir,
     incoming_snapshot: tokio::sync::Mutex<Option<IncomingSnapshot>>,
     /// Held while this node, as leader, runs a membership change: openraft refuses a change while
@@ -190,6 +203,7 @@ impl Node {
             state,
             peers,
             timeout: config.timeout,
+            fault: config.fault,
             data_dir: data_dir.clone(),
             incoming_snapshot: tokio::sync::Mutex::default(),
             membership_change: tokio::sync::Mutex::default(),
@@ -331,6 +345,12 @@ impl Node {
         request: Request,
     ) -> std::result::Result<CommandResult, RemoteError> {
         let written = match request {
+            Request::Propose(command) if self.fault == Some(InjectedFault::AckBeforeCommit) => {
+                return match self.raft.client_write_ff(command, None).await {
+                    Ok(()) => Ok(CommandResult::Applied),
+                    Err(fatal) => Err(RemoteError::Unknown(format!("raft stopped: {fatal}"))),
+                };
+            }
             Request::Propose(command) => self.raft.client_write(command).await,
             Request::ChangeMembership { changes, retain } => {
                 let _one_at_a_time = self.membership_change.lock().await;
@@ -398,7 +418,9 @@ impl Node {
 
     /// A linearizable read of `key`: reflects every write acknowledged before the read began.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.read_barrier("get").await?;
+        if self.fault != Some(InjectedFault::StaleReads) {
+            self.read_barrier("get").await?;
+        }
         self.get_stale(key)
     }
 

@@ -26,13 +26,16 @@ pub struct DataDir {
 impl DataDir {
     /// Opens `base/node<id>`, creating it (with its marker) if it does not exist or is empty.
     ///
-    /// Refuses a non-empty directory without a marker, and one whose marker names another node or
-    /// another format version, without writing anything into it.
-    pub fn open(base: &Path, node_id: NodeId) -> Result<Self, Error> {
+    /// `cluster_id` identifies the cluster the command line describes (see
+    /// [`crate::cli::Addresses::cluster_id`]); `None` when it cannot be known yet.
+    ///
+    /// Refuses, without writing anything: a non-empty directory without a marker, and one whose
+    /// marker names another node, another format version or another cluster.
+    pub fn open(base: &Path, node_id: NodeId, cluster_id: Option<u32>) -> Result<Self, Error> {
         let root = base.join(format!("node{node_id}"));
         let marker = root.join(MARKER);
         match fs::read_to_string(&marker) {
-            Ok(text) => check_marker(&root, &text, node_id)?,
+            Ok(text) => check_marker(&root, &text, node_id, cluster_id)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if is_non_empty_dir(&root)? {
                     return Err(Error::ForeignDataDir {
@@ -41,7 +44,7 @@ impl DataDir {
                     });
                 }
                 fs::create_dir_all(&root)?;
-                write_marker(&root, node_id)?;
+                write_marker(&root, node_id, cluster_id)?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -83,7 +86,12 @@ fn is_non_empty_dir(path: &Path) -> io::Result<bool> {
     }
 }
 
-fn check_marker(root: &Path, text: &str, node_id: NodeId) -> Result<(), Error> {
+fn check_marker(
+    root: &Path,
+    text: &str,
+    node_id: NodeId,
+    cluster_id: Option<u32>,
+) -> Result<(), Error> {
     let incompatible = |reason: String| Error::IncompatibleDataDir {
         path: root.to_path_buf(),
         reason,
@@ -100,25 +108,40 @@ fn check_marker(root: &Path, text: &str, node_id: NodeId) -> Result<(), Error> {
         )));
     }
     match field("node_id").and_then(|v| v.parse::<NodeId>().ok()) {
-        Some(found) if found == node_id => Ok(()),
-        Some(found) => Err(incompatible(format!(
-            "belongs to node {found}, not node {node_id}"
+        Some(found) if found == node_id => {}
+        Some(found) => {
+            return Err(incompatible(format!(
+                "belongs to node {found}, not node {node_id}"
+            )))
+        }
+        None => {
+            return Err(incompatible(format!(
+                "has a {MARKER} marker without a node id"
+            )))
+        }
+    }
+    let recorded = field("cluster_id").and_then(|v| u32::from_str_radix(v, 16).ok());
+    match (recorded, cluster_id) {
+        (Some(recorded), Some(expected)) if recorded != expected => Err(incompatible(format!(
+            "belongs to cluster {recorded:08x}, not to the cluster the command line describes \
+             ({expected:08x}): check --cluster, or use another -data-dir"
         ))),
-        None => Err(incompatible(format!(
-            "has a {MARKER} marker without a node id"
-        ))),
+        _ => Ok(()),
     }
 }
 
 /// Writes the marker atomically (temp file, fsync, rename, fsync of the directory) so a crash
 /// never leaves a half-written marker that would make the directory look foreign.
-fn write_marker(root: &Path, node_id: NodeId) -> io::Result<()> {
+fn write_marker(root: &Path, node_id: NodeId, cluster_id: Option<u32>) -> io::Result<()> {
     let tmp = root.join(format!("{MARKER}.tmp"));
     let mut file = fs::File::create(&tmp)?;
     write!(
         file,
         "ondisk data directory\nformat={FORMAT_VERSION}\nnode_id={node_id}\n"
     )?;
+    if let Some(cluster_id) = cluster_id {
+        writeln!(file, "cluster_id={cluster_id:08x}")?;
+    }
     file.sync_all()?;
     fs::rename(&tmp, root.join(MARKER))?;
     fs::File::open(root)?.sync_all()
@@ -131,9 +154,9 @@ mod tests {
     #[test]
     fn creates_a_fresh_directory_and_reopens_it() {
         let base = tempfile::tempdir().unwrap();
-        let dir = DataDir::open(base.path(), 2).unwrap();
+        let dir = DataDir::open(base.path(), 2, Some(7)).unwrap();
         assert!(dir.root().join(MARKER).exists());
-        DataDir::open(base.path(), 2).unwrap();
+        DataDir::open(base.path(), 2, Some(7)).unwrap();
     }
 
     #[test]
@@ -142,7 +165,7 @@ mod tests {
         let root = base.path().join("node1");
         fs::create_dir_all(&root).unwrap();
         fs::write(root.join("CURRENT"), b"not ours").unwrap();
-        let err = DataDir::open(base.path(), 1).unwrap_err();
+        let err = DataDir::open(base.path(), 1, None).unwrap_err();
         assert!(matches!(err, Error::ForeignDataDir { .. }), "{err}");
         assert!(!root.join(MARKER).exists());
         assert_eq!(fs::read(root.join("CURRENT")).unwrap(), b"not ours");
@@ -151,9 +174,21 @@ mod tests {
     #[test]
     fn refuses_another_nodes_directory() {
         let base = tempfile::tempdir().unwrap();
-        DataDir::open(base.path(), 1).unwrap();
+        DataDir::open(base.path(), 1, None).unwrap();
         fs::rename(base.path().join("node1"), base.path().join("node3")).unwrap();
-        let err = DataDir::open(base.path(), 3).unwrap_err();
+        let err = DataDir::open(base.path(), 3, None).unwrap_err();
         assert!(err.to_string().contains("belongs to node 1"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_directory_from_another_cluster() {
+        let base = tempfile::tempdir().unwrap();
+        DataDir::open(base.path(), 1, Some(0xabc)).unwrap();
+        let err = DataDir::open(base.path(), 1, Some(0xdef)).unwrap_err();
+        assert!(
+            err.to_string().contains("belongs to cluster 00000abc"),
+            "{err}"
+        );
+        DataDir::open(base.path(), 1, None).unwrap();
     }
 }
