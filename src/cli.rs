@@ -67,6 +67,11 @@ pub struct Args {
     #[arg(long = "compaction-overhead", default_value_t = 1_000)]
     pub compaction_overhead: u64,
 
+    /// Join an existing cluster (after `add ADDR ID` on one of its members) instead of
+    /// bootstrapping one.
+    #[arg(long)]
+    pub join: bool,
+
     /// Run without the interactive prompt (serve until SIGINT/SIGTERM).
     #[arg(long = "no-repl")]
     pub no_repl: bool,

@@ -51,7 +51,16 @@ pub enum Error {
     #[error("the node is shutting down")]
     ShuttingDown,
 
-    /// Raft refused the request for a reason other than leadership (e.g. a membership rule).
+    /// The cluster refused the request (a membership rule, a change already in progress); nothing
+    /// was changed.
+    #[error("{0}")]
+    Refused(String),
+
+    /// This node has been removed from the cluster.
+    #[error("this node has been removed from the cluster")]
+    Removed,
+
+    /// Raft failed in a way that is neither a refusal nor a timeout.
     #[error("{0}")]
     Raft(String),
 

@@ -29,6 +29,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::cli::split_host_port;
 use crate::error::Error;
 use crate::node::Node;
 use crate::telemetry;
@@ -120,11 +121,17 @@ impl IntoResponse for ApiError {
                 response
             }
             ApiError::Node(e) => {
-                let retryable = matches!(e, Error::Timeout { .. } | Error::ShuttingDown);
+                let retryable = match &e {
+                    Error::Timeout { .. } | Error::ShuttingDown => true,
+                    Error::Refused(reason) => reason.starts_with("busy"),
+                    _ => false,
+                };
                 let status = match &e {
                     Error::Timeout { .. } | Error::ShuttingDown | Error::OutcomeUnknown { .. } => {
                         StatusCode::SERVICE_UNAVAILABLE
                     }
+                    Error::Refused(_) => StatusCode::CONFLICT,
+                    Error::Removed => StatusCode::GONE,
                     Error::Config(_) => StatusCode::BAD_REQUEST,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 };
@@ -262,9 +269,20 @@ async fn kvdb(State(api): State<ApiState>, method: Method, uri: Uri, body: Bytes
                 let id: u64 = id.parse().map_err(|_| {
                     ApiError::BadRequest(format!("node id must be a number, not {id:?}"))
                 })?;
-                Err(ApiError::NotImplemented(format!(
-                    "membership changes (node {id}) are not supported by this version of ondisk"
-                )))
+                if method == Method::POST {
+                    let url = std::str::from_utf8(&body)
+                        .map_err(|_| ApiError::BadRequest("the peer URL is not UTF-8".into()))?
+                        .trim();
+                    let addr = url
+                        .strip_prefix("http://")
+                        .unwrap_or(url)
+                        .trim_end_matches('/');
+                    split_host_port(addr).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                    api.node.add_member(id, addr.to_string()).await?;
+                } else {
+                    api.node.remove_member(id).await?;
+                }
+                Ok(no_content())
             }
             _ => Err(ApiError::MethodNotAllowed(KVDB_METHODS)),
         }

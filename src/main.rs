@@ -20,6 +20,9 @@ use tokio::signal::unix::signal;
 use tokio::signal::unix::SignalKind;
 use tokio::sync::mpsc;
 
+/// What a node says when it stops because it was removed from the cluster.
+const REMOVED_MESSAGE: &str = "I've been removed from the cluster! Shutting down.";
+
 fn main() -> ExitCode {
     let args = Args::parse_go_style();
     match run(args) {
@@ -33,7 +36,14 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let addresses = args.addresses()?;
-    let data_dir = DataDir::open(&args.data_dir, args.node_id, Some(addresses.cluster_id))?;
+    // A joining node's --cluster lists members that did not found the cluster, so it says nothing
+    // about which cluster the data directory belongs to.
+    let cluster_id = (!args.join).then_some(addresses.cluster_id);
+    let data_dir = DataDir::open(&args.data_dir, args.node_id, cluster_id)?;
+    if data_dir.was_removed() {
+        println!("{REMOVED_MESSAGE}");
+        return Ok(());
+    }
     let _log_writer = ondisk::logging::init(&data_dir.log_file(), args.verbose)
         .with_context(|| format!("cannot open the log file {}", data_dir.log_file().display()))?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -53,6 +63,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         election_timeout: args.election_timeout,
         snapshot_entries: args.snapshot_entries,
         compaction_overhead: args.compaction_overhead,
+        join: args.join,
         fault: args.test_fault,
     };
     let result = runtime.block_on(async {
@@ -96,11 +107,18 @@ fn run(args: Args) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => "SIGINT",
             _ = terminate.recv() => "SIGTERM",
             _ = &mut http_done => "http server stopped",
+            _ = node.wait_removed() => "removed from the cluster",
         };
         tracing::info!("shutting down ({reason})");
         drop(stop);
         stopped.close();
         node.shutdown().await;
+        if reason == "removed from the cluster" {
+            node.data_dir()
+                .mark_removed()
+                .context("cannot record the removal")?;
+            println!("{REMOVED_MESSAGE}");
+        }
         anyhow::Ok(())
     });
     // The REPL thread may still be blocked reading stdin; it does not hold anything that needs

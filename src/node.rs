@@ -15,7 +15,7 @@ use openraft::error::ClientWriteError;
 use openraft::error::InitializeError;
 use openraft::error::LinearizableReadError;
 use openraft::error::RaftError;
-use openraft::ChangeMembers;
+
 use openraft::ReadPolicy;
 use openraft::ServerState;
 use openraft::Snapshot;
@@ -48,6 +48,10 @@ use crate::types::NodeId;
 use crate::types::Raft;
 use crate::types::SnapshotMeta;
 
+mod membership;
+
+pub use membership::MemberInfo;
+
 /// Longest pause between attempts to reach a leader; a leader change ends the pause early.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -70,6 +74,8 @@ pub struct NodeConfig {
     /// Log entries kept behind a snapshot point, so slightly lagging followers catch up from the
     /// log rather than needing a snapshot.
     pub compaction_overhead: u64,
+    /// Start as a new member of an existing cluster (added with `add`): never bootstrap.
+    pub join: bool,
     /// `None` except in tests of the test suite itself.
     pub fault: Option<InjectedFault>,
 }
@@ -95,9 +101,10 @@ pub struct Node {
     fault: Option<InjectedFault>,
     data_dir: DataDir,
     incoming_snapshot: tokio::sync::Mutex<Option<IncomingSnapshot>>,
-    /// Held while this node, as leader, runs a membership change: openraft refuses a change while
-    /// another is in flight, so changes submitted here are queued instead of failing.
+    /// Held while this node, as leader, runs a membership change, so changes never overlap.
     membership_change: tokio::sync::Mutex<()>,
+    /// Becomes true once this node learns it has been removed from the cluster.
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
     rpc_server: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -124,17 +131,7 @@ pub struct Status {
     pub purged: Option<u64>,
     pub snapshots_built: u64,
     pub snapshots_installed: u64,
-    pub members: Vec<MemberStatus>,
-}
-
-/// One member as this node currently sees the membership.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct MemberStatus {
-    pub id: NodeId,
-    pub raft_addr: String,
-    pub http_addr: String,
-    pub voter: bool,
-    pub leader: bool,
+    pub members: Vec<MemberInfo>,
 }
 
 /// Binds a listening socket, naming the address and its purpose in the error a user sees.
@@ -182,9 +179,11 @@ impl Node {
         .validate()
         .map_err(|e| Error::Config(format!("invalid raft timing: {e}")))?;
         let peers = Arc::new(Peers::default());
+        let removed = Arc::new(tokio::sync::watch::Sender::new(false));
         let network = NetworkFactory {
             this_node: config.id,
             peers: peers.clone(),
+            removed: removed.clone(),
         };
         let raft = Raft::new(
             config.id,
@@ -207,12 +206,19 @@ impl Node {
             data_dir: data_dir.clone(),
             incoming_snapshot: tokio::sync::Mutex::default(),
             membership_change: tokio::sync::Mutex::default(),
+            removed,
             rpc_server: std::sync::Mutex::default(),
         });
         let server = tokio::spawn(network::serve(raft_listener, node.clone()));
         *node.rpc_server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
-        node.bootstrap(config.initial_members).await?;
+        if config.join {
+            tracing::info!("joining an existing cluster: waiting to be added by its leader");
+        } else {
+            node.bootstrap(config.initial_members).await?;
+        }
         node.keep_own_address_current();
+        node.promote_caught_up_learners();
+        node.watch_for_removal();
         Ok(node)
     }
 
@@ -283,18 +289,6 @@ impl Node {
         result
     }
 
-    /// Changes the membership through the leader, wherever it is.
-    pub async fn change_membership(
-        &self,
-        op: &'static str,
-        changes: ChangeMembers<NodeId, Member>,
-        retain: bool,
-    ) -> Result<()> {
-        self.submit_to_leader(op, Request::ChangeMembership { changes, retain })
-            .await
-            .map(drop)
-    }
-
     /// Runs a leader-only `request` (a proposal or a membership change) on the leader: here if
     /// this node leads, otherwise forwarded. Retries only while the request certainly had no
     /// effect (no leader yet, a stale leader, an unreachable one), within the node's timeout.
@@ -312,7 +306,8 @@ impl Node {
                     Err(RemoteError::NotLeader { .. }) => {
                         self.pause_unless_leader_changes(Some(leader)).await
                     }
-                    Err(RemoteError::Refused(reason)) => return Err(Error::Raft(reason)),
+                    Err(RemoteError::Refused(reason)) => return Err(Error::Refused(reason)),
+                    Err(RemoteError::Removed) => return Err(Error::Removed),
                     Err(RemoteError::Unknown(reason)) => {
                         return Err(Error::OutcomeUnknown { op, reason })
                     }
@@ -352,10 +347,7 @@ impl Node {
                 };
             }
             Request::Propose(command) => self.raft.client_write(command).await,
-            Request::ChangeMembership { changes, retain } => {
-                let _one_at_a_time = self.membership_change.lock().await;
-                self.raft.change_membership(changes, retain).await
-            }
+            Request::Membership(change) => return self.change_membership_locally(change).await,
             other => {
                 return Err(RemoteError::Refused(format!(
                     "{other:?} is not a leader request"
@@ -377,43 +369,6 @@ impl Node {
             }
             Err(other) => Err(RemoteError::Refused(other.to_string())),
         }
-    }
-
-    /// Keeps this node's entry in the replicated membership in step with its actual addresses, so
-    /// every member learns its HTTP address (and a raft address given with `-addr`). Runs until
-    /// Raft stops.
-    fn keep_own_address_current(self: &Arc<Self>) {
-        let node = self.clone();
-        tokio::spawn(async move {
-            let mut metrics = node.raft.metrics();
-            loop {
-                let outdated = {
-                    let m = metrics.borrow_watched();
-                    m.current_leader.is_some()
-                        && m.membership_config
-                            .membership()
-                            .get_node(&node.id)
-                            .is_some_and(|recorded| *recorded != node.member)
-                };
-                if outdated {
-                    let update = ChangeMembers::SetNodes([(node.id, node.member.clone())].into());
-                    match node.change_membership("address update", update, true).await {
-                        Ok(()) => {
-                            tracing::info!("recorded this node's addresses in the membership")
-                        }
-                        Err(e) => {
-                            tracing::debug!(
-                                "recording this node's addresses failed, will retry: {e}"
-                            );
-                            tokio::time::sleep(RETRY_PAUSE * 10).await;
-                        }
-                    }
-                }
-                if metrics.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
     }
 
     /// A linearizable read of `key`: reflects every write acknowledged before the read began.
@@ -532,20 +487,9 @@ impl Node {
 
     /// A summary of this node's Raft and storage state.
     pub fn status(&self) -> Status {
+        let members = self.members();
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
-        let membership = m.membership_config.membership();
-        let voters: Vec<NodeId> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, member)| MemberStatus {
-                id: *id,
-                raft_addr: member.raft_addr.clone(),
-                http_addr: member.http_addr.clone(),
-                voter: voters.contains(id),
-                leader: m.current_leader == Some(*id),
-            })
-            .collect();
         Status {
             id: self.id,
             state: state_name(m.state).to_string(),
@@ -713,18 +657,26 @@ impl RpcHandler for Node {
                 .await
                 .map(Response::AppendEntries)
                 .map_err(raft_failed),
-            Request::Vote(rpc) => self
-                .raft
-                .vote(rpc)
-                .await
-                .map(Response::Vote)
-                .map_err(raft_failed),
-            Request::PreVote(rpc) => self
-                .raft
-                .pre_vote(rpc)
-                .await
-                .map(Response::Vote)
-                .map_err(raft_failed),
+            Request::Vote(rpc) => {
+                self.refuse_removed(rpc.vote.leader_id.node_id)?;
+                self.raft
+                    .vote(rpc)
+                    .await
+                    .map(Response::Vote)
+                    .map_err(raft_failed)
+            }
+            Request::PreVote(rpc) => {
+                self.refuse_removed(rpc.vote.leader_id.node_id)?;
+                self.raft
+                    .pre_vote(rpc)
+                    .await
+                    .map(Response::Vote)
+                    .map_err(raft_failed)
+            }
+            Request::Removed => {
+                self.learn_removed("the leader said so");
+                Ok(Response::Acknowledged)
+            }
             Request::TransferLeader(rpc) => self
                 .raft
                 .handle_transfer_leader(rpc)
@@ -732,7 +684,7 @@ impl RpcHandler for Node {
                 .map(Response::TransferLeader)
                 .map_err(|e| RemoteError::Refused(e.to_string())),
             Request::SnapshotChunk(chunk) => self.receive_snapshot_chunk(chunk).await,
-            request @ (Request::Propose(_) | Request::ChangeMembership { .. }) => {
+            request @ (Request::Propose(_) | Request::Membership(_)) => {
                 self.submit_locally(request).await.map(Response::Proposed)
             }
             Request::ReadIndex => self.read_index_locally().await.map(Response::ReadIndex),

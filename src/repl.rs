@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
+use crate::cli::split_host_port;
 use crate::node::Node;
+use crate::types::NodeId;
 
 /// The help text, printed at start-up, on `help`, and after invalid input.
 pub const USAGE: &str = "\
@@ -20,6 +22,10 @@ Usage - type one of:
   put KEY VALUE     set KEY to VALUE (the rest of the line) through Raft, from any node
   get KEY           linearizable read of KEY, from any node
   delete KEY        delete KEY through Raft
+  add ADDR ID       add node ID (raft address ADDR) to the cluster; then start it with -join
+  remove ID         remove node ID from the cluster
+  members           list the members: id, raft address, voter or learner, leader
+  leader            show the current leader
   status            this node's Raft state, leader and log indexes
   help              show this text
   exit              shut this node down (Ctrl-D on a terminal does the same)";
@@ -37,6 +43,15 @@ pub enum ReplCommand {
     Delete {
         key: Vec<u8>,
     },
+    Add {
+        addr: String,
+        id: NodeId,
+    },
+    Remove {
+        id: NodeId,
+    },
+    Members,
+    Leader,
     Status,
     Help,
     Exit,
@@ -66,11 +81,33 @@ pub fn parse(line: &[u8]) -> Result<ReplCommand, InvalidInput> {
         }),
         (b"get", Some(key)) if value.is_empty() => Ok(ReplCommand::Get { key: key.to_vec() }),
         (b"delete", Some(key)) if value.is_empty() => Ok(ReplCommand::Delete { key: key.to_vec() }),
+        (b"add", Some(addr)) => {
+            let (id, rest) = next_token(after_key);
+            let addr = std::str::from_utf8(addr).map_err(|_| InvalidInput)?;
+            split_host_port(addr).map_err(|_| InvalidInput)?;
+            match (id.map(parse_id), trim_start(rest).is_empty()) {
+                (Some(Ok(id)), true) => Ok(ReplCommand::Add {
+                    addr: addr.to_string(),
+                    id,
+                }),
+                _ => Err(InvalidInput),
+            }
+        }
+        (b"remove", Some(id)) if value.is_empty() => Ok(ReplCommand::Remove { id: parse_id(id)? }),
+        (b"members", None) => Ok(ReplCommand::Members),
+        (b"leader", None) => Ok(ReplCommand::Leader),
         (b"status", None) => Ok(ReplCommand::Status),
         (b"help", None) => Ok(ReplCommand::Help),
         (b"exit", None) => Ok(ReplCommand::Exit),
         _ => Err(InvalidInput),
     }
+}
+
+fn parse_id(token: &[u8]) -> Result<NodeId, InvalidInput> {
+    std::str::from_utf8(token)
+        .ok()
+        .and_then(|t| t.parse::<NodeId>().ok())
+        .ok_or(InvalidInput)
 }
 
 fn trim_start(bytes: &[u8]) -> &[u8] {
@@ -176,6 +213,21 @@ fn execute_line(node: &Node, runtime: &Handle, line: &[u8]) -> Option<ReplEnd> {
         ReplCommand::Exit => return Some(ReplEnd::Shutdown),
         ReplCommand::Help => writeln!(out, "{USAGE}"),
         ReplCommand::Status => writeln!(out, "{}", status_line(node)),
+        ReplCommand::Members => node.members().iter().try_for_each(|m| {
+            let role = if m.voter { "voter" } else { "learner" };
+            let leader = if m.leader { ", leader" } else { "" };
+            writeln!(out, "member {}: {} ({role}{leader})", m.id, m.raft_addr)
+        }),
+        ReplCommand::Leader => match node.leader() {
+            Some((id, member)) => writeln!(out, "leader: {id} {}", member.raft_addr),
+            None => writeln!(out, "leader: unknown (no leader elected yet)"),
+        },
+        ReplCommand::Add { addr, id } => {
+            membership_outcome(&mut out, runtime.block_on(node.add_member(id, addr)))
+        }
+        ReplCommand::Remove { id } => {
+            membership_outcome(&mut out, runtime.block_on(node.remove_member(id)))
+        }
         ReplCommand::Put { key, value } => match runtime.block_on(node.put(key, value)) {
             Ok(()) => writeln!(out, "OK"),
             Err(e) => report(e),
@@ -204,6 +256,17 @@ fn execute_line(node: &Node, runtime: &Handle, line: &[u8]) -> Option<ReplEnd> {
     };
     let _ = printed.and_then(|()| out.flush());
     None
+}
+
+/// Prints a membership change's outcome in the words of the original example.
+fn membership_outcome(out: &mut impl Write, outcome: crate::error::Result<()>) -> io::Result<()> {
+    match outcome {
+        Ok(()) => writeln!(out, "membership change completed successfully"),
+        Err(e) => {
+            eprintln!("membership change failed, {e}");
+            Ok(())
+        }
+    }
 }
 
 fn report(error: crate::error::Error) -> io::Result<()> {
@@ -255,6 +318,20 @@ mod tests {
     }
 
     #[test]
+    fn membership_commands_parse_case_insensitively() {
+        assert_eq!(
+            parse(b"ADD localhost:63100 4"),
+            Ok(ReplCommand::Add {
+                addr: "localhost:63100".into(),
+                id: 4
+            })
+        );
+        assert_eq!(parse(b"Remove 4"), Ok(ReplCommand::Remove { id: 4 }));
+        assert_eq!(parse(b"members"), Ok(ReplCommand::Members));
+        assert_eq!(parse(b"LEADER"), Ok(ReplCommand::Leader));
+    }
+
+    #[test]
     fn malformed_lines_are_invalid() {
         for line in [
             &b"put"[..],
@@ -273,6 +350,22 @@ mod tests {
             );
         }
         assert_eq!(parse(b"   "), Ok(ReplCommand::Nothing));
+        for line in [
+            &b"add 4"[..],
+            b"add localhost:63100 four",
+            b"add nonsense 4",
+            b"add localhost:63100",
+            b"remove",
+            b"remove x",
+            b"add a:1 4 5",
+        ] {
+            assert_eq!(
+                parse(line),
+                Err(InvalidInput),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
         assert_eq!(
             parse(b"Get key\r"),
             Ok(ReplCommand::Get {

@@ -19,6 +19,7 @@ pub use client::Peers;
 pub use raft_network::NetworkFactory;
 pub use server::serve;
 pub use server::RpcHandler;
+pub use wire::MembershipChange;
 pub use wire::RemoteError;
 pub use wire::Request;
 pub use wire::Response;

@@ -29,6 +29,7 @@ use openraft::Snapshot;
 use super::client::CallError;
 use super::client::Peer;
 use super::Peers;
+use super::RemoteError;
 use super::Request;
 use super::Response;
 use super::SnapshotChunk;
@@ -49,6 +50,9 @@ const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct NetworkFactory {
     pub this_node: NodeId,
     pub peers: Arc<Peers>,
+    /// Set when a peer answers that this node has been removed from the cluster (it refuses the
+    /// votes of removed nodes), which is how a node removed while it was down finds out.
+    pub removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// openraft's view of one target node.
@@ -56,6 +60,7 @@ pub struct PeerNetwork {
     this_node: NodeId,
     target: NodeId,
     peer: Arc<Peer>,
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -66,6 +71,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             this_node: self.this_node,
             target,
             peer: self.peers.get(&node.raft_addr),
+            removed: self.removed.clone(),
         }
     }
 }
@@ -77,10 +83,12 @@ impl PeerNetwork {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, RPCError<TypeConfig>> {
-        self.peer
-            .call(request, timeout)
-            .await
-            .map_err(|e| self.rpc_error(action, timeout, e))
+        self.peer.call(request, timeout).await.map_err(|e| {
+            if matches!(e, CallError::Remote(RemoteError::Removed)) {
+                self.removed.send_replace(true);
+            }
+            self.rpc_error(action, timeout, e)
+        })
     }
 
     fn rpc_error(

@@ -13,7 +13,7 @@ use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
-use openraft::ChangeMembers;
+
 use serde::Deserialize;
 use serde::Serialize;
 use tokio::io::AsyncRead;
@@ -43,13 +43,25 @@ pub enum Request {
     /// A client write forwarded by a follower; the receiver must be the leader.
     Propose(Command),
     /// A membership change forwarded by a follower; the receiver must be the leader.
-    ChangeMembership {
-        changes: ChangeMembers<NodeId, Member>,
-        retain: bool,
-    },
+    Membership(MembershipChange),
+    /// Sent by the leader to a node it has just removed from the cluster, which may never
+    /// receive the entry that removed it.
+    Removed,
     /// A follower asking the leader for a read index: the log index a linearizable read must wait
     /// for the follower's state machine to reach.
     ReadIndex,
+}
+
+/// A membership change as a user asks for it; the leader checks it against the cluster's rules
+/// before handing it to openraft.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add a node, as a learner first; the leader promotes it once it has caught up.
+    Add { id: NodeId, member: Member },
+    /// Remove a voter or a learner.
+    Remove { id: NodeId },
+    /// Record a member's current addresses.
+    UpdateAddresses { id: NodeId, member: Member },
 }
 
 /// A piece of a snapshot file in transit.
@@ -75,6 +87,7 @@ pub enum Response {
     SnapshotInstalled(SnapshotResponse<TypeConfig>),
     Proposed(CommandResult),
     ReadIndex(u64),
+    Acknowledged,
 }
 
 /// Why the remote node did not serve a request.
@@ -87,6 +100,9 @@ pub enum RemoteError {
     /// The request was refused or failed and was not applied.
     #[error("{0}")]
     Refused(String),
+    /// The sender has been removed from the cluster and must stop.
+    #[error("this node has been removed from the cluster")]
+    Removed,
     /// The request may or may not have taken effect (e.g. the entry was appended and the leader
     /// changed before it committed).
     #[error("outcome unknown: {0}")]

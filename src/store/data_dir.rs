@@ -14,6 +14,8 @@ use crate::types::NodeId;
 
 /// Name of the marker file at the root of every node directory.
 const MARKER: &str = "ONDISK";
+/// Present once the node has been removed from its cluster.
+const REMOVED_MARKER: &str = "REMOVED";
 /// On-disk layout version; bumped when the layout changes incompatibly.
 const FORMAT_VERSION: u32 = 1;
 
@@ -74,6 +76,18 @@ impl DataDir {
     /// The node's log file.
     pub fn log_file(&self) -> PathBuf {
         self.root.join("ondisk.log")
+    }
+
+    /// Records, durably, that this node has been removed from the cluster, so a restart with
+    /// this data says so and stops instead of trying to rejoin.
+    pub fn mark_removed(&self) -> io::Result<()> {
+        fs::File::create(self.root.join(REMOVED_MARKER))?.sync_all()?;
+        fs::File::open(&self.root)?.sync_all()
+    }
+
+    /// True once [`DataDir::mark_removed`] has been called for this directory.
+    pub fn was_removed(&self) -> bool {
+        self.root.join(REMOVED_MARKER).exists()
     }
 }
 

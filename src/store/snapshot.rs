@@ -4,6 +4,7 @@
 //! ```text
 //! "ONDISKSN" | version u32 | meta_len u32 | meta (bincode SnapshotMeta)
 //! { 0x01 | key_len u32 | key | value_len u32 | value }*
+//! [ 0x02 | len u32 | bincode set of node ids removed from the cluster ]
 //! 0x00 | pair_count u64 | crc32 u32   (crc32 over every byte before it)
 //! ```
 //! Keys and values are raw bytes, so nothing is lost to a text encoding. The same bytes are what
@@ -20,13 +21,17 @@ use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
 
+use std::collections::BTreeSet;
+
 use super::decode;
 use super::encode;
+use crate::types::NodeId;
 use crate::types::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"ONDISKSN";
 const VERSION: u32 = 1;
 const TAG_PAIR: u8 = 1;
+const TAG_REMOVED_IDS: u8 = 2;
 const TAG_END: u8 = 0;
 /// Upper bound on any length field, so a corrupt or hostile file cannot make us allocate wildly.
 const MAX_FIELD_LEN: u32 = 256 << 20;
@@ -126,6 +131,14 @@ impl SnapshotWriter {
         Ok(())
     }
 
+    /// Records the ids removed from the cluster, which are replicated state like the pairs.
+    pub fn add_removed_ids(&mut self, removed: &BTreeSet<NodeId>) -> io::Result<()> {
+        let bytes = encode(removed)?;
+        self.write(&[TAG_REMOVED_IDS])?;
+        self.write_len(bytes.len())?;
+        self.write(&bytes)
+    }
+
     /// Writes the trailer, fsyncs, and renames the file to its final name in `dir`.
     pub fn finish(mut self, final_path: &Path) -> io::Result<()> {
         self.write(&[TAG_END])?;
@@ -167,6 +180,8 @@ pub(super) struct SnapshotReader {
     input: BufReader<File>,
     crc: crc32fast::Hasher,
     pub meta: SnapshotMeta,
+    /// Ids removed from the cluster, known once the record holding them has been read.
+    pub removed: BTreeSet<NodeId>,
     pairs: u64,
 }
 
@@ -178,6 +193,7 @@ impl SnapshotReader {
             input: BufReader::with_capacity(1 << 20, file),
             crc: crc32fast::Hasher::new(),
             meta: SnapshotMeta::default(),
+            removed: BTreeSet::new(),
             pairs: 0,
         };
         let mut magic = [0u8; 8];
@@ -198,6 +214,10 @@ impl SnapshotReader {
     pub fn next_pair(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
         let mut tag = [0u8; 1];
         self.read(&mut tag)?;
+        if tag[0] == TAG_REMOVED_IDS {
+            self.removed = decode(&self.read_field()?)?;
+            self.read(&mut tag)?;
+        }
         match tag[0] {
             TAG_PAIR => {
                 let key = self.read_field()?;
@@ -260,6 +280,7 @@ mod tests {
         for (k, v) in pairs {
             writer.add(k, v).unwrap();
         }
+        writer.add_removed_ids(&BTreeSet::from([4, 9])).unwrap();
         let path = dir.join(file_name(&meta));
         writer.finish(&path).unwrap();
         path

@@ -9,6 +9,7 @@
 //! snapshot is reported to openraft, the state machine's WAL is fsynced; openraft purges the log
 //! only up to a snapshot point, so the log never loses an entry the state machine could still lose.
 
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::fs;
 use std::io;
@@ -47,6 +48,7 @@ use crate::error::Error;
 use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::LogId;
+use crate::types::NodeId;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
@@ -57,6 +59,9 @@ const CF_DATA: &str = "data";
 const CF_META: &str = "meta";
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
+/// Ids that have been removed from the cluster: replicated, so a removed id is refused re-entry
+/// on every node, after restarts and through snapshots.
+const KEY_REMOVED_IDS: &[u8] = b"removed_ids";
 
 /// The newest snapshot on disk, shared between the state machine and its snapshot builders.
 type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>;
@@ -68,6 +73,7 @@ pub struct StateMachineStore {
     current_snapshot: CurrentSnapshot,
     applied: Option<LogId>,
     membership: StoredMembership,
+    removed_ids: Arc<Mutex<BTreeSet<NodeId>>>,
     counters: Arc<Counters>,
 }
 
@@ -87,6 +93,7 @@ struct Counters {
 #[derive(Clone)]
 pub struct StateReader {
     db: Arc<DB>,
+    removed_ids: Arc<Mutex<BTreeSet<NodeId>>>,
     counters: Arc<Counters>,
 }
 
@@ -94,7 +101,7 @@ impl StateMachineStore {
     /// Opens the state machine at `path` and finds the newest snapshot in `snapshot_dir`.
     pub fn open(path: &Path, snapshot_dir: PathBuf) -> Result<Self, Error> {
         let db = Arc::new(open_rocksdb(path, &[CF_DATA, CF_META])?);
-        let read_meta = || -> io::Result<(Option<LogId>, StoredMembership)> {
+        let read_meta = || -> io::Result<(Option<LogId>, StoredMembership, BTreeSet<NodeId>)> {
             let meta = column_family(&db, CF_META)?;
             let applied = match db.get_pinned_cf(meta, KEY_APPLIED).map_err(io_err)? {
                 Some(bytes) => decode(&bytes)?,
@@ -104,13 +111,17 @@ impl StateMachineStore {
                 Some(bytes) => decode(&bytes)?,
                 None => StoredMembership::default(),
             };
-            Ok((applied, membership))
+            let removed = match db.get_pinned_cf(meta, KEY_REMOVED_IDS).map_err(io_err)? {
+                Some(bytes) => decode(&bytes)?,
+                None => BTreeSet::new(),
+            };
+            Ok((applied, membership, removed))
         };
         let storage_err = |e: io::Error| Error::Storage {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-        let (applied, membership) = read_meta().map_err(storage_err)?;
+        let (applied, membership, removed) = read_meta().map_err(storage_err)?;
         fs::create_dir_all(&snapshot_dir)?;
         let newest = snapshot::newest_in(&snapshot_dir).map_err(|e| Error::Storage {
             path: snapshot_dir.clone(),
@@ -127,6 +138,7 @@ impl StateMachineStore {
             current_snapshot: Arc::new(Mutex::new(newest)),
             applied,
             membership,
+            removed_ids: Arc::new(Mutex::new(removed)),
             counters: Arc::default(),
         })
     }
@@ -135,6 +147,7 @@ impl StateMachineStore {
     pub fn reader(&self) -> StateReader {
         StateReader {
             db: self.db.clone(),
+            removed_ids: self.removed_ids.clone(),
             counters: self.counters.clone(),
         }
     }
@@ -162,6 +175,11 @@ impl StateReader {
             pairs.push((key.into_vec(), value.into_vec()));
         }
         Ok(pairs)
+    }
+
+    /// Ids removed from the cluster, as applied so far.
+    pub fn removed_ids(&self) -> BTreeSet<NodeId> {
+        lock(&self.removed_ids).clone()
     }
 
     /// Entries applied by this process since it started.
@@ -234,6 +252,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(());
         };
         let mut membership = None;
+        let mut removed = lock(&self.removed_ids).clone();
+        let removed_before = removed.len();
+        let mut previous_nodes = node_ids(&self.membership);
         let mut commands = Vec::with_capacity(entries.len());
         let mut responders = Vec::with_capacity(entries.len());
         for (entry, responder) in entries {
@@ -241,7 +262,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Blank => commands.push(None),
                 EntryPayload::Normal(command) => commands.push(Some(command)),
                 EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                    let next = StoredMembership::new(Some(entry.log_id), m);
+                    let next_nodes = node_ids(&next);
+                    removed.extend(previous_nodes.difference(&next_nodes));
+                    previous_nodes = next_nodes;
+                    membership = Some(next);
                     commands.push(None);
                 }
             }
@@ -249,6 +274,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         let db = self.db.clone();
         let new_membership = membership.clone();
+        let new_removed = (removed.len() != removed_before).then(|| removed.clone());
         let results = blocking(move || {
             let mut batch = WriteBatch::default();
             let mut pending = HashMap::new();
@@ -264,6 +290,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             if let Some(membership) = &new_membership {
                 batch.put_cf(meta, KEY_MEMBERSHIP, encode(membership)?);
             }
+            if let Some(removed) = &new_removed {
+                batch.put_cf(meta, KEY_REMOVED_IDS, encode(removed)?);
+            }
             db.write(batch).map_err(io_err)?;
             Ok(results)
         })
@@ -272,6 +301,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(membership) = membership {
             self.membership = membership;
         }
+        *lock(&self.removed_ids) = removed;
         self.counters
             .applied_this_run
             .fetch_add(results.len() as u64, Ordering::Relaxed);
@@ -302,7 +332,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let db = self.db.clone();
         let dir = self.snapshot_dir.clone();
         let expected_meta = meta.clone();
-        let final_path = blocking(move || {
+        let (final_path, removed) = blocking(move || {
             let mut reader = SnapshotReader::new(snapshot.file.try_clone()?)?;
             if reader.meta != expected_meta {
                 return Err(io::Error::new(
@@ -323,16 +353,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 KEY_MEMBERSHIP,
                 encode(&expected_meta.last_membership)?,
             );
+            batch.put_cf(meta_cf, KEY_REMOVED_IDS, encode(&reader.removed)?);
             let mut sync = WriteOptions::default();
             sync.set_sync(true);
             db.write_opt(batch, &sync).map_err(io_err)?;
             let final_path = dir.join(snapshot::file_name(&expected_meta));
             adopt_file(&snapshot.path, &final_path)?;
-            Ok(final_path)
+            Ok((final_path, reader.removed))
         })
         .await?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        *lock(&self.removed_ids) = removed;
         replace_current(&self.current_snapshot, meta.clone(), final_path)?;
         self.counters
             .snapshots_installed
@@ -358,6 +390,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             None => Ok(None),
         }
     }
+}
+
+/// Every node id in a membership, voter or learner.
+fn node_ids(membership: &StoredMembership) -> BTreeSet<NodeId> {
+    membership.nodes().map(|(id, _)| *id).collect()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Deletes every data key in one range tombstone. The range ends just past the last key rather
@@ -430,6 +471,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     Some(bytes) => decode(&bytes)?,
                     None => StoredMembership::default(),
                 };
+            let removed: BTreeSet<NodeId> =
+                match view.get_cf(meta_cf, KEY_REMOVED_IDS).map_err(io_err)? {
+                    Some(bytes) => decode(&bytes)?,
+                    None => BTreeSet::new(),
+                };
             let meta = SnapshotMeta {
                 last_log_id: applied,
                 last_membership,
@@ -440,6 +486,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 let (key, value) = item.map_err(io_err)?;
                 writer.add(&key, &value)?;
             }
+            writer.add_removed_ids(&removed)?;
             let path = dir.join(snapshot::file_name(&meta));
             writer.finish(&path)?;
             Ok((meta, path))

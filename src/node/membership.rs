@@ -1,0 +1,360 @@
+//! Membership changes: adding a node (as a learner, promoted by the leader once it has caught up),
+//! removing one, keeping members' addresses current, and a removed node noticing its removal.
+//!
+//! Every change runs on the leader, one at a time, after the leader checks it against the rules a
+//! user relies on: no duplicate id or address, no re-use of a removed id (the removed ids are
+//! replicated state), never removing the last voter.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::ChangeMembershipError;
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use openraft::ChangeMembers;
+
+use super::Node;
+use super::RETRY_PAUSE;
+
+use crate::error::Result;
+use crate::network::MembershipChange;
+use crate::network::RemoteError;
+use crate::network::Request;
+use crate::types::CommandResult;
+use crate::types::Member;
+use crate::types::NodeId;
+use crate::types::TypeConfig;
+
+/// A learner within this many entries of the leader's log counts as caught up and is promoted.
+const PROMOTION_LAG: u64 = 64;
+/// Attempts to tell a removed node it has been removed, and the wait for each answer.
+const REMOVAL_NOTICE_ATTEMPTS: u32 = 10;
+const REMOVAL_NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One member as the REPL's `members` and the HTTP API list it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    pub raft_addr: String,
+    pub http_addr: String,
+    pub voter: bool,
+    pub leader: bool,
+}
+
+impl Node {
+    /// Adds node `id` at raft address `raft_addr` as a learner; the leader promotes it to voter
+    /// on its own once it has caught up. Works from any member.
+    pub async fn add_member(&self, id: NodeId, raft_addr: String) -> Result<()> {
+        let member = Member {
+            raft_addr,
+            http_addr: String::new(),
+        };
+        let change = MembershipChange::Add { id, member };
+        self.submit_to_leader("add", Request::Membership(change))
+            .await
+            .map(drop)
+    }
+
+    /// Removes node `id` (voter or learner). Works from any member; a removed node shuts down.
+    pub async fn remove_member(&self, id: NodeId) -> Result<()> {
+        let change = MembershipChange::Remove { id };
+        self.submit_to_leader("remove", Request::Membership(change))
+            .await
+            .map(drop)
+    }
+
+    /// Every member as this node currently sees the membership, in id order.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, member)| MemberInfo {
+                id: *id,
+                raft_addr: member.raft_addr.clone(),
+                http_addr: member.http_addr.clone(),
+                voter: voters.contains(id),
+                leader: m.current_leader == Some(*id),
+            })
+            .collect()
+    }
+
+    /// The current leader and its addresses, if one is known.
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        let leader = m.current_leader?;
+        let member = m.membership_config.membership().get_node(&leader)?.clone();
+        Some((leader, member))
+    }
+
+    /// Resolves once this node knows it has been removed from the cluster.
+    pub async fn wait_removed(&self) {
+        let mut removed = self.removed.subscribe();
+        let _ = removed.wait_for(|removed| *removed).await;
+    }
+
+    /// Records that this node has been removed; `why` goes to the log.
+    pub(super) fn learn_removed(&self, why: &str) {
+        if !self.removed.send_replace(true) {
+            tracing::warn!("this node has been removed from the cluster ({why})");
+        }
+    }
+
+    /// Refuses a vote request from a node that has been removed, telling it so.
+    pub(super) fn refuse_removed(&self, candidate: NodeId) -> std::result::Result<(), RemoteError> {
+        if self.state.removed_ids().contains(&candidate) {
+            return Err(RemoteError::Removed);
+        }
+        Ok(())
+    }
+
+    /// Runs a membership change on this node, which believes it is the leader. User changes that
+    /// find another change in progress are refused (`busy, try again`); address updates wait.
+    pub(super) async fn change_membership_locally(
+        &self,
+        change: MembershipChange,
+    ) -> std::result::Result<CommandResult, RemoteError> {
+        let _one_at_a_time = match change {
+            MembershipChange::UpdateAddresses { .. } => self.membership_change.lock().await,
+            _ => self.membership_change.try_lock().map_err(|_| busy())?,
+        };
+        let (membership, leader) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            (m.membership_config.clone(), m.current_leader)
+        };
+        if leader != Some(self.id) {
+            return Err(RemoteError::NotLeader { leader: None });
+        }
+        let membership = membership.membership();
+        let mut removed_node = None;
+        let outcome = match change {
+            MembershipChange::Add { id, member } => {
+                if membership.get_node(&id).is_some() {
+                    return Err(refused(format!("node {id} is already a member")));
+                }
+                if self.state.removed_ids().contains(&id) {
+                    return Err(refused(format!(
+                        "node {id} was removed from the cluster and its id cannot be used again; pick a new id"
+                    )));
+                }
+                if let Some((other, _)) = membership
+                    .nodes()
+                    .find(|(_, existing)| existing.raft_addr == member.raft_addr)
+                {
+                    return Err(refused(format!(
+                        "address {} is already used by node {other}",
+                        member.raft_addr
+                    )));
+                }
+                self.raft.add_learner(id, member, false).await
+            }
+            MembershipChange::Remove { id } => {
+                let Some(member) = membership.get_node(&id) else {
+                    return Err(refused(format!("node {id} is not a member")));
+                };
+                removed_node = Some((id, member.clone()));
+                let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+                let changes = if voters.contains(&id) {
+                    if voters.len() == 1 {
+                        return Err(refused("cannot remove the last voter".to_string()));
+                    }
+                    ChangeMembers::RemoveVoters([id].into())
+                } else {
+                    ChangeMembers::RemoveNodes([id].into())
+                };
+                self.raft.change_membership(changes, false).await
+            }
+            MembershipChange::UpdateAddresses { id, member } => {
+                self.raft
+                    .change_membership(ChangeMembers::SetNodes([(id, member)].into()), true)
+                    .await
+            }
+        };
+        match outcome {
+            Ok(written) => {
+                if let Some((id, member)) = removed_node {
+                    self.announce_removal(id, member);
+                }
+                Ok(written.data)
+            }
+            Err(e) => Err(membership_error(e)),
+        }
+    }
+
+    /// Tells a node it has been removed: it may never receive the entry that removed it, because
+    /// the leader stops replicating to it once that entry commits.
+    fn announce_removal(&self, id: NodeId, member: Member) {
+        if id == self.id {
+            self.learn_removed("this node removed itself");
+            return;
+        }
+        let peers = self.peers.clone();
+        tokio::spawn(async move {
+            for _ in 0..REMOVAL_NOTICE_ATTEMPTS {
+                let answer = peers
+                    .call(&member.raft_addr, Request::Removed, REMOVAL_NOTICE_TIMEOUT)
+                    .await;
+                if answer.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            tracing::info!("node {id} did not acknowledge its removal; it will learn it when it asks for votes");
+        });
+    }
+
+    /// Keeps this node's entry in the replicated membership in step with its actual addresses, so
+    /// every member learns its HTTP address (and a raft address given with `-addr`). Runs until
+    /// Raft stops.
+    pub(super) fn keep_own_address_current(self: &Arc<Self>) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut metrics = node.raft.metrics();
+            loop {
+                let outdated = {
+                    let m = metrics.borrow_watched();
+                    m.current_leader.is_some()
+                        && m.membership_config
+                            .membership()
+                            .get_node(&node.id)
+                            .is_some_and(|recorded| *recorded != node.member)
+                };
+                if outdated {
+                    let change = MembershipChange::UpdateAddresses {
+                        id: node.id,
+                        member: node.member.clone(),
+                    };
+                    match node
+                        .submit_to_leader("address update", Request::Membership(change))
+                        .await
+                    {
+                        Ok(_) => tracing::info!("recorded this node's addresses in the membership"),
+                        Err(e) => {
+                            tracing::debug!(
+                                "recording this node's addresses failed, will retry: {e}"
+                            );
+                            tokio::time::sleep(RETRY_PAUSE * 10).await;
+                        }
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// On the leader, promotes each learner to voter once its log is within [`PROMOTION_LAG`]
+    /// entries of the leader's. A learner that never starts is never promoted, so it never counts
+    /// towards (or against) the quorum.
+    pub(super) fn promote_caught_up_learners(self: &Arc<Self>) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut metrics = node.raft.metrics();
+            loop {
+                let ready: Vec<NodeId> = {
+                    let m = metrics.borrow_watched();
+                    let last_log = m.last_log_index.unwrap_or(0);
+                    match (&m.replication, m.current_leader == Some(node.id)) {
+                        (Some(replication), true) => m
+                            .membership_config
+                            .membership()
+                            .learner_ids()
+                            .filter(|id| {
+                                replication
+                                    .get(id)
+                                    .and_then(|matched| matched.as_ref())
+                                    .is_some_and(|matched| {
+                                        matched.index + PROMOTION_LAG >= last_log
+                                    })
+                            })
+                            .collect(),
+                        _ => Vec::new(),
+                    }
+                };
+                for id in ready {
+                    node.promote(id).await;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    async fn promote(&self, id: NodeId) {
+        let _one_at_a_time = self.membership_change.lock().await;
+        let still_learner = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            m.current_leader == Some(self.id)
+                && m.membership_config
+                    .membership()
+                    .learner_ids()
+                    .any(|learner| learner == id)
+        };
+        if !still_learner {
+            return;
+        }
+        match self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds([id].into()), true)
+            .await
+        {
+            Ok(_) => tracing::info!("promoted node {id} from learner to voter"),
+            Err(e) => {
+                tracing::info!("promoting node {id} failed, will retry: {e}");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+
+    /// Notices this node's own removal in the state it applies (the removed ids are replicated),
+    /// including at start-up when it was removed before a restart.
+    pub(super) fn watch_for_removal(self: &Arc<Self>) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut metrics = node.raft.metrics();
+            loop {
+                if node.state.removed_ids().contains(&node.id) {
+                    node.learn_removed("its removal has been applied");
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn busy() -> RemoteError {
+    RemoteError::Refused("busy, try again: another membership change is in progress".into())
+}
+
+fn refused(reason: String) -> RemoteError {
+    RemoteError::Refused(reason)
+}
+
+/// Maps openraft's refusal of a membership change to what the requester should do.
+fn membership_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> RemoteError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => RemoteError::NotLeader {
+            leader: forward.leader_id.zip(forward.leader_node),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(_),
+        )) => busy(),
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
+            RemoteError::Unknown("the leader changed before the change committed".into())
+        }
+        RaftError::Fatal(fatal) => RemoteError::Unknown(format!("raft stopped: {fatal}")),
+        other => RemoteError::Refused(other.to_string()),
+    }
+}
