@@ -48,20 +48,49 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    syncer: Arc<Syncer>,
+}
+
+/// The thread that fsyncs the WAL for queued appends. Dropping the last handle stops it and
+/// waits for it, so the database is closed once every store handle is gone.
+struct Syncer {
     /// Appends waiting for the fsync that makes them durable.
-    to_sync: mpsc::Sender<IOFlushed<TypeConfig>>,
+    queue: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn enqueue(&self, callback: IOFlushed<TypeConfig>) -> io::Result<()> {
+        self.queue
+            .as_ref()
+            .and_then(|queue| queue.send(callback).ok())
+            .ok_or_else(|| io::Error::other("log syncer stopped"))
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl LogStore {
     /// Opens the log database at `path` and starts its syncer thread.
     pub fn open(path: &Path) -> Result<Self, Error> {
         let db = Arc::new(open_rocksdb(path, &[CF_LOGS, CF_META])?);
-        let (to_sync, pending) = mpsc::channel();
+        let (queue, pending) = mpsc::channel();
         let syncer_db = db.clone();
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || sync_appends(&syncer_db, &pending))?;
-        Ok(LogStore { db, to_sync })
+        let syncer = Arc::new(Syncer {
+            queue: Some(queue),
+            thread: Some(thread),
+        });
+        Ok(LogStore { db, syncer })
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -198,9 +227,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || db.write(batch).map_err(io_err)).await?;
         // Readable now; durable (and acknowledged) once the syncer's next fsync covers it. WAL
         // order guarantees that fsync also covers every earlier vote or truncation.
-        self.to_sync
-            .send(callback)
-            .map_err(|_| io::Error::other("log syncer stopped"))
+        self.syncer.enqueue(callback)
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {

@@ -8,6 +8,7 @@
 mod data_dir;
 mod log_store;
 mod snapshot;
+mod state_db;
 mod state_machine;
 
 pub use data_dir::DataDir;

@@ -39,10 +39,10 @@ use super::column_family;
 use super::decode;
 use super::encode;
 use super::io_err;
-use super::open_rocksdb;
 use super::snapshot;
 use super::snapshot::SnapshotReader;
 use super::snapshot::SnapshotWriter;
+use super::state_db::SharedStateDb;
 use super::SnapshotFile;
 use crate::error::Error;
 use crate::types::Command;
@@ -58,6 +58,8 @@ const CF_DATA: &str = "data";
 /// The applied log id and membership, written in the same batch as the data they describe.
 const CF_META: &str = "meta";
 const KEY_APPLIED: &[u8] = b"applied";
+/// Bytes of pairs per write while installing a snapshot.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 /// Ids that have been removed from the cluster: replicated, so a removed id is refused re-entry
 /// on every node, after restarts and through snapshots.
@@ -68,7 +70,7 @@ type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>;
 
 /// openraft's state machine over RocksDB.
 pub struct StateMachineStore {
-    db: Arc<DB>,
+    state: SharedStateDb,
     snapshot_dir: PathBuf,
     current_snapshot: CurrentSnapshot,
     applied: Option<LogId>,
@@ -92,7 +94,7 @@ struct Counters {
 /// index to be applied first).
 #[derive(Clone)]
 pub struct StateReader {
-    db: Arc<DB>,
+    state: SharedStateDb,
     removed_ids: Arc<Mutex<BTreeSet<NodeId>>>,
     counters: Arc<Counters>,
 }
@@ -100,7 +102,8 @@ pub struct StateReader {
 impl StateMachineStore {
     /// Opens the state machine at `path` and finds the newest snapshot in `snapshot_dir`.
     pub fn open(path: &Path, snapshot_dir: PathBuf) -> Result<Self, Error> {
-        let db = Arc::new(open_rocksdb(path, &[CF_DATA, CF_META])?);
+        let state = SharedStateDb::open(path, &[CF_DATA, CF_META])?;
+        let db = state.current();
         let read_meta = || -> io::Result<(Option<LogId>, StoredMembership, BTreeSet<NodeId>)> {
             let meta = column_family(&db, CF_META)?;
             let applied = match db.get_pinned_cf(meta, KEY_APPLIED).map_err(io_err)? {
@@ -133,7 +136,7 @@ impl StateMachineStore {
             applied.map_or(0, |id| id.index)
         );
         Ok(StateMachineStore {
-            db,
+            state,
             snapshot_dir,
             current_snapshot: Arc::new(Mutex::new(newest)),
             applied,
@@ -146,7 +149,7 @@ impl StateMachineStore {
     /// A reader sharing this state machine's database.
     pub fn reader(&self) -> StateReader {
         StateReader {
-            db: self.db.clone(),
+            state: self.state.clone(),
             removed_ids: self.removed_ids.clone(),
             counters: self.counters.clone(),
         }
@@ -156,18 +159,17 @@ impl StateMachineStore {
 impl StateReader {
     /// The value of `key` as applied so far.
     pub fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        let data = column_family(&self.db, CF_DATA)?;
-        self.db.get_cf(data, key).map_err(io_err)
+        let db = self.state.current();
+        let data = column_family(&db, CF_DATA)?;
+        db.get_cf(data, key).map_err(io_err)
     }
 
     /// Up to `limit` pairs whose keys start with `prefix`, in key order.
     pub fn scan(&self, prefix: &[u8], limit: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let data = column_family(&self.db, CF_DATA)?;
+        let db = self.state.current();
+        let data = column_family(&db, CF_DATA)?;
         let mut pairs = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(data, IteratorMode::From(prefix, Direction::Forward))
-        {
+        for item in db.iterator_cf(data, IteratorMode::From(prefix, Direction::Forward)) {
             let (key, value) = item.map_err(io_err)?;
             if !key.starts_with(prefix) || pairs.len() >= limit {
                 break;
@@ -175,6 +177,11 @@ impl StateReader {
             pairs.push((key.into_vec(), value.into_vec()));
         }
         Ok(pairs)
+    }
+
+    /// The directory of the state machine database in service.
+    pub fn dir(&self) -> PathBuf {
+        self.state.current().path().to_path_buf()
     }
 
     /// Ids removed from the cluster, as applied so far.
@@ -272,7 +279,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             responders.push(responder);
         }
-        let db = self.db.clone();
+        let db = self.state.current();
         let new_membership = membership.clone();
         let new_removed = (removed.len() != removed_before).then(|| removed.clone());
         let results = blocking(move || {
@@ -315,21 +322,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
-            db: self.db.clone(),
+            state: self.state.clone(),
             dir: self.snapshot_dir.clone(),
             current_snapshot: self.current_snapshot.clone(),
             counters: self.counters.clone(),
         }
     }
 
-    /// Replaces the whole state with the snapshot's, in one synced WriteBatch: a crash leaves the
-    /// old state or the new one, never a mix. The checksum is verified before anything is written.
+    /// Builds the snapshot's state as a new database generation, streaming pairs in bounded
+    /// batches (memory stays flat whatever the state's size), verifies the checksum, syncs, and
+    /// only then switches to it: a crash at any point leaves the old state or the new, never a
+    /// mix. Reads keep using the old generation until the switch.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
         snapshot: SnapshotFile,
     ) -> io::Result<()> {
-        let db = self.db.clone();
+        let state = self.state.clone();
         let dir = self.snapshot_dir.clone();
         let expected_meta = meta.clone();
         let (final_path, removed) = blocking(move || {
@@ -340,13 +349,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     "snapshot file header does not match the snapshot being installed",
                 ));
             }
-            let data = column_family(&db, CF_DATA)?;
+            let next = state.create_next()?;
+            let data = column_family(&next, CF_DATA)?;
+            // The new generation is invisible until the switch, and is synced by the flush
+            // below, so the bulk load can skip the WAL.
+            let mut unlogged = WriteOptions::default();
+            unlogged.disable_wal(true);
             let mut batch = WriteBatch::default();
-            delete_all(&db, data, &mut batch)?;
             while let Some((key, value)) = reader.next_pair()? {
                 batch.put_cf(data, key, value);
+                if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+                    next.write_opt(std::mem::take(&mut batch), &unlogged)
+                        .map_err(io_err)?;
+                }
             }
-            let meta_cf = column_family(&db, CF_META)?;
+            let meta_cf = column_family(&next, CF_META)?;
             batch.put_cf(meta_cf, KEY_APPLIED, encode(&expected_meta.last_log_id)?);
             batch.put_cf(
                 meta_cf,
@@ -354,9 +371,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 encode(&expected_meta.last_membership)?,
             );
             batch.put_cf(meta_cf, KEY_REMOVED_IDS, encode(&reader.removed)?);
-            let mut sync = WriteOptions::default();
-            sync.set_sync(true);
-            db.write_opt(batch, &sync).map_err(io_err)?;
+            next.write_opt(batch, &unlogged).map_err(io_err)?;
+            next.flush_cfs_opt(&[data, meta_cf], &rocksdb::FlushOptions::default())
+                .map_err(io_err)?;
+            state.switch_to(next)?;
             let final_path = dir.join(snapshot::file_name(&expected_meta));
             adopt_file(&snapshot.path, &final_path)?;
             Ok((final_path, reader.removed))
@@ -401,21 +419,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Deletes every data key in one range tombstone. The range ends just past the last key rather
-/// than at some "maximal" key, because no fixed byte string sorts after every possible key.
-fn delete_all(db: &DB, data: &rocksdb::ColumnFamily, batch: &mut WriteBatch) -> io::Result<()> {
-    let first = db.iterator_cf(data, IteratorMode::Start).next();
-    let last = db.iterator_cf(data, IteratorMode::End).next();
-    if let (Some(first), Some(last)) = (first, last) {
-        let (first, _) = first.map_err(io_err)?;
-        let (last, _) = last.map_err(io_err)?;
-        let mut end = last.into_vec();
-        end.push(0);
-        batch.delete_range_cf(data, first.into_vec(), end);
-    }
-    Ok(())
-}
-
 /// Moves a received snapshot file into the snapshot directory under its final name; copies when
 /// it lives on another file system.
 fn adopt_file(from: &Path, to: &Path) -> io::Result<()> {
@@ -444,7 +447,7 @@ fn replace_current(current: &CurrentSnapshot, meta: SnapshotMeta, path: PathBuf)
 
 /// Builds a snapshot from a point-in-time view of the state machine while applies go on.
 pub struct SnapshotBuilder {
-    db: Arc<DB>,
+    state: SharedStateDb,
     dir: PathBuf,
     current_snapshot: CurrentSnapshot,
     counters: Arc<Counters>,
@@ -454,7 +457,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> io::Result<crate::types::Snapshot> {
-        let db = self.db.clone();
+        let db = self.state.current();
         let dir = self.dir.clone();
         let (meta, path) = blocking(move || {
             let view = db.snapshot();
