@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +40,7 @@ use crate::network::SnapshotChunk;
 use crate::store;
 use crate::store::DataDir;
 use crate::store::LogStore;
+use crate::store::SnapshotData;
 use crate::store::SnapshotFile;
 use crate::store::StateMachineStore;
 use crate::store::StateReader;
@@ -105,6 +108,8 @@ pub struct Node {
     membership_change: tokio::sync::Mutex<()>,
     /// Becomes true once this node learns it has been removed from the cluster.
     removed: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Snapshots this node (as leader) has sent and seen installed.
+    snapshots_sent: Arc<AtomicU64>,
     rpc_server: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -129,7 +134,9 @@ pub struct Status {
     pub applied_this_run: u64,
     pub last_snapshot_index: Option<u64>,
     pub purged: Option<u64>,
+    pub first_log_index: u64,
     pub snapshots_built: u64,
+    pub snapshots_sent: u64,
     pub snapshots_installed: u64,
     pub members: Vec<MemberInfo>,
 }
@@ -174,16 +181,20 @@ impl Node {
             max_payload_entries: 64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
             max_in_snapshot_log_to_keep: config.compaction_overhead,
+            // A follower further behind than one snapshot interval catches up from a snapshot.
+            replication_lag_threshold: config.snapshot_entries.max(1),
             ..Default::default()
         }
         .validate()
         .map_err(|e| Error::Config(format!("invalid raft timing: {e}")))?;
         let peers = Arc::new(Peers::default());
         let removed = Arc::new(tokio::sync::watch::Sender::new(false));
+        let snapshots_sent = Arc::new(AtomicU64::new(0));
         let network = NetworkFactory {
             this_node: config.id,
             peers: peers.clone(),
             removed: removed.clone(),
+            snapshots_sent: snapshots_sent.clone(),
         };
         let raft = Raft::new(
             config.id,
@@ -207,6 +218,7 @@ impl Node {
             incoming_snapshot: tokio::sync::Mutex::default(),
             membership_change: tokio::sync::Mutex::default(),
             removed,
+            snapshots_sent,
             rpc_server: std::sync::Mutex::default(),
         });
         let server = tokio::spawn(network::serve(raft_listener, node.clone()));
@@ -249,6 +261,12 @@ impl Node {
     /// This node's addresses.
     pub fn member(&self) -> &Member {
         &self.member
+    }
+
+    /// The directory of the state machine database in service (it changes when a snapshot is
+    /// installed).
+    pub fn state_dir(&self) -> PathBuf {
+        self.state.dir()
     }
 
     /// This node's data directory.
@@ -485,6 +503,32 @@ impl Node {
             .map_err(|_| Error::Timeout { op, after: within })?
     }
 
+    /// Takes a snapshot now (a checkpoint of the state machine, which also lets the log be
+    /// compacted) and returns the log index it covers.
+    pub async fn snapshot(&self) -> Result<u64> {
+        let target = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map(|id| id.index);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        let metrics = self
+            .raft
+            .wait(Some(self.timeout))
+            .metrics(|m| m.snapshot.map(|id| id.index) >= target, "snapshot")
+            .await
+            .map_err(|_| Error::Timeout {
+                op: "snapshot",
+                after: self.timeout,
+            })?;
+        Ok(metrics.snapshot.map_or(0, |id| id.index))
+    }
+
     /// A summary of this node's Raft and storage state.
     pub fn status(&self) -> Status {
         let members = self.members();
@@ -501,7 +545,9 @@ impl Node {
             applied_this_run: self.state.applied_this_run(),
             last_snapshot_index: m.snapshot.map(|id| id.index),
             purged: m.purged.map(|id| id.index),
+            first_log_index: m.purged.map_or(0, |id| id.index + 1),
             snapshots_built: self.state.snapshots_built(),
+            snapshots_sent: self.snapshots_sent.load(Ordering::Relaxed),
             snapshots_installed: self.state.snapshots_installed(),
             members,
         }
@@ -610,14 +656,9 @@ impl Node {
         }
         let file =
             SnapshotFile::open(path).map_err(|e| refused("cannot reopen snapshot file", &e))?;
+        let snapshot = SnapshotData::Received(file);
         self.raft
-            .install_full_snapshot(
-                chunk.vote,
-                Snapshot {
-                    meta,
-                    snapshot: file,
-                },
-            )
+            .install_full_snapshot(chunk.vote, Snapshot { meta, snapshot })
             .await
             .map(Response::SnapshotInstalled)
             .map_err(|e| refused("installing the snapshot failed", &e))

@@ -27,6 +27,7 @@ Usage - type one of:
   members           list the members: id, raft address, voter or learner, leader
   leader            show the current leader
   status            this node's Raft state, leader and log indexes
+  snapshot          take a snapshot now (lets the log be compacted) and print its index
   help              show this text
   exit              shut this node down (Ctrl-D on a terminal does the same)";
 
@@ -52,6 +53,7 @@ pub enum ReplCommand {
     },
     Members,
     Leader,
+    Snapshot,
     Status,
     Help,
     Exit,
@@ -95,6 +97,7 @@ pub fn parse(line: &[u8]) -> Result<ReplCommand, InvalidInput> {
         }
         (b"remove", Some(id)) if value.is_empty() => Ok(ReplCommand::Remove { id: parse_id(id)? }),
         (b"members", None) => Ok(ReplCommand::Members),
+        (b"snapshot", None) => Ok(ReplCommand::Snapshot),
         (b"leader", None) => Ok(ReplCommand::Leader),
         (b"status", None) => Ok(ReplCommand::Status),
         (b"help", None) => Ok(ReplCommand::Help),
@@ -218,6 +221,10 @@ fn execute_line(node: &Node, runtime: &Handle, line: &[u8]) -> Option<ReplEnd> {
             let leader = if m.leader { ", leader" } else { "" };
             writeln!(out, "member {}: {} ({role}{leader})", m.id, m.raft_addr)
         }),
+        ReplCommand::Snapshot => match runtime.block_on(node.snapshot()) {
+            Ok(index) => writeln!(out, "snapshot captured at index {index}"),
+            Err(e) => report(e),
+        },
         ReplCommand::Leader => match node.leader() {
             Some((id, member)) => writeln!(out, "leader: {id} {}", member.raft_addr),
             None => writeln!(out, "leader: unknown (no leader elected yet)"),

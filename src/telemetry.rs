@@ -64,13 +64,16 @@ pub async fn render(handle: &PrometheusHandle, node: &Node) -> String {
     metrics::gauge!("ondisk_raft_applied_index").set(index(status.last_applied));
     metrics::gauge!("ondisk_raft_snapshot_index").set(index(status.last_snapshot_index));
     metrics::gauge!("ondisk_raft_purged_index").set(index(status.purged));
+    metrics::gauge!("ondisk_raft_first_log_index").set(status.first_log_index as f64);
     metrics::counter!("ondisk_snapshots_built_total").absolute(status.snapshots_built);
     metrics::counter!("ondisk_snapshots_installed_total").absolute(status.snapshots_installed);
+    metrics::counter!("ondisk_snapshots_sent_total").absolute(status.snapshots_sent);
     let dir = node.data_dir().clone();
+    let state_dir = node.state_dir();
     let sizes = tokio::task::spawn_blocking(move || {
         [
             ("raft-log", dir.log_db()),
-            ("state", dir.state_db()),
+            ("state", state_dir),
             ("snapshots", dir.snapshots()),
         ]
         .map(|(name, path)| (name, disk_usage(&path)))
@@ -84,15 +87,27 @@ pub async fn render(handle: &PrometheusHandle, node: &Node) -> String {
     handle.render()
 }
 
-/// Bytes used by the files directly inside `dir` (RocksDB and snapshot directories are flat).
+/// Bytes used by the files under `dir`, one level of subdirectories deep (RocksDB directories
+/// are flat; the snapshot directory holds checkpoint directories, whose files are hard links
+/// shared with the state machine).
 fn disk_usage(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|entry| entry.ok()?.metadata().ok())
-                .filter(|meta| meta.is_file())
-                .map(|meta| meta.len())
-                .sum()
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|entry| entry.ok())
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_file() => meta.len(),
+            Ok(meta) if meta.is_dir() => std::fs::read_dir(entry.path())
+                .map(|inner| {
+                    inner
+                        .filter_map(|e| e.ok()?.metadata().ok())
+                        .filter(|m| m.is_file())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0),
+            _ => 0,
         })
-        .unwrap_or(0)
+        .sum()
 }

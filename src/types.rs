@@ -100,5 +100,5 @@ pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 /// A durable vote.
 pub type Vote = openraft::alias::VoteOf<TypeConfig>;
-/// A snapshot as openraft passes it around: metadata plus ondisk's snapshot file.
-pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, crate::store::SnapshotFile>;
+/// A snapshot as openraft passes it around: metadata plus ondisk's snapshot data.
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, crate::store::SnapshotData>;

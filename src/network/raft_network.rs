@@ -4,6 +4,8 @@
 use std::future::Future;
 use std::io;
 use std::io::Read;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,13 +35,14 @@ use super::RemoteError;
 use super::Request;
 use super::Response;
 use super::SnapshotChunk;
-use crate::store::SnapshotFile;
+use crate::store::snapshot_stream;
+use crate::store::SnapshotData;
 use crate::types::Member;
 use crate::types::NodeId;
 use crate::types::TypeConfig;
 use crate::types::Vote;
 
-/// Bytes of snapshot file per chunk: large enough to stream at disk speed, small enough that
+/// Bytes of snapshot stream per chunk: large enough to stream at disk speed, small enough that
 /// neither side ever holds much of the snapshot in memory.
 const SNAPSHOT_CHUNK_LEN: usize = 1 << 20;
 /// How long the receiver may take to install a complete snapshot (it rewrites the whole state).
@@ -53,6 +56,8 @@ pub struct NetworkFactory {
     /// Set when a peer answers that this node has been removed from the cluster (it refuses the
     /// votes of removed nodes), which is how a node removed while it was down finds out.
     pub removed: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Snapshots sent to followers and installed by them.
+    pub snapshots_sent: Arc<AtomicU64>,
 }
 
 /// openraft's view of one target node.
@@ -61,6 +66,7 @@ pub struct PeerNetwork {
     target: NodeId,
     peer: Arc<Peer>,
     removed: Arc<tokio::sync::watch::Sender<bool>>,
+    snapshots_sent: Arc<AtomicU64>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -72,6 +78,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             peer: self.peers.get(&node.raft_addr),
             removed: self.removed.clone(),
+            snapshots_sent: self.snapshots_sent.clone(),
         }
     }
 }
@@ -125,7 +132,7 @@ fn unexpected(response: Response) -> RPCError<TypeConfig> {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -191,8 +198,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         }
     }
 
-    /// Streams the snapshot file in chunks, each acknowledged before the next is read, so memory
-    /// stays at one chunk per side whatever the snapshot's size. The receiver verifies the file's
+    /// Streams the snapshot in chunks, each acknowledged before the next is read, so memory stays
+    /// at a few chunks per side whatever the snapshot's size. The receiver verifies the stream's
     /// checksum before installing it.
     async fn full_snapshot(
         &mut self,
@@ -208,23 +215,24 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             RPCError::RemoteError(r) => StreamingError::Unreachable(Unreachable::new(&r)),
         };
         let Snapshot { meta, snapshot } = snapshot;
-        let mut file = snapshot.file;
+        let mut stream = snapshot_stream(snapshot)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let chunk_timeout = option.hard_ttl().max(Duration::from_secs(5));
         tokio::pin!(cancel);
         let mut offset = 0u64;
         loop {
-            let (data, file_back) = tokio::task::spawn_blocking(move || {
+            let (data, stream_back) = tokio::task::spawn_blocking(move || {
                 let mut data = Vec::with_capacity(SNAPSHOT_CHUNK_LEN);
-                let read = (&mut file)
+                let read = (&mut stream)
                     .take(SNAPSHOT_CHUNK_LEN as u64)
                     .read_to_end(&mut data);
-                (read.map(|_| data), file)
+                (read.map(|_| data), stream)
             })
             .await
             .map_err(|e| {
                 StreamingError::Network(NetworkError::new(&io::Error::other(e.to_string())))
             })?;
-            file = file_back;
+            stream = stream_back;
             let data = data.map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
             let done = data.len() < SNAPSHOT_CHUNK_LEN;
             let len = data.len() as u64;
@@ -246,7 +254,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             };
             match answer.map_err(streaming)? {
                 Response::SnapshotChunkStored if !done => offset += len,
-                Response::SnapshotInstalled(answer) if done => return Ok(answer),
+                Response::SnapshotInstalled(answer) if done => {
+                    self.snapshots_sent.fetch_add(1, Ordering::Relaxed);
+                    return Ok(answer);
+                }
                 other => return Err(streaming(unexpected(other))),
             }
         }

@@ -14,7 +14,10 @@ mod state_machine;
 pub use data_dir::DataDir;
 pub use log_store::LogStore;
 pub use snapshot::verify as verify_snapshot;
+pub use snapshot::Checkpoint;
+pub use snapshot::SnapshotData;
 pub use snapshot::SnapshotFile;
+pub use state_machine::snapshot_stream;
 pub use state_machine::StateMachineStore;
 pub use state_machine::StateReader;
 

@@ -1,30 +1,31 @@
-//! The snapshot file: a binary, versioned, checksummed dump of the state machine at one log id.
+//! Snapshots: what a node keeps (a RocksDB checkpoint of its state machine: hard links, no copy of
+//! the data) and the binary, versioned, checksummed stream format in which a snapshot travels to a
+//! follower.
 //!
-//! Layout (integers big-endian):
+//! Stream layout (integers big-endian):
 //! ```text
 //! "ONDISKSN" | version u32 | meta_len u32 | meta (bincode SnapshotMeta)
 //! { 0x01 | key_len u32 | key | value_len u32 | value }*
 //! [ 0x02 | len u32 | bincode set of node ids removed from the cluster ]
 //! 0x00 | pair_count u64 | crc32 u32   (crc32 over every byte before it)
 //! ```
-//! Keys and values are raw bytes, so nothing is lost to a text encoding. The same bytes are what
-//! the transport streams to a follower, so the receiver can verify what it got before installing.
+//! Keys and values are raw bytes, so nothing is lost to a text encoding, and the receiver verifies
+//! the checksum before it installs anything.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::fs::File;
 use std::io;
 use std::io::BufReader;
-use std::io::BufWriter;
 use std::io::Read;
-use std::io::Seek;
 use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
-
-use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use super::decode;
 use super::encode;
+use super::state_db::RemoveWhenRetired;
 use crate::types::NodeId;
 use crate::types::SnapshotMeta;
 
@@ -33,14 +34,41 @@ const VERSION: u32 = 1;
 const TAG_PAIR: u8 = 1;
 const TAG_REMOVED_IDS: u8 = 2;
 const TAG_END: u8 = 0;
-/// Upper bound on any length field, so a corrupt or hostile file cannot make us allocate wildly.
+/// Upper bound on any length field, so a corrupt or hostile stream cannot make us allocate wildly.
 const MAX_FIELD_LEN: u32 = 256 << 20;
-const SUFFIX: &str = ".snap";
+/// Prefix of checkpoint directories in the snapshot directory.
+const CHECKPOINT_PREFIX: &str = "checkpoint-";
 
-/// openraft's `SnapshotData` for ondisk: an open snapshot file and where it lives.
-///
-/// The open handle keeps the bytes readable while they are streamed to a follower even if a newer
-/// snapshot replaces the file meanwhile.
+/// openraft's `SnapshotData` for ondisk.
+#[derive(Debug)]
+pub enum SnapshotData {
+    /// A snapshot this node holds: a checkpoint of its own state machine.
+    Checkpoint(Arc<Checkpoint>),
+    /// A snapshot received from the leader, stored as a stream file and already verified.
+    Received(SnapshotFile),
+}
+
+/// A point-in-time RocksDB checkpoint of the state machine. Shared by whoever streams it; the
+/// directory is removed once it has been replaced and the last user is done with it.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub meta: SnapshotMeta,
+    dir: RemoveWhenRetired,
+}
+
+impl Checkpoint {
+    /// The checkpoint's RocksDB directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Marks the checkpoint for removal once nothing uses it.
+    pub(super) fn retire(&self) {
+        self.dir.retire();
+    }
+}
+
+/// A snapshot stream stored in a file, as received from the leader.
 #[derive(Debug)]
 pub struct SnapshotFile {
     pub path: PathBuf,
@@ -48,77 +76,89 @@ pub struct SnapshotFile {
 }
 
 impl SnapshotFile {
-    /// Opens an existing snapshot file for reading from its start.
+    /// Opens an existing snapshot stream file for reading from its start.
     pub fn open(path: PathBuf) -> io::Result<Self> {
         let file = File::open(&path)?;
         Ok(SnapshotFile { path, file })
     }
 }
 
-/// Reads a whole snapshot file, checking its structure and checksum, and returns its metadata.
-/// Used on a received file before it is offered to openraft, whose install must not fail.
+/// Reads a whole snapshot stream file, checking its structure and checksum, and returns its
+/// metadata. Used on a received file before it is offered to openraft, whose install must not fail.
 pub fn verify(path: &Path) -> io::Result<SnapshotMeta> {
     let mut reader = SnapshotReader::new(File::open(path)?)?;
     while reader.next_pair()?.is_some() {}
     Ok(reader.meta)
 }
 
-/// The final file name of a snapshot at `meta`, so the newest one sorts last.
-pub(super) fn file_name(meta: &SnapshotMeta) -> String {
+/// The directory name of a checkpoint at `meta`, so the newest one sorts last.
+pub(super) fn checkpoint_name(meta: &SnapshotMeta) -> String {
     let (index, term) = meta
         .last_log_id
         .map_or((0, 0), |id| (id.index, id.leader_id.term));
-    format!("snapshot-{index:020}-{term:020}{SUFFIX}")
+    format!("{CHECKPOINT_PREFIX}{index:020}-{term:020}")
 }
 
-/// Finds the newest complete snapshot in `dir` and removes leftovers (older snapshots, partial
-/// files from an interrupted build or transfer).
-pub(super) fn newest_in(dir: &Path) -> io::Result<Option<(SnapshotMeta, PathBuf)>> {
-    let mut complete: Vec<PathBuf> = Vec::new();
+/// Wraps an existing checkpoint directory.
+pub(super) fn checkpoint_at(path: PathBuf, meta: SnapshotMeta) -> Checkpoint {
+    Checkpoint {
+        meta,
+        dir: RemoveWhenRetired::new(path),
+    }
+}
+
+/// Tidies the snapshot directory at start-up: removes partial checkpoints, received files and all
+/// but the newest checkpoint, and returns the newest checkpoint's directory.
+pub(super) fn newest_checkpoint_in(dir: &Path) -> io::Result<Option<PathBuf>> {
+    let mut checkpoints: Vec<PathBuf> = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with("snapshot-") && name.ends_with(SUFFIX) {
-            complete.push(path);
+        if name.starts_with(CHECKPOINT_PREFIX) && !name.ends_with(".partial") && path.is_dir() {
+            checkpoints.push(path);
+        } else if path.is_dir() {
+            fs::remove_dir_all(&path)?;
         } else {
             fs::remove_file(&path)?;
         }
     }
-    complete.sort();
-    let Some(newest) = complete.pop() else {
-        return Ok(None);
-    };
-    for old in complete {
-        fs::remove_file(old)?;
+    checkpoints.sort();
+    let newest = checkpoints.pop();
+    for old in checkpoints {
+        fs::remove_dir_all(old)?;
     }
-    let meta = SnapshotReader::new(File::open(&newest)?)?.meta;
-    Ok(Some((meta, newest)))
+    Ok(newest)
 }
 
-/// Streams key-value pairs into a new snapshot file, computing the checksum on the way.
-pub(super) struct SnapshotWriter {
-    tmp_path: PathBuf,
-    out: BufWriter<File>,
+/// Fsyncs the directory holding `path`, so a rename into it survives a crash.
+pub(super) fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// Writes the snapshot stream format into `out`, computing the checksum on the way.
+pub(super) struct SnapshotEncoder<W: Write> {
+    out: W,
     crc: crc32fast::Hasher,
     pairs: u64,
 }
 
-impl SnapshotWriter {
-    /// Starts a snapshot file under `dir` with `meta` in its header.
-    pub fn create(dir: &Path, meta: &SnapshotMeta) -> io::Result<Self> {
-        let tmp_path = dir.join(format!("{}.partial", file_name(meta)));
-        let mut writer = SnapshotWriter {
-            out: BufWriter::with_capacity(1 << 20, File::create(&tmp_path)?),
-            tmp_path,
+impl<W: Write> SnapshotEncoder<W> {
+    /// Starts a stream with `meta` in its header.
+    pub fn new(out: W, meta: &SnapshotMeta) -> io::Result<Self> {
+        let mut encoder = SnapshotEncoder {
+            out,
             crc: crc32fast::Hasher::new(),
             pairs: 0,
         };
         let meta_bytes = encode(meta)?;
-        writer.write(MAGIC)?;
-        writer.write(&VERSION.to_be_bytes())?;
-        writer.write_len(meta_bytes.len())?;
-        writer.write(&meta_bytes)?;
-        Ok(writer)
+        encoder.write(MAGIC)?;
+        encoder.write(&VERSION.to_be_bytes())?;
+        encoder.write_len(meta_bytes.len())?;
+        encoder.write(&meta_bytes)?;
+        Ok(encoder)
     }
 
     pub fn add(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
@@ -139,17 +179,19 @@ impl SnapshotWriter {
         self.write(&bytes)
     }
 
-    /// Writes the trailer, fsyncs, and renames the file to its final name in `dir`.
-    pub fn finish(mut self, final_path: &Path) -> io::Result<()> {
+    /// Writes the trailer and hands back the output.
+    pub fn finish(mut self) -> io::Result<W> {
         self.write(&[TAG_END])?;
         let pairs = self.pairs.to_be_bytes();
         self.write(&pairs)?;
         let crc = self.crc.clone().finalize();
         self.out.write_all(&crc.to_be_bytes())?;
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        fs::rename(&self.tmp_path, final_path)?;
-        sync_dir(final_path)
+        Ok(self.out)
+    }
+
+    /// The output written so far, so a streaming caller can drain it between pairs.
+    pub fn output(&mut self) -> &mut W {
+        &mut self.out
     }
 
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -166,18 +208,10 @@ impl SnapshotWriter {
     }
 }
 
-/// Fsyncs the directory holding `path`, so a rename into it survives a crash.
-pub(super) fn sync_dir(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(dir) => File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
-}
-
-/// Reads a snapshot file pair by pair; the checksum is verified when the end is reached, so a
+/// Reads a snapshot stream pair by pair; the checksum is verified when the end is reached, so a
 /// caller must consume every pair (and see `Ok(None)`) before trusting any of them.
-pub(super) struct SnapshotReader {
-    input: BufReader<File>,
+pub(super) struct SnapshotReader<R: Read> {
+    input: BufReader<R>,
     crc: crc32fast::Hasher,
     pub meta: SnapshotMeta,
     /// Ids removed from the cluster, known once the record holding them has been read.
@@ -185,12 +219,11 @@ pub(super) struct SnapshotReader {
     pairs: u64,
 }
 
-impl SnapshotReader {
-    /// Reads the header from the start of `file`.
-    pub fn new(mut file: File) -> io::Result<Self> {
-        file.rewind()?;
+impl<R: Read> SnapshotReader<R> {
+    /// Reads the header from `input`.
+    pub fn new(input: R) -> io::Result<Self> {
         let mut reader = SnapshotReader {
-            input: BufReader::with_capacity(1 << 20, file),
+            input: BufReader::with_capacity(1 << 20, input),
             crc: crc32fast::Hasher::new(),
             meta: SnapshotMeta::default(),
             removed: BTreeSet::new(),
@@ -199,7 +232,7 @@ impl SnapshotReader {
         let mut magic = [0u8; 8];
         reader.read(&mut magic)?;
         if &magic != MAGIC {
-            return Err(invalid("not an ondisk snapshot file"));
+            return Err(invalid("not an ondisk snapshot"));
         }
         let version = reader.read_u32()?;
         if version != VERSION {
@@ -274,61 +307,59 @@ fn invalid(message: &str) -> io::Error {
 mod tests {
     use super::*;
 
-    fn write_sample(dir: &Path, pairs: &[(&[u8], &[u8])]) -> PathBuf {
-        let meta = SnapshotMeta::default();
-        let mut writer = SnapshotWriter::create(dir, &meta).unwrap();
+    fn encode_sample(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut encoder = SnapshotEncoder::new(Vec::new(), &SnapshotMeta::default()).unwrap();
         for (k, v) in pairs {
-            writer.add(k, v).unwrap();
+            encoder.add(k, v).unwrap();
         }
-        writer.add_removed_ids(&BTreeSet::from([4, 9])).unwrap();
-        let path = dir.join(file_name(&meta));
-        writer.finish(&path).unwrap();
-        path
+        encoder.add_removed_ids(&BTreeSet::from([4, 9])).unwrap();
+        encoder.finish().unwrap()
     }
 
-    fn read_all(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut reader = SnapshotReader::new(File::open(path)?)?;
+    fn decode_all(bytes: &[u8]) -> io::Result<(Vec<(Vec<u8>, Vec<u8>)>, BTreeSet<NodeId>)> {
+        let mut reader = SnapshotReader::new(bytes)?;
         let mut pairs = Vec::new();
         while let Some(pair) = reader.next_pair()? {
             pairs.push(pair);
         }
-        Ok(pairs)
+        Ok((pairs, reader.removed))
     }
 
     #[test]
-    fn binary_keys_and_values_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
+    fn binary_keys_values_and_removed_ids_round_trip() {
         let pairs: [(&[u8], &[u8]); 3] = [
             (b"a", b"\xff\xfe\x00"),
             (b"\x00\xff", b""),
             (b"plain", b"value with spaces"),
         ];
-        let path = write_sample(dir.path(), &pairs);
-        let read = read_all(&path).unwrap();
+        let (read, removed) = decode_all(&encode_sample(&pairs)).unwrap();
         let expected: Vec<_> = pairs
             .iter()
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect();
         assert_eq!(read, expected);
+        assert_eq!(removed, BTreeSet::from([4, 9]));
     }
 
     #[test]
     fn a_flipped_byte_is_detected() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write_sample(dir.path(), &[(b"key", b"value")]);
-        let mut bytes = fs::read(&path).unwrap();
-        let last_value_byte = bytes.len() - 14;
-        bytes[last_value_byte] ^= 0x20;
-        fs::write(&path, bytes).unwrap();
-        assert!(read_all(&path).is_err());
+        let mut bytes = encode_sample(&[(b"key", b"value")]);
+        let in_the_value = bytes.len() - 40;
+        bytes[in_the_value] ^= 0x20;
+        assert!(decode_all(&bytes).is_err());
     }
 
     #[test]
-    fn a_truncated_file_is_detected() {
+    fn a_truncated_stream_is_detected() {
+        let bytes = encode_sample(&[(b"key", b"value")]);
+        assert!(decode_all(&bytes[..bytes.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn a_verified_file_reports_its_meta() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_sample(dir.path(), &[(b"key", b"value")]);
-        let bytes = fs::read(&path).unwrap();
-        fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
-        assert!(read_all(&path).is_err());
+        let path = dir.path().join("received");
+        fs::write(&path, encode_sample(&[(b"k", b"v")])).unwrap();
+        assert_eq!(verify(&path).unwrap(), SnapshotMeta::default());
     }
 }

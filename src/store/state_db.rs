@@ -46,25 +46,41 @@ impl Deref for StateDb {
 impl StateDb {
     /// The directory holding this generation.
     pub fn path(&self) -> &Path {
-        &self.cleanup.path
-    }
-
-    /// Marks this generation for removal once the last handle to it is dropped.
-    fn retire(&self) {
-        self.cleanup.retired.store(true, Ordering::Release);
+        self.cleanup.path()
     }
 }
 
-struct RemoveWhenRetired {
+/// A directory that is removed when its owner is dropped, once it has been retired: the owner
+/// (a database generation, a checkpoint) may still be in use when it is replaced.
+#[derive(Debug)]
+pub(super) struct RemoveWhenRetired {
     path: PathBuf,
     retired: AtomicBool,
+}
+
+impl RemoveWhenRetired {
+    pub fn new(path: PathBuf) -> Self {
+        RemoveWhenRetired {
+            path,
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Marks the directory for removal when this value is dropped.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
 }
 
 impl Drop for RemoveWhenRetired {
     fn drop(&mut self) {
         if self.retired.load(Ordering::Acquire) {
             if let Err(e) = fs::remove_dir_all(&self.path) {
-                tracing::warn!("cannot remove retired state {}: {e}", self.path.display());
+                tracing::warn!("cannot remove retired {}: {e}", self.path.display());
             }
         }
     }
@@ -145,7 +161,7 @@ impl SharedStateDb {
             &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
             next,
         );
-        previous.retire();
+        previous.cleanup.retire();
         Ok(())
     }
 }
@@ -153,10 +169,7 @@ impl SharedStateDb {
 fn open_generation(path: &Path, column_families: &[&str]) -> Result<StateDb, Error> {
     Ok(StateDb {
         db: open_rocksdb(path, column_families)?,
-        cleanup: RemoveWhenRetired {
-            path: path.to_path_buf(),
-            retired: AtomicBool::new(false),
-        },
+        cleanup: RemoveWhenRetired::new(path.to_path_buf()),
     })
 }
 

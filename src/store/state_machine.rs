@@ -2,23 +2,32 @@
 //! so the data may be far larger than memory.
 //!
 //! Every applied batch of entries is ONE WriteBatch carrying the key-value changes together with
-//! the last applied log id and the last membership. A restart therefore resumes from exactly the
-//! state on disk, and openraft replays nothing it has already applied.
+//! the last applied log id, the last membership and the removed node ids. A restart therefore
+//! resumes from exactly the state on disk, and openraft replays nothing it has already applied.
 //!
-//! Durability: applies are written without fsync (they are also in the fsynced Raft log). Before a
-//! snapshot is reported to openraft, the state machine's WAL is fsynced; openraft purges the log
-//! only up to a snapshot point, so the log never loses an entry the state machine could still lose.
+//! Snapshots are RocksDB checkpoints (hard links to the live files, so building one copies no
+//! data) and are streamed to followers in the format of `snapshot`. Installing a received snapshot
+//! builds a new database generation and switches to it (see `state_db`).
+//!
+//! Durability: applies are written without fsync (they are also in the fsynced Raft log).
+//! Creating a checkpoint flushes the memtables into synced table files, so everything at or
+//! below a snapshot point is durable in the state machine; openraft purges the log only up to a
+//! snapshot point, so the log never loses an entry the state machine could still lose.
 
 use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::fs;
 use std::io;
+use std::io::Read;
+use std::io::Seek;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::thread;
 
 use futures::Stream;
 use futures::TryStreamExt;
@@ -27,9 +36,9 @@ use openraft::storage::RaftStateMachine;
 use openraft::EntryPayload;
 use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
-use openraft::Snapshot;
 use rocksdb::Direction;
 use rocksdb::IteratorMode;
+use rocksdb::Options;
 use rocksdb::WriteBatch;
 use rocksdb::WriteOptions;
 use rocksdb::DB;
@@ -40,33 +49,78 @@ use super::decode;
 use super::encode;
 use super::io_err;
 use super::snapshot;
+use super::snapshot::Checkpoint;
+use super::snapshot::SnapshotData;
+use super::snapshot::SnapshotEncoder;
+use super::snapshot::SnapshotFile;
 use super::snapshot::SnapshotReader;
-use super::snapshot::SnapshotWriter;
 use super::state_db::SharedStateDb;
-use super::SnapshotFile;
 use crate::error::Error;
 use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::LogId;
 use crate::types::NodeId;
+use crate::types::Snapshot;
 use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
 
 /// User keys and values, stored as given.
 const CF_DATA: &str = "data";
-/// The applied log id and membership, written in the same batch as the data they describe.
+/// The applied log id, membership and removed ids, written in the same batch as the data.
 const CF_META: &str = "meta";
+const COLUMN_FAMILIES: &[&str] = &[CF_DATA, CF_META];
 const KEY_APPLIED: &[u8] = b"applied";
-/// Bytes of pairs per write while installing a snapshot.
-const INSTALL_BATCH_BYTES: usize = 4 << 20;
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 /// Ids that have been removed from the cluster: replicated, so a removed id is refused re-entry
 /// on every node, after restarts and through snapshots.
 const KEY_REMOVED_IDS: &[u8] = b"removed_ids";
+/// Bytes of pairs per write while installing a snapshot.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
+/// Bytes per piece of a snapshot stream, and how many pieces may wait for the reader: together
+/// they bound the memory a stream uses, whatever the state's size.
+const STREAM_CHUNK_BYTES: usize = 1 << 20;
+const STREAM_QUEUE: usize = 2;
 
-/// The newest snapshot on disk, shared between the state machine and its snapshot builders.
-type CurrentSnapshot = Arc<Mutex<Option<(SnapshotMeta, PathBuf)>>>;
+/// The newest snapshot, shared between the state machine and its snapshot builders.
+type CurrentSnapshot = Arc<Mutex<Option<Arc<Checkpoint>>>>;
+
+/// What the meta column family records about the state it sits beside.
+struct StateMeta {
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    removed: BTreeSet<NodeId>,
+}
+
+impl StateMeta {
+    fn read(db: &DB) -> io::Result<Self> {
+        let meta = column_family(db, CF_META)?;
+        let applied = match db.get_pinned_cf(meta, KEY_APPLIED).map_err(io_err)? {
+            Some(bytes) => decode(&bytes)?,
+            None => None,
+        };
+        let membership = match db.get_pinned_cf(meta, KEY_MEMBERSHIP).map_err(io_err)? {
+            Some(bytes) => decode(&bytes)?,
+            None => StoredMembership::default(),
+        };
+        let removed = match db.get_pinned_cf(meta, KEY_REMOVED_IDS).map_err(io_err)? {
+            Some(bytes) => decode(&bytes)?,
+            None => BTreeSet::new(),
+        };
+        Ok(StateMeta {
+            applied,
+            membership,
+            removed,
+        })
+    }
+
+    fn snapshot_meta(&self) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+        }
+    }
+}
 
 /// openraft's state machine over RocksDB.
 pub struct StateMachineStore {
@@ -100,36 +154,25 @@ pub struct StateReader {
 }
 
 impl StateMachineStore {
-    /// Opens the state machine at `path` and finds the newest snapshot in `snapshot_dir`.
+    /// Opens the state machine at `path` and the newest snapshot in `snapshot_dir`.
     pub fn open(path: &Path, snapshot_dir: PathBuf) -> Result<Self, Error> {
-        let state = SharedStateDb::open(path, &[CF_DATA, CF_META])?;
-        let db = state.current();
-        let read_meta = || -> io::Result<(Option<LogId>, StoredMembership, BTreeSet<NodeId>)> {
-            let meta = column_family(&db, CF_META)?;
-            let applied = match db.get_pinned_cf(meta, KEY_APPLIED).map_err(io_err)? {
-                Some(bytes) => decode(&bytes)?,
-                None => None,
-            };
-            let membership = match db.get_pinned_cf(meta, KEY_MEMBERSHIP).map_err(io_err)? {
-                Some(bytes) => decode(&bytes)?,
-                None => StoredMembership::default(),
-            };
-            let removed = match db.get_pinned_cf(meta, KEY_REMOVED_IDS).map_err(io_err)? {
-                Some(bytes) => decode(&bytes)?,
-                None => BTreeSet::new(),
-            };
-            Ok((applied, membership, removed))
+        let state = SharedStateDb::open(path, COLUMN_FAMILIES)?;
+        let storage_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: io::Error| Error::Storage {
+                path,
+                message: e.to_string(),
+            }
         };
-        let storage_err = |e: io::Error| Error::Storage {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        };
-        let (applied, membership, removed) = read_meta().map_err(storage_err)?;
+        let StateMeta {
+            applied,
+            membership,
+            removed,
+        } = StateMeta::read(&state.current()).map_err(storage_err(path))?;
         fs::create_dir_all(&snapshot_dir)?;
-        let newest = snapshot::newest_in(&snapshot_dir).map_err(|e| Error::Storage {
-            path: snapshot_dir.clone(),
-            message: e.to_string(),
-        })?;
+        let newest = snapshot::newest_checkpoint_in(&snapshot_dir)
+            .and_then(|newest| newest.map(open_checkpoint).transpose())
+            .map_err(storage_err(&snapshot_dir))?;
         tracing::info!(
             applied = ?applied,
             "state machine opened at applied index {}",
@@ -138,7 +181,7 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             state,
             snapshot_dir,
-            current_snapshot: Arc::new(Mutex::new(newest)),
+            current_snapshot: Arc::new(Mutex::new(newest.map(Arc::new))),
             applied,
             membership,
             removed_ids: Arc::new(Mutex::new(removed)),
@@ -243,7 +286,7 @@ fn apply_command(
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
@@ -336,23 +379,27 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: SnapshotFile,
+        snapshot: SnapshotData,
     ) -> io::Result<()> {
         let state = self.state.clone();
         let dir = self.snapshot_dir.clone();
         let expected_meta = meta.clone();
-        let (final_path, removed) = blocking(move || {
-            let mut reader = SnapshotReader::new(snapshot.file.try_clone()?)?;
+        let (checkpoint, removed) = blocking(move || {
+            let received = match &snapshot {
+                SnapshotData::Received(file) => Some(file.path.clone()),
+                SnapshotData::Checkpoint(_) => None,
+            };
+            let mut reader = SnapshotReader::new(snapshot_stream(snapshot)?)?;
             if reader.meta != expected_meta {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    "snapshot file header does not match the snapshot being installed",
+                    "snapshot header does not match the snapshot being installed",
                 ));
             }
             let next = state.create_next()?;
             let data = column_family(&next, CF_DATA)?;
-            // The new generation is invisible until the switch, and is synced by the flush
-            // below, so the bulk load can skip the WAL.
+            // The new generation is invisible until the switch and is synced by the flush below,
+            // so the bulk load can skip the WAL.
             let mut unlogged = WriteOptions::default();
             unlogged.disable_wal(true);
             let mut batch = WriteBatch::default();
@@ -375,15 +422,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             next.flush_cfs_opt(&[data, meta_cf], &rocksdb::FlushOptions::default())
                 .map_err(io_err)?;
             state.switch_to(next)?;
-            let final_path = dir.join(snapshot::file_name(&expected_meta));
-            adopt_file(&snapshot.path, &final_path)?;
-            Ok((final_path, reader.removed))
+            if let Some(received) = received {
+                fs::remove_file(received)?;
+            }
+            Ok((create_checkpoint(&state, &dir)?, reader.removed))
         })
         .await?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         *lock(&self.removed_ids) = removed;
-        replace_current(&self.current_snapshot, meta.clone(), final_path)?;
+        replace_current(&self.current_snapshot, checkpoint);
         self.counters
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);
@@ -394,19 +442,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> io::Result<Option<crate::types::Snapshot>> {
-        let current = self
-            .current_snapshot
-            .lock()
-            .map_err(|_| io::Error::other("snapshot state poisoned"))?
-            .clone();
-        match current {
-            Some((meta, path)) => Ok(Some(Snapshot {
-                meta,
-                snapshot: SnapshotFile::open(path)?,
-            })),
-            None => Ok(None),
-        }
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        Ok(lock(&self.current_snapshot)
+            .clone()
+            .map(|checkpoint| Snapshot {
+                meta: checkpoint.meta.clone(),
+                snapshot: SnapshotData::Checkpoint(checkpoint),
+            }))
     }
 }
 
@@ -419,33 +461,142 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Moves a received snapshot file into the snapshot directory under its final name; copies when
-/// it lives on another file system.
-fn adopt_file(from: &Path, to: &Path) -> io::Result<()> {
-    if from == to {
-        return Ok(());
-    }
-    if fs::rename(from, to).is_err() {
-        fs::copy(from, to)?;
-        fs::File::open(to)?.sync_all()?;
-    }
-    snapshot::sync_dir(to)
+fn open_read_only(path: &Path) -> io::Result<DB> {
+    DB::open_cf_for_read_only(&Options::default(), path, COLUMN_FAMILIES, false).map_err(io_err)
 }
 
-/// Records `path` as the newest snapshot and deletes the one it replaces.
-fn replace_current(current: &CurrentSnapshot, meta: SnapshotMeta, path: PathBuf) -> io::Result<()> {
-    let mut guard = current
-        .lock()
-        .map_err(|_| io::Error::other("snapshot state poisoned"))?;
-    if let Some((_, old)) = guard.replace((meta, path.clone())) {
-        if old != path {
-            fs::remove_file(old)?;
+/// Wraps the checkpoint directory found at start-up, reading its metadata from the checkpoint.
+fn open_checkpoint(path: PathBuf) -> io::Result<Checkpoint> {
+    let meta = StateMeta::read(&open_read_only(&path)?)?.snapshot_meta();
+    Ok(snapshot::checkpoint_at(path, meta))
+}
+
+/// Checkpoints the generation in service into the snapshot directory. Cheap: RocksDB flushes
+/// the memtables (which also makes everything applied so far durable) and hard-links the files.
+/// The metadata is read from the checkpoint itself, so it describes exactly the data in it.
+fn create_checkpoint(state: &SharedStateDb, dir: &Path) -> io::Result<Checkpoint> {
+    let building = dir.join("checkpoint-building.partial");
+    if building.exists() {
+        fs::remove_dir_all(&building)?;
+    }
+    let db = state.current();
+    rocksdb::checkpoint::Checkpoint::new(&db)
+        .and_then(|checkpoint| checkpoint.create_checkpoint(&building))
+        .map_err(io_err)?;
+    let meta = StateMeta::read(&open_read_only(&building)?)?.snapshot_meta();
+    let path = dir.join(snapshot::checkpoint_name(&meta));
+    if path.exists() {
+        // Same log id, same state: keep the checkpoint that may already be streaming.
+        fs::remove_dir_all(&building)?;
+    } else {
+        fs::rename(&building, &path)?;
+        snapshot::sync_dir(&path)?;
+    }
+    Ok(snapshot::checkpoint_at(path, meta))
+}
+
+/// Makes `checkpoint` the current snapshot unless a newer one is already current (a build and an
+/// install may finish in either order); the loser is retired.
+fn replace_current(current: &CurrentSnapshot, checkpoint: Checkpoint) -> Arc<Checkpoint> {
+    let mut guard = lock(current);
+    match guard.as_ref() {
+        Some(existing) if existing.path() == checkpoint.path() => existing.clone(),
+        Some(existing) if existing.meta.last_log_id > checkpoint.meta.last_log_id => {
+            checkpoint.retire();
+            existing.clone()
+        }
+        _ => {
+            let checkpoint = Arc::new(checkpoint);
+            if let Some(previous) = guard.replace(checkpoint.clone()) {
+                previous.retire();
+            }
+            checkpoint
         }
     }
+}
+
+/// A snapshot as a byte stream in the snapshot format: a received file as it is, a checkpoint
+/// encoded on the fly by a thread that stays at most [`STREAM_QUEUE`] pieces ahead of the reader.
+pub fn snapshot_stream(snapshot: SnapshotData) -> io::Result<Box<dyn Read + Send>> {
+    match snapshot {
+        SnapshotData::Received(SnapshotFile { mut file, .. }) => {
+            file.rewind()?;
+            Ok(Box::new(file))
+        }
+        SnapshotData::Checkpoint(checkpoint) => {
+            let (pieces, received) = mpsc::sync_channel(STREAM_QUEUE);
+            thread::Builder::new()
+                .name("snapshot-stream".into())
+                .spawn(move || {
+                    if let Err(e) = encode_checkpoint(&checkpoint, &pieces) {
+                        let _ = pieces.send(Err(e));
+                    }
+                })?;
+            Ok(Box::new(PieceReader {
+                pieces: received,
+                current: Vec::new(),
+                position: 0,
+            }))
+        }
+    }
+}
+
+/// Encodes a checkpoint's content into pieces of about [`STREAM_CHUNK_BYTES`]. Stops quietly when
+/// the reader goes away.
+fn encode_checkpoint(
+    checkpoint: &Checkpoint,
+    pieces: &mpsc::SyncSender<io::Result<Vec<u8>>>,
+) -> io::Result<()> {
+    let db = open_read_only(checkpoint.path())?;
+    let state_meta = StateMeta::read(&db)?;
+    let mut encoder = SnapshotEncoder::new(
+        Vec::with_capacity(STREAM_CHUNK_BYTES),
+        &state_meta.snapshot_meta(),
+    )?;
+    let data = column_family(&db, CF_DATA)?;
+    for item in db.iterator_cf(data, IteratorMode::Start) {
+        let (key, value) = item.map_err(io_err)?;
+        encoder.add(&key, &value)?;
+        if encoder.output().len() >= STREAM_CHUNK_BYTES {
+            let piece = std::mem::take(encoder.output());
+            if pieces.send(Ok(piece)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    encoder.add_removed_ids(&state_meta.removed)?;
+    let rest = encoder.finish()?;
+    let _ = pieces.send(Ok(rest));
     Ok(())
 }
 
-/// Builds a snapshot from a point-in-time view of the state machine while applies go on.
+/// The reading end of a checkpoint stream.
+struct PieceReader {
+    pieces: mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    position: usize,
+}
+
+impl Read for PieceReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.position == self.current.len() {
+            match self.pieces.recv() {
+                Ok(Ok(piece)) => {
+                    self.current = piece;
+                    self.position = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.position);
+        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
+        self.position += n;
+        Ok(n)
+    }
+}
+
+/// Builds snapshots (checkpoints) while applies go on.
 pub struct SnapshotBuilder {
     state: SharedStateDb,
     dir: PathBuf,
@@ -454,58 +605,23 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
 
-    async fn build_snapshot(&mut self) -> io::Result<crate::types::Snapshot> {
-        let db = self.state.current();
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+        let state = self.state.clone();
         let dir = self.dir.clone();
-        let (meta, path) = blocking(move || {
-            let view = db.snapshot();
-            // Everything the view contains is now durable, so openraft may purge the log up to
-            // this snapshot's index (see the module docs).
-            db.flush_wal(true).map_err(io_err)?;
-            let meta_cf = column_family(&db, CF_META)?;
-            let applied: Option<LogId> = match view.get_cf(meta_cf, KEY_APPLIED).map_err(io_err)? {
-                Some(bytes) => decode(&bytes)?,
-                None => None,
-            };
-            let last_membership: StoredMembership =
-                match view.get_cf(meta_cf, KEY_MEMBERSHIP).map_err(io_err)? {
-                    Some(bytes) => decode(&bytes)?,
-                    None => StoredMembership::default(),
-                };
-            let removed: BTreeSet<NodeId> =
-                match view.get_cf(meta_cf, KEY_REMOVED_IDS).map_err(io_err)? {
-                    Some(bytes) => decode(&bytes)?,
-                    None => BTreeSet::new(),
-                };
-            let meta = SnapshotMeta {
-                last_log_id: applied,
-                last_membership,
-            };
-            let mut writer = SnapshotWriter::create(&dir, &meta)?;
-            let data = column_family(&db, CF_DATA)?;
-            for item in view.iterator_cf(data, IteratorMode::Start) {
-                let (key, value) = item.map_err(io_err)?;
-                writer.add(&key, &value)?;
-            }
-            writer.add_removed_ids(&removed)?;
-            let path = dir.join(snapshot::file_name(&meta));
-            writer.finish(&path)?;
-            Ok((meta, path))
-        })
-        .await?;
-        replace_current(&self.current_snapshot, meta.clone(), path.clone())?;
+        let checkpoint = blocking(move || create_checkpoint(&state, &dir)).await?;
+        let checkpoint = replace_current(&self.current_snapshot, checkpoint);
         self.counters
             .snapshots_built
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             "snapshot captured at index {}",
-            meta.last_log_id.map_or(0, |id| id.index)
+            checkpoint.meta.last_log_id.map_or(0, |id| id.index)
         );
         Ok(Snapshot {
-            meta,
-            snapshot: SnapshotFile::open(path)?,
+            meta: checkpoint.meta.clone(),
+            snapshot: SnapshotData::Checkpoint(checkpoint),
         })
     }
 }
