@@ -316,7 +316,9 @@ mod tests {
         encoder.finish().unwrap()
     }
 
-    fn decode_all(bytes: &[u8]) -> io::Result<(Vec<(Vec<u8>, Vec<u8>)>, BTreeSet<NodeId>)> {
+    type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn decode_all(bytes: &[u8]) -> io::Result<(Pairs, BTreeSet<NodeId>)> {
         let mut reader = SnapshotReader::new(bytes)?;
         let mut pairs = Vec::new();
         while let Some(pair) = reader.next_pair()? {
