@@ -17,6 +17,8 @@
 //! every helper, hence the `dead_code` allowance below.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fmt;
@@ -458,15 +460,32 @@ impl Node {
         Node::launch_args(spec.id, spec.args(), Some(spec.log_path()))
     }
 
+    /// Spawns a cluster node from its spec through a launcher command that
+    /// execs its arguments, e.g. `ip netns exec NAME`, so the node runs in
+    /// another network namespace. The launcher must exec (not fork), so the
+    /// process signalled and killed is the node itself.
+    pub fn launch_via(spec: &NodeSpec, launcher: &[OsString]) -> Node {
+        let (program, prefix) = launcher.split_first().expect("a launcher command");
+        let mut args = prefix.to_vec();
+        args.push(BIN.into());
+        args.extend(spec.args());
+        Node::spawn(spec.id, program.clone(), args, Some(spec.log_path()))
+    }
+
     /// Spawns the binary with arbitrary arguments (for startup-error tests).
     pub fn launch_args(id: usize, args: Vec<OsString>, log_path: Option<PathBuf>) -> Node {
-        let mut child = Command::new(BIN)
+        Node::spawn(id, BIN.into(), args, log_path)
+    }
+
+    /// Spawns `program args` with piped stdio and output capture.
+    fn spawn(id: usize, program: OsString, args: Vec<OsString>, log_path: Option<PathBuf>) -> Node {
+        let mut child = Command::new(&program)
             .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {BIN}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot spawn {program:?}: {e}"));
         let captured = Arc::new(Captured {
             history: Mutex::new(Vec::new()),
             open_pipes: AtomicUsize::new(2),
@@ -895,6 +914,11 @@ impl Cluster {
     /// because a port was taken meanwhile, the whole cluster is retried with
     /// fresh ports and an empty data directory.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with_args(n, &[])
+    }
+
+    /// [`Cluster::start`] with `extra_args` given to every node (e.g. snapshot settings).
+    pub fn start_with_args(n: usize, extra_args: &[&str]) -> Cluster {
         let root = tempfile::Builder::new()
             .prefix("ondisk-test-")
             .tempdir()
@@ -913,7 +937,7 @@ impl Cluster {
                     cluster: cluster_addrs.clone(),
                     http: free_addr(),
                     data_dir: data_dir.clone(),
-                    extra_args: Vec::new(),
+                    extra_args: extra_args.iter().map(OsString::from).collect(),
                 })
                 .collect();
             // Spawn all first so they boot in parallel, then wait for each.
@@ -1036,18 +1060,23 @@ impl Cluster {
     /// answers `status`. The previous process must be gone. A port clash
     /// (someone took the port meanwhile) is retried briefly.
     pub fn restart(&mut self, id: usize) {
+        self.restart_in_background(id);
+        self.await_restarted(id);
+    }
+
+    /// Launches node `id` again with the same command line without waiting for it, for tests
+    /// that must act while it boots; [`Cluster::await_restarted`] then waits for it.
+    pub fn restart_in_background(&mut self, id: usize) {
         assert!(
             !self.is_running(id),
             "restart({id}) while node {id} is still running"
         );
         let spec = self.spec(id).clone();
-        let node = Node::launch(&spec);
-        self.nodes[id - 1] = node;
-        self.await_restarted(id);
+        self.nodes[id - 1] = Node::launch(&spec);
     }
 
     /// Waits for a freshly launched node `id`, relaunching it on port clashes.
-    fn await_restarted(&mut self, id: usize) {
+    pub fn await_restarted(&mut self, id: usize) {
         let spec = self.spec(id).clone();
         for attempt in 1..=START_ATTEMPTS {
             match self.nodes[id - 1].wait_ready(STARTUP_TIMEOUT) {
@@ -1187,5 +1216,129 @@ impl Cluster {
     /// Every node's diagnostics, for failure messages.
     pub fn diagnostics(&self) -> String {
         self.nodes.iter().map(|n| n.diagnostics()).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Growing a cluster; replies on either stream; multi-line replies
+// ---------------------------------------------------------------------------
+
+impl Cluster {
+    /// The configuration of a node that would join as id `size() + 1`: fresh raft and HTTP
+    /// ports, the shared data directory, `--cluster` listing every node's raft address followed
+    /// by its own, and `extra_args` (typically `--join`). Nothing is started.
+    pub fn next_node_spec(&self, extra_args: Vec<OsString>) -> NodeSpec {
+        let last = self.specs.last().expect("a cluster has at least one node");
+        let mut cluster = last.cluster.clone();
+        cluster.push(free_addr());
+        NodeSpec {
+            id: self.size() + 1,
+            cluster,
+            http: free_addr(),
+            data_dir: last.data_dir.clone(),
+            extra_args,
+        }
+    }
+
+    /// Launches `spec` (from [`Cluster::next_node_spec`]) as a further node of this cluster and
+    /// waits until it answers `status`. From then on it is addressed by its id like the others
+    /// (`node`, `kill`, `restart`, diagnostics). Panics with diagnostics if it does not start.
+    pub fn launch_node(&mut self, spec: NodeSpec) -> usize {
+        assert_eq!(
+            spec.id,
+            self.size() + 1,
+            "a new node must take the next id ({})",
+            self.size() + 1
+        );
+        let id = spec.id;
+        let mut node = Node::launch(&spec);
+        self.specs.push(spec);
+        let started = node.wait_ready(STARTUP_TIMEOUT);
+        self.nodes.push(node);
+        if let Err(f) = started {
+            panic!(
+                "node {id} failed to start (exit status {:?})\n{}",
+                f.status,
+                self.diagnostics()
+            );
+        }
+        id
+    }
+
+    /// Replaces the extra arguments node `id` is started with; they take effect at its next
+    /// (re)start.
+    pub fn set_extra_args(&mut self, id: usize, extra_args: Vec<OsString>) {
+        self.specs[id - 1].extra_args = extra_args;
+    }
+}
+
+impl Node {
+    /// Sends one REPL line and returns the first output line, from either stream, that `accept`
+    /// takes (unlike [`Node::command`], any stderr line can be the answer). Panics with
+    /// diagnostics if none arrives within `timeout` or the process's output ends.
+    pub fn command_until(
+        &mut self,
+        line: impl AsRef<[u8]>,
+        timeout: Duration,
+        accept: impl Fn(Stream, &[u8]) -> bool,
+    ) -> (Stream, Vec<u8>) {
+        let line = line.as_ref();
+        self.drain_pending();
+        self.send(line);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = Instant::now();
+            let outcome = if now >= deadline {
+                Err(RecvTimeoutError::Timeout)
+            } else {
+                self.rx.recv_timeout(deadline - now)
+            };
+            match outcome {
+                Ok((stream, l)) if accept(stream, &l) => return (stream, l),
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = self.try_exit_status();
+                    panic!(
+                        "no accepted reply from node {} to {:?} ({e:?} after {timeout:?})\n{}",
+                        self.id,
+                        lossy(line),
+                        self.diagnostics()
+                    )
+                }
+            }
+        }
+    }
+
+    /// Sends one REPL line followed by `status`, and returns every stdout line printed before
+    /// the `status:` answer: the whole answer of a multi-line command such as `members`.
+    pub fn command_stdout_lines(&mut self, line: impl AsRef<[u8]>) -> Vec<Vec<u8>> {
+        let line = line.as_ref();
+        self.drain_pending();
+        self.send(line);
+        self.send(b"status");
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let mut lines = Vec::new();
+        loop {
+            let now = Instant::now();
+            let outcome = if now >= deadline {
+                Err(RecvTimeoutError::Timeout)
+            } else {
+                self.rx.recv_timeout(deadline - now)
+            };
+            match outcome {
+                Ok((Stream::Stdout, l)) if l.starts_with(b"status:") => return lines,
+                Ok((Stream::Stdout, l)) => lines.push(l),
+                Ok((Stream::Stderr, _)) => {}
+                Err(e) => {
+                    let _ = self.try_exit_status();
+                    panic!(
+                        "node {} did not finish answering {:?} ({e:?} after {COMMAND_TIMEOUT:?})\n{}",
+                        self.id,
+                        lossy(line),
+                        self.diagnostics()
+                    )
+                }
+            }
+        }
     }
 }
