@@ -10,52 +10,9 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::Duration;
 
+use common::http::{http, Answer};
 use common::Cluster;
 use common::Node;
-
-/// Generous per-request cap: well above the nodes' own 2 s timeout, so a node's answer (even a
-/// timeout error) is what a test sees.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// One HTTP answer, read completely.
-struct Answer {
-    status: u16,
-    headers: ureq::http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
-    }
-}
-
-/// Sends `method url` with `body` and returns the answer whatever its status.
-fn http(method: &str, url: &str, body: &[u8]) -> Answer {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(REQUEST_TIMEOUT))
-        .build()
-        .into();
-    let request = ureq::http::Request::builder()
-        .method(method)
-        .uri(url)
-        .body(body.to_vec())
-        .expect("valid request");
-    let mut response = agent
-        .run(request)
-        .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"));
-    Answer {
-        status: response.status().as_u16(),
-        headers: response.headers().clone(),
-        body: response.body_mut().read_to_vec().expect("read body"),
-    }
-}
 
 fn url(cluster: &Cluster, id: usize, path: &str) -> String {
     format!("http://{}{}", cluster.http_addr(id), path)
