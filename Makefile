@@ -8,7 +8,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/ondisk-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: ondisk deps test lint cluster cluster-stop node-stop node-start clean-data
+.PHONY: ondisk deps test lint chaos cluster cluster-stop node-stop node-start clean-data
 
 ## Build ./ondisk at the repository root.
 ondisk: deps
@@ -31,6 +31,14 @@ test: deps lint
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+
+## The fault-injection suite at length: make chaos DURATION=30m [SEED=N] (a bounded run is part of
+## `make test`). Needs root, for network namespaces; see docs/TESTING.md.
+DURATION ?= 30m
+SEED ?=
+chaos: deps
+	ONDISK_CHAOS_DURATION=$(DURATION) ONDISK_CHAOS_SEED=$(SEED) \
+		$(CARGO) test --release --locked --test chaos -- --ignored --exact --nocapture long_run
 
 ## Three nodes in the background (kv-db layout, HTTP on 12380/22380/32380); waits for a leader.
 cluster: ondisk

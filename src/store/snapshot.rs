@@ -38,6 +38,9 @@ const TAG_END: u8 = 0;
 const MAX_FIELD_LEN: u32 = 256 << 20;
 /// Prefix of checkpoint directories in the snapshot directory.
 const CHECKPOINT_PREFIX: &str = "checkpoint-";
+/// Where a checkpoint is built before it is renamed to its final name. RocksDB itself writes into
+/// `<this>.tmp` first; neither name looks like a finished checkpoint.
+pub(super) const CHECKPOINT_BUILDING: &str = "building-checkpoint";
 
 /// openraft's `SnapshotData` for ondisk.
 #[derive(Debug)]
@@ -114,7 +117,7 @@ pub(super) fn newest_checkpoint_in(dir: &Path) -> io::Result<Option<PathBuf>> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with(CHECKPOINT_PREFIX) && !name.ends_with(".partial") && path.is_dir() {
+        if is_checkpoint_name(name) && path.is_dir() {
             checkpoints.push(path);
         } else if path.is_dir() {
             fs::remove_dir_all(&path)?;
@@ -128,6 +131,18 @@ pub(super) fn newest_checkpoint_in(dir: &Path) -> io::Result<Option<PathBuf>> {
         fs::remove_dir_all(old)?;
     }
     Ok(newest)
+}
+
+/// True for the final name of a checkpoint, `checkpoint-<index>-<term>` (see [`checkpoint_name`]),
+/// and false for anything an interrupted build or transfer may leave behind.
+fn is_checkpoint_name(name: &str) -> bool {
+    name.strip_prefix(CHECKPOINT_PREFIX)
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(index, term)| {
+            [index, term]
+                .iter()
+                .all(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+        })
 }
 
 /// Fsyncs the directory holding `path`, so a rename into it survives a crash.
@@ -358,10 +373,91 @@ mod tests {
     }
 
     #[test]
+    fn only_finished_checkpoints_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let finished = checkpoint_name(&SnapshotMeta::default());
+        for name in [
+            finished.as_str(),
+            CHECKPOINT_BUILDING,
+            &format!("{CHECKPOINT_BUILDING}.tmp"),
+            "checkpoint-building.partial.tmp",
+        ] {
+            fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        fs::write(dir.path().join("receiving-7.partial"), b"half").unwrap();
+        let newest = newest_checkpoint_in(dir.path()).unwrap();
+        assert_eq!(newest, Some(dir.path().join(&finished)));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
     fn a_verified_file_reports_its_meta() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("received");
         fs::write(&path, encode_sample(&[(b"k", b"v")])).unwrap();
         assert_eq!(verify(&path).unwrap(), SnapshotMeta::default());
+    }
+
+    fn pairs() -> impl proptest::strategy::Strategy<Value = Pairs> {
+        use proptest::prelude::*;
+        let bytes = || proptest::collection::vec(any::<u8>(), 0..32);
+        proptest::collection::vec((bytes(), bytes()), 0..8)
+    }
+
+    fn encode_pairs(pairs: &Pairs) -> Vec<u8> {
+        let borrowed: Vec<(&[u8], &[u8])> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
+        encode_sample(&borrowed)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes, with or without a valid magic and version in front, are refused or
+        /// decoded, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            with_header in proptest::prelude::any::<bool>(),
+        ) {
+            let mut input = Vec::new();
+            if with_header {
+                input.extend_from_slice(MAGIC);
+                input.extend_from_slice(&VERSION.to_be_bytes());
+            }
+            input.extend_from_slice(&bytes);
+            let _ = decode_all(&input);
+        }
+
+        /// A valid stream decodes to exactly its pairs.
+        #[test]
+        fn valid_streams_round_trip(pairs in pairs()) {
+            let (decoded, removed) = decode_all(&encode_pairs(&pairs)).unwrap();
+            proptest::prop_assert_eq!(decoded, pairs);
+            proptest::prop_assert_eq!(removed, BTreeSet::from([4, 9]));
+        }
+
+        /// Any damaged byte or any truncation of a valid stream is detected: no pair from it ever
+        /// passes the checksum. An inserted byte is detected or changes nothing.
+        #[test]
+        fn damage_is_detected(
+            pairs in pairs(),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            mask in 1u8..=255,
+            extra in proptest::prelude::any::<u8>(),
+        ) {
+            let stream = encode_pairs(&pairs);
+            let mut flipped = stream.clone();
+            flipped[at.index(stream.len())] ^= mask;
+            proptest::prop_assert!(decode_all(&flipped).is_err());
+            proptest::prop_assert!(decode_all(&stream[..at.index(stream.len())]).is_err());
+            let mut inserted = stream.clone();
+            inserted.insert(at.index(stream.len() + 1), extra);
+            if let Ok((decoded, _)) = decode_all(&inserted) {
+                proptest::prop_assert_eq!(decoded, pairs);
+            }
+        }
     }
 }

@@ -475,7 +475,7 @@ fn open_checkpoint(path: PathBuf) -> io::Result<Checkpoint> {
 /// the memtables (which also makes everything applied so far durable) and hard-links the files.
 /// The metadata is read from the checkpoint itself, so it describes exactly the data in it.
 fn create_checkpoint(state: &SharedStateDb, dir: &Path) -> io::Result<Checkpoint> {
-    let building = dir.join("checkpoint-building.partial");
+    let building = dir.join(snapshot::CHECKPOINT_BUILDING);
     if building.exists() {
         fs::remove_dir_all(&building)?;
     }

@@ -1,0 +1,223 @@
+//! A cluster of real `ondisk` processes, each in its own network namespace (see `netns`), that
+//! the nemesis can kill, restart, pause and partition, and that the final checks can question
+//! over HTTP.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::netns::Network;
+use crate::common::http::{agent, request};
+use crate::common::{poll_until, Node, NodeSpec, STARTUP_TIMEOUT};
+
+/// Every node listens on these ports of its own namespace's address.
+const RAFT_PORT: u16 = 7000;
+const HTTP_PORT: u16 = 8000;
+/// How long a status or scan request from the harness may take; a node that does not answer in
+/// this time is treated as unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The cluster and its private network.
+pub struct ChaosCluster {
+    // Field order is drop order: processes die, then their namespaces go, then their files.
+    nodes: Vec<Node>,
+    paused: Vec<bool>,
+    network: Network,
+    specs: Vec<NodeSpec>,
+    /// The nodes' data directory, removed when the cluster is dropped.
+    _root: TempDir,
+}
+
+impl ChaosCluster {
+    /// Starts `n` nodes, each with `extra_args` added to the usual command line, and waits until
+    /// each answers on its REPL.
+    pub fn start(n: usize, extra_args: &[&str]) -> ChaosCluster {
+        let network = Network::create(n).unwrap_or_else(|e| {
+            panic!(
+                "the fault-injection suite needs network namespaces (run it as root, or with \
+                 CAP_NET_ADMIN and CAP_SYS_ADMIN): {e}"
+            )
+        });
+        let root = tempfile::Builder::new()
+            .prefix("ondisk-chaos-data-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let cluster: Vec<SocketAddr> = (1..=n)
+            .map(|id| SocketAddr::from((network.node_ip(id), RAFT_PORT)))
+            .collect();
+        let specs: Vec<NodeSpec> = (1..=n)
+            .map(|id| NodeSpec {
+                id,
+                cluster: cluster.clone(),
+                http: SocketAddr::from((network.node_ip(id), HTTP_PORT)),
+                data_dir: root.path().join("data"),
+                extra_args: extra_args.iter().map(OsString::from).collect(),
+            })
+            .collect();
+        let nodes = specs
+            .iter()
+            .map(|spec| Node::launch_via(spec, &network.launcher(spec.id)))
+            .collect();
+        let mut cluster = ChaosCluster {
+            nodes,
+            paused: vec![false; n],
+            network,
+            specs,
+            _root: root,
+        };
+        cluster.await_started(&cluster.ids());
+        cluster
+    }
+
+    pub fn ids(&self) -> Vec<usize> {
+        (1..=self.specs.len()).collect()
+    }
+
+    pub fn size(&self) -> usize {
+        self.specs.len()
+    }
+
+    pub fn network(&mut self) -> &mut Network {
+        &mut self.network
+    }
+
+    /// Base URL of node `id`'s HTTP API.
+    pub fn base_url(&self, id: usize) -> String {
+        format!("http://{}", self.specs[id - 1].http)
+    }
+
+    /// SIGKILLs node `id`.
+    pub fn kill(&mut self, id: usize) {
+        self.resume(id);
+        self.nodes[id - 1].kill();
+    }
+
+    /// Starts node `id` again (it must be down) with the same command line, and waits for it.
+    pub fn restart(&mut self, id: usize) {
+        self.restart_all(&[id]);
+    }
+
+    /// Starts the given (stopped) nodes together, and waits for each.
+    pub fn restart_all(&mut self, ids: &[usize]) {
+        for &id in ids {
+            assert!(!self.nodes[id - 1].is_running(), "node {id} is running");
+            self.nodes[id - 1] = Node::launch_via(&self.specs[id - 1], &self.network.launcher(id));
+        }
+        self.await_started(ids);
+    }
+
+    fn await_started(&mut self, ids: &[usize]) {
+        for &id in ids {
+            if let Err(failure) = self.nodes[id - 1].wait_ready(STARTUP_TIMEOUT) {
+                panic!(
+                    "node {id} failed to start (exit status {:?})\n{}",
+                    failure.status, failure.diagnostics
+                );
+            }
+        }
+    }
+
+    /// SIGSTOPs node `id`.
+    pub fn pause(&mut self, id: usize) {
+        if !self.paused[id - 1] {
+            self.nodes[id - 1].signal("STOP");
+            self.paused[id - 1] = true;
+        }
+    }
+
+    /// SIGCONTs node `id` if it is paused.
+    pub fn resume(&mut self, id: usize) {
+        if self.paused[id - 1] {
+            self.nodes[id - 1].signal("CONT");
+            self.paused[id - 1] = false;
+        }
+    }
+
+    /// Ids of nodes whose process has exited (none should, unless killed).
+    pub fn exited(&mut self) -> Vec<usize> {
+        self.ids()
+            .into_iter()
+            .filter(|&id| !self.nodes[id - 1].is_running())
+            .collect()
+    }
+
+    /// `GET /v1/status` of node `id`, or `None` if it does not answer in time.
+    pub fn status(&self, id: usize) -> Option<serde_json::Value> {
+        let url = format!("{}/v1/status", self.base_url(id));
+        let answer = request(&agent(PROBE_TIMEOUT), "GET", &url, b"").ok()?;
+        (answer.status == 200)
+            .then(|| serde_json::from_slice(&answer.body).ok())
+            .flatten()
+    }
+
+    /// The node that a majority of the nodes names as leader and that itself says it leads.
+    pub fn leader(&self) -> Option<usize> {
+        let statuses: BTreeMap<usize, serde_json::Value> = self
+            .ids()
+            .into_iter()
+            .filter_map(|id| Some((id, self.status(id)?)))
+            .collect();
+        let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+        for status in statuses.values() {
+            if let Some(leader) = status["leader"].as_u64() {
+                *votes.entry(leader).or_default() += 1;
+            }
+        }
+        let (&leader, &count) = votes.iter().max_by_key(|(_, count)| **count)?;
+        let leader = leader as usize;
+        let says_so = statuses
+            .get(&leader)
+            .is_some_and(|s| s["state"] == "Leader");
+        (count > self.size() / 2 && says_so).then_some(leader)
+    }
+
+    /// Polls for [`ChaosCluster::leader`] for at most `timeout`.
+    pub fn wait_for_leader(&self, timeout: Duration) -> Option<usize> {
+        poll_until(timeout, || self.leader())
+    }
+
+    /// Every pair on node `id`, read locally (`consistency=stale`), as `(key, value)` text.
+    pub fn local_data(&self, id: usize) -> Option<Vec<(String, String)>> {
+        let url = format!(
+            "{}/v1/kv/?prefix=&limit=100000&consistency=stale",
+            self.base_url(id)
+        );
+        let answer = request(&agent(PROBE_TIMEOUT), "GET", &url, b"").ok()?;
+        if answer.status != 200 {
+            return None;
+        }
+        let json: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+        json["items"]
+            .as_array()?
+            .iter()
+            .map(|item| {
+                Some((
+                    format!("{}:{}", item["encoding"], item["key"].as_str()?),
+                    item["value"].as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Every node's log file, with the node id.
+    pub fn log_files(&self) -> Vec<(usize, PathBuf)> {
+        self.specs.iter().map(|s| (s.id, s.log_path())).collect()
+    }
+
+    /// Every node's process diagnostics (output tails, exit status).
+    pub fn diagnostics(&self) -> String {
+        self.nodes.iter().map(Node::diagnostics).collect()
+    }
+
+    /// Copies every node's log file into `dir`.
+    pub fn save_logs(&self, dir: &Path) {
+        for (id, log) in self.log_files() {
+            let _ = std::fs::copy(&log, dir.join(format!("node{id}.log")));
+        }
+        let _ = std::fs::write(dir.join("processes.txt"), self.diagnostics());
+    }
+}
