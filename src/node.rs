@@ -106,6 +106,8 @@ pub struct Node {
     incoming_snapshot: tokio::sync::Mutex<Option<IncomingSnapshot>>,
     /// Held while this node, as leader, runs a membership change, so changes never overlap.
     membership_change: tokio::sync::Mutex<()>,
+    /// Held while a user's change (add, remove) runs: a second one is refused as busy.
+    user_membership_change: tokio::sync::Mutex<()>,
     /// Becomes true once this node learns it has been removed from the cluster.
     removed: Arc<tokio::sync::watch::Sender<bool>>,
     /// Snapshots this node (as leader) has sent and seen installed.
@@ -217,6 +219,7 @@ impl Node {
             data_dir: data_dir.clone(),
             incoming_snapshot: tokio::sync::Mutex::default(),
             membership_change: tokio::sync::Mutex::default(),
+            user_membership_change: tokio::sync::Mutex::default(),
             removed,
             snapshots_sent,
             rpc_server: std::sync::Mutex::default(),
@@ -326,6 +329,12 @@ impl Node {
                     }
                     Err(RemoteError::Refused(reason)) => return Err(Error::Refused(reason)),
                     Err(RemoteError::Removed) => return Err(Error::Removed),
+                    Err(RemoteError::TimedOut) => {
+                        return Err(Error::Timeout {
+                            op,
+                            after: self.timeout,
+                        })
+                    }
                     Err(RemoteError::Unknown(reason)) => {
                         return Err(Error::OutcomeUnknown { op, reason })
                     }

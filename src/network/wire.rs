@@ -100,6 +100,9 @@ pub enum RemoteError {
     /// The request was refused or failed and was not applied.
     #[error("{0}")]
     Refused(String),
+    /// The leader could not do it in time (typically no quorum), and did nothing.
+    #[error("timed out; nothing was changed")]
+    TimedOut,
     /// The sender has been removed from the cluster and must stop.
     #[error("this node has been removed from the cluster")]
     Removed,

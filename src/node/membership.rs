@@ -113,32 +113,94 @@ impl Node {
         Ok(())
     }
 
-    /// Runs a membership change on this node, which believes it is the leader. User changes that
-    /// find another change in progress are refused (`busy, try again`); address updates wait.
+    /// Runs a membership change on this node, which believes it is the leader.
+    ///
+    /// A user's change that finds another user's change in progress is refused (`busy, try
+    /// again`); changes the nodes make themselves (address updates, promotions) are waited for.
+    /// The change is proposed only once a quorum has confirmed this node's leadership, and the
+    /// whole attempt is bounded by the node's timeout: a leader cut off from its quorum refuses
+    /// the change instead of leaving it in its log to take effect later.
     pub(super) async fn change_membership_locally(
         &self,
         change: MembershipChange,
     ) -> std::result::Result<CommandResult, RemoteError> {
-        let _one_at_a_time = match change {
-            MembershipChange::UpdateAddresses { .. } => self.membership_change.lock().await,
-            _ => self.membership_change.try_lock().map_err(|_| busy())?,
+        let _one_user_change = match change {
+            MembershipChange::UpdateAddresses { .. } => None,
+            _ => Some(self.user_membership_change.try_lock().map_err(|_| busy())?),
         };
-        let (membership, leader) = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow_watched();
-            (m.membership_config.clone(), m.current_leader)
-        };
-        if leader != Some(self.id) {
-            return Err(RemoteError::NotLeader { leader: None });
+        // A little under the requester's own deadline, so the answer reaches it in time.
+        let within = self.timeout.mul_f64(0.9);
+        tokio::time::timeout(within, self.change_membership_with_quorum(change))
+            .await
+            .unwrap_or(Err(RemoteError::TimedOut))
+    }
+
+    async fn change_membership_with_quorum(
+        &self,
+        change: MembershipChange,
+    ) -> std::result::Result<CommandResult, RemoteError> {
+        loop {
+            let one_at_a_time = self.membership_change.lock().await;
+            if let Err(e) = self.read_index_locally().await {
+                drop(one_at_a_time);
+                match e {
+                    RemoteError::NotLeader { .. } => return Err(e),
+                    _ => {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        continue;
+                    }
+                }
+            }
+            let membership = self
+                .raft
+                .metrics()
+                .borrow_watched()
+                .membership_config
+                .clone();
+            let Plan {
+                changes,
+                retain,
+                removing,
+            } = self.validate(&change, membership.membership())?;
+            let outcome = match changes {
+                Some(changes) => self.raft.change_membership(changes, retain).await,
+                None => match &change {
+                    MembershipChange::Add { id, member } => {
+                        self.raft.add_learner(*id, member.clone(), false).await
+                    }
+                    _ => return Err(refused("nothing to change".into())),
+                },
+            };
+            drop(one_at_a_time);
+            match outcome.map_err(membership_error) {
+                Ok(written) => {
+                    if let Some((id, member)) = removing {
+                        self.announce_removal(id, member);
+                    }
+                    return Ok(written.data);
+                }
+                // An earlier change is still being committed: it will be shortly, with a quorum.
+                Err(RemoteError::Refused(reason)) if reason.starts_with(BUSY) => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        let membership = membership.membership();
-        let mut removed_node = None;
-        let outcome = match change {
+    }
+
+    /// Checks `change` against the rules openraft does not enforce and says what to ask openraft
+    /// for.
+    fn validate(
+        &self,
+        change: &MembershipChange,
+        membership: &openraft::Membership<NodeId, Member>,
+    ) -> std::result::Result<Plan, RemoteError> {
+        match change {
             MembershipChange::Add { id, member } => {
-                if membership.get_node(&id).is_some() {
+                if membership.get_node(id).is_some() {
                     return Err(refused(format!("node {id} is already a member")));
                 }
-                if self.state.removed_ids().contains(&id) {
+                if self.state.removed_ids().contains(id) {
                     return Err(refused(format!(
                         "node {id} was removed from the cluster and its id cannot be used again; pick a new id"
                     )));
@@ -152,38 +214,36 @@ impl Node {
                         member.raft_addr
                     )));
                 }
-                self.raft.add_learner(id, member, false).await
+                Ok(Plan {
+                    changes: None,
+                    retain: true,
+                    removing: None,
+                })
             }
             MembershipChange::Remove { id } => {
-                let Some(member) = membership.get_node(&id) else {
+                let Some(member) = membership.get_node(id) else {
                     return Err(refused(format!("node {id} is not a member")));
                 };
-                removed_node = Some((id, member.clone()));
                 let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-                let changes = if voters.contains(&id) {
+                let changes = if voters.contains(id) {
                     if voters.len() == 1 {
                         return Err(refused("cannot remove the last voter".to_string()));
                     }
-                    ChangeMembers::RemoveVoters([id].into())
+                    ChangeMembers::RemoveVoters([*id].into())
                 } else {
-                    ChangeMembers::RemoveNodes([id].into())
+                    ChangeMembers::RemoveNodes([*id].into())
                 };
-                self.raft.change_membership(changes, false).await
+                Ok(Plan {
+                    changes: Some(changes),
+                    retain: false,
+                    removing: Some((*id, member.clone())),
+                })
             }
-            MembershipChange::UpdateAddresses { id, member } => {
-                self.raft
-                    .change_membership(ChangeMembers::SetNodes([(id, member)].into()), true)
-                    .await
-            }
-        };
-        match outcome {
-            Ok(written) => {
-                if let Some((id, member)) = removed_node {
-                    self.announce_removal(id, member);
-                }
-                Ok(written.data)
-            }
-            Err(e) => Err(membership_error(e)),
+            MembershipChange::UpdateAddresses { id, member } => Ok(Plan {
+                changes: Some(ChangeMembers::SetNodes([(*id, member.clone())].into())),
+                retain: true,
+                removing: None,
+            }),
         }
     }
 
@@ -334,8 +394,21 @@ impl Node {
     }
 }
 
+/// What a validated membership change asks of openraft.
+struct Plan {
+    /// The membership change, or `None` for an add, which goes through `add_learner`.
+    changes: Option<ChangeMembers<NodeId, Member>>,
+    /// Whether removed voters stay on as learners.
+    retain: bool,
+    /// The node being removed, to be told once the change is committed.
+    removing: Option<(NodeId, Member)>,
+}
+
+/// How a refusal because of a change in progress starts.
+const BUSY: &str = "busy, try again";
+
 fn busy() -> RemoteError {
-    RemoteError::Refused("busy, try again: another membership change is in progress".into())
+    RemoteError::Refused(format!("{BUSY}: another membership change is in progress"))
 }
 
 fn refused(reason: String) -> RemoteError {
