@@ -42,6 +42,11 @@ pub enum Error {
     #[error("{op} timed out after {} (is a quorum of nodes up?)", humantime::format_duration(*.after))]
     Timeout { op: &'static str, after: Duration },
 
+    /// A proposal or read could not complete in time because storage is waiting for disk space.
+    /// Nothing is lost: the node resumes by itself once space is freed.
+    #[error("{op} timed out after {}: the disk is full (no space left on device); it resumes once space is freed", humantime::format_duration(*.after))]
+    DiskFull { op: &'static str, after: Duration },
+
     /// The request may or may not have taken effect: the leader changed or was lost between
     /// accepting it and confirming it. Retrying blindly could apply it twice.
     #[error("{op} outcome unknown: {reason}")]

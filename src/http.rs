@@ -122,7 +122,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::Node(e) => {
                 let retryable = match &e {
-                    Error::Timeout { .. } | Error::ShuttingDown => true,
+                    Error::Timeout { .. } | Error::ShuttingDown | Error::DiskFull { .. } => true,
                     Error::Refused(reason) => reason.starts_with("busy"),
                     _ => false,
                 };
@@ -131,6 +131,7 @@ impl IntoResponse for ApiError {
                         StatusCode::SERVICE_UNAVAILABLE
                     }
                     Error::Refused(_) => StatusCode::CONFLICT,
+                    Error::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
                     Error::Removed => StatusCode::GONE,
                     Error::Config(_) => StatusCode::BAD_REQUEST,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,

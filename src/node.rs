@@ -507,9 +507,13 @@ impl Node {
         within: Duration,
         work: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        tokio::time::timeout(within, work)
-            .await
-            .map_err(|_| Error::Timeout { op, after: within })?
+        tokio::time::timeout(within, work).await.map_err(|_| {
+            if store::waiting_for_space() {
+                Error::DiskFull { op, after: within }
+            } else {
+                Error::Timeout { op, after: within }
+            }
+        })?
     }
 
     /// Takes a snapshot now (a checkpoint of the state machine, which also lets the log be

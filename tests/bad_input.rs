@@ -668,8 +668,8 @@ fn a_full_disk_fails_writes_clearly_and_loses_nothing_acknowledged() {
         return;
     };
     assert!(
-        full.refusal.starts_with("503") && full.refusal.contains("No space left on device"),
-        "the refusal should be a 503 that names the cause: {}",
+        full.refusal.starts_with("507") && full.refusal.contains("the disk is full"),
+        "the refusal should be a 507 that names the cause: {}",
         full.refusal
     );
     assert!(
@@ -690,7 +690,6 @@ fn a_full_disk_fails_writes_clearly_and_loses_nothing_acknowledged() {
 
 /// The issue asks that a node recovers once space returns, without a restart.
 #[test]
-#[ignore = "fails: on a full disk the raft core stops for good (`raft stopped: when Write Logs: ... No space left on device`) and only a restart brings the node back"]
 fn a_node_recovers_from_a_full_disk_without_a_restart() {
     let Some(mut full) = FullNode::start() else {
         return;

@@ -30,6 +30,7 @@ use super::decode;
 use super::encode;
 use super::io_err;
 use super::open_rocksdb;
+use super::until_space;
 use crate::error::Error;
 use crate::types::Entry;
 use crate::types::LogId;
@@ -105,9 +106,10 @@ impl LogStore {
         let cf = column_family(&self.db, CF_META)?;
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
-        self.db
-            .put_cf_opt(cf, key, encode(value)?, &opts)
-            .map_err(io_err)
+        let value = encode(value)?;
+        until_space("raft log", self.db.path(), || {
+            self.db.put_cf_opt(cf, key, &value, &opts)
+        })
     }
 }
 
@@ -116,7 +118,8 @@ fn sync_appends(db: &DB, pending: &mpsc::Receiver<IOFlushed<TypeConfig>>) {
     while let Ok(first) = pending.recv() {
         let mut waiting = vec![first];
         waiting.extend(pending.try_iter());
-        let result = db.flush_wal(true).map_err(|e| e.into_string());
+        let result = until_space("raft log sync", db.path(), || db.flush_wal(true))
+            .map_err(|e| e.to_string());
         for callback in waiting {
             callback.io_completed(result.clone().map_err(io::Error::other));
         }
@@ -224,7 +227,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         let db = self.db.clone();
-        blocking(move || db.write(batch).map_err(io_err)).await?;
+        blocking(move || {
+            let data = batch.data().to_vec();
+            until_space("raft log append", db.path(), || {
+                db.write(WriteBatch::from_data(&data))
+            })
+        })
+        .await?;
         // Readable now; durable (and acknowledged) once the syncer's next fsync covers it. WAL
         // order guarantees that fsync also covers every earlier vote or truncation.
         self.syncer.enqueue(callback)
@@ -235,8 +244,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         blocking(move || {
             let cf = column_family(&db, CF_LOGS)?;
-            db.delete_range_cf(cf, index_key(from), index_key(u64::MAX))
-                .map_err(io_err)
+            until_space("raft log truncation", db.path(), || {
+                db.delete_range_cf(cf, index_key(from), index_key(u64::MAX))
+            })
         })
         .await
     }
@@ -253,7 +263,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(meta, KEY_LAST_PURGED, encode(&log_id)?);
             let end = index_key(log_id.index + 1);
             batch.delete_range_cf(logs, index_key(0), end);
-            db.write(batch).map_err(io_err)?;
+            let data = batch.data().to_vec();
+            until_space("raft log purge", db.path(), || {
+                db.write(WriteBatch::from_data(&data))
+            })?;
             // Range deletions free space only when compacted; compacting the purged range now
             // keeps the log's disk use bounded under a steady write load.
             db.compact_range_cf(logs, None::<&[u8]>, Some(&end[..]));

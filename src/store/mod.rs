@@ -23,6 +23,9 @@ pub use state_machine::StateReader;
 
 use std::io;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use rocksdb::ColumnFamilyDescriptor;
 use rocksdb::Options;
@@ -68,6 +71,59 @@ fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
 /// Decodes a stored value; a decode failure means the database is corrupt.
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     bincode::deserialize(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Set while some storage write is waiting for disk space; the node uses it to explain why a
+/// request timed out. One flag per process: a full disk is a property of the machine.
+static WAITING_FOR_SPACE: AtomicBool = AtomicBool::new(false);
+
+/// Free space a write waits for. RocksDB that runs out of space in the middle of a write refuses
+/// every later write until it is reopened, so writes stop short of a full disk instead. The
+/// reserve covers typical appends and flushes; an unusually large append on an almost full disk
+/// can still hit the limit, after which a restart is needed.
+const SPACE_RESERVE: u64 = 16 << 20;
+/// Longest pause between checks while waiting for space.
+const FULL_DISK_RETRY: Duration = Duration::from_secs(1);
+
+/// True while a storage write is waiting for disk space to be freed.
+pub fn waiting_for_space() -> bool {
+    WAITING_FOR_SPACE.load(Ordering::Relaxed)
+}
+
+/// Runs a RocksDB write to the database in `dir`, first waiting until its file system has
+/// [`SPACE_RESERVE`] free, and waiting again if the write still finds the disk full. openraft
+/// stops for good on a storage error, so failing would turn a full disk, which usually gets
+/// freed, into an outage that needs a restart. Writes are atomic, so retrying one is safe;
+/// meanwhile requests time out with an error that names the full disk.
+fn until_space<T>(
+    what: &str,
+    dir: &Path,
+    mut write: impl FnMut() -> Result<T, rocksdb::Error>,
+) -> io::Result<T> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let free = fs4::available_space(dir).unwrap_or(u64::MAX);
+        let outcome = (free >= SPACE_RESERVE).then(&mut write);
+        match outcome {
+            Some(Err(e)) if !e.as_ref().contains("No space left") => return Err(io_err(e)),
+            Some(Ok(value)) => {
+                if WAITING_FOR_SPACE.swap(false, Ordering::Relaxed) {
+                    tracing::info!("{what}: disk space is available again");
+                }
+                return Ok(value);
+            }
+            _ => {
+                if !WAITING_FOR_SPACE.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        "{what}: the disk holding {} is full ({free} bytes free); waiting until space is freed",
+                        dir.display()
+                    );
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(FULL_DISK_RETRY);
+            }
+        }
+    }
 }
 
 /// Runs blocking RocksDB work off the async workers, so a slow disk never stalls the runtime that

@@ -55,6 +55,7 @@ use super::snapshot::SnapshotEncoder;
 use super::snapshot::SnapshotFile;
 use super::snapshot::SnapshotReader;
 use super::state_db::SharedStateDb;
+use super::until_space;
 use crate::error::Error;
 use crate::types::Command;
 use crate::types::CommandResult;
@@ -343,7 +344,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             if let Some(removed) = &new_removed {
                 batch.put_cf(meta, KEY_REMOVED_IDS, encode(removed)?);
             }
-            db.write(batch).map_err(io_err)?;
+            let data = batch.data().to_vec();
+            until_space("state machine", db.path(), || {
+                db.write(WriteBatch::from_data(&data))
+            })?;
             Ok(results)
         })
         .await?;
@@ -406,8 +410,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             while let Some((key, value)) = reader.next_pair()? {
                 batch.put_cf(data, key, value);
                 if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
-                    next.write_opt(std::mem::take(&mut batch), &unlogged)
-                        .map_err(io_err)?;
+                    let data = std::mem::take(&mut batch).data().to_vec();
+                    until_space("snapshot install", next.path(), || {
+                        next.write_opt(WriteBatch::from_data(&data), &unlogged)
+                    })?;
                 }
             }
             let meta_cf = column_family(&next, CF_META)?;
@@ -418,9 +424,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 encode(&expected_meta.last_membership)?,
             );
             batch.put_cf(meta_cf, KEY_REMOVED_IDS, encode(&reader.removed)?);
-            next.write_opt(batch, &unlogged).map_err(io_err)?;
-            next.flush_cfs_opt(&[data, meta_cf], &rocksdb::FlushOptions::default())
-                .map_err(io_err)?;
+            let last = batch.data().to_vec();
+            until_space("snapshot install", next.path(), || {
+                next.write_opt(WriteBatch::from_data(&last), &unlogged)
+            })?;
+            until_space("snapshot install", next.path(), || {
+                next.flush_cfs_opt(&[data, meta_cf], &rocksdb::FlushOptions::default())
+            })?;
             state.switch_to(next)?;
             if let Some(received) = received {
                 fs::remove_file(received)?;
@@ -480,9 +490,14 @@ fn create_checkpoint(state: &SharedStateDb, dir: &Path) -> io::Result<Checkpoint
         fs::remove_dir_all(&building)?;
     }
     let db = state.current();
-    rocksdb::checkpoint::Checkpoint::new(&db)
-        .and_then(|checkpoint| checkpoint.create_checkpoint(&building))
-        .map_err(io_err)?;
+    until_space("snapshot", dir, || {
+        if building.exists() {
+            // What a failed attempt left behind; RocksDB wants a fresh directory.
+            let _ = fs::remove_dir_all(&building);
+        }
+        rocksdb::checkpoint::Checkpoint::new(&db)
+            .and_then(|checkpoint| checkpoint.create_checkpoint(&building))
+    })?;
     let meta = StateMeta::read(&open_read_only(&building)?)?.snapshot_meta();
     let path = dir.join(snapshot::checkpoint_name(&meta));
     if path.exists() {
