@@ -107,6 +107,20 @@ fn assert_converged(cluster: &Cluster, leader: usize, id: usize) {
     );
 }
 
+/// Waits until node `id` has taken a snapshot and purged its log up to it. openraft purges in
+/// the background, and not while a replication stream still reads the entries concerned.
+fn wait_for_compaction(cluster: &Cluster, id: usize) {
+    let compacted = common::poll_until(CONVERGE_TIMEOUT, || {
+        let status = status(cluster, id);
+        (field(&status, "purged") > 0 && field(&status, "snapshots_built") >= 1).then_some(())
+    });
+    assert!(
+        compacted.is_some(),
+        "node {id} never compacted its log: {}",
+        status(cluster, id)
+    );
+}
+
 fn wait_for_install(cluster: &Cluster, id: usize) {
     let installed = common::poll_until(CONVERGE_TIMEOUT, || {
         (field(&status(cluster, id), "snapshots_installed") >= 1).then_some(())
@@ -132,12 +146,7 @@ fn a_follower_that_missed_several_snapshots_catches_up_by_installing_one_and_kee
     ] {
         assert_eq!(http("PUT", &url(&cluster, leader, path), value).status, 204);
     }
-    let on_leader = status(&cluster, leader);
-    assert!(
-        field(&on_leader, "purged") > 0,
-        "the leader never compacted its log: {on_leader}"
-    );
-    assert!(field(&on_leader, "snapshots_built") >= 1, "{on_leader}");
+    wait_for_compaction(&cluster, leader);
 
     cluster.restart(follower);
     wait_for_install(&cluster, follower);
@@ -169,7 +178,7 @@ fn a_node_added_after_the_log_was_compacted_catches_up_by_snapshot() {
     let mut cluster = Cluster::start_with_args(3, SNAPSHOT_ARGS);
     let leader = cluster.wait_for_leader();
     write_keys(&cluster, leader, "before-", 500, small_value);
-    assert!(field(&status(&cluster, leader), "purged") > 0);
+    wait_for_compaction(&cluster, leader);
 
     let mut extra: Vec<std::ffi::OsString> = SNAPSHOT_ARGS.iter().map(Into::into).collect();
     extra.push("--join".into());
