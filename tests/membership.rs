@@ -997,14 +997,9 @@ fn kvdb_args(
         port.to_string(),
         "--data-dir".into(),
         dir.display().to_string(),
-        "--timeout".into(),
-        NODE_TIMEOUT.into(),
-        "--heartbeat".into(),
-        NODE_HEARTBEAT.into(),
-        "--election-timeout".into(),
-        NODE_ELECTION_TIMEOUT.into(),
     ]
     .into_iter()
+    .chain(common::timing_args().map(String::from))
     .map(OsString::from)
     .collect();
     if join {

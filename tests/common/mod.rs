@@ -337,16 +337,24 @@ impl NodeSpec {
             self.http.to_string().into(),
             "--data-dir".into(),
             self.data_dir.clone().into(),
-            "--timeout".into(),
-            NODE_TIMEOUT.into(),
-            "--heartbeat".into(),
-            NODE_HEARTBEAT.into(),
-            "--election-timeout".into(),
-            NODE_ELECTION_TIMEOUT.into(),
         ];
+        args.extend(timing_args().map(OsString::from));
         args.extend(self.extra_args.iter().cloned());
         args
     }
+}
+
+/// The timing flags every test node gets: a short request timeout, heartbeat and election
+/// timeout, so failures and failovers happen quickly.
+pub fn timing_args() -> [&'static str; 6] {
+    [
+        "--timeout",
+        NODE_TIMEOUT,
+        "--heartbeat",
+        NODE_HEARTBEAT,
+        "--election-timeout",
+        NODE_ELECTION_TIMEOUT,
+    ]
 }
 
 /// Path of node `id`'s log file inside a data directory (per the contract:
@@ -622,6 +630,15 @@ impl Node {
         while self.rx.try_recv().is_ok() {}
     }
 
+    /// The next output line, from either stream, if one arrives before `deadline`.
+    fn recv_before(&self, deadline: Instant) -> Result<(Stream, Vec<u8>), RecvTimeoutError> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(RecvTimeoutError::Timeout);
+        }
+        self.rx.recv_timeout(deadline - now)
+    }
+
     /// Waits for the next reply accepted by `accept`. Stdout lines are always
     /// candidate replies; stderr lines only if they are [`is_error_line`].
     fn next_reply(
@@ -630,11 +647,7 @@ impl Node {
         accept: &dyn Fn(&Reply) -> bool,
     ) -> Result<Reply, WaitError> {
         loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(WaitError::Timeout);
-            }
-            match self.rx.recv_timeout(deadline - now) {
+            match self.recv_before(deadline) {
                 Ok((Stream::Stdout, line)) => {
                     let reply = Reply::Stdout(line);
                     if accept(&reply) {
@@ -1287,13 +1300,7 @@ impl Node {
         self.send(line);
         let deadline = Instant::now() + timeout;
         loop {
-            let now = Instant::now();
-            let outcome = if now >= deadline {
-                Err(RecvTimeoutError::Timeout)
-            } else {
-                self.rx.recv_timeout(deadline - now)
-            };
-            match outcome {
+            match self.recv_before(deadline) {
                 Ok((stream, l)) if accept(stream, &l) => return (stream, l),
                 Ok(_) => {}
                 Err(e) => {
@@ -1319,13 +1326,7 @@ impl Node {
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         let mut lines = Vec::new();
         loop {
-            let now = Instant::now();
-            let outcome = if now >= deadline {
-                Err(RecvTimeoutError::Timeout)
-            } else {
-                self.rx.recv_timeout(deadline - now)
-            };
-            match outcome {
+            match self.recv_before(deadline) {
                 Ok((Stream::Stdout, l)) if l.starts_with(b"status:") => return lines,
                 Ok((Stream::Stdout, l)) => lines.push(l),
                 Ok((Stream::Stderr, _)) => {}
