@@ -296,7 +296,7 @@ async fn v1_get(State(api): State<ApiState>, uri: Uri, RawQuery(query): RawQuery
         let key = key_from_path(uri.path(), "/v1/kv/")?;
         let query = Query::parse(query, &["consistency"])?;
         let value = if query.stale()? {
-            api.node.get_stale(&key)?
+            api.node.get_stale(&key).await?
         } else {
             api.node.get(&key).await?
         };
@@ -380,10 +380,7 @@ async fn scan(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Respons
         if !query.stale()? {
             api.node.read_barrier("scan").await?;
         }
-        let node = api.node.clone();
-        let pairs = tokio::task::spawn_blocking(move || node.scan_stale(&prefix, limit))
-            .await
-            .map_err(|e| ApiError::Node(Error::Io(std::io::Error::other(e.to_string()))))??;
+        let pairs = api.node.scan_stale(&prefix, limit).await?;
         let items: Vec<serde_json::Value> = pairs
             .iter()
             .map(|(key, value)| match (std::str::from_utf8(key), std::str::from_utf8(value)) {

@@ -403,18 +403,35 @@ impl Node {
         if self.fault != Some(InjectedFault::StaleReads) {
             self.read_barrier("get").await?;
         }
-        self.get_stale(key)
+        self.get_stale(key).await
     }
 
     /// A read of this node's state machine as it is now, without asking the leader: fast, and
     /// possibly behind the cluster.
-    pub fn get_stale(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.state.get(key)?)
+    pub async fn get_stale(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let key = key.to_vec();
+        self.read_state(move |state| state.get(&key)).await
     }
 
-    /// Up to `limit` pairs under `prefix`, in key order, from this node's state machine.
-    pub fn scan_stale(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        Ok(self.state.scan(prefix, limit)?)
+    /// Up to `limit` pairs under `prefix`, in key order, from this node's state machine as it is
+    /// now.
+    pub async fn scan_stale(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let prefix = prefix.to_vec();
+        self.read_state(move |state| state.scan(&prefix, limit))
+            .await
+    }
+
+    /// Runs a state machine read off the async workers: with a state larger than memory a read
+    /// may wait for the disk, and the workers also carry Raft's heartbeats.
+    async fn read_state<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&StateReader) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || read(&state))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?
+            .map_err(Error::from)
     }
 
     /// Waits until this node's state machine reflects every write committed before the call, so a
