@@ -64,13 +64,13 @@ pub enum MembershipChange {
     UpdateAddresses { id: NodeId, member: Member },
 }
 
-/// A piece of a snapshot file in transit.
+/// A piece of a snapshot stream in transit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotChunk {
     /// The sender's vote, which the receiver hands to openraft with the complete snapshot.
     pub vote: Vote,
     pub meta: SnapshotMeta,
-    /// Where `data` starts in the snapshot file; a transfer always starts at 0.
+    /// Where `data` starts in the snapshot stream; a transfer always starts at 0.
     pub offset: u64,
     pub data: Vec<u8>,
     /// True on the last chunk.

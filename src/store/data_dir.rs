@@ -68,7 +68,7 @@ impl DataDir {
         self.root.join("state")
     }
 
-    /// Where snapshot files are kept.
+    /// Where snapshots (checkpoints) and snapshots being received are kept.
     pub fn snapshots(&self) -> PathBuf {
         self.root.join("snapshots")
     }

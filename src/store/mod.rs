@@ -1,5 +1,5 @@
 //! Everything a node keeps on disk: the Raft log (`log_store`), the state machine (`state_machine`),
-//! the snapshot files that let the log be compacted (`snapshot`), and the data directory that holds
+//! the snapshots that let the log be compacted (`snapshot`), and the data directory that holds
 //! them (`data_dir`).
 //!
 //! Both the log and the state machine are RocksDB databases, in separate directories so each can be
