@@ -151,11 +151,11 @@ where
     T: serde::de::DeserializeOwned,
 {
     let mut len = [0u8; 4];
-    match input.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+    // Only an end of stream before the first byte is clean; one inside the prefix is a cut frame.
+    if input.read(&mut len[..1]).await? == 0 {
+        return Ok(None);
     }
+    input.read_exact(&mut len[1..]).await?;
     let len = u32::from_be_bytes(len);
     if len > MAX_FRAME_LEN {
         return Err(io::Error::new(
@@ -225,6 +225,12 @@ mod tests {
         .unwrap();
         let mut truncated = &frame[..frame.len() - 1];
         assert!(read_frame::<_, RequestFrame>(&mut truncated).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_end_of_stream_inside_the_length_prefix_is_an_error() {
+        let mut cut: &[u8] = &[0, 0];
+        assert!(read_frame::<_, RequestFrame>(&mut cut).await.is_err());
     }
 
     #[tokio::test]
