@@ -50,6 +50,7 @@ use crate::types::Member;
 use crate::types::NodeId;
 use crate::types::Raft;
 use crate::types::SnapshotMeta;
+use crate::types::TypeConfig;
 
 mod membership;
 
@@ -381,21 +382,7 @@ impl Node {
                 )))
             }
         };
-        match written {
-            Ok(written) => Ok(written.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(RemoteError::NotLeader {
-                    leader: forward.leader_id.zip(forward.leader_node),
-                })
-            }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(
-                RemoteError::Unknown("the leader changed before the entry committed".into()),
-            ),
-            Err(RaftError::Fatal(fatal)) => {
-                Err(RemoteError::Unknown(format!("raft stopped: {fatal}")))
-            }
-            Err(other) => Err(RemoteError::Refused(other.to_string())),
-        }
+        written.map(|written| written.data).map_err(write_error)
     }
 
     /// A linearizable read of `key`: reflects every write acknowledged before the read began.
@@ -695,6 +682,21 @@ impl Node {
     }
 }
 
+/// Maps openraft's refusal of a write (a proposal or a membership change) to what the requester
+/// should do: go to the leader, give up with the reason, or report an unknown outcome.
+fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> RemoteError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => RemoteError::NotLeader {
+            leader: forward.leader_id.zip(forward.leader_node),
+        },
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
+            RemoteError::Unknown("the leader changed before the entry committed".into())
+        }
+        RaftError::Fatal(fatal) => RemoteError::Unknown(format!("raft stopped: {fatal}")),
+        other => RemoteError::Refused(other.to_string()),
+    }
+}
+
 impl RemoteError {
     /// Keeps the retry semantics of `self` while logging why the call failed.
     fn with_cause(self, cause: CallError) -> Self {
@@ -719,8 +721,7 @@ fn state_name(state: ServerState) -> &'static str {
 
 impl RpcHandler for Node {
     async fn handle(&self, request: Request) -> std::result::Result<Response, RemoteError> {
-        let raft_failed =
-            |e: RaftError<crate::types::TypeConfig>| RemoteError::Refused(e.to_string());
+        let raft_failed = |e: RaftError<TypeConfig>| RemoteError::Refused(e.to_string());
         match request {
             Request::AppendEntries(rpc) => self
                 .raft

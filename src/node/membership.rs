@@ -15,6 +15,7 @@ use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
 use openraft::ChangeMembers;
 
+use super::write_error;
 use super::Node;
 use super::RETRY_PAUSE;
 
@@ -418,16 +419,9 @@ fn refused(reason: String) -> RemoteError {
 /// Maps openraft's refusal of a membership change to what the requester should do.
 fn membership_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> RemoteError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => RemoteError::NotLeader {
-            leader: forward.leader_id.zip(forward.leader_node),
-        },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(
             ChangeMembershipError::InProgress(_),
         )) => busy(),
-        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
-            RemoteError::Unknown("the leader changed before the change committed".into())
-        }
-        RaftError::Fatal(fatal) => RemoteError::Unknown(format!("raft stopped: {fatal}")),
-        other => RemoteError::Refused(other.to_string()),
+        other => write_error(other),
     }
 }

@@ -31,6 +31,7 @@ use super::encode;
 use super::io_err;
 use super::open_rocksdb;
 use super::until_space;
+use super::write_until_space;
 use crate::error::Error;
 use crate::types::Entry;
 use crate::types::LogId;
@@ -228,10 +229,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let db = self.db.clone();
         blocking(move || {
-            let data = batch.data().to_vec();
-            until_space("raft log append", db.path(), || {
-                db.write(WriteBatch::from_data(&data))
-            })
+            write_until_space("raft log append", &db, batch, &WriteOptions::default())
         })
         .await?;
         // Readable now; durable (and acknowledged) once the syncer's next fsync covers it. WAL
@@ -263,10 +261,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(meta, KEY_LAST_PURGED, encode(&log_id)?);
             let end = index_key(log_id.index + 1);
             batch.delete_range_cf(logs, index_key(0), end);
-            let data = batch.data().to_vec();
-            until_space("raft log purge", db.path(), || {
-                db.write(WriteBatch::from_data(&data))
-            })?;
+            write_until_space("raft log purge", &db, batch, &WriteOptions::default())?;
             // Range deletions free space only when compacted; compacting the purged range now
             // keeps the log's disk use bounded under a steady write load.
             db.compact_range_cf(logs, None::<&[u8]>, Some(&end[..]));

@@ -29,6 +29,8 @@ use std::time::Duration;
 
 use rocksdb::ColumnFamilyDescriptor;
 use rocksdb::Options;
+use rocksdb::WriteBatch;
+use rocksdb::WriteOptions;
 use rocksdb::DB;
 
 use crate::error::Error;
@@ -124,6 +126,25 @@ fn until_space<T>(
             }
         }
     }
+}
+
+/// Writes `batch` to `db` with `opts`, waiting out a full disk like [`until_space`]. RocksDB
+/// consumes the batch it is given, so a copy of its bytes is kept to rebuild it for a retry; the
+/// first attempt uses the batch itself.
+fn write_until_space(
+    what: &str,
+    db: &DB,
+    batch: WriteBatch,
+    opts: &WriteOptions,
+) -> io::Result<()> {
+    let bytes = batch.data().to_vec();
+    let mut first = Some(batch);
+    until_space(what, db.path(), || {
+        let batch = first
+            .take()
+            .unwrap_or_else(|| WriteBatch::from_data(&bytes));
+        db.write_opt(batch, opts)
+    })
 }
 
 /// Runs blocking RocksDB work off the async workers, so a slow disk never stalls the runtime that

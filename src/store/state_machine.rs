@@ -56,6 +56,7 @@ use super::snapshot::SnapshotFile;
 use super::snapshot::SnapshotReader;
 use super::state_db::SharedStateDb;
 use super::until_space;
+use super::write_until_space;
 use crate::error::Error;
 use crate::types::Command;
 use crate::types::CommandResult;
@@ -344,10 +345,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             if let Some(removed) = &new_removed {
                 batch.put_cf(meta, KEY_REMOVED_IDS, encode(removed)?);
             }
-            let data = batch.data().to_vec();
-            until_space("state machine", db.path(), || {
-                db.write(WriteBatch::from_data(&data))
-            })?;
+            write_until_space("state machine", &db, batch, &WriteOptions::default())?;
             Ok(results)
         })
         .await?;
@@ -410,10 +408,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             while let Some((key, value)) = reader.next_pair()? {
                 batch.put_cf(data, key, value);
                 if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
-                    let data = std::mem::take(&mut batch).data().to_vec();
-                    until_space("snapshot install", next.path(), || {
-                        next.write_opt(WriteBatch::from_data(&data), &unlogged)
-                    })?;
+                    let full = std::mem::take(&mut batch);
+                    write_until_space("snapshot install", &next, full, &unlogged)?;
                 }
             }
             let meta_cf = column_family(&next, CF_META)?;
@@ -424,10 +420,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 encode(&expected_meta.last_membership)?,
             );
             batch.put_cf(meta_cf, KEY_REMOVED_IDS, encode(&reader.removed)?);
-            let last = batch.data().to_vec();
-            until_space("snapshot install", next.path(), || {
-                next.write_opt(WriteBatch::from_data(&last), &unlogged)
-            })?;
+            write_until_space("snapshot install", &next, batch, &unlogged)?;
             until_space("snapshot install", next.path(), || {
                 next.flush_cfs_opt(&[data, meta_cf], &rocksdb::FlushOptions::default())
             })?;
