@@ -8,7 +8,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/ondisk-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: ondisk deps test lint chaos cluster cluster-stop node-stop node-start clean-data
+.PHONY: ondisk deps test lint chaos bench-compare cluster cluster-stop node-stop node-start clean-data
 
 ## Build ./ondisk at the repository root.
 ondisk: deps
@@ -22,15 +22,20 @@ deps:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libclang-dev clang g++ >/dev/null; \
 	fi
+	@if ! command -v protoc >/dev/null; then \
+		echo "installing protobuf-compiler (the benchmark's etcd client is generated from etcd's .proto files)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq protobuf-compiler >/dev/null; \
+	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo is required: install Rust from your distribution or rustup"; exit 1; }
 
 ## Everything CI checks: formatting, lints, unit and integration tests.
 test: deps lint
-	$(CARGO) test --release --locked --all-targets
+	$(CARGO) test --release --locked --workspace --all-targets
 
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
 ## The fault-injection suite at length: make chaos DURATION=30m [SEED=N] (a bounded run is part of
 ## `make test`). Needs root, for network namespaces; see docs/TESTING.md.
@@ -39,6 +44,23 @@ SEED ?=
 chaos: deps
 	ONDISK_CHAOS_DURATION=$(DURATION) ONDISK_CHAOS_SEED=$(SEED) \
 		$(CARGO) test --release --locked --test chaos -- --ignored --exact --nocapture long_run
+
+## ondisk and etcd side by side (3 nodes each, loopback, fsync on): every workload on each in
+## alternation, ROUNDS times, then one table of medians and ratios. Installs etcd if missing.
+## See BENCHMARKS.md. Example: make bench-compare ROUNDS=3 DURATION=5s BIG_KEYS=1000000
+ROUNDS ?= 3
+BENCH_DURATION ?= 5s
+BIG_KEYS ?= 1000000
+BENCH_ARGS ?=
+bench-compare: deps
+	@command -v etcd >/dev/null || { \
+		echo "installing etcd (Debian's etcd-server)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq etcd-server etcd-client >/dev/null; }
+	$(CARGO) build --release --locked --bin ondisk --bin ondisk-bench
+	"$(CARGO_TARGET_DIR)/release/ondisk-bench" compare \
+		--ondisk "$(CARGO_TARGET_DIR)/release/ondisk" --etcd "$$(command -v etcd)" \
+		--rounds $(ROUNDS) --duration $(BENCH_DURATION) --big-keys $(BIG_KEYS) $(BENCH_ARGS)
 
 ## Three nodes in the background (kv-db layout, HTTP on 12380/22380/32380); waits for a leader.
 cluster: ondisk

@@ -328,17 +328,7 @@ impl Node {
                     Err(RemoteError::NotLeader { .. }) => {
                         self.pause_unless_leader_changes(Some(leader)).await
                     }
-                    Err(RemoteError::Refused(reason)) => return Err(Error::Refused(reason)),
-                    Err(RemoteError::Removed) => return Err(Error::Removed),
-                    Err(RemoteError::TimedOut) => {
-                        return Err(Error::Timeout {
-                            op,
-                            after: self.timeout,
-                        })
-                    }
-                    Err(RemoteError::Unknown(reason)) => {
-                        return Err(Error::OutcomeUnknown { op, reason })
-                    }
+                    Err(other) => return Err(other.into_error(op, self.timeout)),
                 }
             }
         })
@@ -719,6 +709,16 @@ fn state_name(state: ServerState) -> &'static str {
     }
 }
 
+/// How a failed read is reported to a native-protocol client. A read changes nothing, so every
+/// failure is safe to retry; only the reason's wording matters.
+fn read_error(error: Error) -> RemoteError {
+    match error {
+        Error::Timeout { .. } => RemoteError::TimedOut,
+        Error::Removed => RemoteError::Removed,
+        other => RemoteError::Refused(other.to_string()),
+    }
+}
+
 impl RpcHandler for Node {
     async fn handle(&self, request: Request) -> std::result::Result<Response, RemoteError> {
         let raft_failed = |e: RaftError<TypeConfig>| RemoteError::Refused(e.to_string());
@@ -760,6 +760,14 @@ impl RpcHandler for Node {
                 self.submit_locally(request).await.map(Response::Proposed)
             }
             Request::ReadIndex => self.read_index_locally().await.map(Response::ReadIndex),
+            Request::Get { key, linearizable } => {
+                let value = if linearizable {
+                    self.get(&key).await
+                } else {
+                    self.get_stale(&key).await
+                };
+                value.map(Response::Value).map_err(read_error)
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The node-to-node transport: length-prefixed bincode frames over persistent TCP connections.
 //!
 //! One connection per peer carries every kind of traffic (Raft's append, vote and snapshot RPCs and
-//! the client requests followers forward to the leader). Requests carry ids, so many can be in
+//! the client requests followers forward to the leader). Clients of the native protocol
+//! ([`crate::client`]) use the same port and frames for their writes and reads. Requests carry ids, so many can be in
 //! flight on one connection and answers may come back in any order.
 //!
 //! - `wire`: the frame format and the messages.
@@ -15,6 +16,7 @@ mod server;
 mod wire;
 
 pub use client::CallError;
+pub use client::Peer;
 pub use client::Peers;
 pub use raft_network::NetworkFactory;
 pub use server::serve;

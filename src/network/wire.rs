@@ -5,6 +5,7 @@
 //! node allocate gigabytes.
 
 use std::io;
+use std::time::Duration;
 
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
@@ -19,6 +20,7 @@ use serde::Serialize;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
 
+use crate::error::Error;
 use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::Member;
@@ -50,6 +52,12 @@ pub enum Request {
     /// A follower asking the leader for a read index: the log index a linearizable read must wait
     /// for the follower's state machine to reach.
     ReadIndex,
+    /// A client reading one key from the receiver's state machine: linearizable (after a read
+    /// index round, forwarded to the leader if need be) or as the receiver has it now.
+    Get {
+        key: Vec<u8>,
+        linearizable: bool,
+    },
 }
 
 /// A membership change as a user asks for it; the leader checks it against the cluster's rules
@@ -88,6 +96,8 @@ pub enum Response {
     Proposed(CommandResult),
     ReadIndex(u64),
     Acknowledged,
+    /// The value a [`Request::Get`] found, if any.
+    Value(Option<Vec<u8>>),
 }
 
 /// Why the remote node did not serve a request.
@@ -110,6 +120,21 @@ pub enum RemoteError {
     /// changed before it committed).
     #[error("outcome unknown: {0}")]
     Unknown(String),
+}
+
+impl RemoteError {
+    /// The library error that a remote failure of `op` becomes once the caller stops retrying
+    /// (`timeout` is the caller's deadline, for the message).
+    pub fn into_error(self, op: &'static str, timeout: Duration) -> Error {
+        match self {
+            RemoteError::NotLeader { .. } | RemoteError::TimedOut => {
+                Error::Timeout { op, after: timeout }
+            }
+            RemoteError::Refused(reason) => Error::Refused(reason),
+            RemoteError::Removed => Error::Removed,
+            RemoteError::Unknown(reason) => Error::OutcomeUnknown { op, reason },
+        }
+    }
 }
 
 /// A request with the id its answer will carry.

@@ -1,0 +1,143 @@
+//! Three-member clusters of each system on loopback, each in its own data directory, with fsync
+//! on (the default of both): started, stopped and restarted as an operator would.
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::Context;
+
+use crate::process::disk_bytes;
+use crate::process::free_port;
+use crate::process::Server;
+use crate::target::System;
+
+/// How many members each cluster has.
+pub const MEMBERS: usize = 3;
+
+/// One cluster: how to start each member, and the members running now.
+pub struct Cluster {
+    pub system: System,
+    dir: PathBuf,
+    commands: Vec<(String, Vec<String>)>,
+    bin: PathBuf,
+    servers: Vec<Server>,
+    /// Where clients connect: ondisk's raft addresses, etcd's client addresses.
+    pub endpoints: Vec<String>,
+}
+
+impl Cluster {
+    /// A 3-node ondisk cluster under `dir`; not started yet.
+    pub fn ondisk(bin: &Path, dir: &Path) -> anyhow::Result<Cluster> {
+        let raft: Vec<String> = (0..MEMBERS)
+            .map(|_| free_port().map(|port| format!("127.0.0.1:{port}")))
+            .collect::<anyhow::Result<_>>()?;
+        let data_dir = dir.join("ondisk");
+        let commands = (0..MEMBERS)
+            .map(|i| {
+                let args = vec![
+                    format!("--nodeid={}", i + 1),
+                    format!("--cluster={}", raft.join(",")),
+                    format!("--http=127.0.0.1:{}", free_port()?),
+                    format!("--data-dir={}", data_dir.display()),
+                    "--no-repl".to_string(),
+                ];
+                Ok((format!("ondisk-{}", i + 1), args))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Cluster {
+            system: System::Ondisk,
+            dir: data_dir,
+            commands,
+            bin: bin.to_path_buf(),
+            servers: Vec::new(),
+            endpoints: raft,
+        })
+    }
+
+    /// A 3-member etcd cluster under `dir`; not started yet.
+    pub fn etcd(bin: &Path, dir: &Path) -> anyhow::Result<Cluster> {
+        let mut peer_urls = Vec::new();
+        let mut client_addrs = Vec::new();
+        for _ in 0..MEMBERS {
+            peer_urls.push(format!("http://127.0.0.1:{}", free_port()?));
+            client_addrs.push(format!("127.0.0.1:{}", free_port()?));
+        }
+        let initial_cluster = peer_urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| format!("etcd-{}={url}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let data_dir = dir.join("etcd");
+        let commands = (0..MEMBERS)
+            .map(|i| {
+                let name = format!("etcd-{}", i + 1);
+                let client_url = format!("http://{}", client_addrs[i]);
+                let args = vec![
+                    format!("--name={name}"),
+                    format!("--data-dir={}", data_dir.join(&name).display()),
+                    format!("--listen-client-urls={client_url}"),
+                    format!("--advertise-client-urls={client_url}"),
+                    format!("--listen-peer-urls={}", peer_urls[i]),
+                    format!("--initial-advertise-peer-urls={}", peer_urls[i]),
+                    format!("--initial-cluster={initial_cluster}"),
+                    "--initial-cluster-state=new".to_string(),
+                    "--initial-cluster-token=ondisk-bench".to_string(),
+                    "--logger=zap".to_string(),
+                    "--log-outputs=stderr".to_string(),
+                    "--log-level=warn".to_string(),
+                ];
+                (name, args)
+            })
+            .collect();
+        Ok(Cluster {
+            system: System::Etcd,
+            dir: data_dir,
+            commands,
+            bin: bin.to_path_buf(),
+            servers: Vec::new(),
+            endpoints: client_addrs,
+        })
+    }
+
+    /// Starts every member (they find each other by themselves).
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        for (name, args) in &self.commands {
+            let mut command = Command::new(&self.bin);
+            command.args(args);
+            let log = self.dir.join(format!("{name}.out"));
+            self.servers
+                .push(Server::spawn(name.clone(), command, &log)?);
+        }
+        Ok(())
+    }
+
+    /// Stops every member with SIGTERM and waits for each.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        for server in self.servers.drain(..) {
+            server.stop()?;
+        }
+        Ok(())
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers.iter().map(Server::pid).collect()
+    }
+
+    /// The largest resident set of any member, in bytes.
+    pub fn max_rss(&self) -> u64 {
+        self.servers
+            .iter()
+            .map(Server::rss_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Bytes on disk of the whole cluster divided by its members.
+    pub fn disk_per_member(&self) -> u64 {
+        disk_bytes(&self.dir) / MEMBERS as u64
+    }
+}

@@ -1,0 +1,372 @@
+//! `ondisk-bench compare`: both systems side by side on this machine, each workload run on each
+//! system in turn (the order alternating between rounds, so neither always runs on a warmer
+//! machine), and one table of medians with ratios ondisk/etcd.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ondisk::client::Consistency;
+use tokio::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::target::KvTarget;
+use crate::target::System;
+use crate::target::Target;
+use crate::workload;
+use crate::workload::key;
+use crate::workload::Outcome;
+use crate::workload::Spec;
+use crate::workload::Workload;
+
+/// Everything the comparison is told.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub ondisk_bin: PathBuf,
+    pub etcd_bin: PathBuf,
+    pub dir: PathBuf,
+    pub rounds: usize,
+    pub workloads: Vec<Workload>,
+    pub clients: Vec<usize>,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub keys: u64,
+    pub value_size: usize,
+    /// Keys loaded for the memory and restart measurements (0 skips them).
+    pub big_keys: u64,
+}
+
+/// Keys present when the small restart is timed.
+pub const SMALL_RESTART_KEYS: u64 = 1_000;
+/// Concurrent writers while loading keys.
+const LOAD_CLIENTS: usize = 256;
+/// How long a cluster may take to serve its first linearizable read after a start.
+const START_DEADLINE: Duration = Duration::from_secs(120);
+/// Pause between readiness probes.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Per system, what the memory and restart phase measured.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct Capacity {
+    restart_small_secs: f64,
+    load_big_secs: f64,
+    rss_big_bytes: u64,
+    disk_big_bytes: u64,
+    restart_big_secs: f64,
+    rss_after_restart_bytes: u64,
+}
+
+/// Runs the whole comparison and prints the tables; returns the results as JSON.
+pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
+    let mut clusters = [
+        Cluster::ondisk(&plan.ondisk_bin, &plan.dir)?,
+        Cluster::etcd(&plan.etcd_bin, &plan.dir)?,
+    ];
+    let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
+    for cluster in &mut clusters {
+        cluster.start()?;
+        let waited = wait_serving(cluster, Instant::now()).await;
+        let waited = waited.with_context(|| format!("{} did not start", cluster.system))?;
+        eprintln!("{} serving after {waited:.2?}", cluster.system);
+        let target = Target::connect(cluster.system, cluster.endpoints.clone()).await?;
+        load(&target, 0..SMALL_RESTART_KEYS, plan.value_size).await?;
+        drop(target);
+        let restart = restart(cluster).await?;
+        eprintln!(
+            "{} restart with {SMALL_RESTART_KEYS} keys: {restart:.2?}",
+            cluster.system
+        );
+        capacity
+            .entry(cluster.system.to_string())
+            .or_default()
+            .restart_small_secs = restart.as_secs_f64();
+        let target = Target::connect(cluster.system, cluster.endpoints.clone()).await?;
+        load(&target, SMALL_RESTART_KEYS..plan.keys, plan.value_size).await?;
+    }
+
+    let mut outcomes: BTreeMap<(Workload, usize, System), Vec<Outcome>> = BTreeMap::new();
+    let targets = [
+        Arc::new(Target::connect(System::Ondisk, clusters[0].endpoints.clone()).await?),
+        Arc::new(Target::connect(System::Etcd, clusters[1].endpoints.clone()).await?),
+    ];
+    for round in 0..plan.rounds {
+        for &workload in &plan.workloads {
+            for &clients in &plan.clients {
+                let spec = Spec {
+                    workload,
+                    clients,
+                    warmup: plan.warmup,
+                    duration: plan.duration,
+                    keys: plan.keys,
+                    value_size: plan.value_size,
+                };
+                let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+                for i in order {
+                    let system = clusters[i].system;
+                    let outcome =
+                        workload::run(targets[i].clone(), &spec, &clusters[i].pids()).await?;
+                    eprintln!(
+                        "round {} {workload} x{clients} {system}: {:.0} ops/s p50 {} us p99 {} us errors {}",
+                        round + 1,
+                        outcome.ops_per_sec,
+                        outcome.p50_us,
+                        outcome.p99_us,
+                        outcome.errors
+                    );
+                    outcomes
+                        .entry((workload, clients, system))
+                        .or_default()
+                        .push(outcome);
+                }
+            }
+        }
+    }
+    drop(targets);
+
+    if plan.big_keys > plan.keys {
+        for cluster in &mut clusters {
+            let entry = capacity.entry(cluster.system.to_string()).or_default();
+            let target = Target::connect(cluster.system, cluster.endpoints.clone()).await?;
+            let began = Instant::now();
+            load(&target, plan.keys..plan.big_keys, plan.value_size).await?;
+            entry.load_big_secs = began.elapsed().as_secs_f64();
+            entry.rss_big_bytes = cluster.max_rss();
+            entry.disk_big_bytes = cluster.disk_per_member();
+            drop(target);
+            let restart = restart(cluster).await?;
+            entry.restart_big_secs = restart.as_secs_f64();
+            entry.rss_after_restart_bytes = cluster.max_rss();
+            eprintln!(
+                "{}: {} keys loaded in {:.1} s, RSS {} MiB, restart {restart:.2?}",
+                cluster.system,
+                plan.big_keys,
+                entry.load_big_secs,
+                entry.rss_big_bytes >> 20
+            );
+        }
+    }
+    for cluster in &mut clusters {
+        cluster.stop()?;
+    }
+
+    let medians: Vec<Row> = outcomes
+        .iter()
+        .filter(|((_, _, system), _)| *system == System::Ondisk)
+        .filter_map(|((workload, clients, _), ondisk)| {
+            let etcd = outcomes.get(&(*workload, *clients, System::Etcd))?;
+            Some(Row {
+                workload: *workload,
+                clients: *clients,
+                ondisk: median(ondisk),
+                etcd: median(etcd),
+            })
+        })
+        .collect();
+    print_table(plan, &medians, &capacity);
+    Ok(serde_json::json!({
+        "rounds": plan.rounds,
+        "duration_secs": plan.duration.as_secs_f64(),
+        "keys": plan.keys,
+        "value_size": plan.value_size,
+        "big_keys": plan.big_keys,
+        "medians": medians,
+        "capacity": capacity,
+    }))
+}
+
+/// Stops every member, starts them again, and returns how long from the start until the cluster
+/// answered a linearizable read.
+async fn restart(cluster: &mut Cluster) -> anyhow::Result<Duration> {
+    cluster.stop()?;
+    let began = Instant::now();
+    cluster.start()?;
+    wait_serving(cluster, began).await
+}
+
+/// Polls every member with linearizable reads until each has answered one; returns the time
+/// since `began`. Every member, because load is spread over all of them.
+async fn wait_serving(cluster: &Cluster, began: Instant) -> anyhow::Result<Duration> {
+    let deadline = began + START_DEADLINE;
+    for endpoint in &cluster.endpoints {
+        let target = loop {
+            match Target::connect(cluster.system, vec![endpoint.clone()]).await {
+                Ok(target) => break target,
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(POLL).await,
+            }
+        };
+        loop {
+            match target.get(key(0), Consistency::Linearizable).await {
+                Ok(()) => break,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(e.context(format!(
+                        "{endpoint} gave no linearizable read within {START_DEADLINE:?}"
+                    )))
+                }
+                Err(_) => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+    Ok(began.elapsed())
+}
+
+/// Writes every key of `keys` once, from [`LOAD_CLIENTS`] concurrent writers.
+async fn load(
+    target: &Target,
+    keys: std::ops::Range<u64>,
+    value_size: usize,
+) -> anyhow::Result<()> {
+    let value = vec![b'v'; value_size];
+    let writers = (0..LOAD_CLIENTS as u64).map(|writer| {
+        let keys = keys.clone();
+        let value = value.clone();
+        async move {
+            let mut n = keys.start + writer;
+            while n < keys.end {
+                target
+                    .put(key(n), value.clone())
+                    .await
+                    .with_context(|| format!("loading key {n}"))?;
+                n += LOAD_CLIENTS as u64;
+            }
+            anyhow::Ok(())
+        }
+    });
+    futures::future::try_join_all(writers).await.map(drop)
+}
+
+/// Medians per workload, client count and system.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Row {
+    workload: Workload,
+    clients: usize,
+    ondisk: Outcome,
+    etcd: Outcome,
+}
+
+/// Each figure's median over the rounds, taken separately.
+fn median(runs: &[Outcome]) -> Outcome {
+    fn mid<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+        values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        values[values.len() / 2]
+    }
+    let of = |f: fn(&Outcome) -> f64| mid(runs.iter().map(f).collect());
+    let of_u = |f: fn(&Outcome) -> u64| mid(runs.iter().map(f).collect());
+    Outcome {
+        ops_per_sec: of(|o| o.ops_per_sec),
+        errors: runs.iter().map(|o| o.errors).sum(),
+        p50_us: of_u(|o| o.p50_us),
+        p90_us: of_u(|o| o.p90_us),
+        p99_us: of_u(|o| o.p99_us),
+        p999_us: of_u(|o| o.p999_us),
+        client_cores: of(|o| o.client_cores),
+        server_cpu_us_per_op: of(|o| o.server_cpu_us_per_op),
+        first_error: runs.iter().find_map(|o| o.first_error.clone()),
+    }
+}
+
+fn print_table(plan: &Plan, rows: &[Row], capacity: &BTreeMap<String, Capacity>) {
+    println!(
+        "\nMedians of {} alternating rounds, {} s each after {} s warm-up, {} keys, {}-byte values.\n",
+        plan.rounds,
+        plan.duration.as_secs_f64(),
+        plan.warmup.as_secs_f64(),
+        plan.keys,
+        plan.value_size
+    );
+    println!("| workload | clients | ondisk ops/s | etcd ops/s | ratio | ondisk p50 / p99 / p99.9 ms | etcd p50 / p99 / p99.9 ms | p99 ratio | errors o/e | client cores o/e | server CPU µs/op o/e |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let ms = |us: u64| us as f64 / 1000.0;
+    for row in rows {
+        let (o, e) = (&row.ondisk, &row.etcd);
+        println!(
+            "| {} | {} | {:.0} | {:.0} | **{:.2}×** | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} | {} / {} | {:.2} / {:.2} | {:.0} / {:.0} |",
+            row.workload,
+            row.clients,
+            o.ops_per_sec,
+            e.ops_per_sec,
+            ratio(o.ops_per_sec, e.ops_per_sec),
+            ms(o.p50_us),
+            ms(o.p99_us),
+            ms(o.p999_us),
+            ms(e.p50_us),
+            ms(e.p99_us),
+            ms(e.p999_us),
+            ratio(o.p99_us as f64, e.p99_us as f64),
+            o.errors,
+            e.errors,
+            o.client_cores,
+            e.client_cores,
+            o.server_cpu_us_per_op,
+            e.server_cpu_us_per_op,
+        );
+    }
+    for row in rows {
+        for (system, outcome) in [("ondisk", &row.ondisk), ("etcd", &row.etcd)] {
+            if let Some(error) = &outcome.first_error {
+                println!(
+                    "\n{system} {} x{}: first error: {error}",
+                    row.workload, row.clients
+                );
+            }
+        }
+    }
+    let (Some(o), Some(e)) = (capacity.get("ondisk"), capacity.get("etcd")) else {
+        return;
+    };
+    println!("\n| | ondisk | etcd | ratio |\n|---|---:|---:|---:|");
+    let secs = |label: &str, o: f64, e: f64| {
+        println!("| {label} | {o:.2} s | {e:.2} s | {:.2} |", ratio(o, e));
+    };
+    secs(
+        &format!("full restart to first linearizable read, {SMALL_RESTART_KEYS} keys"),
+        o.restart_small_secs,
+        e.restart_small_secs,
+    );
+    if plan.big_keys > plan.keys {
+        let mib = |label: &str, o: u64, e: u64| {
+            println!(
+                "| {label} | {} MiB | {} MiB | {:.2} |",
+                o >> 20,
+                e >> 20,
+                ratio(o as f64, e as f64)
+            );
+        };
+        let n = plan.big_keys;
+        secs(
+            &format!("loading up to {n} keys"),
+            o.load_big_secs,
+            e.load_big_secs,
+        );
+        mib(
+            &format!("largest member RSS, {n} keys"),
+            o.rss_big_bytes,
+            e.rss_big_bytes,
+        );
+        mib(
+            &format!("disk per member, {n} keys"),
+            o.disk_big_bytes,
+            e.disk_big_bytes,
+        );
+        secs(
+            &format!("full restart to first linearizable read, {n} keys"),
+            o.restart_big_secs,
+            e.restart_big_secs,
+        );
+        mib(
+            "largest member RSS just after that restart",
+            o.rss_after_restart_bytes,
+            e.rss_after_restart_bytes,
+        );
+    }
+}
+
+fn ratio(ondisk: f64, etcd: f64) -> f64 {
+    if etcd == 0.0 {
+        f64::NAN
+    } else {
+        ondisk / etcd
+    }
+}

@@ -1,0 +1,194 @@
+//! `ondisk-bench`: closed-loop load against ondisk (native protocol) or etcd (gRPC), and the
+//! side-by-side comparison that `make bench-compare` runs. See BENCHMARKS.md for the method.
+
+mod cluster;
+mod compare;
+mod process;
+mod target;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use clap::Subcommand;
+
+use crate::target::System;
+use crate::target::Target;
+use crate::workload::Spec;
+use crate::workload::Workload;
+
+/// Load generator for ondisk and etcd.
+#[derive(Debug, Parser)]
+#[command(name = "ondisk-bench", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Drive a running cluster with one workload and print what it measured (JSON).
+    Run {
+        /// Which system the endpoints belong to.
+        #[arg(long, value_enum)]
+        system: System,
+        /// ondisk: the nodes' raft addresses; etcd: the members' client addresses (HOST:PORT,...).
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+        #[command(flatten)]
+        load: LoadArgs,
+        #[arg(long, value_enum, default_value_t = Workload::Put)]
+        workload: Workload,
+        /// Concurrent clients, each with one request in flight.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+    },
+    /// Start a 3-node ondisk and a 3-member etcd cluster on loopback, run every workload on each
+    /// in alternation, print one table of medians with ratios ondisk/etcd, and stop both.
+    Compare {
+        /// The ondisk binary to start.
+        #[arg(long, default_value = "ondisk")]
+        ondisk: PathBuf,
+        /// The etcd binary to start.
+        #[arg(long, default_value = "etcd")]
+        etcd: PathBuf,
+        /// Where both clusters keep their data (removed afterwards unless --keep).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the data directory (logs included) after the run.
+        #[arg(long)]
+        keep: bool,
+        /// Rounds; each runs every workload on both systems.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "put,get,stale-get,mixed"
+        )]
+        workloads: Vec<Workload>,
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        clients: Vec<usize>,
+        /// Keys loaded at the end to measure memory and restart time (0: skip that phase).
+        #[arg(long = "big-keys", default_value_t = 1_000_000)]
+        big_keys: u64,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+}
+
+/// What every measured run shares.
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// Untimed warm-up before each measured window.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Length of each measured window.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Size of the key space.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Bytes per written value.
+    #[arg(long = "value-size", default_value_t = 128)]
+    value_size: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Command::Run {
+            system,
+            endpoints,
+            load,
+            workload,
+            clients,
+        } => {
+            let target = Arc::new(Target::connect(system, endpoints).await?);
+            let spec = Spec {
+                workload,
+                clients,
+                warmup: load.warmup,
+                duration: load.duration,
+                keys: load.keys.max(1),
+                value_size: load.value_size,
+            };
+            let outcome = workload::run(target, &spec, &[]).await?;
+            println!("{}", serde_json::to_string(&outcome)?);
+            Ok(())
+        }
+        Command::Compare {
+            ondisk,
+            etcd,
+            dir,
+            keep,
+            rounds,
+            workloads,
+            clients,
+            big_keys,
+            json,
+            load,
+        } => {
+            let dir = match dir {
+                Some(dir) => dir,
+                None => std::env::temp_dir().join(format!("ondisk-bench-{}", std::process::id())),
+            };
+            if dir.exists() {
+                anyhow::bail!("{} exists; give a new directory with --dir", dir.display());
+            }
+            let plan = compare::Plan {
+                ondisk_bin: ondisk,
+                etcd_bin: etcd,
+                dir: dir.clone(),
+                rounds: rounds.max(1),
+                workloads,
+                clients,
+                warmup: load.warmup,
+                duration: load.duration,
+                keys: load.keys.max(compare::SMALL_RESTART_KEYS),
+                value_size: load.value_size,
+                big_keys,
+            };
+            let result = tokio::select! {
+                result = compare::run(&plan) => result,
+                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            };
+            // The directory did not exist before the run, so everything in it is ours.
+            if !keep {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("cannot remove {}", dir.display()))?;
+            }
+            let result = result?;
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&result)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Server processes the comparison starts, and what it reads about them from `/proc`.
+//!
+//! Every child is held by a [`Server`] whose drop kills and reaps it, so the comparison stops
+//! exactly what it started, whether it finishes, fails or is interrupted.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+
+use anyhow::Context;
+
+/// A running server process, killed when dropped.
+pub struct Server {
+    name: String,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Starts `command` with its output appended to `log`.
+    pub fn spawn(name: String, mut command: Command, log: &Path) -> anyhow::Result<Server> {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({command:?})"))?;
+        Ok(Server {
+            name,
+            child: Some(child),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for it, as an operator's restart would.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+            // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            child
+                .wait()
+                .with_context(|| format!("waiting for {} to stop", self.name))?;
+        }
+        Ok(())
+    }
+
+    /// Resident memory in bytes (VmRSS), or 0 if the process is gone.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A loopback port nobody listens on right now. The kernel picks it; it is released at once, so
+/// another program could take it before the server binds it — the server then fails to start
+/// with "address in use" and the comparison stops with that error.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// User plus system CPU seconds this process has used.
+pub fn cpu_seconds_self() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a complete rusage into the buffer we own and returns 0 on success.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
+    if !ok {
+        return 0.0;
+    }
+    // SAFETY: initialised by the successful call above (and zeroed before it).
+    let usage = unsafe { usage.assume_init() };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// User plus system CPU seconds the processes `pids` have used (from `/proc/PID/stat`).
+pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name, which is in parentheses and may contain spaces.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .sum()
+}
+
+/// Bytes used by the files under `dir`.
+pub fn disk_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => pending.push(entry.path()),
+                Ok(meta) => total += meta.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
