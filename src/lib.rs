@@ -2,6 +2,7 @@
 //! RocksDB, driven from a REPL and an HTTP API. See `docs/ARCHITECTURE.md` for how the layers fit.
 
 pub mod cli;
+pub mod ctl;
 pub mod error;
 pub mod http;
 pub mod logging;
