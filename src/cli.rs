@@ -322,6 +322,21 @@ mod tests {
     }
 
     #[test]
+    fn nothing_after_a_double_dash_is_rewritten() {
+        let argv = ["ondisk", "ctl", "-json", "put", "--", "-key", "-value"].map(OsString::from);
+        let rewritten = go_style(argv);
+        assert_eq!(rewritten[2], "--json");
+        assert_eq!(rewritten[5], "-key");
+        assert_eq!(rewritten[6], "-value");
+    }
+
+    #[test]
+    fn a_subcommand_gets_its_own_program_name() {
+        let mut argv = ["ondisk", "restore", "b.snap"].map(OsString::from).to_vec();
+        assert_eq!(subcommand_argv(&mut argv), ["ondisk restore", "b.snap"]);
+    }
+
+    #[test]
     fn default_ids_map_to_the_original_addresses() {
         let a = args("-nodeid 2").addresses().unwrap();
         assert_eq!(a.raft, "localhost:63002");

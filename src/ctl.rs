@@ -67,12 +67,15 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// Set KEY to VALUE (VALUE `-` reads the value from stdin, so it may be binary).
     Put {
+        /// The key (any bytes the shell can pass).
         key: OsString,
+        /// The value, or `-` to read it from stdin.
         #[arg(allow_hyphen_values = true)]
         value: OsString,
     },
     /// Print KEY's value (raw bytes); fails if KEY is absent. Linearizable unless --stale.
     Get {
+        /// The key to read.
         key: OsString,
         /// Read the answering node's state as it is, without asking the leader (faster, may be
         /// behind).
@@ -80,18 +83,25 @@ pub enum CtlCommand {
         stale: bool,
     },
     /// Delete KEY (deleting an absent key is not an error).
-    Delete { key: OsString },
+    Delete {
+        /// The key to delete.
+        key: OsString,
+    },
     /// Set KEY to NEW only if it currently holds EXPECTED (compare-and-swap); fails otherwise and
     /// shows the current value.
     Cas {
+        /// The key to change.
         key: OsString,
+        /// The value KEY must hold now (`-` reads it from stdin).
         #[arg(allow_hyphen_values = true)]
         expected: OsString,
+        /// The value to set (`-` reads it from stdin).
         #[arg(allow_hyphen_values = true)]
         new: OsString,
     },
     /// List pairs whose key starts with PREFIX, in key order (tab-separated).
     Scan {
+        /// Only keys starting with this (default: every key).
         #[arg(default_value = "")]
         prefix: OsString,
         /// Most pairs to list (at most 100000).
@@ -107,11 +117,18 @@ pub enum CtlCommand {
     /// snapshot, log range, and lag behind the leader's log.
     Status,
     /// Add node ID at raft address ADDR as a learner that stays one (it never votes).
-    AddLearner { id: NodeId, addr: String },
+    AddLearner {
+        /// The new node's id; an id removed before cannot be used again.
+        id: NodeId,
+        /// The new node's raft address, HOST:PORT (its -addr).
+        addr: String,
+    },
     /// Add node ID at raft address ADDR as a voter: it joins as a learner and the leader promotes
     /// it once it has caught up. Start the node with -join first.
     AddVoter {
+        /// The new node's id; an id removed before cannot be used again.
         id: NodeId,
+        /// The new node's raft address, HOST:PORT (its -addr).
         addr: String,
         /// Refuse unless the membership was last changed at this log index (see `members`), so a
         /// change decided on an outdated view is never applied.
@@ -122,16 +139,25 @@ pub enum CtlCommand {
         wait: Duration,
     },
     /// Remove node ID (voter or learner); it shuts down once it learns it.
-    Remove { id: NodeId },
+    Remove {
+        /// The member to remove.
+        id: NodeId,
+    },
     /// Print the answering node's last applied log index.
     AppliedIndex,
     /// Take a snapshot on the answering node now (which also lets its log be compacted).
     Snapshot,
     /// Make voter ID the leader (openraft's leader transfer; no restart).
-    TransferLeader { id: NodeId },
+    TransferLeader {
+        /// The voter to lead.
+        id: NodeId,
+    },
     /// Write a consistent snapshot of the state machine to FILE, with its log id and checksum;
     /// the file appears only once its checksum has been verified. Restore with `ondisk restore`.
-    Backup { file: PathBuf },
+    Backup {
+        /// Where to write the backup; its directory must exist.
+        file: PathBuf,
+    },
 }
 
 /// Why a ctl command failed; printed as one line.
@@ -482,7 +508,8 @@ fn status(client: &Client, json: bool) -> Result<()> {
                     ),
                 ]
             }
-            Err(e) => vec![endpoint.clone(), "-".into(), format!("unreachable: {e}")],
+            // The reason is in the --json output; in the table it would swamp the columns.
+            Err(_) => vec![endpoint.clone(), "-".into(), "unreachable".into()],
         })
         .collect();
     print_table(

@@ -214,6 +214,19 @@ fn cluster_commands_report_members_leader_status_and_indexes() {
     common::wait_until(SETTLE_TIMEOUT, "all three are voters", || {
         roles(e) == Some(BTreeMap::from([(1, true), (2, true), (3, true)]))
     });
+    // `status` finds the nodes through the HTTP addresses each records in the membership.
+    common::wait_until(
+        SETTLE_TIMEOUT,
+        "every member's HTTP address is known",
+        || {
+            let doc = json(ctl(e, &["--json", "members"]), "members");
+            doc["members"].as_array().is_some_and(|members| {
+                members
+                    .iter()
+                    .all(|m| m["http_addr"].as_str().is_some_and(|a| !a.is_empty()))
+            })
+        },
+    );
 
     let members = text(&ok(ctl(e, &["members"]), "members"));
     assert!(members.starts_with("membership index: "), "{members}");
