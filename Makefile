@@ -12,7 +12,7 @@ CARGO ?= cargo
 
 ## Build ./ondisk at the repository root.
 ondisk: deps
-	$(CARGO) build --release --locked --bin ondisk
+	$(CARGO) build --release --locked --workspace --bins
 	cp "$(CARGO_TARGET_DIR)/release/ondisk" ./ondisk.new && mv -f ./ondisk.new ./ondisk
 
 ## Install what the build needs: libclang for RocksDB's bindings, a C++ compiler.
@@ -57,7 +57,7 @@ bench-compare: deps
 		echo "installing etcd (Debian's etcd-server)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq etcd-server etcd-client >/dev/null; }
-	$(CARGO) build --release --locked --bin ondisk --bin ondisk-bench
+	$(CARGO) build --release --locked --workspace --bins
 	"$(CARGO_TARGET_DIR)/release/ondisk-bench" compare \
 		--ondisk "$(CARGO_TARGET_DIR)/release/ondisk" --etcd "$$(command -v etcd)" \
 		--rounds $(ROUNDS) --duration $(BENCH_DURATION) --big-keys $(BIG_KEYS) $(BENCH_ARGS)

@@ -19,29 +19,14 @@ const DEFAULT_RAFT_ADDRS: [&str; 3] = ["localhost:63001", "localhost:63002", "lo
 const HTTP_PORT_OFFSET: u16 = 1000;
 
 /// ondisk: a replicated key-value store (Raft over RocksDB) with a REPL and an HTTP API.
+///
+/// Subcommands: `ondisk ctl ...` (a client for a running cluster) and `ondisk restore ...`
+/// (a new node from a backup); see `ondisk ctl -h` and `ondisk restore -h`.
 #[derive(Debug, Parser)]
 #[command(name = "ondisk", version)]
 pub struct Args {
-    /// This node's id. Ids 1, 2 and 3 have default addresses (localhost:63001..63003).
-    #[arg(long = "nodeid", visible_aliases = ["replicaid", "id"], default_value_t = 1)]
-    pub node_id: NodeId,
-
-    /// This node's raft address, HOST:PORT (default: from -nodeid, or from --cluster).
-    #[arg(long)]
-    pub addr: Option<String>,
-
-    /// Initial members' raft addresses in id order, comma-separated; entry N is node N
-    /// (an `http://` prefix is accepted, as in kv-db).
-    #[arg(long)]
-    pub cluster: Option<String>,
-
-    /// HTTP API address, HOST:PORT (default: the raft host, raft port + 1000).
-    #[arg(long)]
-    pub http: Option<String>,
-
-    /// HTTP API port on the raft address's host (the kv-db form; -http takes precedence).
-    #[arg(long)]
-    pub port: Option<u16>,
+    #[command(flatten)]
+    pub address: AddressArgs,
 
     /// Directory holding every node's data; this node uses DIR/node<ID>/.
     #[arg(long = "data-dir", default_value = "example-data")]
@@ -86,19 +71,110 @@ pub struct Args {
     pub test_fault: Option<InjectedFault>,
 }
 
-impl Args {
-    /// Parses the process's arguments, accepting single-dash long flags.
-    pub fn parse_go_style() -> Self {
-        Args::parse_from(go_style(std::env::args_os()))
+/// The flags that say who a node is and where it and its cluster live. Shared by the node and
+/// `restore`, so a restored node is described exactly as it is later started.
+#[derive(Debug, clap::Args)]
+pub struct AddressArgs {
+    /// This node's id. Ids 1, 2 and 3 have default addresses (localhost:63001..63003).
+    #[arg(long = "nodeid", visible_aliases = ["replicaid", "id"], default_value_t = 1)]
+    pub node_id: NodeId,
+
+    /// This node's raft address, HOST:PORT (default: from -nodeid, or from --cluster).
+    #[arg(long)]
+    pub addr: Option<String>,
+
+    /// Initial members' raft addresses in id order, comma-separated; entry N is node N
+    /// (an `http://` prefix is accepted, as in kv-db).
+    #[arg(long)]
+    pub cluster: Option<String>,
+
+    /// HTTP API address, HOST:PORT (default: the raft host, raft port + 1000).
+    #[arg(long)]
+    pub http: Option<String>,
+
+    /// HTTP API port on the raft address's host (the kv-db form; -http takes precedence).
+    #[arg(long)]
+    pub port: Option<u16>,
+}
+
+/// `ondisk restore`: creates a node's data directory for a new single-node cluster from a backup.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ondisk restore",
+    about = "Create the data directory of a NEW single-node cluster from a backup file",
+    long_about = "Create the data directory of a NEW single-node cluster from a backup file \
+        written by `ondisk ctl backup`.\n\n\
+        The file's checksum is verified before anything is created, and an existing node \
+        directory is never overwritten. Give the same -nodeid/-addr/-cluster/-http flags you \
+        will start the node with (without -join); the node then serves the backed-up data as \
+        the only voter, and other nodes join it with `ondisk ctl add-voter`.\n\n\
+        Example: ondisk restore backup.snap -data-dir restored -nodeid 1 -cluster 127.0.0.1:63001"
+)]
+pub struct RestoreArgs {
+    /// The backup file to restore from.
+    pub file: PathBuf,
+
+    #[command(flatten)]
+    pub address: AddressArgs,
+
+    /// Directory holding every node's data; the restored node is DIR/node<ID>/, which must not
+    /// exist yet.
+    #[arg(long = "data-dir")]
+    pub data_dir: PathBuf,
+}
+
+/// What the command line asks the binary to do: run a node, or one of the subcommands. The
+/// subcommand is recognised before any flag parsing, so a node's Go-style flags work exactly as
+/// they always have; another subcommand is one more variant and one more arm in [`Invocation::parse`].
+#[derive(Debug)]
+pub enum Invocation {
+    Node(Args),
+    Ctl(crate::ctl::CtlArgs),
+    Restore(RestoreArgs),
+}
+
+impl Invocation {
+    /// Parses the process's arguments, accepting single-dash long flags. On a usage error or
+    /// `-h`, clap prints and exits, as for any command-line tool.
+    pub fn parse() -> Self {
+        let mut argv: Vec<OsString> = std::env::args_os().collect();
+        let subcommand = argv.get(1).and_then(|arg| arg.to_str()).map(str::to_owned);
+        match subcommand.as_deref() {
+            Some("ctl") => Invocation::Ctl(crate::ctl::CtlArgs::parse_from(go_style(
+                subcommand_argv(&mut argv),
+            ))),
+            Some("restore") => Invocation::Restore(RestoreArgs::parse_from(go_style(
+                subcommand_argv(&mut argv),
+            ))),
+            _ => Invocation::Node(Args::parse_from(go_style(argv))),
+        }
     }
 }
 
+/// The arguments of a subcommand, with `ondisk SUB` as its program name, so its help and errors
+/// name it.
+fn subcommand_argv(argv: &mut Vec<OsString>) -> Vec<OsString> {
+    let mut rest = argv.split_off(1);
+    let name = rest.remove(0);
+    let mut program = OsString::from("ondisk ");
+    program.push(name);
+    std::iter::once(program).chain(rest).collect()
+}
+
 /// Rewrites `-name` and `-name=value` to `--name...`, leaving `-h`/`-v`-style short flags alone.
+/// Everything after `--` is left as it is, so a key or value may start with a dash.
 fn go_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut literal = false;
     args.into_iter()
         .enumerate()
         .map(|(i, arg)| match arg.to_str() {
-            Some(s) if i > 0 && is_single_dash_long_flag(s) => OsString::from(format!("-{s}")),
+            Some("--") if !literal => {
+                literal = true;
+                arg
+            }
+            Some(s) if i > 0 && !literal && is_single_dash_long_flag(s) => {
+                OsString::from(format!("-{s}"))
+            }
             _ => arg,
         })
         .collect()
@@ -127,6 +203,13 @@ pub struct Addresses {
 }
 
 impl Args {
+    /// Works out this node's addresses and the initial membership from the flags.
+    pub fn addresses(&self) -> Result<Addresses, Error> {
+        self.address.addresses()
+    }
+}
+
+impl AddressArgs {
     /// Works out this node's addresses and the initial membership from the flags.
     pub fn addresses(&self) -> Result<Addresses, Error> {
         let listed: Vec<String> = match &self.cluster {
@@ -231,11 +314,26 @@ mod tests {
 
     #[test]
     fn single_and_double_dash_flags_mean_the_same() {
-        assert_eq!(args("-nodeid 2").node_id, 2);
-        assert_eq!(args("--nodeid 2").node_id, 2);
-        assert_eq!(args("-replicaid=3").node_id, 3);
+        assert_eq!(args("-nodeid 2").address.node_id, 2);
+        assert_eq!(args("--nodeid 2").address.node_id, 2);
+        assert_eq!(args("-replicaid=3").address.node_id, 3);
         assert_eq!(args("-data-dir /tmp/x").data_dir, PathBuf::from("/tmp/x"));
         assert!(args("-v").verbose);
+    }
+
+    #[test]
+    fn nothing_after_a_double_dash_is_rewritten() {
+        let argv = ["ondisk", "ctl", "-json", "put", "--", "-key", "-value"].map(OsString::from);
+        let rewritten = go_style(argv);
+        assert_eq!(rewritten[2], "--json");
+        assert_eq!(rewritten[5], "-key");
+        assert_eq!(rewritten[6], "-value");
+    }
+
+    #[test]
+    fn a_subcommand_gets_its_own_program_name() {
+        let mut argv = ["ondisk", "restore", "b.snap"].map(OsString::from).to_vec();
+        assert_eq!(subcommand_argv(&mut argv), ["ondisk restore", "b.snap"]);
     }
 
     #[test]

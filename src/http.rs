@@ -1,6 +1,7 @@
 //! The HTTP API: the kv-db / raftexample interface at the root (`PUT /KEY`, `GET /KEY`,
 //! `POST /ID`, `DELETE /ID`) and a versioned API under `/v1` with compare-and-swap, range scans,
-//! stale reads, members and status, plus `/health` and `/metrics`.
+//! stale reads, members and status, the administration `ondisk ctl` uses (adding learners and
+//! voters, leader transfer, snapshots, backups), plus `/health` and `/metrics`.
 //!
 //! Keys come from the raw request path, percent-decoded to bytes, so any key the REPL can hold can
 //! be addressed here too. Values travel as raw bodies. Every error is mapped in one place,
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::RawQuery;
@@ -21,7 +23,9 @@ use axum::http::StatusCode;
 use axum::http::Uri;
 use axum::response::IntoResponse;
 use axum::response::Response;
+use axum::routing::delete;
 use axum::routing::get;
+use axum::routing::post;
 use axum::Json;
 use axum::Router;
 use base64::Engine;
@@ -32,6 +36,8 @@ use tokio::net::TcpListener;
 use crate::cli::split_host_port;
 use crate::error::Error;
 use crate::node::Node;
+use crate::node::Role;
+use crate::store;
 use crate::telemetry;
 use crate::types::Command;
 use crate::types::CommandResult;
@@ -58,7 +64,11 @@ pub fn router(node: Arc<Node>, metrics: Option<PrometheusHandle>, body_limit: us
     Router::new()
         .route("/v1/kv/", get(scan))
         .route("/v1/kv/{*key}", get(v1_get).put(v1_put).delete(v1_delete))
-        .route("/v1/members", get(members))
+        .route("/v1/members", get(members).post(add_member))
+        .route("/v1/members/{id}", delete(remove_member))
+        .route("/v1/transfer-leader", post(transfer_leader))
+        .route("/v1/snapshot", post(snapshot))
+        .route("/v1/backup", get(backup))
         .route("/v1/status", get(status))
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
@@ -396,12 +406,172 @@ async fn scan(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Respons
     .await
 }
 
+/// The members, the leader, and the log index of the entry that set the membership (what
+/// `prev_index` must name).
 async fn members(State(api): State<ApiState>) -> Response {
     timed("members", async move {
         let status = api.node.status();
-        Ok(Json(json!({ "leader": status.leader, "members": status.members })).into_response())
+        Ok(Json(json!({
+            "leader": status.leader,
+            "membership_index": api.node.membership_index(),
+            "members": status.members,
+        }))
+        .into_response())
     })
     .await
+}
+
+/// Parses a JSON request body, refusing unknown fields so a typo is never silently ignored.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+}
+
+/// The body of `POST /v1/members`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMember {
+    id: u64,
+    /// The new node's raft address, HOST:PORT.
+    addr: String,
+    /// `voter` (the default: a learner until caught up, then promoted) or `learner`.
+    #[serde(default)]
+    role: Option<String>,
+    /// Refuse unless the membership was last set at this log index.
+    #[serde(default)]
+    prev_index: Option<u64>,
+}
+
+/// `POST /v1/members` with `{"id", "addr", "role", "prev_index"}`: adds a voter or a learner.
+async fn add_member(State(api): State<ApiState>, body: Bytes) -> Response {
+    timed("add_member", async move {
+        let add: AddMember = json_body(&body)?;
+        let role = match add.role.as_deref() {
+            None | Some("voter") => Role::Voter,
+            Some("learner") => Role::Learner,
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "role must be voter or learner, not {other:?}"
+                )))
+            }
+        };
+        split_host_port(&add.addr).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        api.node
+            .add_node(add.id, add.addr, role, add.prev_index)
+            .await?;
+        Ok(no_content())
+    })
+    .await
+}
+
+/// `DELETE /v1/members/ID`: removes a voter or a learner.
+async fn remove_member(State(api): State<ApiState>, uri: Uri) -> Response {
+    timed("remove_member", async move {
+        let id = node_id_from_path(uri.path(), "/v1/members/")?;
+        api.node.remove_member(id).await?;
+        Ok(no_content())
+    })
+    .await
+}
+
+/// A node id at the end of `path` after `prefix`.
+fn node_id_from_path(path: &str, prefix: &str) -> Result<u64, ApiError> {
+    let id = path
+        .strip_prefix(prefix)
+        .unwrap_or(path)
+        .trim_start_matches('/');
+    id.parse()
+        .map_err(|_| ApiError::BadRequest(format!("node id must be a number, not {id:?}")))
+}
+
+/// The body of `POST /v1/transfer-leader`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferLeader {
+    to: u64,
+}
+
+/// `POST /v1/transfer-leader` with `{"to": ID}`: answers once this node sees `ID` lead.
+async fn transfer_leader(State(api): State<ApiState>, body: Bytes) -> Response {
+    timed("transfer_leader", async move {
+        let TransferLeader { to } = json_body(&body)?;
+        api.node.transfer_leader(to).await?;
+        Ok(Json(json!({ "leader": to })).into_response())
+    })
+    .await
+}
+
+/// `POST /v1/snapshot`: takes a snapshot on this node now and answers with the index it covers.
+async fn snapshot(State(api): State<ApiState>) -> Response {
+    timed("snapshot", async move {
+        let index = api.node.snapshot().await?;
+        Ok(Json(json!({ "index": index })).into_response())
+    })
+    .await
+}
+
+/// Header naming the log index a backup covers.
+pub const BACKUP_INDEX_HEADER: &str = "x-ondisk-log-index";
+/// Header naming the term of the entry at that index.
+pub const BACKUP_TERM_HEADER: &str = "x-ondisk-log-term";
+/// Pieces of a backup stream buffered between the reading thread and the connection.
+const BACKUP_QUEUE: usize = 4;
+/// Bytes read from the snapshot stream per piece sent.
+const BACKUP_PIECE_BYTES: usize = 256 << 10;
+
+/// `GET /v1/backup`: a fresh snapshot of this node's state machine in the snapshot stream format
+/// (header with log id and membership, pairs, checksum trailer), streamed as it is read, so memory
+/// stays flat whatever the state's size. A failure midway cuts the stream short, which the
+/// client's checksum check catches.
+async fn backup(State(api): State<ApiState>) -> Response {
+    timed("backup", async move {
+        let snapshot = api.node.backup().await?;
+        let log_id = snapshot.meta.last_log_id;
+        let (pieces, received) =
+            tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(BACKUP_QUEUE);
+        tokio::task::spawn_blocking(move || {
+            let mut stream = match store::snapshot_stream(snapshot.snapshot) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    let _ = pieces.blocking_send(Err(e));
+                    return;
+                }
+            };
+            loop {
+                let mut piece = vec![0u8; BACKUP_PIECE_BYTES];
+                match std::io::Read::read(&mut stream, &mut piece) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        piece.truncate(n);
+                        if pieces.blocking_send(Ok(piece)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = pieces.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        let body = Body::from_stream(tokio_stream_of(received));
+        let mut response =
+            ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(BACKUP_INDEX_HEADER, log_id.map_or(0, |id| id.index).into());
+        headers.insert(
+            BACKUP_TERM_HEADER,
+            log_id.map_or(0, |id| id.leader_id.term).into(),
+        );
+        Ok(response)
+    })
+    .await
+}
+
+/// A receiver of stream pieces as a `futures` stream, for a response body.
+fn tokio_stream_of(
+    mut received: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+) -> impl futures::Stream<Item = std::io::Result<Vec<u8>>> {
+    futures::stream::poll_fn(move |cx| received.poll_recv(cx))
 }
 
 async fn status(State(api): State<ApiState>) -> Response {

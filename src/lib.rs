@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod ctl;
 pub mod error;
 pub mod http;
 pub mod logging;

@@ -1,5 +1,6 @@
 //! The `ondisk` binary: parse flags, open the data directory, start the node, its HTTP API and the
-//! REPL, and shut down cleanly on `exit`, SIGINT or SIGTERM. All logic lives in the library.
+//! REPL, and shut down cleanly on `exit`, SIGINT or SIGTERM; or run a subcommand (`ctl`,
+//! `restore`). All logic lives in the library.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,6 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ondisk::cli::Args;
+use ondisk::cli::Invocation;
+use ondisk::cli::RestoreArgs;
+use ondisk::ctl;
 use ondisk::http;
 use ondisk::node::listen;
 use ondisk::node::Node;
@@ -24,8 +28,12 @@ use tokio::sync::mpsc;
 const REMOVED_MESSAGE: &str = "I've been removed from the cluster! Shutting down.";
 
 fn main() -> ExitCode {
-    let args = Args::parse_go_style();
-    match run(args) {
+    let outcome = match Invocation::parse() {
+        Invocation::Node(args) => run(args),
+        Invocation::Ctl(args) => ctl::run(args).map_err(anyhow::Error::from),
+        Invocation::Restore(args) => restore(args),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -34,12 +42,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// `ondisk restore`: a new single-node cluster's data directory from a backup.
+fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let addresses = args.address.addresses()?;
+    let member = Member {
+        raft_addr: addresses.raft,
+        http_addr: addresses.http,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let restored = runtime.block_on(ondisk::store::restore(
+        &args.file,
+        &args.data_dir,
+        args.address.node_id,
+        member,
+        addresses.cluster_id,
+    ))?;
+    println!("{restored}");
+    Ok(())
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let addresses = args.addresses()?;
     // A joining node's --cluster lists members that did not found the cluster, so it says nothing
     // about which cluster the data directory belongs to.
     let cluster_id = (!args.join).then_some(addresses.cluster_id);
-    let data_dir = DataDir::open(&args.data_dir, args.node_id, cluster_id)?;
+    let data_dir = DataDir::open(&args.data_dir, args.address.node_id, cluster_id)?;
     if data_dir.was_removed() {
         println!("{REMOVED_MESSAGE}");
         return Ok(());
@@ -51,7 +78,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         telemetry::install().map_err(|e| anyhow::anyhow!("cannot install metrics: {e}"))?;
 
     let config = NodeConfig {
-        id: args.node_id,
+        id: args.address.node_id,
         member: Member {
             raft_addr: addresses.raft.clone(),
             http_addr: addresses.http.clone(),

@@ -55,6 +55,7 @@ use crate::types::TypeConfig;
 mod membership;
 
 pub use membership::MemberInfo;
+pub use membership::Role;
 
 /// Longest pause between attempts to reach a leader; a leader change ends the pause early.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -113,6 +114,8 @@ pub struct Node {
     removed: Arc<tokio::sync::watch::Sender<bool>>,
     /// Snapshots this node (as leader) has sent and seen installed.
     snapshots_sent: Arc<AtomicU64>,
+    /// Learners this node, as leader, added to stay learners: never promoted.
+    kept_learners: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
     rpc_server: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -223,6 +226,7 @@ impl Node {
             user_membership_change: tokio::sync::Mutex::default(),
             removed,
             snapshots_sent,
+            kept_learners: std::sync::Mutex::default(),
             rpc_server: std::sync::Mutex::default(),
         });
         let server = tokio::spawn(network::serve(raft_listener, node.clone()));
@@ -534,6 +538,17 @@ impl Node {
                 after: self.timeout,
             })?;
         Ok(metrics.snapshot.map_or(0, |id| id.index))
+    }
+
+    /// A consistent snapshot of the state machine covering at least everything this node had
+    /// applied when called (a fresh checkpoint), to be streamed as a backup.
+    pub async fn backup(&self) -> Result<crate::types::Snapshot> {
+        self.snapshot().await?;
+        self.raft
+            .get_snapshot()
+            .await
+            .map_err(|e| Error::Raft(format!("cannot read the snapshot: {e}")))?
+            .ok_or_else(|| Error::Raft("the node has no snapshot to back up".into()))
     }
 
     /// A summary of this node's Raft and storage state.

@@ -94,6 +94,8 @@ pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachineStore>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 /// The identity (term, leader, index) of a log entry.
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+/// A membership: voters and learners with their addresses.
+pub type Membership = openraft::Membership<NodeId, Member>;
 /// The membership as persisted with the log id of the entry that set it.
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 /// Snapshot metadata: last included log id and membership.

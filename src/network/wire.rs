@@ -64,12 +64,22 @@ pub enum Request {
 /// before handing it to openraft.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum MembershipChange {
-    /// Add a node, as a learner first; the leader promotes it once it has caught up.
-    Add { id: NodeId, member: Member },
+    /// Add a node as a learner. A `voter` is promoted by the leader once it has caught up; any
+    /// other learner stays one. With `prev_index`, refused unless the membership in force is still
+    /// the one set at that log index, so a change decided on a stale view never applies.
+    Add {
+        id: NodeId,
+        member: Member,
+        voter: bool,
+        prev_index: Option<u64>,
+    },
     /// Remove a voter or a learner.
     Remove { id: NodeId },
     /// Record a member's current addresses.
     UpdateAddresses { id: NodeId, member: Member },
+    /// Hand leadership to voter `to` (openraft's leader transfer). Runs with the membership
+    /// changes so a transfer never overlaps one.
+    TransferLeader { to: NodeId },
 }
 
 /// A piece of a snapshot stream in transit.

@@ -1,5 +1,6 @@
-//! Membership changes: adding a node (as a learner, promoted by the leader once it has caught up),
-//! removing one, keeping members' addresses current, and a removed node noticing its removal.
+//! Membership changes: adding a node (as a learner, promoted by the leader once it has caught up,
+//! or kept a learner), removing one, handing leadership to another voter, keeping members'
+//! addresses current, and a removed node noticing its removal.
 //!
 //! Every change runs on the leader, one at a time, after the leader checks it against the rules a
 //! user relies on: no duplicate id or address, no re-use of a removed id (the removed ids are
@@ -19,6 +20,7 @@ use super::write_error;
 use super::Node;
 use super::RETRY_PAUSE;
 
+use crate::error::Error;
 use crate::error::Result;
 use crate::network::MembershipChange;
 use crate::network::RemoteError;
@@ -44,18 +46,73 @@ pub struct MemberInfo {
     pub leader: bool,
 }
 
+/// How a node joins the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A voter, after catching up as a learner (the leader promotes it).
+    Voter,
+    /// A learner that stays one: it receives the log but never votes.
+    Learner,
+}
+
 impl Node {
     /// Adds node `id` at raft address `raft_addr` as a learner; the leader promotes it to voter
     /// on its own once it has caught up. Works from any member.
     pub async fn add_member(&self, id: NodeId, raft_addr: String) -> Result<()> {
+        self.add_node(id, raft_addr, Role::Voter, None).await
+    }
+
+    /// Adds node `id` at raft address `raft_addr` in `role`. With `prev_index`, the change is
+    /// refused unless the membership in force is still the one set at that log index (see
+    /// [`Node::membership_index`]). Works from any member.
+    pub async fn add_node(
+        &self,
+        id: NodeId,
+        raft_addr: String,
+        role: Role,
+        prev_index: Option<u64>,
+    ) -> Result<()> {
         let member = Member {
             raft_addr,
             http_addr: String::new(),
         };
-        let change = MembershipChange::Add { id, member };
+        let change = MembershipChange::Add {
+            id,
+            member,
+            voter: role == Role::Voter,
+            prev_index,
+        };
         self.submit_to_leader("add", Request::Membership(change))
             .await
             .map(drop)
+    }
+
+    /// The log index of the entry that set the membership in force, as `--prev-index` expects.
+    pub fn membership_index(&self) -> u64 {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.membership_config
+            .log_id()
+            .as_ref()
+            .map_or(0, |id| id.index)
+    }
+
+    /// Makes voter `to` the leader with openraft's leader transfer (the leader stops accepting
+    /// writes and tells `to` to campaign at once), and waits until this node sees `to` lead.
+    /// Works from any member.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<()> {
+        let change = MembershipChange::TransferLeader { to };
+        self.submit_to_leader("transfer-leader", Request::Membership(change))
+            .await?;
+        self.raft
+            .wait(Some(self.timeout))
+            .metrics(|m| m.current_leader == Some(to), "leader transfer")
+            .await
+            .map(drop)
+            .map_err(|_| Error::Timeout {
+                op: "transfer-leader",
+                after: self.timeout,
+            })
     }
 
     /// Removes node `id` (voter or learner). Works from any member; a removed node shuts down.
@@ -158,16 +215,37 @@ impl Node {
                 .borrow_watched()
                 .membership_config
                 .clone();
+            let at_index = membership.log_id().as_ref().map_or(0, |id| id.index);
             let Plan {
                 changes,
                 retain,
                 removing,
-            } = self.validate(&change, membership.membership())?;
+            } = self.validate(&change, membership.membership(), at_index)?;
             let outcome = match changes {
                 Some(changes) => self.raft.change_membership(changes, retain).await,
                 None => match &change {
-                    MembershipChange::Add { id, member } => {
-                        self.raft.add_learner(*id, member.clone(), false).await
+                    MembershipChange::Add {
+                        id, member, voter, ..
+                    } => {
+                        if !voter {
+                            lock(&self.kept_learners).insert(*id);
+                        }
+                        let added = self.raft.add_learner(*id, member.clone(), false).await;
+                        if added.is_err() {
+                            lock(&self.kept_learners).remove(id);
+                        }
+                        added
+                    }
+                    MembershipChange::TransferLeader { to } => {
+                        drop(one_at_a_time);
+                        if *to != self.id {
+                            self.raft
+                                .trigger()
+                                .transfer_leader(*to)
+                                .await
+                                .map_err(|e| RemoteError::Unknown(format!("raft stopped: {e}")))?;
+                        }
+                        return Ok(CommandResult::Applied);
                     }
                     _ => return Err(refused("nothing to change".into())),
                 },
@@ -195,9 +273,17 @@ impl Node {
         &self,
         change: &MembershipChange,
         membership: &openraft::Membership<NodeId, Member>,
+        at_index: u64,
     ) -> std::result::Result<Plan, RemoteError> {
         match change {
-            MembershipChange::Add { id, member } => {
+            MembershipChange::Add {
+                prev_index: Some(prev),
+                ..
+            } if *prev != at_index => Err(refused(format!(
+                "the membership changed since index {prev}: it was last set at index {at_index}; \
+                 check the members and retry with --prev-index {at_index}"
+            ))),
+            MembershipChange::Add { id, member, .. } => {
                 if membership.get_node(id).is_some() {
                     return Err(refused(format!("node {id} is already a member")));
                 }
@@ -245,6 +331,18 @@ impl Node {
                 retain: true,
                 removing: None,
             }),
+            MembershipChange::TransferLeader { to } => {
+                if !membership.voter_ids().any(|voter| voter == *to) {
+                    return Err(refused(format!(
+                        "node {to} is not a voter; only a voter can lead"
+                    )));
+                }
+                Ok(Plan {
+                    changes: None,
+                    retain: true,
+                    removing: None,
+                })
+            }
         }
     }
 
@@ -313,7 +411,9 @@ impl Node {
 
     /// On the leader, promotes each learner to voter once its log is within [`PROMOTION_LAG`]
     /// entries of the leader's. A learner that never starts is never promoted, so it never counts
-    /// towards (or against) the quorum.
+    /// towards (or against) the quorum. Learners this node added as learners to keep are left
+    /// alone; that choice is known only to the leader that added them, so after a leader change
+    /// the new leader treats them as voters to be.
     pub(super) fn promote_caught_up_learners(self: &Arc<Self>) {
         let node = self.clone();
         tokio::spawn(async move {
@@ -327,6 +427,7 @@ impl Node {
                             .membership_config
                             .membership()
                             .learner_ids()
+                            .filter(|id| !lock(&node.kept_learners).contains(id))
                             .filter(|id| {
                                 replication
                                     .get(id)
@@ -410,6 +511,11 @@ const BUSY: &str = "busy, try again";
 
 fn busy() -> RemoteError {
     RemoteError::Refused(format!("{BUSY}: another membership change is in progress"))
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (a plain set).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn refused(reason: String) -> RemoteError {

@@ -1,18 +1,21 @@
 //! Everything a node keeps on disk: the Raft log (`log_store`), the state machine (`state_machine`),
 //! the snapshots that let the log be compacted (`snapshot`), and the data directory that holds
-//! them (`data_dir`).
+//! them (`data_dir`), and a new node's data directory made from a backup (`restore`).
 //!
 //! Both the log and the state machine are RocksDB databases, in separate directories so each can be
 //! tuned, synced and (for the state machine) replaced on its own.
 
 mod data_dir;
 mod log_store;
+mod restore;
 mod snapshot;
 mod state_db;
 mod state_machine;
 
 pub use data_dir::DataDir;
 pub use log_store::LogStore;
+pub use restore::restore;
+pub use restore::Restored;
 pub use snapshot::verify as verify_snapshot;
 pub use snapshot::Checkpoint;
 pub use snapshot::SnapshotData;

@@ -391,44 +391,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 SnapshotData::Received(file) => Some(file.path.clone()),
                 SnapshotData::Checkpoint(_) => None,
             };
-            let mut reader = SnapshotReader::new(snapshot_stream(snapshot)?)?;
+            let reader = SnapshotReader::new(snapshot_stream(snapshot)?)?;
             if reader.meta != expected_meta {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "snapshot header does not match the snapshot being installed",
                 ));
             }
-            let next = state.create_next()?;
-            let data = column_family(&next, CF_DATA)?;
-            // The new generation is invisible until the switch and is synced by the flush below,
-            // so the bulk load can skip the WAL.
-            let mut unlogged = WriteOptions::default();
-            unlogged.disable_wal(true);
-            let mut batch = WriteBatch::default();
-            while let Some((key, value)) = reader.next_pair()? {
-                batch.put_cf(data, key, value);
-                if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
-                    let full = std::mem::take(&mut batch);
-                    write_until_space("snapshot install", &next, full, &unlogged)?;
-                }
-            }
-            let meta_cf = column_family(&next, CF_META)?;
-            batch.put_cf(meta_cf, KEY_APPLIED, encode(&expected_meta.last_log_id)?);
-            batch.put_cf(
-                meta_cf,
-                KEY_MEMBERSHIP,
-                encode(&expected_meta.last_membership)?,
-            );
-            batch.put_cf(meta_cf, KEY_REMOVED_IDS, encode(&reader.removed)?);
-            write_until_space("snapshot install", &next, batch, &unlogged)?;
-            until_space("snapshot install", next.path(), || {
-                next.flush_cfs_opt(&[data, meta_cf], &rocksdb::FlushOptions::default())
-            })?;
-            state.switch_to(next)?;
+            let loaded = load_stream(&state, &dir, reader, &expected_meta, None)?;
             if let Some(received) = received {
                 fs::remove_file(received)?;
             }
-            Ok((create_checkpoint(&state, &dir)?, reader.removed))
+            Ok(loaded)
         })
         .await?;
         self.applied = meta.last_log_id;
@@ -452,6 +426,71 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 meta: checkpoint.meta.clone(),
                 snapshot: SnapshotData::Checkpoint(checkpoint),
             }))
+    }
+}
+
+/// Loads a snapshot stream into a new database generation, records `recorded` (applied log id
+/// and membership) and the removed ids beside it, syncs, switches to it and checkpoints it. The
+/// removed ids are `removed` when given, otherwise the stream's. Returns the checkpoint and the
+/// removed ids in force. The checksum is verified before the switch, so a damaged stream changes
+/// nothing.
+fn load_stream<R: Read>(
+    state: &SharedStateDb,
+    dir: &Path,
+    mut reader: SnapshotReader<R>,
+    recorded: &SnapshotMeta,
+    removed: Option<BTreeSet<NodeId>>,
+) -> io::Result<(Checkpoint, BTreeSet<NodeId>)> {
+    let next = state.create_next()?;
+    let data = column_family(&next, CF_DATA)?;
+    // The new generation is invisible until the switch and is synced by the flush below, so the
+    // bulk load can skip the WAL.
+    let mut unlogged = WriteOptions::default();
+    unlogged.disable_wal(true);
+    let mut batch = WriteBatch::default();
+    while let Some((key, value)) = reader.next_pair()? {
+        batch.put_cf(data, key, value);
+        if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+            let full = std::mem::take(&mut batch);
+            write_until_space("snapshot install", &next, full, &unlogged)?;
+        }
+    }
+    let removed = removed.unwrap_or(reader.removed);
+    let meta_cf = column_family(&next, CF_META)?;
+    batch.put_cf(meta_cf, KEY_APPLIED, encode(&recorded.last_log_id)?);
+    batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode(&recorded.last_membership)?);
+    batch.put_cf(meta_cf, KEY_REMOVED_IDS, encode(&removed)?);
+    write_until_space("snapshot install", &next, batch, &unlogged)?;
+    until_space("snapshot install", next.path(), || {
+        next.flush_cfs_opt(&[data, meta_cf], &rocksdb::FlushOptions::default())
+    })?;
+    state.switch_to(next)?;
+    Ok((create_checkpoint(state, dir)?, removed))
+}
+
+impl StateMachineStore {
+    /// Fills this new, empty state machine from the backup stream in `file` as the state of a
+    /// NEW cluster: the backup's data at its applied log id, with `membership` (set at that log
+    /// id) in place of the backup's and no removed ids, which belonged to the old cluster. Returns
+    /// the backup's own header. A damaged stream is refused before anything is switched to.
+    pub async fn restore(
+        &mut self,
+        file: PathBuf,
+        membership: crate::types::Membership,
+    ) -> io::Result<SnapshotMeta> {
+        let state = self.state.clone();
+        let dir = self.snapshot_dir.clone();
+        blocking(move || {
+            let reader = SnapshotReader::new(fs::File::open(&file)?)?;
+            let backup = reader.meta.clone();
+            let recorded = SnapshotMeta {
+                last_log_id: backup.last_log_id,
+                last_membership: StoredMembership::new(backup.last_log_id, membership),
+            };
+            load_stream(&state, &dir, reader, &recorded, Some(BTreeSet::new()))?;
+            Ok(backup)
+        })
+        .await
     }
 }
 

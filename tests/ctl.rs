@@ -1,0 +1,627 @@
+//! `ondisk ctl` and `ondisk restore`, run as separate processes against real clusters: every ctl
+//! command, a down endpoint in the list, `--prev-index` refusals, leader transfer, and a backup
+//! taken under write load restored into a new cluster that serves it, accepts writes and grows.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::process::Output;
+use std::process::Stdio;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::http::http;
+use common::Cluster;
+use common::Node;
+use common::NodeSpec;
+use common::BIN;
+
+/// How long a change may take to show everywhere. Generous: other suites may share the CPUs.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(45);
+/// The ctl's own limit on one request; above the nodes' 2 s so theirs is what fails first.
+const CTL_TIMEOUT: &str = "20s";
+
+/// Runs `ondisk ARGS`, feeding `stdin`, and returns what it did. Every ctl request is bounded by
+/// [`CTL_TIMEOUT`], so the process always ends.
+fn ondisk(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ondisk");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait for ondisk")
+}
+
+/// Runs `ondisk ctl --endpoints ENDPOINTS ARGS`.
+fn ctl(endpoints: &str, args: &[&str]) -> Output {
+    ctl_with_stdin(endpoints, args, b"")
+}
+
+fn ctl_with_stdin(endpoints: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut all = vec!["ctl", "--endpoints", endpoints, "--timeout", CTL_TIMEOUT];
+    all.extend_from_slice(args);
+    ondisk(&all, stdin)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts success and returns stdout.
+fn ok(output: Output, what: &str) -> Vec<u8> {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): stdout {:?} stderr {:?}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    output.stdout
+}
+
+/// Asserts a failure reported as one `error: ` line containing `reason`.
+fn fails(output: Output, reason: &str, what: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{what} should fail: stdout {:?} stderr {:?}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    let stderr = text(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("error: ") && lines[0].contains(reason),
+        "{what}: expected one error line containing {reason:?}, got {stderr:?}"
+    );
+}
+
+fn json(output: Output, what: &str) -> serde_json::Value {
+    let stdout = ok(output, what);
+    serde_json::from_slice(&stdout)
+        .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {}", text(&stdout)))
+}
+
+/// An address nothing listens on: a port that was free a moment ago.
+fn down_endpoint() -> SocketAddr {
+    common::free_addr()
+}
+
+fn endpoint(cluster: &Cluster, id: usize) -> String {
+    cluster.http_addr(id).to_string()
+}
+
+/// Ids and roles (true for a voter) as `ctl members --json` lists them.
+fn roles(endpoints: &str) -> Option<BTreeMap<u64, bool>> {
+    let output = ctl(endpoints, &["--json", "members"]);
+    if !output.status.success() {
+        return None;
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    doc["members"]
+        .as_array()?
+        .iter()
+        .map(|m| Some((m["id"].as_u64()?, m["voter"].as_bool()?)))
+        .collect()
+}
+
+fn membership_index(endpoints: &str) -> u64 {
+    json(ctl(endpoints, &["--json", "members"]), "members")["membership_index"]
+        .as_u64()
+        .expect("membership_index")
+}
+
+/// Every pair on the node at `http`, read locally, as the scan API returns them.
+fn digest(http_addr: &str) -> serde_json::Value {
+    let answer = http(
+        "GET",
+        &format!("http://{http_addr}/v1/kv/?prefix=&limit=100000&consistency=stale"),
+        b"",
+    );
+    assert_eq!(answer.status, 200, "scan on {http_addr}: {}", answer.text());
+    answer.json()["items"].clone()
+}
+
+fn status_field(http_addr: &str, field: &str) -> u64 {
+    let answer = http("GET", &format!("http://{http_addr}/v1/status"), b"");
+    answer.json()[field].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn data_commands_work_through_the_first_reachable_endpoint() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader();
+    let endpoints = format!("{},{}", down_endpoint(), endpoint(&cluster, 2));
+    let e = endpoints.as_str();
+
+    assert_eq!(ok(ctl(e, &["put", "greeting", "hello"]), "put"), b"OK\n");
+    assert_eq!(ok(ctl(e, &["get", "greeting"]), "get"), b"hello");
+    let binary = b"\x00\xff\xfe binary\n";
+    ok(
+        ctl_with_stdin(e, &["put", "blob", "-"], binary),
+        "put from stdin",
+    );
+    assert_eq!(ok(ctl(e, &["get", "blob"]), "get binary"), binary);
+    let doc = json(ctl(e, &["--json", "get", "blob"]), "get --json");
+    assert_eq!(doc["encoding"], "base64");
+
+    // A stale read on another node sees the write once that node has applied it.
+    let other = endpoint(&cluster, 3);
+    common::wait_until(SETTLE_TIMEOUT, "node 3 applies the write", || {
+        ctl(&other, &["get", "--stale", "greeting"]).stdout == b"hello"
+    });
+
+    ok(ctl(e, &["cas", "greeting", "hello", "bonjour"]), "cas");
+    fails(
+        ctl(e, &["cas", "greeting", "hello", "hola"]),
+        "precondition failed: the current value is \"bonjour\"",
+        "cas with a stale expectation",
+    );
+    assert_eq!(
+        ok(ctl(e, &["get", "greeting"]), "get after cas"),
+        b"bonjour"
+    );
+
+    for i in 0..5 {
+        ok(
+            ctl(e, &["put", &format!("scan/{i}"), &format!("v{i}")]),
+            "put",
+        );
+    }
+    let listed = text(&ok(ctl(e, &["scan", "scan/", "--limit", "3"]), "scan"));
+    assert_eq!(listed, "scan/0\tv0\nscan/1\tv1\nscan/2\tv2\n");
+    let doc = json(ctl(e, &["--json", "scan", "scan/"]), "scan --json");
+    assert_eq!(doc["count"], 5);
+
+    ok(ctl(e, &["delete", "greeting"]), "delete");
+    fails(ctl(e, &["get", "greeting"]), "key not found", "get deleted");
+
+    // A key or value starting with a dash goes after `--`.
+    ok(ctl(e, &["put", "--", "-dash", "-value"]), "put after --");
+    assert_eq!(
+        ok(ctl(e, &["get", "--", "-dash"]), "get after --"),
+        b"-value"
+    );
+
+    let all_down = format!("{},{}", down_endpoint(), down_endpoint());
+    fails(
+        ctl(&all_down, &["get", "x"]),
+        "no endpoint is reachable",
+        "every endpoint down",
+    );
+}
+
+#[test]
+fn cluster_commands_report_members_leader_status_and_indexes() {
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+    let endpoints = format!("{},{}", down_endpoint(), endpoint(&cluster, 1));
+    let e = endpoints.as_str();
+    common::wait_until(SETTLE_TIMEOUT, "all three are voters", || {
+        roles(e) == Some(BTreeMap::from([(1, true), (2, true), (3, true)]))
+    });
+    // `status` finds the nodes through the HTTP addresses each records in the membership.
+    common::wait_until(
+        SETTLE_TIMEOUT,
+        "every member's HTTP address is known",
+        || {
+            let doc = json(ctl(e, &["--json", "members"]), "members");
+            doc["members"].as_array().is_some_and(|members| {
+                members
+                    .iter()
+                    .all(|m| m["http_addr"].as_str().is_some_and(|a| !a.is_empty()))
+            })
+        },
+    );
+
+    let members = text(&ok(ctl(e, &["members"]), "members"));
+    assert!(members.starts_with("membership index: "), "{members}");
+    assert!(members.contains("ROLE"), "{members}");
+    assert_eq!(members.matches("voter").count(), 3, "{members}");
+
+    let doc = json(ctl(e, &["--json", "leader"]), "leader");
+    assert_eq!(doc["id"].as_u64(), Some(leader as u64));
+    let line = text(&ok(ctl(e, &["leader"]), "leader"));
+    assert!(line.starts_with(&format!("{leader} ")), "{line}");
+
+    ok(ctl(e, &["put", "k", "v"]), "put");
+    let table = text(&ok(ctl(e, &["status"]), "status"));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].contains("LAG"), "{table}");
+    // The down endpoint, then one row per node (found through the membership).
+    assert_eq!(lines.len(), 5, "{table}");
+    assert!(lines[1].contains("unreachable"), "{table}");
+    assert_eq!(table.matches("Leader").count(), 1, "{table}");
+    assert_eq!(table.matches("Follower").count(), 2, "{table}");
+
+    let applied: u64 = text(&ok(ctl(e, &["applied-index"]), "applied-index"))
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(applied >= 1);
+    let doc = json(ctl(e, &["--json", "snapshot"]), "snapshot");
+    assert!(doc["index"].as_u64() >= Some(applied), "{doc}");
+}
+
+#[test]
+fn a_one_node_cluster_grows_with_add_voter_and_prev_index_refuses_a_stale_view() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader();
+    let e = endpoint(&cluster, 1);
+    ok(ctl(&e, &["put", "before", "joining"]), "put");
+    let join = || vec![OsString::from("--join")];
+    let two = cluster.launch_node(cluster.next_node_spec(join()));
+    let three = cluster.launch_node(cluster.next_node_spec(join()));
+    let four = cluster.launch_node(cluster.next_node_spec(join()));
+
+    let stale_index = membership_index(&e);
+    let addr2 = cluster.raft_addr(two).to_string();
+    ok(
+        ctl(
+            &e,
+            &[
+                "add-voter",
+                "2",
+                &addr2,
+                "--prev-index",
+                &stale_index.to_string(),
+            ],
+        ),
+        "add-voter 2 at the current membership index",
+    );
+    let addr3 = cluster.raft_addr(three).to_string();
+    fails(
+        ctl(
+            &e,
+            &[
+                "add-voter",
+                "3",
+                &addr3,
+                "--prev-index",
+                &stale_index.to_string(),
+            ],
+        ),
+        &format!("the membership changed since index {stale_index}"),
+        "add-voter 3 with an outdated index",
+    );
+    assert!(!roles(&e).expect("members").contains_key(&3));
+    let current = membership_index(&e).to_string();
+    let added = text(&ok(
+        ctl(&e, &["add-voter", "3", &addr3, "--prev-index", &current]),
+        "add-voter 3 at the current index",
+    ));
+    assert_eq!(added, "added node 3 as a voter\n");
+
+    // A learner catches up but stays a learner.
+    let addr4 = cluster.raft_addr(four).to_string();
+    ok(ctl(&e, &["add-learner", "4", &addr4]), "add-learner 4");
+    let http4 = endpoint(&cluster, four);
+    ok(ctl(&e, &["put", "after", "learner"]), "put");
+    common::wait_until(SETTLE_TIMEOUT, "the learner has the data", || {
+        ctl(&http4, &["get", "--stale", "after"]).stdout == b"learner"
+    });
+    assert_eq!(
+        roles(&e),
+        Some(BTreeMap::from([
+            (1, true),
+            (2, true),
+            (3, true),
+            (4, false)
+        ]))
+    );
+    ok(ctl(&e, &["remove", "4"]), "remove 4");
+    cluster.node(four).wait_exit(SETTLE_TIMEOUT);
+    common::wait_until(SETTLE_TIMEOUT, "node 4 is gone", || {
+        roles(&e) == Some(BTreeMap::from([(1, true), (2, true), (3, true)]))
+    });
+
+    // Writes and reads go through any node.
+    let via3 = endpoint(&cluster, three);
+    ok(ctl(&via3, &["put", "through", "three"]), "put via 3");
+    assert_eq!(
+        ok(
+            ctl(&endpoint(&cluster, two), &["get", "through"]),
+            "get via 2"
+        ),
+        b"three"
+    );
+    assert_eq!(ok(ctl(&via3, &["get", "before"]), "get"), b"joining");
+}
+
+#[test]
+fn transfer_leader_moves_leadership_to_the_named_node() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader();
+    let e = endpoint(&cluster, 1);
+    common::wait_until(SETTLE_TIMEOUT, "all three are voters", || {
+        roles(&e) == Some(BTreeMap::from([(1, true), (2, true), (3, true)]))
+    });
+    ok(ctl(&e, &["put", "k", "v"]), "put");
+    for _ in 0..2 {
+        let current = cluster.wait_for_leader();
+        let target = cluster.followers(current)[0];
+        // Asked through a node that is neither the leader nor the target when there is one.
+        let via = (1..=3)
+            .find(|id| *id != current && *id != target)
+            .unwrap_or(1);
+        let answer = text(&ok(
+            ctl(
+                &endpoint(&cluster, via),
+                &["transfer-leader", &target.to_string()],
+            ),
+            "transfer-leader",
+        ));
+        assert_eq!(answer, format!("node {target} is now the leader\n"));
+        cluster.wait_until(SETTLE_TIMEOUT, "every node sees the new leader", |c| {
+            c.leader_index() == Some(target)
+        });
+    }
+    fails(
+        ctl(&e, &["transfer-leader", "9"]),
+        "node 9 is not a voter",
+        "transfer to a non-member",
+    );
+    ok(ctl(&e, &["put", "k", "after"]), "write after the transfers");
+    assert_eq!(ok(ctl(&e, &["get", "k"]), "get"), b"after");
+}
+
+/// Spec of a node that will run in a NEW cluster under `data_dir`: node `id` of `cluster`.
+fn new_cluster_spec(
+    id: usize,
+    cluster: Vec<SocketAddr>,
+    data_dir: &Path,
+    extra: &[&str],
+) -> NodeSpec {
+    NodeSpec {
+        id,
+        cluster,
+        http: common::free_addr(),
+        data_dir: data_dir.to_path_buf(),
+        extra_args: extra.iter().map(OsString::from).collect(),
+    }
+}
+
+fn launch(spec: &NodeSpec) -> Node {
+    let mut node = Node::launch(spec);
+    if let Err(f) = node.wait_ready(common::STARTUP_TIMEOUT) {
+        panic!("node {} did not start: {}", spec.id, f.diagnostics);
+    }
+    node
+}
+
+#[test]
+fn a_backup_taken_under_write_load_restores_to_a_new_cluster_that_serves_it_and_grows() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader();
+    let e = endpoint(&cluster, 2);
+    let work = tempfile::tempdir().expect("temporary directory");
+
+    // Each writer writes its own keys in sequence, so any consistent state holds, for each
+    // writer, exactly a prefix of its keys.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let stop = stop.clone();
+            let url = format!("http://{}", cluster.http_addr(w + 1));
+            thread::spawn(move || {
+                let mut written = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("w{w}/{written:06}");
+                    let answer = http("PUT", &format!("{url}/v1/kv/{key}"), key.as_bytes());
+                    if answer.status == 204 {
+                        written += 1;
+                    }
+                }
+                written
+            })
+        })
+        .collect();
+    common::wait_until(SETTLE_TIMEOUT, "some writes are applied", || {
+        status_field(&e, "last_applied") > 200
+    });
+    let file = work.path().join("backup.snap");
+    let file_arg = file.to_str().expect("UTF-8 path");
+    let doc = json(ctl(&e, &["--json", "backup", file_arg]), "backup");
+    let index = doc["log_index"].as_u64().expect("log_index");
+    assert!(doc["bytes"].as_u64() > Some(0));
+    common::wait_until(SETTLE_TIMEOUT, "more writes after the backup", || {
+        status_field(&e, "last_applied") > index + 50
+    });
+    stop.store(true, Ordering::Relaxed);
+    let written: Vec<usize> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+    assert!(!work.path().join("backup.snap.partial").exists());
+
+    let data_dir = work.path().join("restored");
+    let first = new_cluster_spec(1, vec![common::free_addr()], &data_dir, &[]);
+    let mut args: Vec<String> = vec!["restore".into(), file_arg.into()];
+    args.extend(
+        first
+            .args()
+            .iter()
+            .take(8)
+            .map(|a| a.to_string_lossy().into_owned()),
+    );
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let restored = text(&ok(ondisk(&arg_refs, b""), "restore"));
+    assert!(
+        restored.contains(&format!("at log index {index} ")),
+        "{restored}"
+    );
+
+    let _node1 = launch(&first);
+    let http1 = first.http.to_string();
+    common::wait_until(SETTLE_TIMEOUT, "the restored node leads", || {
+        ctl(&http1, &["leader"]).stdout.starts_with(b"1 ")
+    });
+    assert_eq!(status_field(&http1, "last_snapshot_index"), index);
+    assert_eq!(membership_index(&http1), index);
+
+    // Exactly a prefix of each writer's keys, each with its own name as value: the state of the
+    // cluster at one log index, the backup's.
+    let restored_pairs = digest(&http1);
+    let mut counts = [0usize; 3];
+    for item in restored_pairs.as_array().expect("items") {
+        let key = item["key"].as_str().expect("key");
+        assert_eq!(item["value"], key, "value of {key}");
+        let (writer, n) = key.split_once('/').expect("writer/n");
+        let writer: usize = writer[1..].parse().expect("writer id");
+        let n: usize = n.parse().expect("sequence number");
+        assert_eq!(n, counts[writer], "writer {writer}'s keys have a gap");
+        counts[writer] += 1;
+    }
+    let total: usize = counts.iter().sum();
+    assert!(total > 0 && counts.iter().zip(&written).all(|(c, w)| c <= w));
+    let cluster_pairs = digest(&endpoint(&cluster, 2));
+    let cluster_items = cluster_pairs.as_array().expect("items");
+    assert!(cluster_items.len() > total, "the cluster went on writing");
+    for item in restored_pairs.as_array().expect("items") {
+        assert!(cluster_items.contains(item), "{item} is not in the cluster");
+    }
+    drop(cluster);
+
+    // The restored node takes writes, and a node joining it catches up.
+    ok(
+        ctl(&http1, &["put", "restored", "yes"]),
+        "write to the restored node",
+    );
+    let second = new_cluster_spec(
+        2,
+        vec![first.raft_addr(), common::free_addr()],
+        &data_dir,
+        &["--join"],
+    );
+    let _node2 = launch(&second);
+    ok(
+        ctl(&http1, &["add-voter", "2", &second.raft_addr().to_string()]),
+        "add-voter to the restored cluster",
+    );
+    let http2 = second.http.to_string();
+    ok(
+        ctl(&http1, &["put", "joined", "yes"]),
+        "write after the join",
+    );
+    common::wait_until(SETTLE_TIMEOUT, "node 2 holds the restored data", || {
+        digest(&http2) == digest(&http1)
+    });
+    assert_eq!(
+        ok(ctl(&http2, &["get", "restored"]), "get via the new node"),
+        b"yes"
+    );
+}
+
+#[test]
+fn restore_refuses_a_corrupt_file_and_an_existing_directory_and_leaves_nothing_behind() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader();
+    let e = endpoint(&cluster, 1);
+    for i in 0..20 {
+        ok(ctl(&e, &["put", &format!("k{i}"), "some value"]), "put");
+    }
+    let work = tempfile::tempdir().expect("temporary directory");
+    let good = work.path().join("good.snap");
+    ok(
+        ctl(&e, &["backup", good.to_str().expect("UTF-8")]),
+        "backup",
+    );
+    let bytes = fs::read(&good).expect("read backup");
+    let restore = |file: &Path, data_dir: &Path| {
+        ondisk(
+            &[
+                "restore",
+                file.to_str().expect("UTF-8"),
+                "-data-dir",
+                data_dir.to_str().expect("UTF-8"),
+                "-nodeid",
+                "1",
+                "-cluster",
+                "127.0.0.1:1",
+            ],
+            b"",
+        )
+    };
+
+    let target = work.path().join("never");
+    let flipped = work.path().join("flipped.snap");
+    let mut damaged = bytes.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x40;
+    fs::write(&flipped, &damaged).expect("write");
+    fails(
+        restore(&flipped, &target),
+        "is damaged or not an ondisk backup",
+        "a flipped byte",
+    );
+    let truncated = work.path().join("truncated.snap");
+    fs::write(&truncated, &bytes[..bytes.len() - 10]).expect("write");
+    fails(
+        restore(&truncated, &target),
+        "is damaged or not an ondisk backup",
+        "a truncated file",
+    );
+    assert!(!target.exists(), "a failed restore left {target:?} behind");
+
+    let existing = work.path().join("existing");
+    fs::create_dir_all(existing.join("node1")).expect("mkdir");
+    fs::write(existing.join("node1").join("precious"), b"keep").expect("write");
+    fails(
+        restore(&good, &existing),
+        "already exists",
+        "an existing node directory",
+    );
+    assert_eq!(
+        fs::read(existing.join("node1").join("precious")).expect("still there"),
+        b"keep"
+    );
+    assert_eq!(fs::read_dir(&existing).expect("list").count(), 1);
+
+    // A backup into a directory that does not exist fails and leaves no partial file.
+    let nowhere = work.path().join("missing").join("b.snap");
+    let output = ctl(&e, &["backup", nowhere.to_str().expect("UTF-8")]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(!work.path().join("missing").exists());
+
+    let fresh = work.path().join("fresh");
+    ok(restore(&good, &fresh), "restore of the intact file");
+    assert!(fresh.join("node1").join("ONDISK").exists());
+}
+
+#[test]
+fn every_subcommand_explains_itself_with_h_and_node_flags_still_work() {
+    for args in [
+        vec!["ctl", "-h"],
+        vec!["ctl", "add-voter", "-h"],
+        vec!["ctl", "backup", "-h"],
+        vec!["ctl", "status", "-h"],
+        vec!["restore", "-h"],
+        vec!["-h"],
+    ] {
+        let help = text(&ok(ondisk(&args, b""), &format!("{args:?}")));
+        assert!(help.contains("Usage:"), "{args:?}: {help}");
+    }
+    let help = text(&ondisk(&["ctl", "add-voter", "-h"], b"").stdout);
+    assert!(help.contains("--prev-index"), "{help}");
+    let help = text(&ondisk(&["restore", "-h"], b"").stdout);
+    assert!(help.contains("-data-dir"), "{help}");
+    fails(
+        ondisk(&["-nodeid", "4"], b""),
+        "node id must be 1, 2 or 3",
+        "a node flag error",
+    );
+}
