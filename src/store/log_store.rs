@@ -20,6 +20,8 @@ use openraft::OptionalSend;
 use openraft::RaftLogReader;
 use rocksdb::Direction;
 use rocksdb::IteratorMode;
+use rocksdb::ReadOptions;
+use rocksdb::ReadTier;
 use rocksdb::WriteBatch;
 use rocksdb::WriteOptions;
 use rocksdb::DB;
@@ -31,6 +33,7 @@ use super::encode;
 use super::io_err;
 use super::open_rocksdb;
 use super::until_space;
+use super::write_soon;
 use super::write_until_space;
 use crate::error::Error;
 use crate::types::Entry;
@@ -138,6 +141,29 @@ fn key_index(key: &[u8]) -> io::Result<u64> {
     Ok(u64::from_be_bytes(bytes))
 }
 
+/// The longest range of entries read on an async worker; replication batches are far shorter.
+const MAX_ENTRIES_READ_INLINE: u64 = 256;
+
+/// Entries from index `start` up to `end` (exclusive; `None`: to the last).
+fn read_entries(
+    db: &DB,
+    start: u64,
+    end: Option<u64>,
+    opts: ReadOptions,
+) -> io::Result<Vec<Entry>> {
+    let cf = column_family(db, CF_LOGS)?;
+    let from = index_key(start);
+    let mut entries = Vec::new();
+    for item in db.iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward)) {
+        let (key, value) = item.map_err(io_err)?;
+        if end.is_some_and(|end| key_index(&key).is_ok_and(|i| i >= end)) {
+            break;
+        }
+        entries.push(decode::<Entry>(&value)?);
+    }
+    Ok(entries)
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -153,21 +179,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
-        let db = self.db.clone();
-        blocking(move || {
-            let cf = column_family(&db, CF_LOGS)?;
-            let from = index_key(start);
-            let mut entries = Vec::new();
-            for item in db.iterator_cf(cf, IteratorMode::From(&from, Direction::Forward)) {
-                let (key, value) = item.map_err(io_err)?;
-                if end.is_some_and(|end| key_index(&key).is_ok_and(|i| i >= end)) {
-                    break;
-                }
-                entries.push(decode::<Entry>(&value)?);
+        // Replication and apply ask for the newest few entries, which sit in the memtable or the
+        // block cache: read those here. A range that is long, or that needs the disk (RocksDB
+        // answers "incomplete" instead of reading), goes to the blocking pool.
+        if end.is_some_and(|end| end.saturating_sub(start) <= MAX_ENTRIES_READ_INLINE) {
+            let mut from_memory = ReadOptions::default();
+            from_memory.set_read_tier(ReadTier::BlockCache);
+            if let Ok(entries) = read_entries(&self.db, start, end, from_memory) {
+                return Ok(entries);
             }
-            Ok(entries)
-        })
-        .await
+        }
+        let db = self.db.clone();
+        blocking(move || read_entries(&db, start, end, ReadOptions::default())).await
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
@@ -227,11 +250,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 batch.put_cf(cf, index_key(entry.log_id.index), encode(&entry)?);
             }
         }
-        let db = self.db.clone();
-        blocking(move || {
-            write_until_space("raft log append", &db, batch, &WriteOptions::default())
-        })
-        .await?;
+        write_soon("raft log append", &self.db, batch).await?;
         // Readable now; durable (and acknowledged) once the syncer's next fsync covers it. WAL
         // order guarantees that fsync also covers every earlier vote or truncation.
         self.syncer.enqueue(callback)

@@ -24,10 +24,12 @@ pub use state_machine::snapshot_stream;
 pub use state_machine::StateMachineStore;
 pub use state_machine::StateReader;
 
+use std::borrow::Borrow;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rocksdb::ColumnFamilyDescriptor;
@@ -148,6 +150,42 @@ fn write_until_space(
             .unwrap_or_else(|| WriteBatch::from_data(&bytes));
         db.write_opt(batch, opts)
     })
+}
+
+/// Writes `batch` (WAL on, not synced) on the calling async task when RocksDB can take it at once
+/// (an append to the memtable and to the WAL in the page cache, with the disk's free-space
+/// reserve intact), and otherwise on the blocking pool, which waits out write stalls and a full
+/// disk. A put crosses storage three times (log append, replication read, apply), and each trip to
+/// another thread costs tens of microseconds, a large part of a put's latency; a write that would
+/// have to wait never runs here.
+async fn write_soon<D>(what: &'static str, db: &Arc<D>, batch: WriteBatch) -> io::Result<()>
+where
+    D: Borrow<DB> + Send + Sync + 'static,
+{
+    let bytes = batch.data().to_vec();
+    // One statvfs (about a microsecond) per write: a cached reading would let a write through
+    // after another program filled the disk, and RocksDB that hits "no space" mid-write refuses
+    // every later write until it is reopened.
+    let free = fs4::available_space((**db).borrow().path()).unwrap_or(0);
+    if free.saturating_sub(bytes.len() as u64) >= SPACE_RESERVE {
+        let mut at_once = WriteOptions::default();
+        at_once.set_no_slowdown(true);
+        match (**db).borrow().write_opt(batch, &at_once) {
+            Ok(()) => return Ok(()),
+            // Nothing was written (a write is atomic); the blocking path retries it.
+            Err(e) => tracing::debug!("{what}: write cannot complete at once ({e}); waiting"),
+        }
+    }
+    let db = db.clone();
+    blocking(move || {
+        write_until_space(
+            what,
+            (*db).borrow(),
+            WriteBatch::from_data(&bytes),
+            &WriteOptions::default(),
+        )
+    })
+    .await
 }
 
 /// Runs blocking RocksDB work off the async workers, so a slow disk never stalls the runtime that

@@ -7,6 +7,7 @@
 //! the new one, never a mix. Generations not named by the pointer are leftovers of an interrupted
 //! install or of a retired generation, and are removed when the state machine opens.
 
+use std::borrow::Borrow;
 use std::fs;
 use std::io;
 use std::io::Write;
@@ -33,6 +34,13 @@ const POINTER_SUFFIX: &str = ".current";
 pub struct StateDb {
     db: DB,
     cleanup: RemoveWhenRetired,
+}
+
+/// Lets code written for any RocksDB handle (`Arc<DB>` or a generation) take a generation.
+impl Borrow<DB> for StateDb {
+    fn borrow(&self) -> &DB {
+        &self.db
+    }
 }
 
 impl Deref for StateDb {

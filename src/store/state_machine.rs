@@ -56,6 +56,7 @@ use super::snapshot::SnapshotFile;
 use super::snapshot::SnapshotReader;
 use super::state_db::SharedStateDb;
 use super::until_space;
+use super::write_soon;
 use super::write_until_space;
 use crate::error::Error;
 use crate::types::Command;
@@ -327,17 +328,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let db = self.state.current();
         let new_membership = membership.clone();
         let new_removed = (removed.len() != removed_before).then(|| removed.clone());
-        let results = blocking(move || {
+        // Puts and deletes only write, so their batch is built and written here (see
+        // `write_soon`); a compare-and-swap may read the disk, so such a batch is built on the
+        // blocking pool.
+        let reads = commands
+            .iter()
+            .any(|command| matches!(command, Some(Command::CompareAndSwap { .. })));
+        let build = move |db: &DB| -> io::Result<(WriteBatch, Vec<CommandResult>)> {
             let mut batch = WriteBatch::default();
             let mut pending = HashMap::new();
             let results = commands
                 .into_iter()
                 .map(|command| match command {
-                    Some(command) => apply_command(&db, &mut batch, &mut pending, command),
+                    Some(command) => apply_command(db, &mut batch, &mut pending, command),
                     None => Ok(CommandResult::Applied),
                 })
                 .collect::<io::Result<Vec<_>>>()?;
-            let meta = column_family(&db, CF_META)?;
+            let meta = column_family(db, CF_META)?;
             batch.put_cf(meta, KEY_APPLIED, encode(&Some(last))?);
             if let Some(membership) = &new_membership {
                 batch.put_cf(meta, KEY_MEMBERSHIP, encode(membership)?);
@@ -345,10 +352,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             if let Some(removed) = &new_removed {
                 batch.put_cf(meta, KEY_REMOVED_IDS, encode(removed)?);
             }
-            write_until_space("state machine", &db, batch, &WriteOptions::default())?;
-            Ok(results)
-        })
-        .await?;
+            Ok((batch, results))
+        };
+        let results = if reads {
+            blocking(move || {
+                let (batch, results) = build(&db)?;
+                write_until_space("state machine", &db, batch, &WriteOptions::default())?;
+                Ok(results)
+            })
+            .await?
+        } else {
+            let (batch, results) = build(&db)?;
+            write_soon("state machine", &db, batch).await?;
+            results
+        };
         self.applied = Some(last);
         if let Some(membership) = membership {
             self.membership = membership;
