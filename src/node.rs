@@ -114,8 +114,6 @@ pub struct Node {
     removed: Arc<tokio::sync::watch::Sender<bool>>,
     /// Snapshots this node (as leader) has sent and seen installed.
     snapshots_sent: Arc<AtomicU64>,
-    /// Learners this node, as leader, added to stay learners: never promoted.
-    kept_learners: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
     rpc_server: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -226,7 +224,6 @@ impl Node {
             user_membership_change: tokio::sync::Mutex::default(),
             removed,
             snapshots_sent,
-            kept_learners: std::sync::Mutex::default(),
             rpc_server: std::sync::Mutex::default(),
         });
         let server = tokio::spawn(network::serve(raft_listener, node.clone()));

@@ -41,6 +41,9 @@ pub enum Command {
         expected: Option<Vec<u8>>,
         value: Vec<u8>,
     },
+    /// Marks learner `id` to stay a learner (`keep`), or clears the mark so that the leader
+    /// promotes it once it has caught up. A log entry, so every later leader honours it.
+    KeepLearner { id: NodeId, keep: bool },
 }
 
 impl fmt::Display for Command {
@@ -64,6 +67,7 @@ impl fmt::Display for Command {
                     value.len()
                 )
             }
+            Command::KeepLearner { id, keep } => write!(f, "keep_learner({id}, {keep})"),
         }
     }
 }

@@ -323,6 +323,32 @@ fn a_one_node_cluster_grows_with_add_voter_and_prev_index_refuses_a_stale_view()
             (4, false)
         ]))
     );
+
+    // The choice is replicated: under another leader the learner still stays one, until
+    // add-voter asks for its promotion.
+    ok(ctl(&e, &["transfer-leader", "2"]), "transfer-leader 2");
+    ok(
+        ctl(&e, &["put", "under", "two"]),
+        "put under the new leader",
+    );
+    common::wait_until(
+        SETTLE_TIMEOUT,
+        "the learner has the new leader's data",
+        || ctl(&http4, &["get", "--stale", "under"]).stdout == b"two",
+    );
+    assert_eq!(
+        roles(&e).and_then(|roles| roles.get(&4).copied()),
+        Some(false),
+        "the new leader promoted a learner added to stay one"
+    );
+    ok(
+        ctl(&e, &["add-voter", "4", &addr4]),
+        "add-voter 4 promotes the learner",
+    );
+    assert_eq!(
+        roles(&e).and_then(|roles| roles.get(&4).copied()),
+        Some(true)
+    );
     ok(ctl(&e, &["remove", "4"]), "remove 4");
     cluster.node(four).wait_exit(SETTLE_TIMEOUT);
     common::wait_until(SETTLE_TIMEOUT, "node 4 is gone", || {

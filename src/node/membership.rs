@@ -14,6 +14,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::ChangeMembershipError;
 use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
+use openraft::raft::ClientWriteResponse;
 use openraft::ChangeMembers;
 
 use super::write_error;
@@ -25,6 +26,7 @@ use crate::error::Result;
 use crate::network::MembershipChange;
 use crate::network::RemoteError;
 use crate::network::Request;
+use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::Member;
 use crate::types::NodeId;
@@ -226,16 +228,18 @@ impl Node {
                 None => match &change {
                     MembershipChange::Add {
                         id, member, voter, ..
-                    } => {
-                        if !voter {
-                            lock(&self.kept_learners).insert(*id);
+                    } => match self.mark_learner(*id, !voter).await {
+                        Err(e) => Err(e),
+                        // A learner asked to become a voter: clearing its mark is the whole
+                        // change; the leader promotes it once it has caught up.
+                        Ok(marked) if membership.membership().get_node(id).is_some() => {
+                            match marked {
+                                Some(written) => Ok(written),
+                                None => return Ok(CommandResult::Applied),
+                            }
                         }
-                        let added = self.raft.add_learner(*id, member.clone(), false).await;
-                        if added.is_err() {
-                            lock(&self.kept_learners).remove(id);
-                        }
-                        added
-                    }
+                        Ok(_) => self.raft.add_learner(*id, member.clone(), false).await,
+                    },
                     MembershipChange::TransferLeader { to } => {
                         drop(one_at_a_time);
                         if *to != self.id {
@@ -267,6 +271,26 @@ impl Node {
         }
     }
 
+    /// Records through the log whether learner `id` stays a learner (`keep`), unless that is
+    /// already what the applied state says. A log entry rather than this leader's memory, so a
+    /// later leader honours it too.
+    async fn mark_learner(
+        &self,
+        id: NodeId,
+        keep: bool,
+    ) -> std::result::Result<
+        Option<ClientWriteResponse<TypeConfig>>,
+        RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+    > {
+        if self.state.kept_learners().contains(&id) == keep {
+            return Ok(None);
+        }
+        self.raft
+            .client_write(Command::KeepLearner { id, keep })
+            .await
+            .map(Some)
+    }
+
     /// Checks `change` against the rules openraft does not enforce and says what to ask openraft
     /// for.
     fn validate(
@@ -283,8 +307,18 @@ impl Node {
                 "the membership changed since index {prev}: it was last set at index {at_index}; \
                  check the members and retry with --prev-index {at_index}"
             ))),
-            MembershipChange::Add { id, member, .. } => {
-                if membership.get_node(id).is_some() {
+            MembershipChange::Add {
+                id, member, voter, ..
+            } => {
+                if let Some(existing) = membership.get_node(id) {
+                    let learner = !membership.voter_ids().any(|voter_id| voter_id == *id);
+                    if *voter && learner && existing.raft_addr == member.raft_addr {
+                        return Ok(Plan {
+                            changes: None,
+                            retain: true,
+                            removing: None,
+                        });
+                    }
                     return Err(refused(format!("node {id} is already a member")));
                 }
                 if self.state.removed_ids().contains(id) {
@@ -411,14 +445,14 @@ impl Node {
 
     /// On the leader, promotes each learner to voter once its log is within [`PROMOTION_LAG`]
     /// entries of the leader's. A learner that never starts is never promoted, so it never counts
-    /// towards (or against) the quorum. Learners this node added as learners to keep are left
-    /// alone; that choice is known only to the leader that added them, so after a leader change
-    /// the new leader treats them as voters to be.
+    /// towards (or against) the quorum. Learners added to stay learners are left alone: that
+    /// choice is replicated state (`Command::KeepLearner`), so every later leader honours it.
     pub(super) fn promote_caught_up_learners(self: &Arc<Self>) {
         let node = self.clone();
         tokio::spawn(async move {
             let mut metrics = node.raft.metrics();
             loop {
+                let kept = node.state.kept_learners();
                 let ready: Vec<NodeId> = {
                     let m = metrics.borrow_watched();
                     let last_log = m.last_log_index.unwrap_or(0);
@@ -427,7 +461,7 @@ impl Node {
                             .membership_config
                             .membership()
                             .learner_ids()
-                            .filter(|id| !lock(&node.kept_learners).contains(id))
+                            .filter(|id| !kept.contains(id))
                             .filter(|id| {
                                 replication
                                     .get(id)
@@ -511,11 +545,6 @@ const BUSY: &str = "busy, try again";
 
 fn busy() -> RemoteError {
     RemoteError::Refused(format!("{BUSY}: another membership change is in progress"))
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked (a plain set).
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn refused(reason: String) -> RemoteError {

@@ -7,6 +7,7 @@
 //! "ONDISKSN" | version u32 | meta_len u32 | meta (bincode SnapshotMeta)
 //! { 0x01 | key_len u32 | key | value_len u32 | value }*
 //! [ 0x02 | len u32 | bincode set of node ids removed from the cluster ]
+//! [ 0x03 | len u32 | bincode set of learner ids that stay learners ]      (version 2 on)
 //! 0x00 | pair_count u64 | crc32 u32   (crc32 over every byte before it)
 //! ```
 //! Keys and values are raw bytes, so nothing is lost to a text encoding, and the receiver verifies
@@ -30,9 +31,22 @@ use crate::types::NodeId;
 use crate::types::SnapshotMeta;
 
 const MAGIC: &[u8; 8] = b"ONDISKSN";
-const VERSION: u32 = 1;
+
+/// What the cluster has decided about its members beyond openraft's membership. Replicated state:
+/// applied with the log, kept beside the data, carried in snapshots and across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberRecords {
+    /// Ids removed from the cluster; never admitted again.
+    pub removed: BTreeSet<NodeId>,
+    /// Learners added to stay learners (`add-learner`): the leader does not promote them.
+    pub kept_learners: BTreeSet<NodeId>,
+}
+const VERSION: u32 = 2;
+/// Version 1 streams lack the kept-learners record; they still install (with none kept).
+const OLDEST_READABLE_VERSION: u32 = 1;
 const TAG_PAIR: u8 = 1;
 const TAG_REMOVED_IDS: u8 = 2;
+const TAG_KEPT_LEARNERS: u8 = 3;
 const TAG_END: u8 = 0;
 /// Upper bound on any length field, so a corrupt or hostile stream cannot make us allocate wildly.
 const MAX_FIELD_LEN: u32 = 256 << 20;
@@ -186,10 +200,15 @@ impl<W: Write> SnapshotEncoder<W> {
         Ok(())
     }
 
-    /// Records the ids removed from the cluster, which are replicated state like the pairs.
-    pub fn add_removed_ids(&mut self, removed: &BTreeSet<NodeId>) -> io::Result<()> {
-        let bytes = encode(removed)?;
-        self.write(&[TAG_REMOVED_IDS])?;
+    /// Records what the cluster decided about its members, replicated state like the pairs.
+    pub fn add_member_records(&mut self, records: &MemberRecords) -> io::Result<()> {
+        self.add_id_set(TAG_REMOVED_IDS, &records.removed)?;
+        self.add_id_set(TAG_KEPT_LEARNERS, &records.kept_learners)
+    }
+
+    fn add_id_set(&mut self, tag: u8, ids: &BTreeSet<NodeId>) -> io::Result<()> {
+        let bytes = encode(ids)?;
+        self.write(&[tag])?;
         self.write_len(bytes.len())?;
         self.write(&bytes)
     }
@@ -229,8 +248,8 @@ pub(super) struct SnapshotReader<R: Read> {
     input: BufReader<R>,
     crc: crc32fast::Hasher,
     pub meta: SnapshotMeta,
-    /// Ids removed from the cluster, known once the record holding them has been read.
-    pub removed: BTreeSet<NodeId>,
+    /// The member records, known once the records holding them have been read (before the end).
+    pub records: MemberRecords,
     pairs: u64,
 }
 
@@ -241,7 +260,7 @@ impl<R: Read> SnapshotReader<R> {
             input: BufReader::with_capacity(1 << 20, input),
             crc: crc32fast::Hasher::new(),
             meta: SnapshotMeta::default(),
-            removed: BTreeSet::new(),
+            records: MemberRecords::default(),
             pairs: 0,
         };
         let mut magic = [0u8; 8];
@@ -250,7 +269,7 @@ impl<R: Read> SnapshotReader<R> {
             return Err(invalid("not an ondisk snapshot"));
         }
         let version = reader.read_u32()?;
-        if version != VERSION {
+        if !(OLDEST_READABLE_VERSION..=VERSION).contains(&version) {
             return Err(invalid(&format!("unsupported snapshot version {version}")));
         }
         let meta_bytes = reader.read_field()?;
@@ -262,8 +281,12 @@ impl<R: Read> SnapshotReader<R> {
     pub fn next_pair(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
         let mut tag = [0u8; 1];
         self.read(&mut tag)?;
-        if tag[0] == TAG_REMOVED_IDS {
-            self.removed = decode(&self.read_field()?)?;
+        loop {
+            match tag[0] {
+                TAG_REMOVED_IDS => self.records.removed = decode(&self.read_field()?)?,
+                TAG_KEPT_LEARNERS => self.records.kept_learners = decode(&self.read_field()?)?,
+                _ => break,
+            }
             self.read(&mut tag)?;
         }
         match tag[0] {
@@ -327,35 +350,73 @@ mod tests {
         for (k, v) in pairs {
             encoder.add(k, v).unwrap();
         }
-        encoder.add_removed_ids(&BTreeSet::from([4, 9])).unwrap();
+        encoder.add_member_records(&sample_records()).unwrap();
         encoder.finish().unwrap()
+    }
+
+    fn sample_records() -> MemberRecords {
+        MemberRecords {
+            removed: BTreeSet::from([4, 9]),
+            kept_learners: BTreeSet::from([5]),
+        }
     }
 
     type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
-    fn decode_all(bytes: &[u8]) -> io::Result<(Pairs, BTreeSet<NodeId>)> {
+    fn decode_all(bytes: &[u8]) -> io::Result<(Pairs, MemberRecords)> {
         let mut reader = SnapshotReader::new(bytes)?;
         let mut pairs = Vec::new();
         while let Some(pair) = reader.next_pair()? {
             pairs.push(pair);
         }
-        Ok((pairs, reader.removed))
+        Ok((pairs, reader.records))
     }
 
     #[test]
-    fn binary_keys_values_and_removed_ids_round_trip() {
+    fn binary_keys_values_and_member_records_round_trip() {
         let pairs: [(&[u8], &[u8]); 3] = [
             (b"a", b"\xff\xfe\x00"),
             (b"\x00\xff", b""),
             (b"plain", b"value with spaces"),
         ];
-        let (read, removed) = decode_all(&encode_sample(&pairs)).unwrap();
+        let (read, records) = decode_all(&encode_sample(&pairs)).unwrap();
         let expected: Vec<_> = pairs
             .iter()
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .collect();
         assert_eq!(read, expected);
-        assert_eq!(removed, BTreeSet::from([4, 9]));
+        assert_eq!(records, sample_records());
+    }
+
+    /// Streams from nodes of the previous format (version 1: removed ids, no kept learners)
+    /// still install.
+    #[test]
+    fn a_version_1_stream_is_read_with_no_kept_learners() {
+        let mut stream = Vec::new();
+        let mut crc = crc32fast::Hasher::new();
+        let mut put = |bytes: &[u8], stream: &mut Vec<u8>| {
+            crc.update(bytes);
+            stream.extend_from_slice(bytes);
+        };
+        let meta = encode(&SnapshotMeta::default()).unwrap();
+        let removed = encode(&BTreeSet::from([7u64])).unwrap();
+        put(MAGIC, &mut stream);
+        put(&1u32.to_be_bytes(), &mut stream);
+        put(&(meta.len() as u32).to_be_bytes(), &mut stream);
+        put(&meta, &mut stream);
+        put(&[TAG_PAIR, 0, 0, 0, 1, b'k', 0, 0, 0, 1, b'v'], &mut stream);
+        put(&[TAG_REMOVED_IDS], &mut stream);
+        put(&(removed.len() as u32).to_be_bytes(), &mut stream);
+        put(&removed, &mut stream);
+        put(&[TAG_END], &mut stream);
+        put(&1u64.to_be_bytes(), &mut stream);
+        let checksum = crc.finalize();
+        stream.extend_from_slice(&checksum.to_be_bytes());
+
+        let (pairs, records) = decode_all(&stream).unwrap();
+        assert_eq!(pairs, vec![(b"k".to_vec(), b"v".to_vec())]);
+        assert_eq!(records.removed, BTreeSet::from([7]));
+        assert!(records.kept_learners.is_empty());
     }
 
     #[test]
@@ -434,9 +495,9 @@ mod tests {
         /// A valid stream decodes to exactly its pairs.
         #[test]
         fn valid_streams_round_trip(pairs in pairs()) {
-            let (decoded, removed) = decode_all(&encode_pairs(&pairs)).unwrap();
+            let (decoded, records) = decode_all(&encode_pairs(&pairs)).unwrap();
             proptest::prop_assert_eq!(decoded, pairs);
-            proptest::prop_assert_eq!(removed, BTreeSet::from([4, 9]));
+            proptest::prop_assert_eq!(records, sample_records());
         }
 
         /// Any damaged byte or any truncation of a valid stream is detected: no pair from it ever

@@ -50,6 +50,7 @@ use super::encode;
 use super::io_err;
 use super::snapshot;
 use super::snapshot::Checkpoint;
+use super::snapshot::MemberRecords;
 use super::snapshot::SnapshotData;
 use super::snapshot::SnapshotEncoder;
 use super::snapshot::SnapshotFile;
@@ -78,6 +79,8 @@ const KEY_MEMBERSHIP: &[u8] = b"membership";
 /// Ids that have been removed from the cluster: replicated, so a removed id is refused re-entry
 /// on every node, after restarts and through snapshots.
 const KEY_REMOVED_IDS: &[u8] = b"removed_ids";
+/// Learners that stay learners: replicated, so whichever node leads next does not promote them.
+const KEY_KEPT_LEARNERS: &[u8] = b"kept_learners";
 /// Bytes of pairs per write while installing a snapshot.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
 /// Bytes per piece of a snapshot stream, and how many pieces may wait for the reader: together
@@ -92,7 +95,7 @@ type CurrentSnapshot = Arc<Mutex<Option<Arc<Checkpoint>>>>;
 struct StateMeta {
     applied: Option<LogId>,
     membership: StoredMembership,
-    removed: BTreeSet<NodeId>,
+    records: MemberRecords,
 }
 
 impl StateMeta {
@@ -106,14 +109,20 @@ impl StateMeta {
             Some(bytes) => decode(&bytes)?,
             None => StoredMembership::default(),
         };
-        let removed = match db.get_pinned_cf(meta, KEY_REMOVED_IDS).map_err(io_err)? {
-            Some(bytes) => decode(&bytes)?,
-            None => BTreeSet::new(),
+        let id_set = |key: &[u8]| -> io::Result<BTreeSet<NodeId>> {
+            match db.get_pinned_cf(meta, key).map_err(io_err)? {
+                Some(bytes) => decode(&bytes),
+                None => Ok(BTreeSet::new()),
+            }
+        };
+        let records = MemberRecords {
+            removed: id_set(KEY_REMOVED_IDS)?,
+            kept_learners: id_set(KEY_KEPT_LEARNERS)?,
         };
         Ok(StateMeta {
             applied,
             membership,
-            removed,
+            records,
         })
     }
 
@@ -132,7 +141,7 @@ pub struct StateMachineStore {
     current_snapshot: CurrentSnapshot,
     applied: Option<LogId>,
     membership: StoredMembership,
-    removed_ids: Arc<Mutex<BTreeSet<NodeId>>>,
+    records: Arc<Mutex<MemberRecords>>,
     counters: Arc<Counters>,
 }
 
@@ -152,7 +161,7 @@ struct Counters {
 #[derive(Clone)]
 pub struct StateReader {
     state: SharedStateDb,
-    removed_ids: Arc<Mutex<BTreeSet<NodeId>>>,
+    records: Arc<Mutex<MemberRecords>>,
     counters: Arc<Counters>,
 }
 
@@ -170,7 +179,7 @@ impl StateMachineStore {
         let StateMeta {
             applied,
             membership,
-            removed,
+            records,
         } = StateMeta::read(&state.current()).map_err(storage_err(path))?;
         fs::create_dir_all(&snapshot_dir)?;
         let newest = snapshot::newest_checkpoint_in(&snapshot_dir)
@@ -187,7 +196,7 @@ impl StateMachineStore {
             current_snapshot: Arc::new(Mutex::new(newest.map(Arc::new))),
             applied,
             membership,
-            removed_ids: Arc::new(Mutex::new(removed)),
+            records: Arc::new(Mutex::new(records)),
             counters: Arc::default(),
         })
     }
@@ -196,7 +205,7 @@ impl StateMachineStore {
     pub fn reader(&self) -> StateReader {
         StateReader {
             state: self.state.clone(),
-            removed_ids: self.removed_ids.clone(),
+            records: self.records.clone(),
             counters: self.counters.clone(),
         }
     }
@@ -232,7 +241,12 @@ impl StateReader {
 
     /// Ids removed from the cluster, as applied so far.
     pub fn removed_ids(&self) -> BTreeSet<NodeId> {
-        lock(&self.removed_ids).clone()
+        lock(&self.records).removed.clone()
+    }
+
+    /// Learners that stay learners, as applied so far.
+    pub fn kept_learners(&self) -> BTreeSet<NodeId> {
+        lock(&self.records).kept_learners.clone()
     }
 
     /// Entries applied by this process since it started.
@@ -284,6 +298,8 @@ fn apply_command(
             batch.put_cf(data, &key, &value);
             pending.insert(key, Some(value));
         }
+        // A member record, not data: `apply` records it with the membership.
+        Command::KeepLearner { .. } => {}
     }
     Ok(CommandResult::Applied)
 }
@@ -305,19 +321,30 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(());
         };
         let mut membership = None;
-        let mut removed = lock(&self.removed_ids).clone();
-        let removed_before = removed.len();
+        let records_before = lock(&self.records).clone();
+        let mut records = records_before.clone();
         let mut previous_nodes = node_ids(&self.membership);
         let mut commands = Vec::with_capacity(entries.len());
         let mut responders = Vec::with_capacity(entries.len());
         for (entry, responder) in entries {
             match entry.payload {
                 EntryPayload::Blank => commands.push(None),
+                EntryPayload::Normal(Command::KeepLearner { id, keep }) => {
+                    if keep {
+                        records.kept_learners.insert(id);
+                    } else {
+                        records.kept_learners.remove(&id);
+                    }
+                    commands.push(None);
+                }
                 EntryPayload::Normal(command) => commands.push(Some(command)),
                 EntryPayload::Membership(m) => {
                     let next = StoredMembership::new(Some(entry.log_id), m);
                     let next_nodes = node_ids(&next);
-                    removed.extend(previous_nodes.difference(&next_nodes));
+                    for gone in previous_nodes.difference(&next_nodes) {
+                        records.removed.insert(*gone);
+                        records.kept_learners.remove(gone);
+                    }
                     previous_nodes = next_nodes;
                     membership = Some(next);
                     commands.push(None);
@@ -327,7 +354,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         let db = self.state.current();
         let new_membership = membership.clone();
-        let new_removed = (removed.len() != removed_before).then(|| removed.clone());
+        let new_records = (records != records_before).then(|| records.clone());
         // Puts and deletes only write, so their batch is built and written here (see
         // `write_soon`); a compare-and-swap may read the disk, so such a batch is built on the
         // blocking pool.
@@ -349,8 +376,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             if let Some(membership) = &new_membership {
                 batch.put_cf(meta, KEY_MEMBERSHIP, encode(membership)?);
             }
-            if let Some(removed) = &new_removed {
-                batch.put_cf(meta, KEY_REMOVED_IDS, encode(removed)?);
+            if let Some(records) = &new_records {
+                put_member_records(&mut batch, meta, records)?;
             }
             Ok((batch, results))
         };
@@ -370,7 +397,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(membership) = membership {
             self.membership = membership;
         }
-        *lock(&self.removed_ids) = removed;
+        *lock(&self.records) = records;
         self.counters
             .applied_this_run
             .fetch_add(results.len() as u64, Ordering::Relaxed);
@@ -403,7 +430,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let state = self.state.clone();
         let dir = self.snapshot_dir.clone();
         let expected_meta = meta.clone();
-        let (checkpoint, removed) = blocking(move || {
+        let (checkpoint, records) = blocking(move || {
             let received = match &snapshot {
                 SnapshotData::Received(file) => Some(file.path.clone()),
                 SnapshotData::Checkpoint(_) => None,
@@ -424,7 +451,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .await?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        *lock(&self.removed_ids) = removed;
+        *lock(&self.records) = records;
         replace_current(&self.current_snapshot, checkpoint);
         self.counters
             .snapshots_installed
@@ -447,17 +474,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 }
 
 /// Loads a snapshot stream into a new database generation, records `recorded` (applied log id
-/// and membership) and the removed ids beside it, syncs, switches to it and checkpoints it. The
-/// removed ids are `removed` when given, otherwise the stream's. Returns the checkpoint and the
-/// removed ids in force. The checksum is verified before the switch, so a damaged stream changes
-/// nothing.
+/// and membership) and the member records beside it, syncs, switches to it and checkpoints it.
+/// The member records are `records` when given, otherwise the stream's. Returns the checkpoint
+/// and the member records in force. The checksum is verified before the switch, so a damaged
+/// stream changes nothing.
 fn load_stream<R: Read>(
     state: &SharedStateDb,
     dir: &Path,
     mut reader: SnapshotReader<R>,
     recorded: &SnapshotMeta,
-    removed: Option<BTreeSet<NodeId>>,
-) -> io::Result<(Checkpoint, BTreeSet<NodeId>)> {
+    records: Option<MemberRecords>,
+) -> io::Result<(Checkpoint, MemberRecords)> {
     let next = state.create_next()?;
     let data = column_family(&next, CF_DATA)?;
     // The new generation is invisible until the switch and is synced by the flush below, so the
@@ -472,23 +499,34 @@ fn load_stream<R: Read>(
             write_until_space("snapshot install", &next, full, &unlogged)?;
         }
     }
-    let removed = removed.unwrap_or(reader.removed);
+    let records = records.unwrap_or(reader.records);
     let meta_cf = column_family(&next, CF_META)?;
     batch.put_cf(meta_cf, KEY_APPLIED, encode(&recorded.last_log_id)?);
     batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode(&recorded.last_membership)?);
-    batch.put_cf(meta_cf, KEY_REMOVED_IDS, encode(&removed)?);
+    put_member_records(&mut batch, meta_cf, &records)?;
     write_until_space("snapshot install", &next, batch, &unlogged)?;
     until_space("snapshot install", next.path(), || {
         next.flush_cfs_opt(&[data, meta_cf], &rocksdb::FlushOptions::default())
     })?;
     state.switch_to(next)?;
-    Ok((create_checkpoint(state, dir)?, removed))
+    Ok((create_checkpoint(state, dir)?, records))
+}
+
+/// Adds both member records to `batch`, in the meta column family `meta`.
+fn put_member_records(
+    batch: &mut WriteBatch,
+    meta: &rocksdb::ColumnFamily,
+    records: &MemberRecords,
+) -> io::Result<()> {
+    batch.put_cf(meta, KEY_REMOVED_IDS, encode(&records.removed)?);
+    batch.put_cf(meta, KEY_KEPT_LEARNERS, encode(&records.kept_learners)?);
+    Ok(())
 }
 
 impl StateMachineStore {
     /// Fills this new, empty state machine from the backup stream in `file` as the state of a
     /// NEW cluster: the backup's data at its applied log id, with `membership` (set at that log
-    /// id) in place of the backup's and no removed ids, which belonged to the old cluster. Returns
+    /// id) in place of the backup's and no member records, which belonged to the old cluster. Returns
     /// the backup's own header. A damaged stream is refused before anything is switched to.
     pub async fn restore(
         &mut self,
@@ -504,7 +542,13 @@ impl StateMachineStore {
                 last_log_id: backup.last_log_id,
                 last_membership: StoredMembership::new(backup.last_log_id, membership),
             };
-            load_stream(&state, &dir, reader, &recorded, Some(BTreeSet::new()))?;
+            load_stream(
+                &state,
+                &dir,
+                reader,
+                &recorded,
+                Some(MemberRecords::default()),
+            )?;
             Ok(backup)
         })
         .await
@@ -628,7 +672,7 @@ fn encode_checkpoint(
             }
         }
     }
-    encoder.add_removed_ids(&state_meta.removed)?;
+    encoder.add_member_records(&state_meta.records)?;
     let rest = encoder.finish()?;
     let _ = pieces.send(Ok(rest));
     Ok(())
