@@ -41,6 +41,7 @@ enum Command {
         endpoints: Vec<String>,
         #[command(flatten)]
         load: LoadArgs,
+        /// What each client sends.
         #[arg(long, value_enum, default_value_t = Workload::Put)]
         workload: Workload,
         /// Concurrent clients, each with one request in flight.
@@ -65,6 +66,7 @@ enum Command {
         /// Rounds; each runs every workload on both systems.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Workloads to run, comma-separated.
         #[arg(
             long,
             value_enum,
@@ -72,6 +74,7 @@ enum Command {
             default_value = "put,get,stale-get,mixed"
         )]
         workloads: Vec<Workload>,
+        /// Concurrent client counts to run each workload at, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
         clients: Vec<usize>,
         /// Keys loaded at the end to measure memory and restart time (0: skip that phase).
