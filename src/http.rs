@@ -526,33 +526,7 @@ async fn backup(State(api): State<ApiState>) -> Response {
     timed("backup", async move {
         let snapshot = api.node.backup().await?;
         let log_id = snapshot.meta.last_log_id;
-        let (pieces, received) =
-            tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(BACKUP_QUEUE);
-        tokio::task::spawn_blocking(move || {
-            let mut stream = match store::snapshot_stream(snapshot.snapshot) {
-                Ok(stream) => stream,
-                Err(e) => {
-                    let _ = pieces.blocking_send(Err(e));
-                    return;
-                }
-            };
-            loop {
-                let mut piece = vec![0u8; BACKUP_PIECE_BYTES];
-                match std::io::Read::read(&mut stream, &mut piece) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        piece.truncate(n);
-                        if pieces.blocking_send(Ok(piece)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = pieces.blocking_send(Err(e));
-                        return;
-                    }
-                }
-            }
-        });
+        let received = store::snapshot_chunks(snapshot.snapshot, BACKUP_PIECE_BYTES, BACKUP_QUEUE);
         let body = Body::from_stream(tokio_stream_of(received));
         let mut response =
             ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response();

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::io;
-use std::io::Read;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,7 +34,7 @@ use super::RemoteError;
 use super::Request;
 use super::Response;
 use super::SnapshotChunk;
-use crate::store::snapshot_stream;
+use crate::store::snapshot_chunks;
 use crate::store::SnapshotData;
 use crate::types::Member;
 use crate::types::NodeId;
@@ -215,25 +214,17 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             RPCError::RemoteError(r) => StreamingError::Unreachable(Unreachable::new(&r)),
         };
         let Snapshot { meta, snapshot } = snapshot;
-        let mut stream = snapshot_stream(snapshot)
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        // One chunk read ahead while the previous one is on the wire.
+        let mut chunks = snapshot_chunks(snapshot, SNAPSHOT_CHUNK_LEN, 1);
         let chunk_timeout = option.hard_ttl().max(Duration::from_secs(5));
         tokio::pin!(cancel);
         let mut offset = 0u64;
         loop {
-            let (data, stream_back) = tokio::task::spawn_blocking(move || {
-                let mut data = Vec::with_capacity(SNAPSHOT_CHUNK_LEN);
-                let read = (&mut stream)
-                    .take(SNAPSHOT_CHUNK_LEN as u64)
-                    .read_to_end(&mut data);
-                (read.map(|_| data), stream)
-            })
-            .await
-            .map_err(|e| {
-                StreamingError::Network(NetworkError::new(&io::Error::other(e.to_string())))
-            })?;
-            stream = stream_back;
-            let data = data.map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+            let data = chunks
+                .recv()
+                .await
+                .unwrap_or_else(|| Err(io::Error::other("the snapshot stream ended early")))
+                .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
             let done = data.len() < SNAPSHOT_CHUNK_LEN;
             let len = data.len() as u64;
             let chunk = SnapshotChunk {

@@ -20,6 +20,7 @@ pub use snapshot::verify as verify_snapshot;
 pub use snapshot::Checkpoint;
 pub use snapshot::SnapshotData;
 pub use snapshot::SnapshotFile;
+pub use state_machine::snapshot_chunks;
 pub use state_machine::snapshot_stream;
 pub use state_machine::StateMachineStore;
 pub use state_machine::StateReader;

@@ -623,6 +623,40 @@ fn replace_current(current: &CurrentSnapshot, checkpoint: Checkpoint) -> Arc<Che
     }
 }
 
+/// The snapshot stream of `snapshot` in chunks of `chunk_len` bytes, the last one shorter
+/// (possibly empty), so a receiver knows the end without another read. One blocking task reads
+/// them at most `ahead` chunks before the consumer, off the async workers: the stream reads the
+/// disk, and sending the previous chunk overlaps with reading the next. Dropping the receiver
+/// stops the task.
+pub fn snapshot_chunks(
+    snapshot: SnapshotData,
+    chunk_len: usize,
+    ahead: usize,
+) -> tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>> {
+    let (chunks, received) = tokio::sync::mpsc::channel(ahead.max(1));
+    tokio::task::spawn_blocking(move || {
+        let mut stream = match snapshot_stream(snapshot) {
+            Ok(stream) => stream,
+            Err(e) => {
+                let _ = chunks.blocking_send(Err(e));
+                return;
+            }
+        };
+        loop {
+            let mut chunk = Vec::with_capacity(chunk_len);
+            let read = (&mut stream)
+                .take(chunk_len as u64)
+                .read_to_end(&mut chunk)
+                .map(|_| chunk);
+            let last = read.as_ref().map_or(true, |chunk| chunk.len() < chunk_len);
+            if chunks.blocking_send(read).is_err() || last {
+                return;
+            }
+        }
+    });
+    received
+}
+
 /// A snapshot as a byte stream in the snapshot format: a received file as it is, a checkpoint
 /// encoded on the fly by a thread that stays at most [`STREAM_QUEUE`] pieces ahead of the reader.
 pub fn snapshot_stream(snapshot: SnapshotData) -> io::Result<Box<dyn Read + Send>> {
