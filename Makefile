@@ -1,6 +1,6 @@
 # ondisk: build, run and test.
 #
-# RocksDB is compiled from C++ source by the rocksdb crate (about 12 minutes on 2 cores), so every
+# RocksDB is compiled from C++ source by the rocksdb crate (12 to 30 minutes on 2 cores), so every
 # target builds into one cache outside the checkout and uses ONE profile (release) for the binary
 # and the tests: only the first build on a machine pays for RocksDB.
 
@@ -15,22 +15,13 @@ ondisk: deps
 	$(CARGO) build --release --locked --workspace --bins
 	cp "$(CARGO_TARGET_DIR)/release/ondisk" ./ondisk.new && mv -f ./ondisk.new ./ondisk
 
-## Install what the build needs: libclang for RocksDB's bindings, a C++ compiler.
+## Install what building and testing need (libclang, a C++ compiler, protoc, fuse3) where missing.
 deps:
-	@if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then \
-		echo "installing libclang-dev (needed to build RocksDB's bindings)"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libclang-dev clang g++ >/dev/null; \
-	fi
-	@if ! command -v protoc >/dev/null; then \
-		echo "installing protobuf-compiler (the benchmark's etcd client is generated from etcd's .proto files)"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq protobuf-compiler >/dev/null; \
-	fi
-	@command -v $(CARGO) >/dev/null || { echo "cargo is required: install Rust from your distribution or rustup"; exit 1; }
+	@scripts/deps.sh
 
 ## Everything CI checks: formatting, lints, unit and integration tests.
 test: deps lint
+	scripts/test-deps.sh
 	$(CARGO) test --release --locked --workspace --all-targets
 
 lint: deps

@@ -13,17 +13,27 @@ use crate::node::InjectedFault;
 use crate::types::Member;
 use crate::types::NodeId;
 
+/// Shown under every `ondisk -h`: the node's flags alone would hide that the binary is also the
+/// cluster's client and its restore tool (as `git -h` names git's commands).
+const SUBCOMMANDS_HELP: &str = "Subcommands:
+  ctl       a client for a running cluster: put, get, scan, members, status, backup, ...
+            (see `ondisk ctl -h`)
+  restore   create the data directory of a new single-node cluster from a backup file
+            (see `ondisk restore -h`)";
+
 /// Raft addresses of nodes 1, 2 and 3 when no address or cluster is given, as in the original.
 const DEFAULT_RAFT_ADDRS: [&str; 3] = ["localhost:63001", "localhost:63002", "localhost:63003"];
 /// Without `-http` or `--port`, the HTTP port is the raft port plus this.
 const HTTP_PORT_OFFSET: u16 = 1000;
 
 /// ondisk: a replicated key-value store (Raft over RocksDB) with a REPL and an HTTP API.
-///
-/// Subcommands: `ondisk ctl ...` (a client for a running cluster) and `ondisk restore ...`
-/// (a new node from a backup); see `ondisk ctl -h` and `ondisk restore -h`.
 #[derive(Debug, Parser)]
-#[command(name = "ondisk", version)]
+#[command(
+    name = "ondisk",
+    version,
+    override_usage = "ondisk [OPTIONS]          run a node\n       ondisk ctl COMMAND ...   talk to a running cluster\n       ondisk restore FILE ...  create a node from a backup",
+    after_help = SUBCOMMANDS_HELP
+)]
 pub struct Args {
     #[command(flatten)]
     pub address: AddressArgs,

@@ -645,6 +645,13 @@ fn every_subcommand_explains_itself_with_h_and_node_flags_still_work() {
     assert!(help.contains("--prev-index"), "{help}");
     let help = text(&ondisk(&["restore", "-h"], b"").stdout);
     assert!(help.contains("-data-dir"), "{help}");
+    // The node's own help names the subcommands and where their help is.
+    for long_or_short in ["-h", "--help"] {
+        let help = text(&ondisk(&[long_or_short], b"").stdout);
+        for pointer in ["ondisk ctl -h", "ondisk restore -h", "--nodeid"] {
+            assert!(help.contains(pointer), "{long_or_short}: {pointer}: {help}");
+        }
+    }
     fails(
         ondisk(&["-nodeid", "4"], b""),
         "node id must be 1, 2 or 3",
