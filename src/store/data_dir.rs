@@ -47,6 +47,8 @@ impl DataDir {
                 }
                 fs::create_dir_all(&root)?;
                 write_marker(&root, node_id, cluster_id)?;
+                // The new directory's own entry is durable only once its parent is synced.
+                fs::File::open(base)?.sync_all()?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -76,6 +78,14 @@ impl DataDir {
     /// The node's log file.
     pub fn log_file(&self) -> PathBuf {
         self.root.join("ondisk.log")
+    }
+
+    /// Makes the entries of the node directory durable: the databases and the snapshot
+    /// directory are created inside it after the marker, and a file system keeps a new entry
+    /// across a power cut only once its directory is synced (RocksDB syncs the directories it
+    /// writes in, not the one it is created in).
+    pub fn sync_layout(&self) -> io::Result<()> {
+        fs::File::open(&self.root)?.sync_all()
     }
 
     /// Records, durably, that this node has been removed from the cluster, so a restart with

@@ -49,31 +49,50 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
-/// openraft's log storage over RocksDB. Cheap to clone: clones share the database and syncer.
+/// openraft's log storage over RocksDB. Cheap to clone: clones share the database and its
+/// background threads.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    syncer: Arc<Syncer>,
+    /// Fsyncs the WAL for queued appends (group commit).
+    syncer: Arc<Worker<IOFlushed<TypeConfig>>>,
+    /// Compacts purged ranges: a compaction can take seconds with large entries, and openraft's
+    /// core waits for `purge`, so it must not wait for the compaction too (heartbeats would stop).
+    compactor: Arc<Worker<[u8; 8]>>,
 }
 
-/// The thread that fsyncs the WAL for queued appends. Dropping the last handle stops it and
-/// waits for it, so the database is closed once every store handle is gone.
-struct Syncer {
-    /// Appends waiting for the fsync that makes them durable.
-    queue: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
+/// A thread that takes work from a queue. Dropping the last handle closes the queue and waits
+/// for the thread, so the database is closed only once every store handle and thread is done.
+struct Worker<T> {
+    queue: Option<mpsc::Sender<T>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
-impl Syncer {
-    fn enqueue(&self, callback: IOFlushed<TypeConfig>) -> io::Result<()> {
+impl<T: Send + 'static> Worker<T> {
+    /// Starts a thread named `name` running `work` over the queue until the queue closes.
+    fn start(
+        name: &str,
+        work: impl FnOnce(mpsc::Receiver<T>) + Send + 'static,
+    ) -> io::Result<Arc<Self>> {
+        let (queue, pending) = mpsc::channel();
+        let thread = thread::Builder::new()
+            .name(name.into())
+            .spawn(move || work(pending))?;
+        Ok(Arc::new(Worker {
+            queue: Some(queue),
+            thread: Some(thread),
+        }))
+    }
+
+    fn enqueue(&self, item: T) -> io::Result<()> {
         self.queue
             .as_ref()
-            .and_then(|queue| queue.send(callback).ok())
-            .ok_or_else(|| io::Error::other("log syncer stopped"))
+            .and_then(|queue| queue.send(item).ok())
+            .ok_or_else(|| io::Error::other("a log store thread stopped"))
     }
 }
 
-impl Drop for Syncer {
+impl<T> Drop for Worker<T> {
     fn drop(&mut self) {
         self.queue.take();
         if let Some(thread) = self.thread.take() {
@@ -83,19 +102,62 @@ impl Drop for Syncer {
 }
 
 impl LogStore {
-    /// Opens the log database at `path` and starts its syncer thread.
+    /// Opens the log database at `path` and starts its syncer and compactor threads.
     pub fn open(path: &Path) -> Result<Self, Error> {
         let db = Arc::new(open_rocksdb(path, &[CF_LOGS, CF_META])?);
-        let (queue, pending) = mpsc::channel();
         let syncer_db = db.clone();
-        let thread = thread::Builder::new()
-            .name("raft-log-sync".into())
-            .spawn(move || sync_appends(&syncer_db, &pending))?;
-        let syncer = Arc::new(Syncer {
-            queue: Some(queue),
-            thread: Some(thread),
-        });
-        Ok(LogStore { db, syncer })
+        let syncer = Worker::start("raft-log-sync", move |pending| {
+            sync_appends(&syncer_db, &pending)
+        })?;
+        let compactor_db = db.clone();
+        let compactor = Worker::start("raft-log-compact", move |pending| {
+            compact_purged(&compactor_db, &pending)
+        })?;
+        Ok(LogStore {
+            db,
+            syncer,
+            compactor,
+        })
+    }
+
+    /// Removes the log's tail from `applied`'s index on if the entry there is not `applied`: then
+    /// that entry and every later one cannot be part of the log that produced the state
+    /// machine's `applied` entry (terms never decrease along a log, so one look is enough).
+    ///
+    /// Installing a snapshot makes the state machine durable first; the log's truncation and
+    /// purge that follow are synced right after. A power cut in between leaves the log from
+    /// before the install beside the installed state, which openraft refuses to start from
+    /// ("inverted log order") when that log reaches past the snapshot's index with older entries.
+    /// Run before Raft starts; nothing removed here was committed.
+    pub fn drop_tail_conflicting_with(&self, applied: Option<LogId>) -> io::Result<()> {
+        let Some(applied) = applied else {
+            return Ok(());
+        };
+        let at_applied = read_entries(
+            &self.db,
+            applied.index,
+            Some(applied.index + 1),
+            ReadOptions::default(),
+        )?;
+        match at_applied.first() {
+            Some(entry) if entry.log_id != applied => {
+                tracing::warn!(
+                    "removing the log from {} on: it conflicts with the state machine's applied entry {} (a snapshot was installed just before a crash)",
+                    entry.log_id,
+                    applied
+                );
+                self.delete_from(applied.index)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes every entry from `index` on, durably (see [`LogStore::truncate_after`]).
+    fn delete_from(&self, index: u64) -> io::Result<()> {
+        let cf = column_family(&self.db, CF_LOGS)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf, index_key(index), index_key(u64::MAX));
+        write_until_space("raft log truncation", &self.db, batch, &synced())
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -128,6 +190,25 @@ fn sync_appends(db: &DB, pending: &mpsc::Receiver<IOFlushed<TypeConfig>>) {
             callback.io_completed(result.clone().map_err(io::Error::other));
         }
     }
+}
+
+/// The compactor loop: compacts the purged range, up to the newest purge point queued.
+fn compact_purged(db: &DB, pending: &mpsc::Receiver<[u8; 8]>) {
+    while let Ok(first) = pending.recv() {
+        let end = pending.try_iter().fold(first, |a, b| a.max(b));
+        match column_family(db, CF_LOGS) {
+            Ok(logs) => db.compact_range_cf(logs, None::<&[u8]>, Some(&end[..])),
+            Err(e) => tracing::warn!("cannot compact the purged log: {e}"),
+        }
+    }
+}
+
+/// Write options for the log's rare structural changes (truncation, purge): synced at once
+/// rather than left for the next append's fsync, so no power cut can undo one on its own.
+fn synced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -256,16 +337,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.syncer.enqueue(callback)
     }
 
+    /// Synced: a truncated tail that came back after a power cut could sit beside a state
+    /// machine that has moved past it.
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         let from = last_log_id.map_or(0, |id| id.index + 1);
-        let db = self.db.clone();
-        blocking(move || {
-            let cf = column_family(&db, CF_LOGS)?;
-            until_space("raft log truncation", db.path(), || {
-                db.delete_range_cf(cf, index_key(from), index_key(u64::MAX))
-            })
-        })
-        .await
+        let this = self.clone();
+        blocking(move || this.delete_from(from)).await
     }
 
     /// Purging is only ever asked for up to a snapshot point, and the state machine syncs its
@@ -273,19 +350,73 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// already durable in the state machine.
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         let db = self.db.clone();
+        let end = index_key(log_id.index + 1);
         blocking(move || {
             let logs = column_family(&db, CF_LOGS)?;
             let meta = column_family(&db, CF_META)?;
             let mut batch = WriteBatch::default();
             batch.put_cf(meta, KEY_LAST_PURGED, encode(&log_id)?);
-            let end = index_key(log_id.index + 1);
             batch.delete_range_cf(logs, index_key(0), end);
-            write_until_space("raft log purge", &db, batch, &WriteOptions::default())?;
-            // Range deletions free space only when compacted; compacting the purged range now
-            // keeps the log's disk use bounded under a steady write load.
-            db.compact_range_cf(logs, None::<&[u8]>, Some(&end[..]));
-            Ok(())
+            write_until_space("raft log purge", &db, batch, &synced())
         })
-        .await
+        .await?;
+        // Range deletions free space only when compacted; compacting the purged range keeps the
+        // log's disk use bounded under a steady write load.
+        self.compactor.enqueue(end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::testing::blank_ent;
+    use openraft::testing::log_id;
+
+    use super::*;
+
+    /// A log holding entries 1..=10 of term 1, as a follower had it before a snapshot arrived.
+    async fn log_of_term_1() -> (tempfile::TempDir, LogStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        let entries = (1..=10).map(|index| blank_ent::<TypeConfig>(1, 1, index));
+        store.blocking_append(entries).await.unwrap();
+        (dir, store)
+    }
+
+    async fn last_log_index(store: &mut LogStore) -> Option<u64> {
+        store
+            .get_log_state()
+            .await
+            .unwrap()
+            .last_log_id
+            .map(|id| id.index)
+    }
+
+    #[tokio::test]
+    async fn a_tail_older_than_an_installed_snapshot_is_removed() {
+        let (_dir, mut store) = log_of_term_1().await;
+        // A snapshot of term 2 at index 6 was installed, and the power went before the log's
+        // truncation was durable: entries 6..=10 of term 1 conflict with it.
+        let applied = log_id::<TypeConfig>(2, 2, 6);
+        store.drop_tail_conflicting_with(Some(applied)).unwrap();
+        assert_eq!(last_log_index(&mut store).await, Some(5));
+        // openraft's own start-up check: the last log id is now below the applied one, a hole
+        // it fills by purging, instead of an "inverted log order" at the same index.
+        let last = store.get_log_state().await.unwrap().last_log_id;
+        assert!(last < Some(applied) && last.map(|id| id.index) < Some(applied.index));
+    }
+
+    #[tokio::test]
+    async fn a_log_that_agrees_with_the_state_machine_is_kept() {
+        let (_dir, mut store) = log_of_term_1().await;
+        for applied in [Some(log_id::<TypeConfig>(1, 1, 6)), None] {
+            store.drop_tail_conflicting_with(applied).unwrap();
+            assert_eq!(last_log_index(&mut store).await, Some(10));
+        }
+        // A state machine ahead of the whole log leaves nothing to compare.
+        store
+            .drop_tail_conflicting_with(Some(log_id::<TypeConfig>(3, 2, 20)))
+            .unwrap();
+        assert_eq!(last_log_index(&mut store).await, Some(10));
     }
 }

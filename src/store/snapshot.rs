@@ -22,6 +22,8 @@ use std::io::Read;
 use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::decode;
@@ -52,9 +54,20 @@ const TAG_END: u8 = 0;
 const MAX_FIELD_LEN: u32 = 256 << 20;
 /// Prefix of checkpoint directories in the snapshot directory.
 const CHECKPOINT_PREFIX: &str = "checkpoint-";
-/// Where a checkpoint is built before it is renamed to its final name. RocksDB itself writes into
-/// `<this>.tmp` first; neither name looks like a finished checkpoint.
-pub(super) const CHECKPOINT_BUILDING: &str = "building-checkpoint";
+/// Prefix of the directory where a checkpoint is built before it is renamed to its final name;
+/// each build adds its own number, because a follower may build one while installing another.
+/// RocksDB itself writes into `<name>.tmp` first; neither name looks like a finished checkpoint.
+const CHECKPOINT_BUILDING: &str = "building-checkpoint-";
+
+/// Numbers the checkpoints this process builds, so two builds never share a directory.
+static CHECKPOINT_BUILDS: AtomicU64 = AtomicU64::new(0);
+
+/// A directory name in the snapshot directory for one checkpoint build, unique in this process
+/// (leftovers of an earlier process are removed at start-up by [`newest_checkpoint_in`]).
+pub(super) fn checkpoint_building_name() -> String {
+    let build = CHECKPOINT_BUILDS.fetch_add(1, Ordering::Relaxed);
+    format!("{CHECKPOINT_BUILDING}{build}")
+}
 
 /// openraft's `SnapshotData` for ondisk.
 #[derive(Debug)]
@@ -439,8 +452,8 @@ mod tests {
         let finished = checkpoint_name(&SnapshotMeta::default());
         for name in [
             finished.as_str(),
-            CHECKPOINT_BUILDING,
-            &format!("{CHECKPOINT_BUILDING}.tmp"),
+            &checkpoint_building_name(),
+            &format!("{}.tmp", checkpoint_building_name()),
             "checkpoint-building.partial.tmp",
         ] {
             fs::create_dir(dir.path().join(name)).unwrap();

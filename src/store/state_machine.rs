@@ -10,9 +10,10 @@
 //! builds a new database generation and switches to it (see `state_db`).
 //!
 //! Durability: applies are written without fsync (they are also in the fsynced Raft log).
-//! Creating a checkpoint flushes the memtables into synced table files, so everything at or
-//! below a snapshot point is durable in the state machine; openraft purges the log only up to a
-//! snapshot point, so the log never loses an entry the state machine could still lose.
+//! Creating a checkpoint flushes the memtables into synced table files and then syncs the WAL,
+//! so everything at or below a snapshot point is durable in the state machine; openraft purges
+//! the log only up to a snapshot point, so the log never loses an entry the state machine could
+//! still lose, even to a power cut.
 
 use std::collections::BTreeSet;
 use std::collections::HashMap;
@@ -199,6 +200,11 @@ impl StateMachineStore {
             records: Arc::new(Mutex::new(records)),
             counters: Arc::default(),
         })
+    }
+
+    /// The last log entry applied, as recorded durably with the state it produced.
+    pub fn applied(&self) -> Option<LogId> {
+        self.applied
     }
 
     /// A reader sharing this state machine's database.
@@ -575,13 +581,15 @@ fn open_checkpoint(path: PathBuf) -> io::Result<Checkpoint> {
 }
 
 /// Checkpoints the generation in service into the snapshot directory. Cheap: RocksDB flushes
-/// the memtables (which also makes everything applied so far durable) and hard-links the files.
-/// The metadata is read from the checkpoint itself, so it describes exactly the data in it.
+/// the memtables and hard-links the files. The metadata is read from the checkpoint itself, so it
+/// describes exactly the data in it.
+///
+/// The checkpoint also copies the live WAL's tail, entries applied after the flush: those are not
+/// yet durable in the live database, whose writes are not synced. openraft may purge the log up
+/// to a snapshot's index once it exists, so the live WAL is synced before the checkpoint is
+/// returned: after a power cut the live state is never behind a snapshot's purge point.
 fn create_checkpoint(state: &SharedStateDb, dir: &Path) -> io::Result<Checkpoint> {
-    let building = dir.join(snapshot::CHECKPOINT_BUILDING);
-    if building.exists() {
-        fs::remove_dir_all(&building)?;
-    }
+    let building = dir.join(snapshot::checkpoint_building_name());
     let db = state.current();
     until_space("snapshot", dir, || {
         if building.exists() {
@@ -591,14 +599,15 @@ fn create_checkpoint(state: &SharedStateDb, dir: &Path) -> io::Result<Checkpoint
         rocksdb::checkpoint::Checkpoint::new(&db)
             .and_then(|checkpoint| checkpoint.create_checkpoint(&building))
     })?;
+    until_space("snapshot", dir, || db.flush_wal(true))?;
     let meta = StateMeta::read(&open_read_only(&building)?)?.snapshot_meta();
     let path = dir.join(snapshot::checkpoint_name(&meta));
-    if path.exists() {
-        // Same log id, same state: keep the checkpoint that may already be streaming.
-        fs::remove_dir_all(&building)?;
-    } else {
-        fs::rename(&building, &path)?;
-        snapshot::sync_dir(&path)?;
+    match fs::rename(&building, &path) {
+        Ok(()) => snapshot::sync_dir(&path)?,
+        // Same log id, same state, built by another build meanwhile: keep that one, which may
+        // already be streaming (a rename never replaces a directory that has files in it).
+        Err(_) if path.exists() => fs::remove_dir_all(&building)?,
+        Err(e) => return Err(e),
     }
     Ok(snapshot::checkpoint_at(path, meta))
 }
@@ -765,5 +774,30 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: checkpoint.meta.clone(),
             snapshot: SnapshotData::Checkpoint(checkpoint),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A follower may build a checkpoint (its snapshot policy) while it installs one it received
+    /// (which checkpoints the new generation): the two builds must not share a directory.
+    #[test]
+    fn checkpoints_built_at_the_same_time_do_not_disturb_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = dir.path().join("snapshots");
+        let store = StateMachineStore::open(&dir.path().join("state"), snapshots.clone()).unwrap();
+        for _ in 0..20 {
+            let builds: Vec<_> = (0..2)
+                .map(|_| {
+                    let (state, snapshots) = (store.state.clone(), snapshots.clone());
+                    thread::spawn(move || create_checkpoint(&state, &snapshots).map(drop))
+                })
+                .collect();
+            for build in builds {
+                build.join().unwrap().unwrap();
+            }
+        }
     }
 }
