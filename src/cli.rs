@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::error::Error;
+use crate::network::MAX_REQUEST_BYTES_CEILING;
 use crate::node::InjectedFault;
 use crate::types::Member;
 use crate::types::NodeId;
@@ -25,6 +26,9 @@ const SUBCOMMANDS_HELP: &str = "Subcommands:
 const DEFAULT_RAFT_ADDRS: [&str; 3] = ["localhost:63001", "localhost:63002", "localhost:63003"];
 /// Without `-http` or `--port`, the HTTP port is the raft port plus this.
 const HTTP_PORT_OFFSET: u16 = 1000;
+/// `-max-request-bytes` unless given: 1.5 MiB, etcd's default, so clients moving from etcd find
+/// the same limit.
+const DEFAULT_MAX_REQUEST_BYTES: u64 = 3 << 19;
 
 /// ondisk: a replicated key-value store (Raft over RocksDB) with a REPL and an HTTP API.
 #[derive(Debug, Parser)]
@@ -61,6 +65,15 @@ pub struct Args {
     /// Log entries kept behind each snapshot point for followers that lag slightly.
     #[arg(long = "compaction-overhead", default_value_t = 1_000)]
     pub compaction_overhead: u64,
+
+    /// Largest request accepted, in bytes: a key with its value (and a compare-and-swap's
+    /// expected value). Larger ones are refused on every interface (HTTP 413). etcd's default.
+    #[arg(
+        long = "max-request-bytes",
+        default_value_t = DEFAULT_MAX_REQUEST_BYTES,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_REQUEST_BYTES_CEILING)
+    )]
+    pub max_request_bytes: u64,
 
     /// Join an existing cluster (after `add ADDR ID` on one of its members) instead of
     /// bootstrapping one.

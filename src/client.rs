@@ -129,6 +129,11 @@ impl Client {
                     self.remember_leader(Some(member.raft_addr));
                     continue;
                 }
+                // A refusal is the cluster's answer, not a failure to reach it: retrying the same
+                // request would only be refused again, and the caller needs the reason.
+                Err(CallError::Remote(
+                    refusal @ (RemoteError::Refused(_) | RemoteError::TooLarge { .. }),
+                )) => return Err(refusal.into_error(op, self.timeout)),
                 Err(failure) if failure.certainly_not_applied() => failure,
                 Err(CallError::Remote(remote)) => return Err(remote.into_error(op, self.timeout)),
                 Err(lost) => {

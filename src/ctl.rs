@@ -25,8 +25,13 @@ use clap::Subcommand;
 use serde_json::json;
 use serde_json::Value;
 
+use crate::http::percent_encode;
+use crate::http::Encoding;
+use crate::http::ScanAnswer;
 use crate::http::BACKUP_INDEX_HEADER;
 use crate::http::BACKUP_TERM_HEADER;
+use crate::http::MAX_SCAN_LIMIT;
+use crate::http::SCAN_START_PARAM;
 use crate::store;
 use crate::types::NodeId;
 
@@ -99,14 +104,15 @@ pub enum CtlCommand {
         #[arg(allow_hyphen_values = true)]
         new: OsString,
     },
-    /// List pairs whose key starts with PREFIX, in key order (tab-separated).
+    /// List pairs whose key starts with PREFIX, in key order (tab-separated), fetched page by
+    /// page; with --json, each page as the API answers it, one per line.
     Scan {
         /// Only keys starting with this (default: every key).
         #[arg(default_value = "")]
         prefix: OsString,
-        /// Most pairs to list (at most 100000).
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
+        /// Most pairs to list (default: all of them).
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// List the members (id, addresses, voter or learner, leader) and the membership's log index,
     /// which --prev-index expects.
@@ -212,7 +218,7 @@ pub fn run(args: CtlArgs) -> Result<()> {
             let path = format!(
                 "{}?prev_value={}",
                 kv_path(&key),
-                escape(&value_arg(&expected)?)
+                percent_encode(&value_arg(&expected)?)
             );
             match client.call("PUT", &path, &value_arg(&new)?) {
                 Err(CtlError::Refused(reason)) if reason.starts_with("precondition failed") => {
@@ -221,23 +227,7 @@ pub fn run(args: CtlArgs) -> Result<()> {
                 other => other.and_then(|_| done(json, "OK")),
             }
         }
-        CtlCommand::Scan { prefix, limit } => {
-            let path = format!("/v1/kv/?prefix={}&limit={limit}", escape(prefix.as_bytes()));
-            let doc = client.call("GET", &path, b"")?.json()?;
-            if json {
-                return print_json(&doc);
-            }
-            let mut out = io::stdout().lock();
-            for item in doc["items"].as_array().into_iter().flatten() {
-                let text = |field: &str| item[field].as_str().unwrap_or("").to_string();
-                let (key, value) = (text("key"), text("value"));
-                match item["encoding"].as_str() {
-                    Some("base64") => writeln!(out, "{key}\t{value}\t(base64)")?,
-                    _ => writeln!(out, "{key}\t{value}")?,
-                }
-            }
-            Ok(())
-        }
+        CtlCommand::Scan { prefix, limit } => scan(&client, prefix.as_bytes(), limit, json),
         CtlCommand::Members => {
             let doc = client.call("GET", "/v1/members", b"")?.json()?;
             if json {
@@ -380,13 +370,8 @@ fn value_arg(arg: &OsString) -> Result<Vec<u8>> {
     Ok(arg.as_bytes().to_vec())
 }
 
-/// Percent-encodes every byte but letters and digits, so any key survives the path or query.
-fn escape(bytes: &[u8]) -> String {
-    percent_encoding::percent_encode(bytes, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
 fn kv_path(key: &OsString) -> String {
-    format!("/v1/kv/{}", escape(key.as_bytes()))
+    format!("/v1/kv/{}", percent_encode(key.as_bytes()))
 }
 
 /// A value as JSON, as the API encodes one: UTF-8 text as is, anything else as base64.
@@ -436,6 +421,41 @@ fn wait_for_voter(client: &Client, id: NodeId, within: Duration) -> Result<()> {
             )));
         }
         std::thread::sleep(PROMOTION_POLL);
+    }
+}
+
+/// `scan`: fetches pages until the range or `limit` ends, printing each as it arrives, so memory
+/// stays at one page whatever the range's size.
+fn scan(client: &Client, prefix: &[u8], limit: Option<usize>, json: bool) -> Result<()> {
+    let mut out = io::stdout().lock();
+    let mut listed = 0;
+    let mut start = None;
+    loop {
+        let wanted = limit.map_or(MAX_SCAN_LIMIT, |limit| (limit - listed).min(MAX_SCAN_LIMIT));
+        let mut path = format!("/v1/kv/?prefix={}&limit={wanted}", percent_encode(prefix));
+        if let Some(start) = &start {
+            path.push_str(&format!("&{SCAN_START_PARAM}={start}"));
+        }
+        let answer = client.call("GET", &path, b"")?;
+        let page: ScanAnswer = answer.parse()?;
+        if json {
+            out.write_all(&answer.body)?;
+            out.write_all(b"\n")?;
+        } else {
+            for item in &page.items {
+                match item.encoding {
+                    Encoding::Base64 => writeln!(out, "{}\t{}\t(base64)", item.key, item.value)?,
+                    Encoding::Utf8 => writeln!(out, "{}\t{}", item.key, item.value)?,
+                }
+            }
+        }
+        listed += page.count;
+        match page.next {
+            Some(next) if limit.is_none_or(|limit| listed < limit) && page.count > 0 => {
+                start = Some(next)
+            }
+            _ => return Ok(out.flush()?),
+        }
     }
 }
 
@@ -584,6 +604,11 @@ struct Answer {
 
 impl Answer {
     fn json(&self) -> Result<Value> {
+        self.parse()
+    }
+
+    /// The body as the JSON document `T`.
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_slice(&self.body).map_err(|e| CtlError::BadAnswer {
             endpoint: self.endpoint.clone(),
             reason: format!("not JSON: {e}"),

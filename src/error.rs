@@ -43,14 +43,28 @@ pub enum Error {
     Timeout { op: &'static str, after: Duration },
 
     /// A proposal or read could not complete in time because storage is waiting for disk space.
-    /// Nothing is lost: the node resumes by itself once space is freed.
-    #[error("{op} timed out after {}: the disk is full (no space left on device); it resumes once space is freed", humantime::format_duration(*.after))]
-    DiskFull { op: &'static str, after: Duration },
+    /// Nothing is lost: the node resumes by itself once space is freed, and a write already
+    /// proposed (`outcome` unknown) may then still be applied.
+    #[error("{op} timed out after {}: the disk is full (no space left on device); it resumes once space is freed{}", humantime::format_duration(*.after), outcome.consequence())]
+    DiskFull {
+        op: &'static str,
+        after: Duration,
+        outcome: Outcome,
+    },
 
     /// The request may or may not have taken effect: the leader changed or was lost between
     /// accepting it and confirming it. Retrying blindly could apply it twice.
     #[error("{op} outcome unknown: {reason}")]
     OutcomeUnknown { op: &'static str, reason: String },
+
+    /// The request is larger than `-max-request-bytes`, checked before it reaches Raft: an entry
+    /// that large could make a replication message exceed what the transport carries.
+    #[error("{}", too_large(*.size, *.limit))]
+    RequestTooLarge {
+        /// The request's size in bytes, when known (a streamed HTTP body is cut off unread).
+        size: Option<u64>,
+        limit: u64,
+    },
 
     /// The request reached a node that is shutting down or whose Raft core has stopped.
     #[error("the node is shutting down")]
@@ -78,10 +92,70 @@ pub enum Error {
     Io(#[from] io::Error),
 }
 
+/// What is known about a request that failed: whether it may still take effect, which decides
+/// whether sending it again blindly is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It certainly had no effect (it never reached a leader): retrying is safe.
+    NotApplied,
+    /// It may have been proposed and may still be applied: a blind retry could apply it twice.
+    Unknown,
+}
+
+impl Outcome {
+    /// The words a message adds for this outcome.
+    fn consequence(self) -> &'static str {
+        match self {
+            Outcome::NotApplied => "",
+            Outcome::Unknown => "; this write may then still be applied (outcome unknown)",
+        }
+    }
+}
+
+/// The message of [`Error::RequestTooLarge`]; the size is named when it is known.
+fn too_large(size: Option<u64>, limit: u64) -> String {
+    let what = size.map_or_else(
+        || "request".to_string(),
+        |size| format!("request of {size} bytes"),
+    );
+    format!("{what} is over the limit of {limit} bytes (-max-request-bytes)")
+}
+
 /// Shorthand used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether the failed request certainly had no effect and may be sent again as it is: what an
+    /// HTTP `Retry-After` promises. A request whose outcome is unknown must not invite a retry.
+    pub fn retry_is_safe(&self) -> bool {
+        match self {
+            Error::Timeout { .. } | Error::ShuttingDown => true,
+            Error::DiskFull { outcome, .. } => *outcome == Outcome::NotApplied,
+            Error::Refused(reason) => reason.starts_with("busy"),
+            _ => false,
+        }
+    }
+
+    /// The error a write's deadline gives once the write may have been proposed: a timeout no
+    /// longer means "nothing was changed", as the entry may still commit.
+    pub fn after_proposal(self) -> Self {
+        match self {
+            Error::Timeout { op, after } => Error::OutcomeUnknown {
+                op,
+                reason: format!(
+                    "timed out after {} (is a quorum of nodes up?); the write may still be applied",
+                    humantime::format_duration(after)
+                ),
+            },
+            Error::DiskFull { op, after, .. } => Error::DiskFull {
+                op,
+                after,
+                outcome: Outcome::Unknown,
+            },
+            other => other,
+        }
+    }
+
     /// Maps a RocksDB error raised while opening `path` to the most specific variant, so the user
     /// reads "in use by another process" rather than RocksDB's wording about LOCK files.
     pub fn from_rocksdb(path: impl Into<PathBuf>, err: rocksdb::Error) -> Self {

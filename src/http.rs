@@ -14,7 +14,9 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::FromRequest;
 use axum::extract::RawQuery;
+use axum::extract::Request;
 use axum::extract::State;
 use axum::http::header;
 use axum::http::HeaderValue;
@@ -42,11 +44,17 @@ use crate::telemetry;
 use crate::types::Command;
 use crate::types::CommandResult;
 
-/// Default cap on a request body (a value); larger bodies get 413.
-pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
-/// Default and maximum number of pairs a scan returns.
+/// Pairs a scan page holds when the request names no `limit`.
 const DEFAULT_SCAN_LIMIT: usize = 1000;
-const MAX_SCAN_LIMIT: usize = 100_000;
+/// The largest `limit` a scan accepts; pages are bounded by bytes as well, so a client paging
+/// through a range (as `ondisk ctl scan` does) asks for this many and lets the bytes decide.
+pub const MAX_SCAN_LIMIT: usize = 100_000;
+/// Bytes of keys and values a scan page holds at most (past its first pair), whatever its count
+/// limit: the answer and its JSON copy stay a few MiB however large the values, and a client
+/// reads any range page by page with flat memory on both sides.
+const SCAN_PAGE_BYTES: usize = 4 << 20;
+/// The scan query parameter naming the key a page starts at: a previous page's `next`, as is.
+pub const SCAN_START_PARAM: &str = "start";
 /// `/health` must answer well before a load balancer's own timeout.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Methods the kv-db interface serves at the root, for the `Allow` header of a 405.
@@ -59,8 +67,10 @@ struct ApiState {
     metrics: Option<PrometheusHandle>,
 }
 
-/// Builds the API. `metrics` is the process's Prometheus recorder, when one is installed.
-pub fn router(node: Arc<Node>, metrics: Option<PrometheusHandle>, body_limit: usize) -> Router {
+/// Builds the API. `metrics` is the process's Prometheus recorder, when one is installed. A body
+/// over the node's `-max-request-bytes` is refused with 413 as it streams in, never buffered whole.
+pub fn router(node: Arc<Node>, metrics: Option<PrometheusHandle>) -> Router {
+    let body_limit = usize::try_from(node.max_request_bytes()).unwrap_or(usize::MAX);
     Router::new()
         .route("/v1/kv/", get(scan))
         .route("/v1/kv/{*key}", get(v1_get).put(v1_put).delete(v1_delete))
@@ -131,15 +141,11 @@ impl IntoResponse for ApiError {
                 response
             }
             ApiError::Node(e) => {
-                let retryable = match &e {
-                    Error::Timeout { .. } | Error::ShuttingDown | Error::DiskFull { .. } => true,
-                    Error::Refused(reason) => reason.starts_with("busy"),
-                    _ => false,
-                };
                 let status = match &e {
                     Error::Timeout { .. } | Error::ShuttingDown | Error::OutcomeUnknown { .. } => {
                         StatusCode::SERVICE_UNAVAILABLE
                     }
+                    Error::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                     Error::Refused(_) => StatusCode::CONFLICT,
                     Error::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
                     Error::Removed => StatusCode::GONE,
@@ -147,7 +153,7 @@ impl IntoResponse for ApiError {
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 let mut response = body(status, e.to_string());
-                if retryable {
+                if e.retry_is_safe() {
                     response
                         .headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -160,6 +166,32 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
+/// A request body. One over the node's `-max-request-bytes` is refused with the same error as
+/// any other request over the limit, rather than with the framework's own wording.
+struct RequestBody(Bytes);
+
+impl FromRequest<ApiState> for RequestBody {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, api: &ApiState) -> Result<Self, Self::Rejection> {
+        let announced = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|len| len.to_str().ok()?.parse::<u64>().ok());
+        match Bytes::from_request(request, api).await {
+            Ok(bytes) => Ok(RequestBody(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::Node(Error::RequestTooLarge {
+                    size: announced,
+                    limit: api.node.max_request_bytes(),
+                })
+                .into_response())
+            }
+            Err(rejection) => Err(rejection.into_response()),
+        }
+    }
+}
+
 /// Runs a handler, recording its outcome and latency under `op`.
 async fn timed(op: &'static str, work: impl std::future::Future<Output = ApiResult>) -> Response {
     let started = Instant::now();
@@ -171,10 +203,10 @@ async fn timed(op: &'static str, work: impl std::future::Future<Output = ApiResu
 /// A value as JSON: UTF-8 text as is, anything else as base64, with the encoding named.
 fn encoded(bytes: &[u8]) -> serde_json::Value {
     match std::str::from_utf8(bytes) {
-        Ok(text) => json!({ "value": text, "encoding": "utf-8" }),
+        Ok(text) => json!({ "value": text, "encoding": Encoding::Utf8 }),
         Err(_) => json!({
             "value": base64::engine::general_purpose::STANDARD.encode(bytes),
-            "encoding": "base64",
+            "encoding": Encoding::Base64,
         }),
     }
 }
@@ -252,7 +284,12 @@ impl Query {
 }
 
 /// The kv-db / raftexample interface: everything not matched by a more specific route.
-async fn kvdb(State(api): State<ApiState>, method: Method, uri: Uri, body: Bytes) -> Response {
+async fn kvdb(
+    State(api): State<ApiState>,
+    method: Method,
+    uri: Uri,
+    RequestBody(body): RequestBody,
+) -> Response {
     let op = match method {
         Method::GET => "get",
         Method::PUT => "put",
@@ -319,7 +356,7 @@ async fn v1_put(
     State(api): State<ApiState>,
     uri: Uri,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    RequestBody(body): RequestBody,
 ) -> Response {
     let query = Query::parse(query, &["prev_value", "prev_exist"]);
     let conditional = matches!(&query, Ok(q) if !q.0.is_empty());
@@ -373,37 +410,105 @@ async fn v1_delete(State(api): State<ApiState>, uri: Uri) -> Response {
     .await
 }
 
-/// `GET /v1/kv/?prefix=P&limit=N`: pairs in key order, each `{key, value, encoding}` where the
-/// encoding is `base64` for both when either is not UTF-8.
+/// `GET /v1/kv/?prefix=P&limit=N&start=K`: one page of the pairs under `P` from `K` on, in key
+/// order, bounded by count and by [`SCAN_PAGE_BYTES`], with `next` naming where the next page
+/// starts. Each page is read on its own (linearizably unless `consistency=stale`).
 async fn scan(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Response {
     timed("scan", async move {
-        let query = Query::parse(query, &["prefix", "limit", "consistency"])?;
-        let prefix = query.get("prefix").unwrap_or_default().to_vec();
+        let query = Query::parse(query, &["prefix", SCAN_START_PARAM, "limit", "consistency"])?;
+        let prefix = query.get("prefix").unwrap_or_default();
+        let start = query.get(SCAN_START_PARAM).unwrap_or_default();
         let limit = match query.text("limit")? {
             None => DEFAULT_SCAN_LIMIT,
             Some(text) => text
                 .parse::<usize>()
                 .ok()
                 .filter(|n| (1..=MAX_SCAN_LIMIT).contains(n))
-                .ok_or_else(|| ApiError::BadRequest(format!("limit must be 1..={MAX_SCAN_LIMIT}")))?,
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("limit must be 1..={MAX_SCAN_LIMIT}"))
+                })?,
         };
         if !query.stale()? {
             api.node.read_barrier("scan").await?;
         }
-        let pairs = api.node.scan_stale(&prefix, limit).await?;
-        let items: Vec<serde_json::Value> = pairs
-            .iter()
-            .map(|(key, value)| match (std::str::from_utf8(key), std::str::from_utf8(value)) {
-                (Ok(key), Ok(value)) => json!({ "key": key, "value": value, "encoding": "utf-8" }),
-                _ => {
-                    let b64 = &base64::engine::general_purpose::STANDARD;
-                    json!({ "key": b64.encode(key), "value": b64.encode(value), "encoding": "base64" })
-                }
-            })
-            .collect();
-        Ok(Json(json!({ "count": items.len(), "items": items })).into_response())
+        let page = api
+            .node
+            .scan_stale(prefix, start, limit, SCAN_PAGE_BYTES)
+            .await?;
+        let items: Vec<ScanItem> = page.pairs.into_iter().map(ScanItem::new).collect();
+        Ok(Json(ScanAnswer {
+            count: items.len(),
+            items,
+            next: page.next.map(|key| percent_encode(&key)),
+        })
+        .into_response())
     })
     .await
+}
+
+/// The answer to a scan: one page, and where the next one starts. Also what `ondisk ctl scan`
+/// reads.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ScanAnswer {
+    /// Pairs in this page.
+    pub count: usize,
+    /// The pairs, in key order.
+    pub items: Vec<ScanItem>,
+    /// The [`SCAN_START_PARAM`] value (percent-encoded) that fetches the next page; `null` on
+    /// the last page.
+    pub next: Option<String>,
+}
+
+/// One pair of a scan page.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ScanItem {
+    /// The key, written as `encoding` says.
+    pub key: String,
+    /// The value, written as `encoding` says.
+    pub value: String,
+    pub encoding: Encoding,
+}
+
+/// How bytes are written in JSON: text when they are UTF-8, so answers stay readable, and base64
+/// otherwise, so any bytes survive. A scan item uses one encoding for its key and its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Encoding {
+    /// UTF-8 text, as is.
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// Base64 of bytes that are not UTF-8 (for a scan item: of both, when either is not).
+    #[serde(rename = "base64")]
+    Base64,
+}
+
+impl ScanItem {
+    /// Takes the pair's buffers over as strings when they are UTF-8, so a page is not copied.
+    fn new((key, value): (Vec<u8>, Vec<u8>)) -> Self {
+        match (String::from_utf8(key), String::from_utf8(value)) {
+            (Ok(key), Ok(value)) => ScanItem {
+                key,
+                value,
+                encoding: Encoding::Utf8,
+            },
+            (key, value) => {
+                let b64 = |text: Result<String, std::string::FromUtf8Error>| {
+                    let bytes = text.map_or_else(|e| e.into_bytes(), String::into_bytes);
+                    base64::engine::general_purpose::STANDARD.encode(bytes)
+                };
+                ScanItem {
+                    key: b64(key),
+                    value: b64(value),
+                    encoding: Encoding::Base64,
+                }
+            }
+        }
+    }
+}
+
+/// Percent-encodes every byte but ASCII letters and digits, so any key survives a URL path or
+/// query value (and decodes back exactly, as the API decodes both).
+pub fn percent_encode(bytes: &[u8]) -> String {
+    percent_encoding::percent_encode(bytes, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// The members, the leader, and the log index of the entry that set the membership (what
@@ -442,7 +547,7 @@ struct AddMember {
 }
 
 /// `POST /v1/members` with `{"id", "addr", "role", "prev_index"}`: adds a voter or a learner.
-async fn add_member(State(api): State<ApiState>, body: Bytes) -> Response {
+async fn add_member(State(api): State<ApiState>, RequestBody(body): RequestBody) -> Response {
     timed("add_member", async move {
         let add: AddMember = json_body(&body)?;
         let role = match add.role.as_deref() {
@@ -491,7 +596,7 @@ struct TransferLeader {
 }
 
 /// `POST /v1/transfer-leader` with `{"to": ID}`: answers once this node sees `ID` lead.
-async fn transfer_leader(State(api): State<ApiState>, body: Bytes) -> Response {
+async fn transfer_leader(State(api): State<ApiState>, RequestBody(body): RequestBody) -> Response {
     timed("transfer_leader", async move {
         let TransferLeader { to } = json_body(&body)?;
         api.node.transfer_leader(to).await?;

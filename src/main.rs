@@ -125,6 +125,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         snapshot_entries: args.snapshot_entries,
         compaction_overhead: args.compaction_overhead,
         join: args.join,
+        max_request_bytes: args.max_request_bytes,
         fault: args.test_fault,
     };
     let result = runtime.block_on(async {
@@ -136,7 +137,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         telemetry::watch_leader_changes(&node);
 
         let (stop, mut stopped) = mpsc::channel::<StopReason>(4);
-        let api = http::router(node.clone(), Some(metrics), http::DEFAULT_BODY_LIMIT);
+        let api = http::router(node.clone(), Some(metrics));
         let http_stop = stop.clone();
         let mut http_done = tokio::spawn(async move {
             let result = http::serve(http_listener, api, async move {

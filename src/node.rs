@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
+use crate::error::Outcome;
 use crate::error::Result;
 use crate::network;
 use crate::network::CallError;
@@ -41,6 +43,7 @@ use crate::network::SnapshotChunk;
 use crate::store;
 use crate::store::DataDir;
 use crate::store::LogStore;
+use crate::store::ScanPage;
 use crate::store::SnapshotData;
 use crate::store::SnapshotFile;
 use crate::store::StateMachineStore;
@@ -82,6 +85,8 @@ pub struct NodeConfig {
     pub compaction_overhead: u64,
     /// Start as a new member of an existing cluster (added with `add`): never bootstrap.
     pub join: bool,
+    /// The largest request (key and values, see [`Command::request_bytes`]) this node proposes.
+    pub max_request_bytes: u64,
     /// `None` except in tests of the test suite itself.
     pub fault: Option<InjectedFault>,
 }
@@ -104,6 +109,7 @@ pub struct Node {
     state: StateReader,
     peers: Arc<Peers>,
     timeout: Duration,
+    max_request_bytes: u64,
     fault: Option<InjectedFault>,
     data_dir: DataDir,
     incoming_snapshot: tokio::sync::Mutex<Option<IncomingSnapshot>>,
@@ -184,7 +190,7 @@ impl Node {
             election_timeout_min: millis(config.election_timeout),
             election_timeout_max: millis(config.election_timeout) * 2,
             install_snapshot_timeout: millis(config.election_timeout).max(1000),
-            // Keeps an append batch far below the transport's frame limit even with 1 MiB values.
+            // Entries per append batch; the log store's replication reads bound a batch by bytes too.
             max_payload_entries: 64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
             max_in_snapshot_log_to_keep: config.compaction_overhead,
@@ -220,6 +226,7 @@ impl Node {
             state,
             peers,
             timeout: config.timeout,
+            max_request_bytes: config.max_request_bytes,
             fault: config.fault,
             data_dir: data_dir.clone(),
             incoming_snapshot: tokio::sync::Mutex::default(),
@@ -287,6 +294,12 @@ impl Node {
         self.timeout
     }
 
+    /// The largest request this node accepts (`-max-request-bytes`); front ends refuse a larger
+    /// body before reading all of it.
+    pub fn max_request_bytes(&self) -> u64 {
+        self.max_request_bytes
+    }
+
     /// The openraft handle, for metrics and membership.
     pub fn raft(&self) -> &Raft {
         &self.raft
@@ -309,6 +322,8 @@ impl Node {
     /// Proposes `command` through the leader, wherever it is, and returns what applying it
     /// produced. Fails with [`Error::Timeout`] when it cannot complete within the node's timeout.
     pub async fn propose(&self, op: &'static str, command: Command) -> Result<CommandResult> {
+        self.check_size(&command)
+            .map_err(|e| e.into_error(op, self.timeout))?;
         let result = self.submit_to_leader(op, Request::Propose(command)).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!("ondisk_proposals_total", "result" => outcome).increment(1);
@@ -319,9 +334,15 @@ impl Node {
     /// this node leads, otherwise forwarded. Retries only while the request certainly had no
     /// effect (no leader yet, a stale leader, an unreachable one), within the node's timeout.
     async fn submit_to_leader(&self, op: &'static str, request: Request) -> Result<CommandResult> {
+        // Set while a write may have reached the leader: a deadline then leaves its outcome
+        // unknown, where before any attempt (or after a refusal) nothing was changed. Membership
+        // changes classify their own outcome (they may wait behind another change first).
+        let proposed = AtomicBool::new(false);
+        let is_write = matches!(request, Request::Propose(_));
         self.with_deadline(op, self.timeout, async {
             loop {
                 let (leader, member) = self.wait_for_leader().await?;
+                proposed.store(is_write, Ordering::Relaxed);
                 let attempt = if leader == self.id {
                     self.submit_locally(request.clone()).await
                 } else {
@@ -330,6 +351,7 @@ impl Node {
                 match attempt {
                     Ok(result) => return Ok(result),
                     Err(RemoteError::NotLeader { .. }) => {
+                        proposed.store(false, Ordering::Relaxed);
                         self.pause_unless_leader_changes(Some(leader)).await
                     }
                     Err(other) => return Err(other.into_error(op, self.timeout)),
@@ -337,6 +359,27 @@ impl Node {
             }
         })
         .await
+        .map_err(|e| {
+            if proposed.load(Ordering::Relaxed) {
+                e.after_proposal()
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Refuses a command over `-max-request-bytes` before it reaches Raft. Checked where a
+    /// command enters (a front end, a native client, a forwarding follower), so a leader never
+    /// appends an entry too large to replicate whatever its followers are configured with.
+    fn check_size(&self, command: &Command) -> std::result::Result<(), RemoteError> {
+        let size = command.request_bytes();
+        if size > self.max_request_bytes {
+            return Err(RemoteError::TooLarge {
+                size,
+                limit: self.max_request_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Sends a leader-only request to the node at `leader_addr`.
@@ -394,11 +437,18 @@ impl Node {
         self.read_state(move |state| state.get(&key)).await
     }
 
-    /// Up to `limit` pairs under `prefix`, in key order, from this node's state machine as it is
-    /// now.
-    pub async fn scan_stale(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let prefix = prefix.to_vec();
-        self.read_state(move |state| state.scan(&prefix, limit))
+    /// One page of the pairs under `prefix` from `start` on, in key order, from this node's state
+    /// machine as it is now: at most `limit` pairs and, past the first, `max_bytes` of keys and
+    /// values, with the key the next page starts at.
+    pub async fn scan_stale(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ScanPage> {
+        let (prefix, start) = (prefix.to_vec(), start.to_vec());
+        self.read_state(move |state| state.scan(&prefix, &start, limit, max_bytes))
             .await
     }
 
@@ -507,7 +557,11 @@ impl Node {
     ) -> Result<T> {
         tokio::time::timeout(within, work).await.map_err(|_| {
             if store::waiting_for_space() {
-                Error::DiskFull { op, after: within }
+                Error::DiskFull {
+                    op,
+                    after: within,
+                    outcome: Outcome::NotApplied,
+                }
             } else {
                 Error::Timeout { op, after: within }
             }
@@ -787,7 +841,13 @@ impl RpcHandler for Node {
                 .map(Response::TransferLeader)
                 .map_err(|e| RemoteError::Refused(e.to_string())),
             Request::SnapshotChunk(chunk) => self.receive_snapshot_chunk(chunk).await,
-            request @ (Request::Propose(_) | Request::Membership(_)) => {
+            Request::Propose(command) => {
+                self.check_size(&command)?;
+                self.submit_locally(Request::Propose(command))
+                    .await
+                    .map(Response::Proposed)
+            }
+            request @ Request::Membership(_) => {
                 self.submit_locally(request).await.map(Response::Proposed)
             }
             Request::ReadIndex => self.read_index_locally().await.map(Response::ReadIndex),

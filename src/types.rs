@@ -46,6 +46,24 @@ pub enum Command {
     KeepLearner { id: NodeId, keep: bool },
 }
 
+impl Command {
+    /// The bytes the client sent: what `-max-request-bytes` limits. Every front end and the
+    /// leader measure a request this way, so they agree on what is too large.
+    pub fn request_bytes(&self) -> u64 {
+        let len = |bytes: &[u8]| bytes.len() as u64;
+        match self {
+            Command::Put { key, value } => len(key) + len(value),
+            Command::Delete { key } => len(key),
+            Command::CompareAndSwap {
+                key,
+                expected,
+                value,
+            } => len(key) + expected.as_deref().map_or(0, len) + len(value),
+            Command::KeepLearner { .. } => 0,
+        }
+    }
+}
+
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Log lines show the shape of a command, never the (possibly large, possibly binary) value.

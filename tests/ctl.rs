@@ -127,13 +127,9 @@ fn membership_index(endpoints: &str) -> u64 {
 
 /// Every pair on the node at `http`, read locally, as the scan API returns them.
 fn digest(http_addr: &str) -> serde_json::Value {
-    let answer = http(
-        "GET",
-        &format!("http://{http_addr}/v1/kv/?prefix=&limit=100000&consistency=stale"),
-        b"",
-    );
-    assert_eq!(answer.status, 200, "scan on {http_addr}: {}", answer.text());
-    answer.json()["items"].clone()
+    serde_json::Value::Array(common::http::scan_all(&format!(
+        "http://{http_addr}/v1/kv/?prefix=&limit=100000&consistency=stale"
+    )))
 }
 
 fn status_field(http_addr: &str, field: &str) -> u64 {
@@ -186,6 +182,30 @@ fn data_commands_work_through_the_first_reachable_endpoint() {
     assert_eq!(listed, "scan/0\tv0\nscan/1\tv1\nscan/2\tv2\n");
     let doc = json(ctl(e, &["--json", "scan", "scan/"]), "scan --json");
     assert_eq!(doc["count"], 5);
+    // A range larger than a page (about 4 MiB) is listed whole, page by page.
+    let big = vec![b'b'; 1 << 20];
+    for i in 0..6 {
+        ok(
+            ctl_with_stdin(e, &["put", &format!("big/{i}"), "-"], &big),
+            "put a 1 MiB value",
+        );
+    }
+    let listed = ok(ctl(e, &["scan", "big/"]), "scan over several pages");
+    let keys: Vec<String> = listed
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| text(line.split(|b| *b == b'\t').next().unwrap_or(b"")))
+        .collect();
+    assert_eq!(keys, (0..6).map(|i| format!("big/{i}")).collect::<Vec<_>>());
+    let pages = ok(ctl(e, &["--json", "scan", "big/"]), "scan --json");
+    assert!(
+        pages
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count()
+            > 1,
+        "--json prints one page per line"
+    );
 
     ok(ctl(e, &["delete", "greeting"]), "delete");
     fails(ctl(e, &["get", "greeting"]), "key not found", "get deleted");

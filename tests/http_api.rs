@@ -141,11 +141,12 @@ fn errors_have_the_documented_status_codes() {
         "Allow header: {allow:?}"
     );
 
-    let too_big = vec![b'x'; (1 << 20) + 1];
+    // The default -max-request-bytes: 1.5 MiB, key included.
+    let too_big = vec![b'x'; (3 << 19) - "big".len() + 1];
     assert_status(
         &put(&cluster, 1, "/big", &too_big),
         413,
-        "PUT over the body limit",
+        "PUT over the request limit",
     );
     assert_status(
         &get(&cluster, 1, "/big"),
@@ -377,6 +378,126 @@ fn without_a_quorum_stale_reads_answer_while_linearizable_reads_and_health_fail_
         healthy.is_some(),
         "health never recovered after a quorum returned"
     );
+}
+
+/// Pages through `GET /v1/kv/?QUERY` by following `next`, checking each page against `limit`
+/// pairs and `max_bytes` of keys and values past its first pair; returns the pages' items.
+fn scan_pages(
+    cluster: &Cluster,
+    query: &str,
+    limit: usize,
+    max_bytes: usize,
+) -> Vec<Vec<serde_json::Value>> {
+    let mut pages = Vec::new();
+    let mut start: Option<String> = None;
+    for _ in 0..100 {
+        let path = match &start {
+            Some(start) => format!("/v1/kv/?{query}&start={start}"),
+            None => format!("/v1/kv/?{query}"),
+        };
+        let page = get(cluster, 1, &path);
+        assert_status(&page, 200, &path);
+        let page = page.json();
+        let items = page["items"].as_array().expect("items").clone();
+        assert_eq!(page["count"], items.len());
+        assert!(
+            !items.is_empty() && items.len() <= limit,
+            "{path}: {} items",
+            items.len()
+        );
+        let text_len = |item: &serde_json::Value, field: &str| {
+            let text = item[field].as_str().unwrap_or("");
+            if item["encoding"] == "base64" {
+                text.len() / 4 * 3
+            } else {
+                text.len()
+            }
+        };
+        let bytes: usize = items[1..]
+            .iter()
+            .map(|item| text_len(item, "key") + text_len(item, "value"))
+            .sum();
+        assert!(
+            bytes <= max_bytes,
+            "{path}: {bytes} bytes past the first pair"
+        );
+        pages.push(items);
+        match page["next"].as_str() {
+            Some(next) => start = Some(next.to_string()),
+            None => {
+                assert!(page["next"].is_null(), "{path}: next is {}", page["next"]);
+                return pages;
+            }
+        }
+    }
+    panic!("the scan {query} did not end within 100 pages");
+}
+
+fn keys_of(pages: &[Vec<serde_json::Value>]) -> Vec<String> {
+    pages
+        .iter()
+        .flatten()
+        .map(|item| item["key"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn a_scan_pages_through_any_range_bounded_by_bytes_and_count_with_a_next_key() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader();
+    // Ten 1 MiB values: far more than one page may hold.
+    let big = vec![b'v'; 1 << 20];
+    let big_keys: Vec<String> = (0..10).map(|i| format!("big/{i:02}")).collect();
+    for key in &big_keys {
+        assert_status(&put(&cluster, 1, &format!("/v1/kv/{key}"), &big), 204, key);
+    }
+    let pages = scan_pages(&cluster, "prefix=big/&limit=100000", 100_000, 4 << 20);
+    assert!(pages.len() > 1, "ten 1 MiB values came back in one page");
+    assert_eq!(keys_of(&pages), big_keys, "every pair once, in key order");
+
+    // By count too, and `next` carries a binary key to the next request intact.
+    for key in ["small/a", "small/b", "small/%FF%00c", "smalt"] {
+        assert_status(&put(&cluster, 1, &format!("/v1/kv/{key}"), b"s"), 204, key);
+    }
+    let pages = scan_pages(&cluster, "prefix=small/&limit=1&consistency=stale", 1, 0);
+    assert_eq!(pages.len(), 3);
+    let keys = keys_of(&pages);
+    assert_eq!(&keys[..2], &["small/a", "small/b"]);
+    assert_eq!(pages[2][0]["encoding"], "base64");
+    assert_eq!(keys[2], "c21hbGwv/wBj");
+}
+
+/// 503 answers to writes: with `Retry-After` only when the write certainly had no effect.
+fn assert_write_unavailable(answer: &Answer, retry_safe: bool, words: &str) {
+    assert_status(answer, 503, "a write without a quorum");
+    let error = answer.json()["error"].as_str().unwrap_or("").to_string();
+    assert!(error.contains(words), "{error}");
+    assert_eq!(
+        answer.headers.contains_key("retry-after"),
+        retry_safe,
+        "Retry-After on {error:?}"
+    );
+}
+
+#[test]
+fn a_write_that_may_have_been_proposed_reports_an_unknown_outcome_without_retry_after() {
+    let (mut cluster, leader) = three_nodes();
+    for follower in cluster.followers(leader) {
+        cluster.kill(follower);
+    }
+    // Sent at once, while the leader's lease from its last quorum still holds, the write is
+    // appended but cannot commit; it would commit if a follower returned, so the client must not
+    // be invited to send it again blindly.
+    let answer = put(&cluster, leader, "/v1/kv/k", b"maybe");
+    assert_write_unavailable(&answer, false, "outcome unknown");
+}
+
+#[test]
+fn a_write_that_reached_no_leader_is_refused_with_retry_after() {
+    // A node waiting to be added never learns of a leader: nothing is ever proposed.
+    let cluster = Cluster::start_with_args(1, &["--join"]);
+    let answer = put(&cluster, 1, "/v1/kv/k", b"never");
+    assert_write_unavailable(&answer, true, "timed out");
 }
 
 #[test]

@@ -72,17 +72,11 @@ fn small_value(i: usize) -> Vec<u8> {
 /// Every pair on node `id`, as the scan API returns them (binary data base64-encoded), read
 /// locally: comparing two nodes' digests compares their state machines.
 fn digest(cluster: &Cluster, id: usize) -> serde_json::Value {
-    let answer = http(
-        "GET",
-        &url(
-            cluster,
-            id,
-            "/v1/kv/?prefix=&limit=100000&consistency=stale",
-        ),
-        b"",
-    );
-    assert_eq!(answer.status, 200, "scan on node {id}: {}", answer.text());
-    answer.json()["items"].clone()
+    serde_json::Value::Array(common::http::scan_all(&url(
+        cluster,
+        id,
+        "/v1/kv/?prefix=&limit=100000&consistency=stale",
+    )))
 }
 
 /// Waits until node `id` has applied everything the leader has committed, then checks that

@@ -28,3 +28,4 @@ pub use wire::Request;
 pub use wire::Response;
 pub use wire::SnapshotChunk;
 pub use wire::MAX_FRAME_LEN;
+pub use wire::MAX_REQUEST_BYTES_CEILING;

@@ -2,7 +2,9 @@
 //! answers back in whatever order they finish.
 //!
 //! A frame that cannot be decoded closes that one connection with a logged error. Nothing a peer
-//! sends can take the node down.
+//! sends can take the node down, nor make it hold more than a bounded number of requests and
+//! bytes per connection: past those bounds the connection is simply not read until answers drain,
+//! so a client that floods requests (or never reads its answers) waits in TCP, not in memory.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,14 +14,27 @@ use tokio::io::BufWriter;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::Semaphore;
 
 use super::wire::encode_frame;
-use super::wire::read_frame;
+use super::wire::read_frame_body;
+use super::wire::read_frame_len;
 use super::wire::RemoteError;
 use super::wire::Request;
 use super::wire::RequestFrame;
 use super::wire::Response;
 use super::wire::ResponseFrame;
+
+/// Requests one connection may have in progress, from reading to writing the answer, before its
+/// reader pauses. As many as the benchmark's most concurrent clients keep on one connection, so
+/// only a flood waits; it also bounds the answers held (at most this many, each at most about one
+/// value of `-max-request-bytes`).
+const MAX_REQUESTS_IN_FLIGHT: usize = 256;
+/// Bytes of requests read and not yet served, per connection: room for many replication batches
+/// and client values at once, while a flood of large frames waits in TCP. A frame larger than this
+/// takes the whole budget and is served alone.
+const MAX_REQUEST_BYTES_IN_FLIGHT: u32 = 64 << 20;
 
 /// What serves requests arriving from peers; implemented by the node host.
 pub trait RpcHandler: Send + Sync + 'static {
@@ -50,19 +65,26 @@ pub async fn serve<H: RpcHandler>(listener: TcpListener, handler: Arc<H>) {
     }
 }
 
+/// Serves one connection: reads requests while the connection is within its bounds, serves each
+/// on its own task (a slow one never holds up the others), and writes answers as they finish.
 async fn serve_connection<H: RpcHandler>(
     stream: TcpStream,
     handler: Arc<H>,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let (read_half, write_half) = stream.into_split();
-    let (answers, mut to_write) = mpsc::unbounded_channel::<Vec<u8>>();
+    // Each answer travels with its request's permit, released once the writer has handed the
+    // answer to the socket: a client that does not read its answers stops its own requests.
+    let (answers, mut to_write) =
+        mpsc::channel::<(Vec<u8>, OwnedSemaphorePermit)>(MAX_REQUESTS_IN_FLIGHT);
+    let in_flight = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
+    let request_bytes = Arc::new(Semaphore::new(MAX_REQUEST_BYTES_IN_FLIGHT as usize));
 
     let writer = tokio::spawn(async move {
         let mut out = BufWriter::new(write_half);
-        while let Some(frame) = to_write.recv().await {
+        while let Some((frame, _in_flight)) = to_write.recv().await {
             out.write_all(&frame).await?;
-            while let Ok(frame) = to_write.try_recv() {
+            while let Ok((frame, _in_flight)) = to_write.try_recv() {
                 out.write_all(&frame).await?;
             }
             out.flush().await?;
@@ -72,23 +94,35 @@ async fn serve_connection<H: RpcHandler>(
 
     let mut input = tokio::io::BufReader::new(read_half);
     let result = loop {
-        match read_frame::<_, RequestFrame>(&mut input).await {
-            Ok(Some(RequestFrame { id, request })) => {
-                let handler = handler.clone();
-                let answers = answers.clone();
-                tokio::spawn(async move {
-                    let response = handler.handle(request).await;
-                    match encode_frame(&ResponseFrame { id, response }) {
-                        Ok(frame) => {
-                            let _ = answers.send(frame);
-                        }
-                        Err(e) => tracing::error!("cannot encode the answer to request {id}: {e}"),
-                    }
-                });
-            }
+        // Nothing more is read while the connection is at its bounds.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break Ok(());
+        };
+        let len = match read_frame_len(&mut input).await {
+            Ok(Some(len)) => len,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),
-        }
+        };
+        let reserved = len.min(MAX_REQUEST_BYTES_IN_FLIGHT);
+        let Ok(unserved) = request_bytes.clone().acquire_many_owned(reserved).await else {
+            break Ok(());
+        };
+        let RequestFrame { id, request } = match read_frame_body(&mut input, len).await {
+            Ok(frame) => frame,
+            Err(e) => break Err(e),
+        };
+        let handler = handler.clone();
+        let answers = answers.clone();
+        tokio::spawn(async move {
+            let response = handler.handle(request).await;
+            drop(unserved);
+            match encode_frame(&ResponseFrame { id, response }) {
+                Ok(frame) => {
+                    let _ = answers.send((frame, permit)).await;
+                }
+                Err(e) => tracing::error!("cannot encode the answer to request {id}: {e}"),
+            }
+        });
     };
     drop(answers);
     // Answers still being computed keep the writer alive until they are sent.

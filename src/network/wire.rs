@@ -29,9 +29,13 @@ use crate::types::SnapshotMeta;
 use crate::types::TypeConfig;
 use crate::types::Vote;
 
-/// The largest frame a node sends or accepts. Append batches are capped well below it (see the
-/// Raft config in `node`), and snapshots travel in chunks far smaller.
+/// The largest frame a node sends or accepts. Append batches are capped well below it by bytes
+/// (the log store's replication reads), and snapshots travel in chunks far smaller.
 pub const MAX_FRAME_LEN: u32 = 80 << 20;
+
+/// The highest `-max-request-bytes` a node accepts: one entry of this size, alone in an
+/// AppendEntries with its few bytes of header, still fits in a frame.
+pub const MAX_REQUEST_BYTES_CEILING: u64 = 64 << 20;
 
 /// A request from one node to another.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,6 +155,9 @@ pub enum RemoteError {
     /// changed before it committed).
     #[error("outcome unknown: {0}")]
     Unknown(String),
+    /// The request is over the receiver's `-max-request-bytes` and was not proposed.
+    #[error("request of {size} bytes is over the limit of {limit} bytes")]
+    TooLarge { size: u64, limit: u64 },
 }
 
 impl RemoteError {
@@ -164,6 +171,10 @@ impl RemoteError {
             RemoteError::Refused(reason) => Error::Refused(reason),
             RemoteError::Removed => Error::Removed,
             RemoteError::Unknown(reason) => Error::OutcomeUnknown { op, reason },
+            RemoteError::TooLarge { size, limit } => Error::RequestTooLarge {
+                size: Some(size),
+                limit,
+            },
         }
     }
 }
@@ -206,6 +217,15 @@ where
     R: AsyncRead + Unpin,
     T: serde::de::DeserializeOwned,
 {
+    match read_frame_len(input).await? {
+        Some(len) => read_frame_body(input, len).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads a frame's length prefix, refusing one over [`MAX_FRAME_LEN`]. Apart from
+/// [`read_frame_body`] so a server can reserve memory for the body before reading it.
+pub async fn read_frame_len<R: AsyncRead + Unpin>(input: &mut R) -> io::Result<Option<u32>> {
     let mut len = [0u8; 4];
     // Only an end of stream before the first byte is clean; one inside the prefix is a cut frame.
     if input.read(&mut len[..1]).await? == 0 {
@@ -219,9 +239,18 @@ where
             format!("frame length {len} exceeds the limit of {MAX_FRAME_LEN}"),
         ));
     }
+    Ok(Some(len))
+}
+
+/// Reads and decodes the `len` bytes of a frame body whose prefix [`read_frame_len`] read.
+pub async fn read_frame_body<R, T>(input: &mut R, len: u32) -> io::Result<T>
+where
+    R: AsyncRead + Unpin,
+    T: serde::de::DeserializeOwned,
+{
     let mut body = vec![0u8; len as usize];
     input.read_exact(&mut body).await?;
-    decode_body(&body).map(Some)
+    decode_body(&body)
 }
 
 /// Decodes a frame body, refusing trailing bytes so a frame means exactly one message.

@@ -137,6 +137,7 @@ impl LogStore {
             &self.db,
             applied.index,
             Some(applied.index + 1),
+            usize::MAX,
             ReadOptions::default(),
         )?;
         match at_applied.first() {
@@ -225,24 +226,60 @@ fn key_index(key: &[u8]) -> io::Result<u64> {
 /// The longest range of entries read on an async worker; replication batches are far shorter.
 const MAX_ENTRIES_READ_INLINE: u64 = 256;
 
-/// Entries from index `start` up to `end` (exclusive; `None`: to the last).
+/// Encoded bytes of entries one replication read returns (always at least one entry). openraft
+/// bounds a batch only by count (`max_payload_entries`); this keeps an AppendEntries a few MiB
+/// whatever the entries' sizes, far below the transport's frame limit, so a follower catching
+/// up on large values is sent them a few at a time instead of in a frame no node accepts.
+const MAX_REPLICATION_READ_BYTES: usize = 4 << 20;
+
+/// Entries from index `start` up to `end` (exclusive; `None`: to the last), stopping before the
+/// entry that would take their encoded size past `max_bytes` (but never before the first).
 fn read_entries(
     db: &DB,
     start: u64,
     end: Option<u64>,
+    max_bytes: usize,
     opts: ReadOptions,
 ) -> io::Result<Vec<Entry>> {
     let cf = column_family(db, CF_LOGS)?;
     let from = index_key(start);
     let mut entries = Vec::new();
+    let mut bytes = 0usize;
     for item in db.iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward)) {
         let (key, value) = item.map_err(io_err)?;
         if end.is_some_and(|end| key_index(&key).is_ok_and(|i| i >= end)) {
             break;
         }
+        bytes = bytes.saturating_add(value.len());
+        if bytes > max_bytes && !entries.is_empty() {
+            break;
+        }
         entries.push(decode::<Entry>(&value)?);
     }
     Ok(entries)
+}
+
+impl LogStore {
+    /// [`read_entries`] where it is cheapest: replication and apply ask for the newest few
+    /// entries, which sit in the memtable or the block cache, so those are read here. A range that
+    /// is long, or that needs the disk (RocksDB answers "incomplete" instead of reading), goes to
+    /// the blocking pool.
+    async fn read_range(
+        &self,
+        start: u64,
+        end: Option<u64>,
+        max_bytes: usize,
+    ) -> io::Result<Vec<Entry>> {
+        if end.is_some_and(|end| end.saturating_sub(start) <= MAX_ENTRIES_READ_INLINE) {
+            let mut from_memory = ReadOptions::default();
+            from_memory.set_read_tier(ReadTier::BlockCache);
+            if let Ok(entries) = read_entries(&self.db, start, end, max_bytes, from_memory) {
+                return Ok(entries);
+            }
+        }
+        let db = self.db.clone();
+        blocking(move || read_entries(&db, start, end, max_bytes, ReadOptions::default())).await
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -260,18 +297,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
-        // Replication and apply ask for the newest few entries, which sit in the memtable or the
-        // block cache: read those here. A range that is long, or that needs the disk (RocksDB
-        // answers "incomplete" instead of reading), goes to the blocking pool.
-        if end.is_some_and(|end| end.saturating_sub(start) <= MAX_ENTRIES_READ_INLINE) {
-            let mut from_memory = ReadOptions::default();
-            from_memory.set_read_tier(ReadTier::BlockCache);
-            if let Ok(entries) = read_entries(&self.db, start, end, from_memory) {
-                return Ok(entries);
-            }
-        }
-        let db = self.db.clone();
-        blocking(move || read_entries(&db, start, end, ReadOptions::default())).await
+        self.read_range(start, end, usize::MAX).await
+    }
+
+    /// Replication's read: a batch bounded by [`MAX_REPLICATION_READ_BYTES`] as well as by count.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> io::Result<Vec<Entry>> {
+        self.read_range(start, Some(end), MAX_REPLICATION_READ_BYTES)
+            .await
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {

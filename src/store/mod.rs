@@ -22,6 +22,7 @@ pub use snapshot::SnapshotData;
 pub use snapshot::SnapshotFile;
 pub use state_machine::snapshot_chunks;
 pub use state_machine::snapshot_stream;
+pub use state_machine::ScanPage;
 pub use state_machine::StateMachineStore;
 pub use state_machine::StateReader;
 

@@ -217,6 +217,15 @@ impl StateMachineStore {
     }
 }
 
+/// A page of a scan, and where the next one starts.
+#[derive(Debug, Default)]
+pub struct ScanPage {
+    /// Pairs in key order.
+    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The first key under the prefix not in this page; `None` when the page ends the range.
+    pub next: Option<Vec<u8>>,
+}
+
 impl StateReader {
     /// The value of `key` as applied so far.
     pub fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
@@ -225,19 +234,34 @@ impl StateReader {
         db.get_cf(data, key).map_err(io_err)
     }
 
-    /// Up to `limit` pairs whose keys start with `prefix`, in key order.
-    pub fn scan(&self, prefix: &[u8], limit: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    /// One page of the pairs whose keys start with `prefix`, in key order, from the first key at
+    /// or after `start`: up to `limit` pairs, and no more than `max_bytes` of keys and values
+    /// once the page holds one pair, so a page costs bounded memory whatever the values' sizes.
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        limit: usize,
+        max_bytes: usize,
+    ) -> io::Result<ScanPage> {
         let db = self.state.current();
         let data = column_family(&db, CF_DATA)?;
-        let mut pairs = Vec::new();
-        for item in db.iterator_cf(data, IteratorMode::From(prefix, Direction::Forward)) {
+        let from = prefix.max(start);
+        let mut page = ScanPage::default();
+        let mut bytes = 0usize;
+        for item in db.iterator_cf(data, IteratorMode::From(from, Direction::Forward)) {
             let (key, value) = item.map_err(io_err)?;
-            if !key.starts_with(prefix) || pairs.len() >= limit {
+            if !key.starts_with(prefix) {
                 break;
             }
-            pairs.push((key.into_vec(), value.into_vec()));
+            bytes = bytes.saturating_add(key.len() + value.len());
+            if page.pairs.len() >= limit || (bytes > max_bytes && !page.pairs.is_empty()) {
+                page.next = Some(key.into_vec());
+                break;
+            }
+            page.pairs.push((key.into_vec(), value.into_vec()));
         }
-        Ok(pairs)
+        Ok(page)
     }
 
     /// The directory of the state machine database in service.

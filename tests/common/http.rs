@@ -71,3 +71,24 @@ pub fn http(method: &str, url: &str, body: &[u8]) -> Answer {
     request(&agent(REQUEST_TIMEOUT), method, url, body)
         .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"))
 }
+
+/// Every item of the scan `url` (`http://HOST:PORT/v1/kv/?QUERY`, without `start`), following
+/// each page's `next`; panics on an answer other than 200.
+pub fn scan_all(url: &str) -> Vec<serde_json::Value> {
+    const MAX_PAGES: usize = 10_000;
+    let mut items = Vec::new();
+    let mut page_url = url.to_string();
+    for _ in 0..MAX_PAGES {
+        let answer = http("GET", &page_url, b"");
+        assert_eq!(answer.status, 200, "scan {page_url}: {}", answer.text());
+        let mut page = answer.json();
+        if let Some(page_items) = page["items"].as_array_mut() {
+            items.append(page_items);
+        }
+        match page["next"].as_str() {
+            Some(next) => page_url = format!("{url}&start={next}"),
+            None => return items,
+        }
+    }
+    panic!("scan {url} did not end within {MAX_PAGES} pages");
+}
