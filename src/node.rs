@@ -173,6 +173,7 @@ impl Node {
         let data_dir = &config.data_dir;
         let log_store = LogStore::open(&data_dir.log_db())?;
         let state_machine = StateMachineStore::open(&data_dir.state_db(), data_dir.snapshots())?;
+        data_dir.sync()?;
         let raft_listener = listen("raft", &config.member.raft_addr).await?;
         let state = state_machine.reader();
         let raft_config = openraft::Config {

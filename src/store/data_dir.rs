@@ -45,7 +45,7 @@ impl DataDir {
                         marker: MARKER,
                     });
                 }
-                fs::create_dir_all(&root)?;
+                create_dir_durably(&root)?;
                 write_marker(&root, node_id, cluster_id)?;
             }
             Err(e) => return Err(e.into()),
@@ -78,6 +78,13 @@ impl DataDir {
         self.root.join("ondisk.log")
     }
 
+    /// Fsyncs the node directory, so that what was created in it (the databases' directories,
+    /// the snapshot directory, the log file) survives a power cut: RocksDB fsyncs the files it
+    /// creates in its own directory, never the entry of that directory in its parent.
+    pub fn sync(&self) -> io::Result<()> {
+        fs::File::open(&self.root)?.sync_all()
+    }
+
     /// Records, durably, that this node has been removed from the cluster, so a restart with
     /// this data says so and stops instead of trying to rejoin.
     pub fn mark_removed(&self) -> io::Result<()> {
@@ -88,6 +95,24 @@ impl DataDir {
     /// True once [`DataDir::mark_removed`] has been called for this directory.
     pub fn was_removed(&self) -> bool {
         self.root.join(REMOVED_MARKER).exists()
+    }
+}
+
+/// Creates `dir` and its missing parents, fsyncing the directory each one was created in: a new
+/// name survives a power cut only once its directory is fsynced.
+fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    create_dir_durably(parent)?;
+    match fs::create_dir(dir) {
+        Ok(()) => fs::File::open(parent)?.sync_all(),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
