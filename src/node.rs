@@ -41,6 +41,7 @@ use crate::network::Response;
 use crate::network::RpcHandler;
 use crate::network::SnapshotChunk;
 use crate::store;
+use crate::store::AppendSync;
 use crate::store::DataDir;
 use crate::store::LogStore;
 use crate::store::ScanPage;
@@ -99,6 +100,9 @@ pub enum InjectedFault {
     StaleReads,
     /// Acknowledge a write once the leader has accepted it, before it is committed.
     AckBeforeCommit,
+    /// Report log appends durable without fsyncing the write-ahead log: survives SIGKILL, not a
+    /// power cut.
+    UnsyncedAppends,
 }
 
 /// A running node.
@@ -178,10 +182,14 @@ impl Node {
     /// than that the port is taken.
     pub async fn start(config: NodeConfig) -> Result<Arc<Node>> {
         let data_dir = &config.data_dir;
-        let log_store = LogStore::open(&data_dir.log_db())?;
+        let append_sync = match config.fault {
+            Some(InjectedFault::UnsyncedAppends) => AppendSync::Skip,
+            _ => AppendSync::Fsync,
+        };
+        let log_store = LogStore::open_with(&data_dir.log_db(), append_sync)?;
         let state_machine = StateMachineStore::open(&data_dir.state_db(), data_dir.snapshots())?;
         log_store.drop_tail_conflicting_with(state_machine.applied())?;
-        data_dir.sync_layout()?;
+        data_dir.sync()?;
         let raft_listener = listen("raft", &config.member.raft_addr).await?;
         let state = state_machine.reader();
         let raft_config = openraft::Config {

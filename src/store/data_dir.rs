@@ -45,10 +45,8 @@ impl DataDir {
                         marker: MARKER,
                     });
                 }
-                fs::create_dir_all(&root)?;
+                create_dir_durably(&root)?;
                 write_marker(&root, node_id, cluster_id)?;
-                // The new directory's own entry is durable only once its parent is synced.
-                fs::File::open(base)?.sync_all()?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -80,11 +78,10 @@ impl DataDir {
         self.root.join("ondisk.log")
     }
 
-    /// Makes the entries of the node directory durable: the databases and the snapshot
-    /// directory are created inside it after the marker, and a file system keeps a new entry
-    /// across a power cut only once its directory is synced (RocksDB syncs the directories it
-    /// writes in, not the one it is created in).
-    pub fn sync_layout(&self) -> io::Result<()> {
+    /// Fsyncs the node directory, so that what was created in it (the databases' directories,
+    /// the snapshot directory, the log file) survives a power cut: RocksDB fsyncs the files it
+    /// creates in its own directory, never the entry of that directory in its parent.
+    pub fn sync(&self) -> io::Result<()> {
         fs::File::open(&self.root)?.sync_all()
     }
 
@@ -98,6 +95,24 @@ impl DataDir {
     /// True once [`DataDir::mark_removed`] has been called for this directory.
     pub fn was_removed(&self) -> bool {
         self.root.join(REMOVED_MARKER).exists()
+    }
+}
+
+/// Creates `dir` and its missing parents, fsyncing the directory each one was created in: a new
+/// name survives a power cut only once its directory is fsynced.
+fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    create_dir_durably(parent)?;
+    match fs::create_dir(dir) {
+        Ok(()) => fs::File::open(parent)?.sync_all(),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

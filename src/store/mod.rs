@@ -13,6 +13,7 @@ mod state_db;
 mod state_machine;
 
 pub use data_dir::DataDir;
+pub use log_store::AppendSync;
 pub use log_store::LogStore;
 pub use restore::restore;
 pub use restore::Restored;

@@ -101,6 +101,7 @@ pub async fn restore(
         }
         let data_dir = DataDir::open(&staging, node_id, Some(cluster_id))?;
         fill(&data_dir, file, node_id, member, log_id).await?;
+        data_dir.sync()?;
         fs::rename(data_dir.root(), &target)?;
         snapshot::sync_dir(&target)?;
         fs::remove_dir(&staging)?;

@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod power_cut;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -904,6 +905,20 @@ impl Drop for Node {
 // Cluster
 // ---------------------------------------------------------------------------
 
+/// Makes `dir` an empty directory, keeping the directory itself (it may be a mount point).
+fn empty_dir(dir: &Path) {
+    fs::create_dir_all(dir).expect("create data directory");
+    for entry in fs::read_dir(dir).expect("list data directory") {
+        let path = entry.expect("list data directory").path();
+        let removed = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.unwrap_or_else(|e| panic!("clear {} for a retry: {e}", path.display()));
+    }
+}
+
 /// A cluster of `ondisk` processes sharing one temporary data directory.
 ///
 /// Nodes are addressed by their node id, 1-based, as on the command line.
@@ -937,19 +952,25 @@ impl Cluster {
             .tempdir()
             .expect("create temporary directory");
         let data_dir = root.path().join("data");
+        Cluster::start_in(root, vec![data_dir; n], extra_args)
+    }
+
+    /// Starts one node per entry of `data_dirs`, node `i` with `--data-dir data_dirs[i - 1]`
+    /// (e.g. each on its own power-cut fixture), owning `root` as its scratch directory.
+    pub fn start_in(root: TempDir, data_dirs: Vec<PathBuf>, extra_args: &[&str]) -> Cluster {
+        let n = data_dirs.len();
         let mut last_failure = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            if data_dir.exists() {
-                fs::remove_dir_all(&data_dir).expect("clear data directory for retry");
+            for dir in &data_dirs {
+                empty_dir(dir);
             }
-            fs::create_dir_all(&data_dir).expect("create data directory");
             let cluster_addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
             let specs: Vec<NodeSpec> = (1..=n)
                 .map(|id| NodeSpec {
                     id,
                     cluster: cluster_addrs.clone(),
                     http: free_addr(),
-                    data_dir: data_dir.clone(),
+                    data_dir: data_dirs[id - 1].clone(),
                     extra_args: extra_args.iter().map(OsString::from).collect(),
                 })
                 .collect();
