@@ -2,6 +2,7 @@
 //! REPL, and shut down cleanly on `exit`, SIGINT or SIGTERM; or run a subcommand (`ctl`,
 //! `restore`). All logic lives in the library.
 
+use std::fmt;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +21,45 @@ use ondisk::repl::ReplEnd;
 use ondisk::store::DataDir;
 use ondisk::telemetry;
 use ondisk::types::Member;
+use ondisk::types::TypeConfig;
+use openraft::error::Fatal;
 use tokio::signal::unix::signal;
 use tokio::signal::unix::SignalKind;
 use tokio::sync::mpsc;
 
 /// What a node says when it stops because it was removed from the cluster.
 const REMOVED_MESSAGE: &str = "I've been removed from the cluster! Shutting down.";
+
+/// Why a running node stops; each reason has its own way out (exit status, removal record).
+#[derive(Debug)]
+enum StopReason {
+    /// `exit` at the prompt.
+    Exit,
+    /// SIGINT (Ctrl-C at a terminal).
+    Interrupted,
+    /// SIGTERM, how service managers stop a node.
+    Terminated,
+    /// The HTTP server failed (the failure is logged where it happened).
+    HttpServerFailed,
+    /// This node has been removed from the cluster: it records that and exits with status 0.
+    Removed,
+    /// openraft's core stopped by itself (a storage error stops it for good): the node can serve
+    /// nothing more, so it exits with a failure status for a supervisor to restart it.
+    RaftStopped(Fatal<TypeConfig>),
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopReason::Exit => write!(f, "exit"),
+            StopReason::Interrupted => write!(f, "SIGINT"),
+            StopReason::Terminated => write!(f, "SIGTERM"),
+            StopReason::HttpServerFailed => write!(f, "the HTTP server failed"),
+            StopReason::Removed => write!(f, "removed from the cluster"),
+            StopReason::RaftStopped(fatal) => write!(f, "the raft core stopped: {fatal}"),
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let outcome = match Invocation::parse() {
@@ -101,7 +135,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", repl::USAGE);
         telemetry::watch_leader_changes(&node);
 
-        let (stop, mut stopped) = mpsc::channel::<&'static str>(4);
+        let (stop, mut stopped) = mpsc::channel::<StopReason>(4);
         let api = http::router(node.clone(), Some(metrics), http::DEFAULT_BODY_LIMIT);
         let http_stop = stop.clone();
         let mut http_done = tokio::spawn(async move {
@@ -122,7 +156,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .name("repl".into())
                 .spawn(move || {
                     if repl::run(repl_node, handle) == ReplEnd::Shutdown {
-                        let _ = repl_stop.blocking_send("exit");
+                        let _ = repl_stop.blocking_send(StopReason::Exit);
                     }
                 })
                 .context("cannot start the REPL")?;
@@ -130,23 +164,35 @@ fn run(args: Args) -> anyhow::Result<()> {
 
         let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let reason = tokio::select! {
-            reason = stopped.recv() => reason.unwrap_or("exit"),
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
-            _ = &mut http_done => "http server stopped",
-            _ = node.wait_removed() => "removed from the cluster",
+            reason = stopped.recv() => reason.unwrap_or(StopReason::Exit),
+            _ = tokio::signal::ctrl_c() => StopReason::Interrupted,
+            _ = terminate.recv() => StopReason::Terminated,
+            _ = &mut http_done => StopReason::HttpServerFailed,
+            _ = node.wait_removed() => StopReason::Removed,
+            fatal = node.raft_stopped() => StopReason::RaftStopped(fatal),
         };
-        tracing::info!("shutting down ({reason})");
+        match &reason {
+            StopReason::RaftStopped(_) | StopReason::HttpServerFailed => {
+                tracing::error!("shutting down ({reason})")
+            }
+            _ => tracing::info!("shutting down ({reason})"),
+        }
         drop(stop);
         stopped.close();
         node.shutdown().await;
-        if reason == "removed from the cluster" {
-            node.data_dir()
-                .mark_removed()
-                .context("cannot record the removal")?;
-            println!("{REMOVED_MESSAGE}");
+        match reason {
+            StopReason::Removed => {
+                node.data_dir()
+                    .mark_removed()
+                    .context("cannot record the removal")?;
+                println!("{REMOVED_MESSAGE}");
+                Ok(())
+            }
+            StopReason::RaftStopped(_) | StopReason::HttpServerFailed => Err(anyhow::anyhow!(
+                "{reason}; exiting so that a supervisor can restart the node"
+            )),
+            StopReason::Exit | StopReason::Interrupted | StopReason::Terminated => Ok(()),
         }
-        anyhow::Ok(())
     });
     // The REPL thread may still be blocked reading stdin; it does not hold anything that needs
     // closing, so the runtime is not kept waiting for it.

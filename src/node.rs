@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::ClientWriteError;
+use openraft::error::Fatal;
 use openraft::error::InitializeError;
 use openraft::error::LinearizableReadError;
 use openraft::error::RaftError;
@@ -588,6 +589,22 @@ impl Node {
         }
     }
 
+    /// Resolves, with the reason, once openraft's core has stopped by itself: it stops for good on
+    /// any storage error, after which the node could only answer that it is shutting down. The
+    /// process then exits so that a supervisor restarts it.
+    pub async fn raft_stopped(&self) -> Fatal<TypeConfig> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_watched().running_state {
+                return fatal.clone();
+            }
+            if metrics.changed().await.is_err() {
+                // The core's task ended without recording why.
+                return Fatal::Stopped;
+            }
+        }
+    }
+
     /// Stores one chunk of a snapshot being streamed to us; on the last one, verifies the file and
     /// hands it to openraft to install.
     async fn receive_snapshot_chunk(
@@ -757,9 +774,9 @@ impl RpcHandler for Node {
                     .map(Response::Vote)
                     .map_err(raft_failed)
             }
-            Request::Removed => {
-                self.learn_removed("the leader said so");
-                Ok(Response::Acknowledged)
+            Request::Removed(notice) => self.receive_removal_notice(notice).await,
+            Request::WasRemoved { id } => {
+                Ok(Response::WasRemoved(self.state.removed_ids().contains(&id)))
             }
             Request::TransferLeader(rpc) => self
                 .raft

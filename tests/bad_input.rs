@@ -10,11 +10,10 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::http::http;
-use common::{Cluster, Node, NodeSpec};
+use common::{Cluster, Node, NodeSpec, Tmpfs};
 
 /// How long a raw socket waits for the node to answer or close.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -488,31 +487,26 @@ fn a_data_directory_from_another_cluster_is_refused_and_left_untouched() {
 // A full disk
 // ---------------------------------------------------------------------------
 
-/// A size-limited tmpfs mounted on a temporary directory, unmounted on drop (also on panic).
+/// A size-limited tmpfs mounted on a temporary directory.
 struct SmallDisk {
-    dir: tempfile::TempDir,
+    // Field order is drop order: unmounted before its mount point is removed.
+    tmpfs: Tmpfs,
+    _dir: tempfile::TempDir,
 }
 
 impl SmallDisk {
-    /// `None` (with the reason) when this machine does not let us mount (not root).
+    /// `Err` (with the reason) when this machine does not let us mount (not root).
     fn mount(size: &str) -> Result<SmallDisk, String> {
         let dir = tempfile::Builder::new()
             .prefix("ondisk-small-disk-")
             .tempdir()
             .map_err(|e| e.to_string())?;
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !output.status.success() {
-            return Err(common::lossy(&output.stderr));
-        }
-        Ok(SmallDisk { dir })
+        let tmpfs = Tmpfs::mount(dir.path(), size)?;
+        Ok(SmallDisk { tmpfs, _dir: dir })
     }
 
     fn path(&self) -> &Path {
-        self.dir.path()
+        self.tmpfs.path()
     }
 
     /// Fills the remaining space with a ballast file.
@@ -523,12 +517,6 @@ impl SmallDisk {
         while file.write_all(&chunk).is_ok() {}
         while file.write_all(&chunk[..512]).is_ok() {}
         ballast
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
     }
 }
 
@@ -701,4 +689,64 @@ fn a_node_recovers_from_a_full_disk_without_a_restart() {
         full.node.diagnostics()
     );
     full.assert_nothing_lost("after the disk was full");
+}
+
+// ---------------------------------------------------------------------------
+// Storage failing under a running node
+// ---------------------------------------------------------------------------
+
+/// openraft stops its core for good on any storage error. The node must then say why and exit
+/// with a failure status, for a supervisor to restart it, instead of staying up answering that it
+/// is shutting down. The error here: the snapshot directory replaced by a file, so the next
+/// snapshot cannot be written.
+#[test]
+fn a_node_whose_raft_core_stops_on_a_storage_error_exits_with_a_failure_status() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader();
+    cluster.must_put(1, "before", b"1");
+    let snapshots = cluster.data_dir().join("node1").join("snapshots");
+    fs::remove_dir_all(&snapshots).expect("remove the snapshot directory");
+    fs::write(&snapshots, b"not a directory").expect("put a file in its place");
+
+    cluster.node(1).send("snapshot");
+    let Some(status) = cluster.node(1).wait_exit_opt(common::EXIT_TIMEOUT) else {
+        panic!(
+            "the node still runs after failing to write a snapshot\n{}",
+            cluster.diagnostics()
+        );
+    };
+    let node = cluster.node(1);
+    node.wait_pipes_closed(Duration::from_secs(5));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a node whose raft core stopped exits with status 1\n{}",
+        node.diagnostics()
+    );
+    let stderr: Vec<String> = node
+        .stderr_lines()
+        .iter()
+        .map(|l| common::lossy(l))
+        .collect();
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.starts_with("error: the raft core stopped: ")
+                && l.ends_with("; exiting so that a supervisor can restart the node")),
+        "the node should say on stderr why it exits: {stderr:#?}\n{}",
+        node.diagnostics()
+    );
+    assert!(
+        node.log_contents()
+            .contains("shutting down (the raft core stopped: "),
+        "the node should log why it exits\n{}",
+        node.diagnostics()
+    );
+    assert_no_panic(&mut cluster);
+
+    // What a supervisor does next: with the directory usable again, the node serves its data.
+    fs::remove_file(&snapshots).expect("remove the file in the way");
+    cluster.restart(1);
+    cluster.wait_for_leader();
+    cluster.assert_get(1, "before", Some(b"1"));
 }

@@ -11,6 +11,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
+use std::fs;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -210,6 +211,23 @@ fn settled_cluster(n: usize) -> (Cluster, usize) {
     wait_until_settled(&mut c, &ids, &voters);
     let leader = c.wait_for_leader();
     (c, leader)
+}
+
+/// Hands leadership to node `to` unless it leads already, asking the current leader (openraft's
+/// leader transfer), and waits until every node sees it lead.
+fn make_leader(c: &mut Cluster, to: usize) {
+    let body = format!(r#"{{"to":{to}}}"#);
+    c.wait_until(SETTLE_TIMEOUT, &format!("node {to} leads"), |c| {
+        match c.leader_index() {
+            Some(leader) if leader == to => true,
+            Some(leader) => {
+                let url = format!("http://{}/v1/transfer-leader", c.http_addr(leader));
+                let _ = request(&agent(COMMAND_TIMEOUT), "POST", &url, body.as_bytes());
+                false
+            }
+            None => false,
+        }
+    });
 }
 
 fn assert_answer(answer: &Answer, status: u16, what: &str) {
@@ -566,6 +584,102 @@ fn a_node_removed_while_it_was_down_shuts_itself_down_when_it_comes_back() {
     c.assert_get(1, "still-fine", some("y"));
 }
 
+/// The leader tells a node it removes so over the network, at the node's address. When that node
+/// is down and a new node has taken over its address, the notice reaches the new node, which must
+/// refuse it (it names another node) and keep running; it can then join as usual.
+#[test]
+fn a_new_node_on_the_address_of_a_node_removed_while_down_refuses_the_removal_notice() {
+    let (mut c, leader) = settled_cluster(3);
+    let followers = c.followers(leader);
+    let (gone, other) = (followers[0], followers[1]);
+    c.kill(gone);
+    // The new node is up at the old address before the removal, so the leader's notice finds it.
+    let mut spec = c.next_node_spec(join_args());
+    spec.cluster[3] = c.raft_addr(gone);
+    let new = c.launch_node(spec);
+    must_change(&mut c, leader, &format!("remove {gone}"));
+
+    let gave_up = format!("node {gone} did not acknowledge its removal");
+    c.wait_until(
+        SETTLE_TIMEOUT,
+        "the leader stops telling the removed node, or the new node stops",
+        |c| !c.is_running(new) || c.node(leader).log_contents().contains(&gave_up),
+    );
+    assert!(
+        c.is_running(new),
+        "node {new} stopped on the removal notice meant for node {gone}\n{}",
+        c.diagnostics()
+    );
+    assert!(
+        c.node(new).log_contents().contains(&format!(
+            "refused a removal notice: it is for node {gone}, and this is node {new}"
+        )),
+        "node {new} should log that it refused the notice for node {gone}\n{}",
+        c.diagnostics()
+    );
+
+    let old_addr = c.raft_addr(gone);
+    must_change(&mut c, leader, &format!("add {old_addr} {new}"));
+    let voters = [leader, other, new].map(|id| (id as u64, true));
+    wait_for_roles(&mut c, &[leader, other, new], &voters);
+    c.must_put(new, "joined", "yes");
+    c.assert_get(leader, "joined", some("yes"));
+}
+
+/// Anyone can reach the raft port. A removal notice is acted on only if it names the receiver,
+/// is not from an older term, comes from a member of the receiver's cluster, and that member
+/// confirms the removal: forged notices, even one right in every field a client can see, are
+/// refused with the reason, and the node keeps serving.
+#[test]
+fn forged_removal_notices_are_refused_and_the_node_keeps_running() {
+    use ondisk::network::{CallError, Peers, RemoteError, RemovalNotice, Request};
+    use ondisk::types::Vote;
+
+    let (mut c, leader) = settled_cluster(3);
+    let target = c.followers(leader)[0];
+    let term = status_u64(&c.node(target).status(), "term").expect("a term in the status");
+    let notice = |to: usize, term: u64, from: usize| RemovalNotice {
+        target: to as u64,
+        vote: Vote::new_committed(term, from as u64),
+    };
+    let forgeries = [
+        (notice(target + 10, term, leader), "it is for node"),
+        (
+            notice(target, term - 1, leader),
+            "older than this node's term",
+        ),
+        (
+            notice(target, term, 9),
+            "is not a member of this node's cluster",
+        ),
+        (
+            notice(target, term + 1, leader),
+            "says this node is still a member",
+        ),
+    ];
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let peers = Peers::default();
+    let addr = c.raft_addr(target).to_string();
+    for (forged, refusal) in forgeries {
+        let what = format!("{forged:?}");
+        let answer = runtime.block_on(peers.call(&addr, Request::Removed(forged), COMMAND_TIMEOUT));
+        match answer {
+            Err(CallError::Remote(RemoteError::Refused(reason))) if reason.contains(refusal) => {}
+            other => panic!(
+                "the forged notice {what} should be refused ({refusal:?}), got {other:?}\n{}",
+                c.diagnostics()
+            ),
+        }
+    }
+    assert!(
+        c.is_running(target),
+        "node {target} stopped on a forged removal notice\n{}",
+        c.diagnostics()
+    );
+    c.must_put(target, "still-here", "yes");
+    c.assert_get(target, "still-here", some("yes"));
+}
+
 #[test]
 fn a_removed_id_is_refused_on_every_node_also_after_the_whole_cluster_restarts() {
     let (mut c, _) = three_nodes_plus_a_fourth(1);
@@ -800,6 +914,133 @@ fn without_a_quorum_a_remove_on_the_surviving_leader_times_out_and_changes_nothi
 #[test]
 fn without_a_quorum_add_and_remove_on_a_surviving_follower_time_out_and_change_nothing() {
     changes_without_a_quorum_time_out_and_change_nothing(false, true, true);
+}
+
+/// Removing a voter goes through a joint configuration, which needs a majority of the remaining
+/// voters too. With the only other remaining voter down, the leader still confirms its leadership
+/// (with the voter being removed) and proposes the change, which then cannot commit in time. The
+/// answer must say the outcome is unknown, not that nothing changed: the change completes once
+/// the voter is back.
+#[test]
+fn a_change_that_times_out_after_it_was_proposed_reports_an_unknown_outcome_and_completes_later() {
+    let (mut c, leader) = settled_cluster(3);
+    let followers = c.followers(leader);
+    let (down, removed) = (followers[0], followers[1]);
+    c.kill(down);
+    let outcome = membership(&mut c, leader, &format!("remove {removed}"));
+    let unknown = format!("{CHANGE_FAILED}remove outcome unknown: ");
+    assert!(
+        matches!(&outcome, Err(line) if line.starts_with(&unknown)),
+        "`remove {removed}` without the votes to commit it: expected {unknown:?}..., got {outcome:?}\n{}",
+        c.diagnostics()
+    );
+
+    c.restart(down);
+    wait_for_roles(
+        &mut c,
+        &[leader, down],
+        &[(leader as u64, true), (down as u64, true)],
+    );
+    assert_exits_as_removed(&mut c, removed);
+}
+
+/// The membership rules read applied state (removed ids, learners kept learners), and a newly
+/// elected leader may not yet have applied all it has committed. Here one node cannot apply (its
+/// state database is on a small disk, with less free space than storage keeps in reserve, so every
+/// apply waits) while its log keeps up, and it is made the leader. It must neither re-admit a
+/// removed id nor promote a learner that stays one until it has applied what it committed.
+#[test]
+fn a_new_leader_that_has_not_applied_its_log_does_not_break_the_membership_rules() {
+    let (mut c, leader) = settled_cluster(3);
+    let lagging = c.followers(leader)[0];
+    c.kill(lagging);
+    let state = c.data_dir().join(format!("node{lagging}")).join("state");
+    let saved = c.root().join("state-before-the-small-disk");
+    fs::rename(&state, &saved).expect("move the state database aside");
+    fs::create_dir(&state).expect("create the mount point");
+    let disk = match Tmpfs::mount(&state, "8m") {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot mount a small tmpfs here ({why}); see docs/TESTING.md");
+            return;
+        }
+    };
+    for file in fs::read_dir(&saved).expect("list the state database") {
+        let file = file.expect("a directory entry");
+        fs::copy(file.path(), state.join(file.file_name())).expect("copy a state database file");
+    }
+    c.restart(lagging);
+    let applied = |c: &mut Cluster| status_u64(&c.node(lagging).status(), "applied").unwrap_or(0);
+    let committed = |c: &mut Cluster, on: usize| {
+        status_u64(&c.node(on).status(), "committed").expect("a commit index")
+    };
+    // Under load the restarted node may win an election; the setup needs a leader that applies.
+    make_leader(&mut c, leader);
+
+    // A removed id, committed while the lagging node applies nothing. Leading, it must wait for
+    // its apply before checking an add of that id; checked against stale state, the add would be
+    // proposed and commit (its answer then waiting for the stalled apply).
+    let removed_addr = free_addr();
+    must_change(&mut c, leader, &format!("add {removed_addr} 5"));
+    must_change(&mut c, leader, "remove 5");
+    let removed_at = committed(&mut c, leader);
+    assert!(
+        applied(&mut c) < removed_at,
+        "node {lagging} applied up to {removed_at} on its small disk: the test cannot show anything\n{}",
+        c.diagnostics()
+    );
+    make_leader(&mut c, lagging);
+    let readmitted = membership(&mut c, lagging, &format!("add {removed_addr} 5"));
+    let untried = format!("{CHANGE_FAILED}add timed out after 2s (is a quorum of nodes up?)");
+    assert_eq!(
+        readmitted,
+        Err(untried),
+        "node {lagging}, leading before it applied the removal of node 5, must not check the add \
+         against stale state\n{}",
+        c.diagnostics()
+    );
+
+    // A learner that stays one (running, so it is caught up), added while the lagging node, no
+    // longer leading (handing leadership away needs no applied state), applies nothing. Leading
+    // again, it must not promote that learner before it has applied the mark.
+    make_leader(&mut c, leader);
+    let spec = c.next_node_spec(join_args());
+    let body = format!(
+        r#"{{"id":4,"addr":"{}","role":"learner"}}"#,
+        spec.raft_addr()
+    );
+    let url = format!("http://{}/v1/members", c.http_addr(leader));
+    assert_answer(
+        &membership_http("POST", &url, body.as_bytes()),
+        204,
+        "add-learner 4",
+    );
+    let learner = c.launch_node(spec);
+    let members = [(1, true), (2, true), (3, true), (4, false)];
+    wait_for_roles(&mut c, &[leader, lagging, learner], &members);
+    make_leader(&mut c, lagging);
+    // Once the learner has the lagging leader's first entry, that leader knows it is caught up,
+    // which is when it would promote it.
+    let led_from = status_u64(&c.node(lagging).status(), "last_log").expect("a last log index");
+    c.wait_until(
+        SETTLE_TIMEOUT,
+        "the learner catches up with the lagging leader",
+        |c| status_u64(&c.node(learner).status(), "last_log").is_some_and(|last| last >= led_from),
+    );
+
+    let all_committed = committed(&mut c, lagging);
+    disk.resize("64m");
+    c.wait_until(SETTLE_TIMEOUT, "the lagging node applies its log", |c| {
+        applied(c) >= all_committed
+    });
+    wait_for_roles(&mut c, &[leader, lagging, learner], &members);
+    must_refuse(
+        &mut c,
+        lagging,
+        &format!("add {removed_addr} 5"),
+        "node 5 was removed from the cluster and its id cannot be used again; pick a new id",
+    );
+    c.kill(lagging);
 }
 
 #[test]

@@ -23,6 +23,7 @@ pub use server::serve;
 pub use server::RpcHandler;
 pub use wire::MembershipChange;
 pub use wire::RemoteError;
+pub use wire::RemovalNotice;
 pub use wire::Request;
 pub use wire::Response;
 pub use wire::SnapshotChunk;

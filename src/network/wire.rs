@@ -47,8 +47,9 @@ pub enum Request {
     /// A membership change forwarded by a follower; the receiver must be the leader.
     Membership(MembershipChange),
     /// Sent by the leader to a node it has just removed from the cluster, which may never
-    /// receive the entry that removed it.
-    Removed,
+    /// receive the entry that removed it. Anyone can send it and stopping is for good, so the
+    /// receiver checks it and has it confirmed before acting on it (see [`RemovalNotice`]).
+    Removed(RemovalNotice),
     /// A follower asking the leader for a read index: the log index a linearizable read must wait
     /// for the follower's state machine to reach.
     ReadIndex,
@@ -57,6 +58,12 @@ pub enum Request {
     Get {
         key: Vec<u8>,
         linearizable: bool,
+    },
+    /// Asks whether node `id` has been removed from the cluster, as the receiver's applied state
+    /// says: how a node told it was removed confirms it with a member of its own cluster. Last,
+    /// so the other requests keep their encoding.
+    WasRemoved {
+        id: NodeId,
     },
 }
 
@@ -80,6 +87,18 @@ pub enum MembershipChange {
     /// Hand leadership to voter `to` (openraft's leader transfer). Runs with the membership
     /// changes so a transfer never overlaps one.
     TransferLeader { to: NodeId },
+}
+
+/// What a leader tells a node it has removed, so that the receiver can tell a notice meant for it,
+/// from its own cluster and current, from one meant for a node that had its address before, from
+/// another cluster, stale, or forged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemovalNotice {
+    /// The node removed; any other node at its address refuses the notice.
+    pub target: NodeId,
+    /// The sender's vote: its term, and its id, which the receiver looks up in its own
+    /// membership to confirm the removal with that member at the address the cluster recorded.
+    pub vote: Vote,
 }
 
 /// A piece of a snapshot stream in transit.
@@ -108,6 +127,8 @@ pub enum Response {
     Acknowledged,
     /// The value a [`Request::Get`] found, if any.
     Value(Option<Vec<u8>>),
+    /// Whether the node a [`Request::WasRemoved`] asked about has been removed.
+    WasRemoved(bool),
 }
 
 /// Why the remote node did not serve a request.
@@ -238,6 +259,18 @@ mod tests {
         };
         match round_trip(Request::Propose(command.clone())).await {
             Request::Propose(decoded) => assert_eq!(decoded, command),
+            other => panic!("decoded as {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_removal_notice_keeps_its_target_and_the_senders_vote_on_the_wire() {
+        let vote = Vote::new_committed(7, 2);
+        match round_trip(Request::Removed(RemovalNotice { target: 3, vote })).await {
+            Request::Removed(notice) => {
+                assert_eq!(notice.target, 3);
+                assert_eq!(notice.vote, vote);
+            }
             other => panic!("decoded as {other:?}"),
         }
     }

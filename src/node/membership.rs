@@ -7,14 +7,18 @@
 //! replicated state), never removing the last voter.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::ChangeMembershipError;
 use openraft::error::ClientWriteError;
+use openraft::error::PreconditionFailed;
 use openraft::error::RaftError;
 use openraft::raft::ClientWriteResponse;
+use openraft::raft::Precondition;
 use openraft::ChangeMembers;
 
 use super::write_error;
@@ -25,7 +29,9 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::network::MembershipChange;
 use crate::network::RemoteError;
+use crate::network::RemovalNotice;
 use crate::network::Request;
+use crate::network::Response;
 use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::Member;
@@ -37,6 +43,9 @@ const PROMOTION_LAG: u64 = 64;
 /// Attempts to tell a removed node it has been removed, and the wait for each answer.
 const REMOVAL_NOTICE_ATTEMPTS: u32 = 10;
 const REMOVAL_NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The wait for the sender's confirmation of a removal notice: well within the sender's own wait
+/// for the notice's answer, so a confirmed notice is acknowledged before the sender gives up.
+const REMOVAL_CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// One member as the REPL's `members` and the HTTP API list it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -165,6 +174,69 @@ impl Node {
         }
     }
 
+    /// Acts on a removal notice only if it names this node, is not from an older term than this
+    /// node's, and its sender, looked up in this node's own membership, confirms the removal from
+    /// its applied state. Stopping is for good and anyone can reach the raft port, so a notice
+    /// meant for a node that had this address before, one from another cluster, a stale one and a
+    /// forged one are all refused, and the node keeps running. A removed node whose notice is
+    /// refused still learns of its removal when it applies it or asks the members for votes.
+    pub(super) async fn receive_removal_notice(
+        &self,
+        notice: RemovalNotice,
+    ) -> std::result::Result<Response, RemoteError> {
+        let refuse = |why: String| {
+            tracing::warn!("refused a removal notice: {why}");
+            refused(format!("removal notice refused: {why}"))
+        };
+        if notice.target != self.id {
+            return Err(refuse(format!(
+                "it is for node {}, and this is node {}",
+                notice.target, self.id
+            )));
+        }
+        let sender = notice.vote.leader_id.node_id;
+        let (term, sender_addr) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            let member = m.membership_config.membership().get_node(&sender);
+            (
+                m.current_term,
+                member.map(|member| member.raft_addr.clone()),
+            )
+        };
+        if notice.vote.leader_id.term < term {
+            return Err(refuse(format!(
+                "it is from term {}, older than this node's term {term}",
+                notice.vote.leader_id.term
+            )));
+        }
+        let Some(addr) = sender_addr else {
+            return Err(refuse(format!(
+                "its sender, node {sender}, is not a member of this node's cluster"
+            )));
+        };
+        let question = Request::WasRemoved { id: self.id };
+        match self
+            .peers
+            .call(&addr, question, REMOVAL_CONFIRM_TIMEOUT)
+            .await
+        {
+            Ok(Response::WasRemoved(true)) => {
+                self.learn_removed(&format!("node {sender} said so and confirmed it"));
+                Ok(Response::Acknowledged)
+            }
+            Ok(Response::WasRemoved(false)) => Err(refuse(format!(
+                "node {sender} at {addr} says this node is still a member"
+            ))),
+            Ok(other) => Err(refuse(format!(
+                "node {sender} at {addr} answered {other:?}"
+            ))),
+            Err(e) => Err(refuse(format!(
+                "it cannot be confirmed with node {sender} at {addr}: {e}"
+            ))),
+        }
+    }
+
     /// Refuses a vote request from a node that has been removed, telling it so.
     pub(super) fn refuse_removed(&self, candidate: NodeId) -> std::result::Result<(), RemoteError> {
         if self.state.removed_ids().contains(&candidate) {
@@ -177,9 +249,11 @@ impl Node {
     ///
     /// A user's change that finds another user's change in progress is refused (`busy, try
     /// again`); changes the nodes make themselves (address updates, promotions) are waited for.
-    /// The change is proposed only once a quorum has confirmed this node's leadership, and the
-    /// whole attempt is bounded by the node's timeout: a leader cut off from its quorum refuses
-    /// the change instead of leaving it in its log to take effect later.
+    /// The change is checked and proposed only once a quorum has confirmed this node's leadership
+    /// and, for a check that reads applied state, this node has applied everything committed
+    /// before, and the whole attempt is bounded by the node's timeout: a leader cut off from its quorum refuses the change instead of leaving
+    /// it in its log to take effect later. Running out of time after the change was handed to
+    /// openraft is reported as an unknown outcome: it may still commit.
     pub(super) async fn change_membership_locally(
         &self,
         change: MembershipChange,
@@ -190,18 +264,42 @@ impl Node {
         };
         // A little under the requester's own deadline, so the answer reaches it in time.
         let within = self.timeout.mul_f64(0.9);
-        tokio::time::timeout(within, self.change_membership_with_quorum(change))
-            .await
-            .unwrap_or(Err(RemoteError::TimedOut))
+        let proposed = AtomicBool::new(false);
+        match tokio::time::timeout(
+            within,
+            self.change_membership_with_quorum(change, &proposed),
+        )
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) if proposed.load(Ordering::Relaxed) => Err(RemoteError::Unknown(format!(
+                "the change was proposed but not confirmed within {}; it may still take effect \
+                 (for example once a quorum is back): check the members before retrying",
+                humantime::format_duration(within)
+            ))),
+            Err(_) => Err(RemoteError::TimedOut),
+        }
     }
 
+    /// The body of [`Node::change_membership_locally`]; sets `proposed` while openraft may be
+    /// appending the change, so that running out of time is not reported as "nothing changed".
     async fn change_membership_with_quorum(
         &self,
         change: MembershipChange,
+        proposed: &AtomicBool,
     ) -> std::result::Result<CommandResult, RemoteError> {
+        // Only an add's checks read applied state (removed ids, kept learners); the others can go
+        // ahead on a leader whose state machine lags, e.g. handing leadership away from a node
+        // whose disk is full.
+        let reads_applied_state = matches!(change, MembershipChange::Add { .. });
         loop {
             let one_at_a_time = self.membership_change.lock().await;
-            if let Err(e) = self.read_index_locally().await {
+            let barrier = if reads_applied_state {
+                self.applied_up_to_read_index().await
+            } else {
+                self.read_index_locally().await.map(drop)
+            };
+            if let Err(e) = barrier {
                 drop(one_at_a_time);
                 match e {
                     RemoteError::NotLeader { .. } => return Err(e),
@@ -223,8 +321,28 @@ impl Node {
                 retain,
                 removing,
             } = self.validate(&change, membership.membership(), at_index)?;
+            // openraft's own check that the membership is still the one validated, for a
+            // `--prev-index` add: the membership lock keeps this leader's other changes out, and
+            // this also refuses one that slipped in by any other way.
+            let preconditions: Vec<Precondition<TypeConfig>> = match &change {
+                MembershipChange::Add {
+                    prev_index: Some(_),
+                    ..
+                } => vec![Precondition::LastMembershipLogId {
+                    last_membership_log_id: *membership.log_id(),
+                }],
+                _ => Vec::new(),
+            };
+            proposed.store(true, Ordering::Relaxed);
             let outcome = match changes {
-                Some(changes) => self.raft.change_membership(changes, retain).await,
+                // Spawned, so that the deadline passing does not cancel openraft's two-step
+                // change between its joint and its final entry and leave the joint one in force.
+                Some(changes) => {
+                    let raft = self.raft.clone();
+                    tokio::spawn(async move { raft.change_membership(changes, retain).await })
+                        .await
+                        .map_err(|e| RemoteError::Unknown(format!("the change failed: {e}")))?
+                }
                 None => match &change {
                     MembershipChange::Add {
                         id, member, voter, ..
@@ -238,7 +356,12 @@ impl Node {
                                 None => return Ok(CommandResult::Applied),
                             }
                         }
-                        Ok(_) => self.raft.add_learner(*id, member.clone(), false).await,
+                        Ok(_) => {
+                            let node = ChangeMembers::AddNodes([(*id, member.clone())].into());
+                            self.raft
+                                .change_membership_if(node, true, preconditions)
+                                .await
+                        }
                     },
                     MembershipChange::TransferLeader { to } => {
                         drop(one_at_a_time);
@@ -255,7 +378,7 @@ impl Node {
                 },
             };
             drop(one_at_a_time);
-            match outcome.map_err(membership_error) {
+            match outcome.map_err(|e| membership_error(e, at_index)) {
                 Ok(written) => {
                     if let Some((id, member)) = removing {
                         self.announce_removal(id, member);
@@ -263,12 +386,27 @@ impl Node {
                     return Ok(written.data);
                 }
                 // An earlier change is still being committed: it will be shortly, with a quorum.
+                // Nothing was appended this time.
                 Err(RemoteError::Refused(reason)) if reason.starts_with(BUSY) => {
+                    proposed.store(false, Ordering::Relaxed);
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Confirms this node's leadership with a quorum (a read index) and waits until it has applied
+    /// everything committed before. The membership rules read applied state (removed ids, kept
+    /// learners), and a newly elected leader may still be applying the entries that changed it.
+    async fn applied_up_to_read_index(&self) -> std::result::Result<(), RemoteError> {
+        let index = self.read_index_locally().await?;
+        self.raft
+            .wait(None)
+            .applied_index_at_least(Some(index), "membership rules")
+            .await
+            .map(drop)
+            .map_err(|e| RemoteError::Refused(format!("raft stopped: {e}")))
     }
 
     /// Records through the log whether learner `id` stays a learner (`keep`), unless that is
@@ -303,10 +441,7 @@ impl Node {
             MembershipChange::Add {
                 prev_index: Some(prev),
                 ..
-            } if *prev != at_index => Err(refused(format!(
-                "the membership changed since index {prev}: it was last set at index {at_index}; \
-                 check the members and retry with --prev-index {at_index}"
-            ))),
+            } if *prev != at_index => Err(membership_changed(*prev, at_index)),
             MembershipChange::Add {
                 id, member, voter, ..
             } => {
@@ -388,17 +523,27 @@ impl Node {
             return;
         }
         let peers = self.peers.clone();
+        let notice = RemovalNotice {
+            target: id,
+            vote: self.raft.metrics().borrow_watched().vote,
+        };
         tokio::spawn(async move {
+            let mut last_error = None;
             for _ in 0..REMOVAL_NOTICE_ATTEMPTS {
-                let answer = peers
-                    .call(&member.raft_addr, Request::Removed, REMOVAL_NOTICE_TIMEOUT)
-                    .await;
-                if answer.is_ok() {
-                    return;
+                let notice = Request::Removed(notice.clone());
+                match peers
+                    .call(&member.raft_addr, notice, REMOVAL_NOTICE_TIMEOUT)
+                    .await
+                {
+                    Ok(_) => return,
+                    Err(e) => last_error = Some(e),
                 }
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
-            tracing::info!("node {id} did not acknowledge its removal; it will learn it when it asks for votes");
+            let why = last_error.map(|e| e.to_string()).unwrap_or_default();
+            tracing::info!(
+                "node {id} did not acknowledge its removal ({why}); it will learn it when it applies it or asks for votes"
+            );
         });
     }
 
@@ -486,6 +631,18 @@ impl Node {
 
     async fn promote(&self, id: NodeId) {
         let _one_at_a_time = self.membership_change.lock().await;
+        // Whether the learner is kept one is applied state, complete only up to the read index.
+        let caught_up = tokio::time::timeout(self.timeout, self.applied_up_to_read_index()).await;
+        if !matches!(caught_up, Ok(Ok(()))) {
+            tracing::debug!(
+                "not promoting node {id} yet: this node's applied state is not known to be current"
+            );
+            tokio::time::sleep(RETRY_PAUSE).await;
+            return;
+        }
+        if self.state.kept_learners().contains(&id) {
+            return;
+        }
         let still_learner = {
             let metrics = self.raft.metrics();
             let m = metrics.borrow_watched();
@@ -551,12 +708,27 @@ fn refused(reason: String) -> RemoteError {
     RemoteError::Refused(reason)
 }
 
-/// Maps openraft's refusal of a membership change to what the requester should do.
-fn membership_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> RemoteError {
+/// The refusal of a `--prev-index` change: the membership was last set at `at`, not at `prev`.
+fn membership_changed(prev: u64, at: u64) -> RemoteError {
+    refused(format!(
+        "the membership changed since index {prev}: it was last set at index {at}; \
+         check the members and retry with --prev-index {at}"
+    ))
+}
+
+/// Maps openraft's refusal of a membership change validated against the membership set at
+/// `validated_at` to what the requester should do.
+fn membership_error(
+    e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+    validated_at: u64,
+) -> RemoteError {
     match e {
         RaftError::APIError(ClientWriteError::ChangeMembershipError(
             ChangeMembershipError::InProgress(_),
         )) => busy(),
+        RaftError::APIError(ClientWriteError::PreconditionFailed(
+            PreconditionFailed::LastMembershipLogIdMismatch { actual, .. },
+        )) => membership_changed(validated_at, actual.map_or(0, |id| id.index)),
         other => write_error(other),
     }
 }

@@ -1343,3 +1343,57 @@ impl Node {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Small disks
+// ---------------------------------------------------------------------------
+
+/// A size-limited tmpfs mounted on a directory, for tests of a disk that fills up. Unmounted on
+/// drop, also on panic; lazily, so it goes even while a node still has files open on it.
+pub struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it, e.g. `64m`) on the existing
+    /// directory `path`. `Err` with the reason when this machine does not let us mount (mounting
+    /// needs root): the caller then skips its test, saying so.
+    pub fn mount(path: &Path, size: &str) -> Result<Tmpfs, String> {
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !output.status.success() {
+            return Err(lossy(&output.stderr));
+        }
+        Ok(Tmpfs {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Changes the size limit in place; the files on it stay.
+    pub fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.path)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "resizing the tmpfs on {:?} failed",
+            self.path
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
