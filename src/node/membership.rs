@@ -250,8 +250,8 @@ impl Node {
     /// A user's change that finds another user's change in progress is refused (`busy, try
     /// again`); changes the nodes make themselves (address updates, promotions) are waited for.
     /// The change is checked and proposed only once a quorum has confirmed this node's leadership
-    /// and this node has applied everything committed before, and the whole attempt is bounded by
-    /// the node's timeout: a leader cut off from its quorum refuses the change instead of leaving
+    /// and, for a check that reads applied state, this node has applied everything committed
+    /// before, and the whole attempt is bounded by the node's timeout: a leader cut off from its quorum refuses the change instead of leaving
     /// it in its log to take effect later. Running out of time after the change was handed to
     /// openraft is reported as an unknown outcome: it may still commit.
     pub(super) async fn change_membership_locally(
@@ -288,9 +288,18 @@ impl Node {
         change: MembershipChange,
         proposed: &AtomicBool,
     ) -> std::result::Result<CommandResult, RemoteError> {
+        // Only an add's checks read applied state (removed ids, kept learners); the others can go
+        // ahead on a leader whose state machine lags, e.g. handing leadership away from a node
+        // whose disk is full.
+        let reads_applied_state = matches!(change, MembershipChange::Add { .. });
         loop {
             let one_at_a_time = self.membership_change.lock().await;
-            if let Err(e) = self.applied_up_to_read_index().await {
+            let barrier = if reads_applied_state {
+                self.applied_up_to_read_index().await
+            } else {
+                self.read_index_locally().await.map(drop)
+            };
+            if let Err(e) = barrier {
                 drop(one_at_a_time);
                 match e {
                     RemoteError::NotLeader { .. } => return Err(e),
