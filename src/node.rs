@@ -204,6 +204,11 @@ impl Node {
             max_in_snapshot_log_to_keep: config.compaction_overhead,
             // A follower further behind than one snapshot interval catches up from a snapshot.
             replication_lag_threshold: config.snapshot_entries.max(1),
+            // A restarted leader must win an election again before it serves anything: its commit
+            // point and state machine are not fsynced, so after a power cut they can be behind
+            // what it acknowledged, and a leadership restored in place would serve reads from
+            // there (openraft documents this with `enable_leader_restore`).
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()

@@ -6,22 +6,28 @@
 //! new mount namespace whose copy of the stage is a slave of this one, so an unmount here also
 //! unmounts their copy (the connection really closes, and the cut can proceed), and a remount
 //! here appears there too.
+//!
+//! The FUSE mount itself is made here rather than by `fuser`, whose unmount-on-drop would, once
+//! the file system is gone, unmount whatever is left at the mount point: the stage.
 
+use std::fs::OpenOptions;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use fuser::{BackgroundSession, Config, MountOption};
+use fuser::{Config, Session, SessionACL};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::unistd::{getgid, getuid};
 
 use crate::fs::{lock, PowerCutFs, Shared};
 use crate::model::{self, CutReport, Model};
 
-/// The mount's source in `/proc/self/mountinfo` (its type is plain `fuse`), by which tests
-/// recognise it.
+/// The mount's source in `/proc/self/mountinfo` (its type is `fuse`), by which tests recognise
+/// it.
 pub const FS_NAME: &str = "powercut";
 /// How long an unmount is retried while the mount is busy (a killed process's files are closed
 /// by the kernel shortly after it is reaped).
@@ -56,8 +62,8 @@ pub enum Error {
 pub struct Mounted {
     model: Shared,
     mountpoint: PathBuf,
-    /// The FUSE session while the file system is mounted.
-    session: Option<BackgroundSession>,
+    /// The thread serving the FUSE session while the file system is mounted.
+    session: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl Mounted {
@@ -77,13 +83,38 @@ impl Mounted {
         Ok(mounted)
     }
 
+    /// Mounts the file system on the stage and serves it on a thread of its own.
     fn start_session(&mut self) -> Result<(), Error> {
-        let mut config = Config::default();
-        config.mount_options = vec![MountOption::FSName(FS_NAME.into())];
+        let failed = |e: io::Error| Error::Mount(self.mountpoint.clone(), e);
+        let device = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .map_err(failed)?;
+        let options = format!(
+            "fd={},rootmode=40755,user_id={},group_id={}",
+            device.as_raw_fd(),
+            getuid(),
+            getgid()
+        );
+        mount(
+            Some(FS_NAME),
+            &self.mountpoint,
+            Some("fuse"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some(options.as_str()),
+        )
+        .map_err(|e| failed(e.into()))?;
         let fs = PowerCutFs::new(self.model.clone());
-        let session = fuser::spawn_mount(fs, &self.mountpoint, &config)
-            .map_err(|e| Error::Mount(self.mountpoint.clone(), e))?;
-        self.session = Some(session);
+        let acl = SessionACL::Owner;
+        let session = match Session::from_fd(fs, OwnedFd::from(device), acl, Config::default()) {
+            Ok(session) => session,
+            Err(e) => {
+                let _ = umount2(&self.mountpoint, MntFlags::MNT_DETACH);
+                return Err(failed(e));
+            }
+        };
+        self.session = Some(thread::spawn(move || session.run()));
         Ok(())
     }
 

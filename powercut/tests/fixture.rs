@@ -281,3 +281,36 @@ fn statfs_shows_the_backing_file_system() {
     assert_eq!(mounted.blocks(), backing.blocks());
     assert_eq!(mounted.fragment_size(), backing.fragment_size());
 }
+
+/// A process in another mount namespace (as `ip netns exec` makes one, with slave propagation)
+/// does not hold the cut up, and sees the file system again after it.
+#[test]
+fn a_cut_reaches_other_mount_namespaces() {
+    let Some(mut m) = Mount::start() else { return };
+    write(&m.path("file"), b"data");
+    let mut other = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "slave", "sleep", "60"])
+        .spawn()
+        .expect("run unshare");
+    let mountinfo = format!("/proc/{}/mountinfo", other.id());
+    let target = format!(" {} ", m.fixture.mountpoint().display());
+    let sees_fixture = || {
+        let mounts = fs::read_to_string(&mountinfo).unwrap_or_default();
+        mounts
+            .lines()
+            .any(|l| l.contains(&target) && l.contains(" - fuse powercut "))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sees_fixture() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(sees_fixture(), "the other namespace never saw the fixture");
+
+    let cut = m.fixture.cut();
+    let still_seen = sees_fixture();
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(cut.is_ok(), "{cut:?}");
+    assert!(still_seen, "the remount did not reach the other namespace");
+    assert!(!m.path("file").exists());
+}

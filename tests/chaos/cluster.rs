@@ -1,9 +1,11 @@
-//! A cluster of real `ondisk` processes, each in its own network namespace (see `netns`), that
-//! the nemesis can kill, restart, pause and partition, and that the final checks can question
-//! over HTTP.
+//! A cluster of real `ondisk` processes, each in its own network namespace (see `netns`) and with
+//! its data directory on its own power-cut fixture, that the nemesis can kill, restart, pause,
+//! partition and cut the power of, and that the final checks can question over HTTP.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +14,7 @@ use tempfile::TempDir;
 
 use super::netns::Network;
 use crate::common::http::{agent, request};
+use crate::common::power_cut::PowerCutFs;
 use crate::common::{poll_until, Node, NodeSpec, STARTUP_TIMEOUT};
 
 /// Every node listens on these ports of its own namespace's address.
@@ -28,8 +31,11 @@ pub struct ChaosCluster {
     paused: Vec<bool>,
     network: Network,
     specs: Vec<NodeSpec>,
-    /// The nodes' data directory, removed when the cluster is dropped.
-    _root: TempDir,
+    /// Node `id`'s file system at index `id - 1`; empty where FUSE is not available (then the
+    /// nodes share a plain data directory and power cuts are not possible).
+    fixtures: Vec<PowerCutFs>,
+    /// The plain data directory, and the node logs kept across power cuts; removed last.
+    root: TempDir,
 }
 
 impl ChaosCluster {
@@ -46,6 +52,11 @@ impl ChaosCluster {
             .prefix("ondisk-chaos-data-")
             .tempdir()
             .expect("create a temporary directory");
+        let fixtures: Vec<PowerCutFs> = if PowerCutFs::available() {
+            (0..n).map(|_| PowerCutFs::start()).collect()
+        } else {
+            Vec::new()
+        };
         let cluster: Vec<SocketAddr> = (1..=n)
             .map(|id| SocketAddr::from((network.node_ip(id), RAFT_PORT)))
             .collect();
@@ -54,7 +65,9 @@ impl ChaosCluster {
                 id,
                 cluster: cluster.clone(),
                 http: SocketAddr::from((network.node_ip(id), HTTP_PORT)),
-                data_dir: root.path().join("data"),
+                data_dir: fixtures
+                    .get(id - 1)
+                    .map_or_else(|| root.path().join("data"), PowerCutFs::data_dir),
                 extra_args: extra_args.iter().map(OsString::from).collect(),
             })
             .collect();
@@ -67,7 +80,8 @@ impl ChaosCluster {
             paused: vec![false; n],
             network,
             specs,
-            _root: root,
+            fixtures,
+            root,
         };
         cluster.await_started(&cluster.ids());
         cluster
@@ -118,7 +132,75 @@ impl ChaosCluster {
                     failure.status, failure.diagnostics
                 );
             }
+            self.check_on_fixture(id);
         }
+    }
+
+    /// Whether the nodes' data directories are on power-cut fixtures.
+    pub fn can_cut_power(&self) -> bool {
+        !self.fixtures.is_empty()
+    }
+
+    /// Panics unless node `id`'s own mount namespace (`ip netns exec` gives each node a new one)
+    /// has its fixture mounted on its data directory: otherwise the node would write to the disk
+    /// below, and power cuts would silently lose nothing.
+    fn check_on_fixture(&self, id: usize) {
+        if !self.can_cut_power() {
+            return;
+        }
+        let data_dir = self.specs[id - 1].data_dir.to_string_lossy().into_owned();
+        let pid = self.nodes[id - 1].pid();
+        let mounts = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+        let mounted = mounts.lines().any(|line| {
+            let mountpoint = line.split(' ').nth(4);
+            let mut source = line.split(" - ").nth(1).unwrap_or("").split(' ');
+            mountpoint == Some(data_dir.as_str())
+                && source.next() == Some("fuse")
+                && source.next() == Some(ondisk_powercut::mount::FS_NAME)
+        });
+        assert!(
+            mounted,
+            "node {id} (pid {pid}) does not see its power-cut fixture on {data_dir} in its mount \
+             namespace"
+        );
+    }
+
+    /// Cuts the power of node `id`'s file system (the node must be down): everything the node
+    /// did not fsync is lost. Its log file is kept aside first, for a failed run's evidence.
+    /// Returns what was lost, for the fault log.
+    pub fn cut_power(&mut self, id: usize) -> String {
+        let spec = &self.specs[id - 1];
+        let kept = self.kept_log(id);
+        let log = fs::read(spec.log_path()).unwrap_or_default();
+        let appended = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&kept)
+            .and_then(|mut f| {
+                f.write_all(&log)
+                    .and_then(|()| f.write_all(b"--- power cut\n"))
+            });
+        if let Err(e) = appended {
+            eprintln!(
+                "warning: cannot keep node {id}'s log in {}: {e}",
+                kept.display()
+            );
+        }
+        let Some(fixture) = self.fixtures.get_mut(id - 1) else {
+            panic!("node {id} is not on a power-cut fixture (/dev/fuse is absent)");
+        };
+        let report = fixture.cut();
+        format!(
+            "node {id} lost {} bytes, {} entries",
+            report.bytes, report.entries
+        )
+    }
+
+    /// Where node `id`'s log is kept across power cuts.
+    fn kept_log(&self, id: usize) -> PathBuf {
+        self.root
+            .path()
+            .join(format!("node{id}-before-power-cuts.log"))
     }
 
     /// SIGSTOPs node `id`.
@@ -203,20 +285,17 @@ impl ChaosCluster {
             .collect()
     }
 
-    /// Every node's log file, with the node id.
-    pub fn log_files(&self) -> Vec<(usize, PathBuf)> {
-        self.specs.iter().map(|s| (s.id, s.log_path())).collect()
-    }
-
     /// Every node's process diagnostics (output tails, exit status).
     pub fn diagnostics(&self) -> String {
         self.nodes.iter().map(Node::diagnostics).collect()
     }
 
-    /// Copies every node's log file into `dir`.
+    /// Copies every node's log file into `dir`, after what was kept of it before power cuts.
     pub fn save_logs(&self, dir: &Path) {
-        for (id, log) in self.log_files() {
-            let _ = std::fs::copy(&log, dir.join(format!("node{id}.log")));
+        for spec in &self.specs {
+            let mut log = fs::read(self.kept_log(spec.id)).unwrap_or_default();
+            log.extend(fs::read(spec.log_path()).unwrap_or_default());
+            let _ = fs::write(dir.join(format!("node{}.log", spec.id)), log);
         }
         let _ = std::fs::write(dir.join("processes.txt"), self.diagnostics());
     }

@@ -34,10 +34,15 @@ pub enum Fault {
     /// Traffic from one node to another dropped, the other direction intact (the leader is one of
     /// the two when known).
     OneWayCut,
+    /// SIGKILL of a random node and a power cut of its file system (everything it did not fsync
+    /// is lost), restarted after a while.
+    PowerCutNode,
+    /// SIGKILL of every node and a power cut of every file system, all restarted together.
+    PowerCutAll,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 10] = [
         Fault::KillNode,
         Fault::KillLeader,
         Fault::KillAll,
@@ -46,7 +51,12 @@ impl Fault {
         Fault::IsolateLeader,
         Fault::SplitMinority,
         Fault::OneWayCut,
+        Fault::PowerCutNode,
+        Fault::PowerCutAll,
     ];
+
+    /// The kinds that need the power-cut fixture.
+    pub const POWER_CUTS: [Fault; 2] = [Fault::PowerCutNode, Fault::PowerCutAll];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -58,6 +68,8 @@ impl Fault {
             Fault::IsolateLeader => "isolate-leader",
             Fault::SplitMinority => "split-minority",
             Fault::OneWayCut => "one-way-cut",
+            Fault::PowerCutNode => "power-cut-node",
+            Fault::PowerCutAll => "power-cut-all",
         }
     }
 
@@ -66,8 +78,10 @@ impl Fault {
     fn hold(self, rng: &mut Rng) -> Duration {
         let ms = Duration::from_millis;
         match self {
-            Fault::KillNode | Fault::KillLeader => rng.duration_between(ms(200), ms(2500)),
-            Fault::KillAll => rng.duration_between(ms(100), ms(1500)),
+            Fault::KillNode | Fault::KillLeader | Fault::PowerCutNode => {
+                rng.duration_between(ms(200), ms(2500))
+            }
+            Fault::KillAll | Fault::PowerCutAll => rng.duration_between(ms(100), ms(1500)),
             Fault::PauseNode | Fault::PauseLeader => rng.duration_between(ms(1500), ms(3500)),
             Fault::IsolateLeader | Fault::SplitMinority | Fault::OneWayCut => {
                 rng.duration_between(ms(1500), ms(4000))
@@ -171,6 +185,27 @@ impl Nemesis {
                 thread::sleep(hold);
                 cluster.restart_all(&ids);
                 format!("killed every node, restarted after {secs:.1}s")
+            }
+            Fault::PowerCutNode => {
+                cluster.kill(random);
+                let lost = cluster.cut_power(random);
+                thread::sleep(hold);
+                cluster.restart(random);
+                format!(
+                    "killed node {random} and cut its power ({lost}), restarted after {secs:.1}s"
+                )
+            }
+            Fault::PowerCutAll => {
+                for &id in &ids {
+                    cluster.kill(id);
+                }
+                let lost: Vec<String> = ids.iter().map(|&id| cluster.cut_power(id)).collect();
+                thread::sleep(hold);
+                cluster.restart_all(&ids);
+                format!(
+                    "killed every node and cut their power ({}), restarted after {secs:.1}s",
+                    lost.join("; ")
+                )
             }
             Fault::PauseNode => {
                 cluster.pause(random);
