@@ -54,7 +54,8 @@ pub struct Args {
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
-    /// Minimum Raft election timeout (the maximum is twice this); must exceed the heartbeat.
+    /// Election timeout E: a follower that hears nothing from a leader for 7E/6 to 4E/3 (at
+    /// random, so two rarely start at once) starts an election; at least 5 heartbeats.
     #[arg(long = "election-timeout", default_value = "1s", value_parser = humantime::parse_duration)]
     pub election_timeout: Duration,
 

@@ -192,11 +192,15 @@ impl Node {
         data_dir.sync()?;
         let raft_listener = listen("raft", &config.member.raft_addr).await?;
         let state = state_machine.reader();
+        let election = ElectionTiming::new(config.heartbeat, config.election_timeout)?;
         let raft_config = openraft::Config {
             cluster_name: "ondisk".into(),
             heartbeat_interval: millis(config.heartbeat),
-            election_timeout_min: millis(config.election_timeout),
-            election_timeout_max: millis(config.election_timeout) * 2,
+            election_timeout_min: election.min_ms,
+            election_timeout_max: election.max_ms,
+            // A node that was cut off or paused asks whether it could win before it raises its
+            // term, so coming back never deposes a leader the others still follow.
+            enable_pre_vote: Some(true),
             install_snapshot_timeout: millis(config.election_timeout).max(1000),
             // Entries per append batch; the log store's replication reads bound a batch by bytes too.
             max_payload_entries: 64,
@@ -221,6 +225,7 @@ impl Node {
             peers: peers.clone(),
             removed: removed.clone(),
             snapshots_sent: snapshots_sent.clone(),
+            append_timeout: config.election_timeout,
         };
         let raft = Raft::new(
             config.id,
@@ -492,21 +497,7 @@ impl Node {
                 let attempt = if leader == self.id {
                     self.read_index_locally().await
                 } else {
-                    match self
-                        .peers
-                        .call(&member.raft_addr, Request::ReadIndex, self.timeout)
-                        .await
-                    {
-                        Ok(Response::ReadIndex(index)) => Ok(index),
-                        Ok(other) => {
-                            Err(RemoteError::Refused(format!("unexpected answer {other:?}")))
-                        }
-                        Err(CallError::Remote(remote)) => Err(remote),
-                        // Asking for a read index changes nothing, so any failure may be retried.
-                        Err(other) => {
-                            Err(RemoteError::NotLeader { leader: None }.with_cause(other))
-                        }
-                    }
+                    self.read_index_from(leader, &member).await
                 };
                 match attempt {
                     Ok(index) => break index,
@@ -521,6 +512,34 @@ impl Node {
             Ok(())
         })
         .await
+    }
+
+    /// Asks `leader` for a read index. Asking changes nothing, so any failure may be retried, and
+    /// the question is dropped as soon as this node hears of another leader: a leader that stopped
+    /// answering (paused, cut off) would otherwise hold the read until the deadline, long after
+    /// the others elected a new one.
+    async fn read_index_from(
+        &self,
+        leader: NodeId,
+        member: &Member,
+    ) -> std::result::Result<u64, RemoteError> {
+        let asked = self
+            .peers
+            .call(&member.raft_addr, Request::ReadIndex, self.timeout);
+        let waiter = self.raft.wait(None);
+        let replaced = waiter.metrics(
+            |m| m.current_leader.is_some_and(|now| now != leader),
+            "another leader",
+        );
+        tokio::select! {
+            answer = asked => match answer {
+                Ok(Response::ReadIndex(index)) => Ok(index),
+                Ok(other) => Err(RemoteError::Refused(format!("unexpected answer {other:?}"))),
+                Err(CallError::Remote(remote)) => Err(remote),
+                Err(other) => Err(RemoteError::NotLeader { leader: None }.with_cause(other)),
+            },
+            _ = replaced => Err(RemoteError::NotLeader { leader: None }),
+        }
     }
 
     /// Confirms leadership with a quorum (ReadIndex) and returns the index reads must wait for.
@@ -793,6 +812,52 @@ impl RemoteError {
     }
 }
 
+/// How many heartbeats must fit in an election timeout (etcd refuses less than 5 as well): fewer,
+/// and a follower would start elections whenever one or two heartbeats are late.
+const MIN_HEARTBEATS_PER_ELECTION: u32 = 5;
+
+/// openraft's election settings for the user's `-election-timeout` E: a follower that has heard
+/// nothing from a leader for 7E/6 to 4E/3 (at random) starts an election, and a vote request may
+/// take E/2 to be answered.
+///
+/// openraft counts from the leader's lease: a follower first waits it out (openraft sets it to
+/// `election_timeout_max` and every heartbeat renews it; meanwhile the follower refuses to vote
+/// for anyone else), then a timeout drawn from `[election_timeout_min, election_timeout_max)`,
+/// so an election starts between `min + max` and `2 * max` after the last heartbeat; a vote
+/// request is given `min` to be answered, and the voter's fsync of its vote is part of that.
+/// Handing openraft E as its minimum and 2E as its maximum, as ondisk did, meant 3E to 4E: 3 to
+/// 4 seconds without a leader after a crash at the default 1 s. min = E/2 and max = 2E/3 give
+/// 1.17 to 1.33 s (etcd: E to 2E), a window wide enough that two followers rarely campaign at
+/// once, and a vote that survives a disk whose fsync takes hundreds of milliseconds (with
+/// min = E/3, vote answers came too late while other processes loaded this machine's disk, and
+/// the followers campaigned in vain for seconds).
+///
+/// Timing decides only how soon an election starts, never whether a write is safe: votes and
+/// commits are decided by quorums, and linearizable reads confirm leadership with a quorum
+/// (ReadIndex) instead of trusting a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ElectionTiming {
+    min_ms: u64,
+    max_ms: u64,
+}
+
+impl ElectionTiming {
+    /// Refuses an election timeout that does not span [`MIN_HEARTBEATS_PER_ELECTION`] heartbeats.
+    fn new(heartbeat: Duration, election_timeout: Duration) -> Result<Self> {
+        if election_timeout < heartbeat * MIN_HEARTBEATS_PER_ELECTION {
+            return Err(Error::Config(format!(
+                "-election-timeout ({election_timeout:?}) must be at least \
+                 {MIN_HEARTBEATS_PER_ELECTION} times -heartbeat ({heartbeat:?})"
+            )));
+        }
+        let election_ms = millis(election_timeout);
+        Ok(ElectionTiming {
+            min_ms: election_ms / 2,
+            max_ms: election_ms * 2 / 3,
+        })
+    }
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -873,5 +938,42 @@ impl RpcHandler for Node {
                 value.map(Response::Value).map_err(read_error)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// openraft starts an election `min + max` to `2 * max` after the last heartbeat (its lease,
+    /// `max`, then a timeout drawn from `[min, max)`) and gives a vote `min`: that must be 7E/6
+    /// to 4E/3, and E/2.
+    #[test]
+    fn an_election_starts_seven_sixths_to_four_thirds_election_timeouts_after_the_last_heartbeat() {
+        for (heartbeat, election) in [(100, 1200), (50, 600), (10, 60), (200, 3000)] {
+            let timing = ElectionTiming::new(
+                Duration::from_millis(heartbeat),
+                Duration::from_millis(election),
+            )
+            .unwrap_or_else(|e| panic!("{heartbeat}/{election}: {e}"));
+            assert_eq!(
+                timing.min_ms + timing.max_ms,
+                election * 7 / 6,
+                "{timing:?}"
+            );
+            assert_eq!(2 * timing.max_ms, election * 4 / 3, "{timing:?}");
+            assert_eq!(timing.min_ms, election / 2, "{timing:?}");
+            assert!(timing.min_ms > heartbeat, "{timing:?}");
+        }
+    }
+
+    #[test]
+    fn an_election_timeout_shorter_than_five_heartbeats_is_refused() {
+        let refused = ElectionTiming::new(Duration::from_millis(100), Duration::from_millis(499));
+        let message = refused.map(drop).map_err(|e| e.to_string());
+        assert_eq!(
+            message,
+            Err("-election-timeout (499ms) must be at least 5 times -heartbeat (100ms)".into())
+        );
     }
 }

@@ -57,6 +57,9 @@ pub struct NetworkFactory {
     pub removed: Arc<tokio::sync::watch::Sender<bool>>,
     /// Snapshots sent to followers and installed by them.
     pub snapshots_sent: Arc<AtomicU64>,
+    /// How long an AppendEntries may take before it counts as failed, at least (see
+    /// [`PeerNetwork::append_entries`]).
+    pub append_timeout: Duration,
 }
 
 /// openraft's view of one target node.
@@ -66,6 +69,7 @@ pub struct PeerNetwork {
     peer: Arc<Peer>,
     removed: Arc<tokio::sync::watch::Sender<bool>>,
     snapshots_sent: Arc<AtomicU64>,
+    append_timeout: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -78,6 +82,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             peer: self.peers.get(&node.raft_addr),
             removed: self.removed.clone(),
             snapshots_sent: self.snapshots_sent.clone(),
+            append_timeout: self.append_timeout,
         }
     }
 }
@@ -133,6 +138,12 @@ fn unexpected(response: Response) -> RPCError<TypeConfig> {
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     type SnapshotData = SnapshotData;
 
+    /// openraft allows an AppendEntries one heartbeat interval. A follower that needs longer to
+    /// make the entries durable (a busy or slow disk) would then never acknowledge any: the
+    /// leader gives up, backs off and sends them again, and commits nothing while it needs that
+    /// follower for a quorum, as a new leader of three nodes always does after a crash. So the
+    /// answer is awaited for at least `append_timeout` (an election timeout): a follower that is
+    /// slow still counts. Heartbeats keep openraft's own, shorter limit.
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
@@ -142,7 +153,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             .call(
                 RPCTypes::AppendEntries,
                 Request::AppendEntries(rpc),
-                option.hard_ttl(),
+                option.hard_ttl().max(self.append_timeout),
             )
             .await?
         {
