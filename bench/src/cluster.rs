@@ -14,6 +14,9 @@ use crate::target::System;
 
 /// How many members each cluster has.
 pub const MEMBERS: usize = 3;
+/// etcd's heartbeat interval and election timeout, in milliseconds.
+const ETCD_HEARTBEAT_MS: u64 = 100;
+const ETCD_ELECTION_TIMEOUT_MS: u64 = 1000;
 
 /// One cluster: how to start each member, and the members running now.
 pub struct Cluster {
@@ -24,6 +27,8 @@ pub struct Cluster {
     servers: Vec<Server>,
     /// Where clients connect: ondisk's raft addresses, etcd's client addresses.
     pub endpoints: Vec<String>,
+    /// ondisk's HTTP API addresses, in member order (empty for etcd).
+    pub http: Vec<String>,
 }
 
 impl Cluster {
@@ -32,19 +37,22 @@ impl Cluster {
         let raft: Vec<String> = (0..MEMBERS)
             .map(|_| free_port().map(|port| format!("127.0.0.1:{port}")))
             .collect::<anyhow::Result<_>>()?;
+        let http: Vec<String> = (0..MEMBERS)
+            .map(|_| free_port().map(|port| format!("127.0.0.1:{port}")))
+            .collect::<anyhow::Result<_>>()?;
         let data_dir = dir.join("ondisk");
         let commands = (0..MEMBERS)
             .map(|i| {
                 let args = vec![
                     format!("--nodeid={}", i + 1),
                     format!("--cluster={}", raft.join(",")),
-                    format!("--http=127.0.0.1:{}", free_port()?),
+                    format!("--http={}", http[i]),
                     format!("--data-dir={}", data_dir.display()),
                     "--no-repl".to_string(),
                 ];
-                Ok((format!("ondisk-{}", i + 1), args))
+                (format!("ondisk-{}", i + 1), args)
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect();
         Ok(Cluster {
             system: System::Ondisk,
             dir: data_dir,
@@ -52,6 +60,7 @@ impl Cluster {
             bin: bin.to_path_buf(),
             servers: Vec::new(),
             endpoints: raft,
+            http,
         })
     }
 
@@ -84,6 +93,9 @@ impl Cluster {
                     format!("--initial-cluster={initial_cluster}"),
                     "--initial-cluster-state=new".to_string(),
                     "--initial-cluster-token=ondisk-bench".to_string(),
+                    // etcd's defaults, spelled out: ondisk's defaults are the same (BENCHMARKS.md).
+                    format!("--heartbeat-interval={ETCD_HEARTBEAT_MS}"),
+                    format!("--election-timeout={ETCD_ELECTION_TIMEOUT_MS}"),
                     "--logger=zap".to_string(),
                     "--log-outputs=stderr".to_string(),
                     "--log-level=warn".to_string(),
@@ -98,6 +110,7 @@ impl Cluster {
             bin: bin.to_path_buf(),
             servers: Vec::new(),
             endpoints: client_addrs,
+            http: Vec::new(),
         })
     }
 
@@ -105,14 +118,38 @@ impl Cluster {
     pub fn start(&mut self) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
-        for (name, args) in &self.commands {
-            let mut command = Command::new(&self.bin);
-            command.args(args);
-            let log = self.dir.join(format!("{name}.out"));
-            self.servers
-                .push(Server::spawn(name.clone(), command, &log)?);
-        }
+        self.servers = (0..self.commands.len())
+            .map(|member| self.spawn(member))
+            .collect::<anyhow::Result<_>>()?;
         Ok(())
+    }
+
+    /// SIGKILLs member `member` (0-based) and reaps it; its data stays for [`Cluster::restart`].
+    pub fn kill(&mut self, member: usize) -> anyhow::Result<()> {
+        self.server(member)?.kill()
+    }
+
+    /// Starts member `member` again with its first command line (after [`Cluster::kill`]).
+    pub fn restart(&mut self, member: usize) -> anyhow::Result<()> {
+        let server = self.spawn(member)?;
+        *self.server(member)? = server;
+        Ok(())
+    }
+
+    fn server(&mut self, member: usize) -> anyhow::Result<&mut Server> {
+        let system = self.system;
+        self.servers
+            .get_mut(member)
+            .with_context(|| format!("{system} has no running member {member}"))
+    }
+
+    /// Starts member `member`, its output appended to its own file in the data directory.
+    fn spawn(&self, member: usize) -> anyhow::Result<Server> {
+        let (name, args) = &self.commands[member];
+        let mut command = Command::new(&self.bin);
+        command.args(args);
+        let log = self.dir.join(format!("{name}.out"));
+        Server::spawn(name.clone(), command, &log)
     }
 
     /// Stops every member with SIGTERM and waits for each.

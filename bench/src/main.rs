@@ -1,12 +1,15 @@
-//! `ondisk-bench`: closed-loop load against ondisk (native protocol) or etcd (gRPC), and the
-//! side-by-side comparison that `make bench-compare` runs. See BENCHMARKS.md for the method.
+//! `ondisk-bench`: closed-loop load against ondisk (native protocol) or etcd (gRPC), the
+//! side-by-side comparison that `make bench-compare` runs, and the leader failover comparison.
+//! See BENCHMARKS.md for the method.
 
 mod cluster;
 mod compare;
+mod failover;
 mod process;
 mod target;
 mod workload;
 
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -86,6 +89,35 @@ enum Command {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// Start a 3-node ondisk and a 3-member etcd cluster on loopback (100 ms heartbeat, 1 s
+    /// election timeout on both), SIGKILL the leader of each in turn, time how long until a
+    /// survivor accepts writes again, and print medians side by side.
+    Failover {
+        /// The ondisk binary to start.
+        #[arg(long, default_value = "ondisk")]
+        ondisk: PathBuf,
+        /// The etcd binary to start.
+        #[arg(long, default_value = "etcd")]
+        etcd: PathBuf,
+        /// Where both clusters keep their data (removed afterwards unless --keep).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the data directory (logs included) after the run.
+        #[arg(long)]
+        keep: bool,
+        /// Leader kills per system.
+        #[arg(long, default_value_t = 8)]
+        kills: usize,
+        /// Time between two writes sent to a survivor after a kill.
+        #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// How long one write may take before it counts as failed.
+        #[arg(long = "write-timeout", default_value = "10s", value_parser = humantime::parse_duration)]
+        write_timeout: Duration,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 /// What every measured run shares.
@@ -157,13 +189,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             json,
             load,
         } => {
-            let dir = match dir {
-                Some(dir) => dir,
-                None => std::env::temp_dir().join(format!("ondisk-bench-{}", std::process::id())),
-            };
-            if dir.exists() {
-                anyhow::bail!("{} exists; give a new directory with --dir", dir.display());
-            }
+            let dir = fresh_dir(dir)?;
             let plan = compare::Plan {
                 ondisk_bin: ondisk,
                 etcd_bin: etcd,
@@ -177,21 +203,65 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 value_size: load.value_size,
                 big_keys,
             };
-            let result = tokio::select! {
-                result = compare::run(&plan) => result,
-                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            finish(compare::run(&plan), &dir, keep, json).await
+        }
+        Command::Failover {
+            ondisk,
+            etcd,
+            dir,
+            keep,
+            kills,
+            interval,
+            write_timeout,
+            json,
+        } => {
+            let dir = fresh_dir(dir)?;
+            let plan = failover::Plan {
+                ondisk_bin: ondisk,
+                etcd_bin: etcd,
+                dir: dir.clone(),
+                kills: kills.max(1),
+                interval,
+                write_timeout,
             };
-            // The directory did not exist before the run, so everything in it is ours.
-            if !keep {
-                std::fs::remove_dir_all(&dir)
-                    .with_context(|| format!("cannot remove {}", dir.display()))?;
-            }
-            let result = result?;
-            if let Some(path) = json {
-                std::fs::write(&path, serde_json::to_vec_pretty(&result)?)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
-            Ok(())
+            finish(failover::run(&plan), &dir, keep, json).await
         }
     }
+}
+
+/// A directory for the clusters' data that does not exist yet: `dir`, or a new one in the
+/// system's temporary directory.
+fn fresh_dir(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let dir = match dir {
+        Some(dir) => dir,
+        None => std::env::temp_dir().join(format!("ondisk-bench-{}", std::process::id())),
+    };
+    if dir.exists() {
+        anyhow::bail!("{} exists; give a new directory with --dir", dir.display());
+    }
+    Ok(dir)
+}
+
+/// Runs `work` until it ends or Ctrl-C, removes `dir` unless `keep`, and writes the result to
+/// `json` if asked.
+async fn finish(
+    work: impl std::future::Future<Output = anyhow::Result<serde_json::Value>>,
+    dir: &Path,
+    keep: bool,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let result = tokio::select! {
+        result = work => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    // The directory did not exist before the run, so everything in it is ours.
+    if !keep {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    let result = result?;
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&result)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }

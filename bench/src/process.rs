@@ -57,6 +57,19 @@ impl Server {
         Ok(())
     }
 
+    /// SIGKILLs the process and reaps it: a crash, with no chance to flush or say goodbye.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child
+                .kill()
+                .with_context(|| format!("cannot kill {}", self.name))?;
+            child
+                .wait()
+                .with_context(|| format!("waiting for {} to die", self.name))?;
+        }
+        Ok(())
+    }
+
     /// Resident memory in bytes (VmRSS), or 0 if the process is gone.
     pub fn rss_bytes(&self) -> u64 {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
@@ -133,4 +146,11 @@ pub fn disk_bytes(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+/// The machine's load average over the last minute (from `/proc/loadavg`), to tell a run on a busy
+/// machine from one on a quiet machine.
+pub fn load_average() -> Option<f64> {
+    let text = fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
