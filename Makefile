@@ -8,7 +8,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/ondisk-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: ondisk deps test lint chaos bench-compare cluster cluster-stop node-stop node-start clean-data
+.PHONY: ondisk deps test lint chaos bench-compare bench-failover etcd cluster cluster-stop node-stop node-start clean-data
 
 ## Build ./ondisk at the repository root.
 ondisk: deps
@@ -43,15 +43,25 @@ ROUNDS ?= 3
 BENCH_DURATION ?= 5s
 BIG_KEYS ?= 1000000
 BENCH_ARGS ?=
-bench-compare: deps
-	@command -v etcd >/dev/null || { \
-		echo "installing etcd (Debian's etcd-server)"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq etcd-server etcd-client >/dev/null; }
+bench-compare: deps etcd
 	$(CARGO) build --release --locked --workspace --bins
 	"$(CARGO_TARGET_DIR)/release/ondisk-bench" compare \
 		--ondisk "$(CARGO_TARGET_DIR)/release/ondisk" --etcd "$$(command -v etcd)" \
 		--rounds $(ROUNDS) --duration $(BENCH_DURATION) --big-keys $(BIG_KEYS) $(BENCH_ARGS)
+
+## etcd 3.4, the benchmarks' comparison target (Debian's etcd-server), installed if missing.
+etcd:
+	@command -v etcd >/dev/null || { \
+		echo "installing etcd (Debian's etcd-server)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq etcd-server etcd-client >/dev/null; }
+
+## Leader failover, ondisk and etcd side by side (see BENCHMARKS.md). Example: make bench-failover KILLS=8
+KILLS ?= 8
+bench-failover: deps etcd
+	$(CARGO) build --release --locked --workspace --bins
+	"$(CARGO_TARGET_DIR)/release/ondisk-bench" failover \
+		--ondisk "$(CARGO_TARGET_DIR)/release/ondisk" --etcd "$$(command -v etcd)" --kills $(KILLS)
 
 ## Three nodes in the background (kv-db layout, HTTP on 12380/22380/32380); waits for a leader.
 cluster: ondisk

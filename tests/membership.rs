@@ -834,9 +834,17 @@ fn changes_without_a_quorum_time_out_and_change_nothing(
 
     // Bring the others back; once a write has committed in the current term, every entry the
     // survivor may still hold is either committed or gone.
+    // The leader may need a few attempts: its connections to the restarted nodes reconnect with
+    // backoff, and a put of the same value may safely be repeated.
     c.restart_all();
-    let now = c.wait_for_leader();
-    c.must_put(now, "after", "2");
+    c.wait_until(
+        Duration::from_secs(30),
+        "a put commits after the restart",
+        |c| {
+            let now = c.wait_for_leader();
+            c.node(now).put("after", "2").is_ok()
+        },
+    );
     for id in c.ids() {
         c.assert_get(id, "after", some("2"));
     }
