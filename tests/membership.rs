@@ -837,11 +837,12 @@ fn changes_without_a_quorum_time_out_and_change_nothing(
     // The leader may need a few attempts: its connections to the restarted nodes reconnect with
     // backoff, and a put of the same value may safely be repeated.
     c.restart_all();
+    let mut now = c.wait_for_leader();
     c.wait_until(
         Duration::from_secs(30),
         "a put commits after the restart",
         |c| {
-            let now = c.wait_for_leader();
+            now = c.wait_for_leader();
             c.node(now).put("after", "2").is_ok()
         },
     );
