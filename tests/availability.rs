@@ -11,32 +11,15 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::http::http;
+use common::native::client_of;
+use common::native::runtime;
+use common::native::CLIENT_TIMEOUT;
 use common::Cluster;
-use ondisk::client::Client;
 use ondisk::client::Consistency;
 use ondisk::network::Request;
 
 /// The default `-max-request-bytes`: 1.5 MiB, as etcd.
 const DEFAULT_LIMIT: usize = 3 << 19;
-/// Long enough for an election on a loaded machine, so a client call never fails on one.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a test runtime")
-}
-
-fn native_client(cluster: &Cluster) -> Client {
-    let endpoints = cluster
-        .ids()
-        .into_iter()
-        .map(|id| cluster.raft_addr(id).to_string())
-        .collect();
-    Client::new(endpoints, CLIENT_TIMEOUT).expect("a client")
-}
-
 fn kv_url(cluster: &Cluster, id: usize, key: &str) -> String {
     format!("http://{}/v1/kv/{key}", cluster.http_addr(id))
 }
@@ -100,7 +83,7 @@ fn a_request_just_over_max_request_bytes_is_refused_on_every_interface_and_the_n
     // a request over the nodes' limit, and for one too large for the wire itself (~80 MiB, which
     // used to wedge replication when it was accepted).
     let runtime = runtime();
-    let client = native_client(&cluster);
+    let client = client_of(&cluster, &cluster.ids());
     let native_over = value_for("native", DEFAULT_LIMIT + 1, b'e');
     match runtime.block_on(client.put(b"native".to_vec(), native_over)) {
         Err(ondisk::Error::RequestTooLarge { limit, .. }) => {
@@ -152,7 +135,7 @@ fn a_follower_catches_up_on_more_large_entries_than_one_frame_holds() {
     cluster.kill(lagging);
 
     let runtime = runtime();
-    let client = native_client(&cluster);
+    let client = client_of(&cluster, &cluster.ids());
     for i in 0..ENTRIES {
         runtime
             .block_on(client.put(format!("large/{i:02}").into_bytes(), value.clone()))
@@ -274,7 +257,7 @@ fn a_client_flooding_the_raft_port_without_reading_is_held_to_bounded_memory() {
         flood.read_exact(&mut body).expect("an answer's body");
         answers += 1;
     }
-    let native = native_client(&cluster);
+    let native = client_of(&cluster, &cluster.ids());
     let read_back = runtime()
         .block_on(native.get(b"flood", Consistency::Stale))
         .expect("a read after the flood");

@@ -6,27 +6,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::native::client_of;
+use common::native::runtime;
+use common::native::CLIENT_TIMEOUT;
 use common::Cluster;
 use ondisk::client::Client;
 use ondisk::client::Consistency;
-
-/// Long enough for an election on a loaded machine, so a test never fails on one.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a test runtime")
-}
-
-fn client_of(cluster: &Cluster, ids: &[usize]) -> Client {
-    let endpoints = ids
-        .iter()
-        .map(|&id| cluster.raft_addr(id).to_string())
-        .collect();
-    Client::new(endpoints, CLIENT_TIMEOUT).expect("a client")
-}
 
 #[test]
 fn a_write_sent_to_a_follower_reaches_the_leader_and_every_node_reads_it() {

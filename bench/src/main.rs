@@ -54,18 +54,8 @@ enum Command {
     /// Start a 3-node ondisk and a 3-member etcd cluster on loopback, run every workload on each
     /// in alternation, print one table of medians with ratios ondisk/etcd, and stop both.
     Compare {
-        /// The ondisk binary to start.
-        #[arg(long, default_value = "ondisk")]
-        ondisk: PathBuf,
-        /// The etcd binary to start.
-        #[arg(long, default_value = "etcd")]
-        etcd: PathBuf,
-        /// Where both clusters keep their data (removed afterwards unless --keep).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Keep the data directory (logs included) after the run.
-        #[arg(long)]
-        keep: bool,
+        #[command(flatten)]
+        systems: Systems,
         /// Rounds; each runs every workload on both systems.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
@@ -93,18 +83,8 @@ enum Command {
     /// election timeout on both), SIGKILL the leader of each in turn, time how long until a
     /// survivor accepts writes again, and print medians side by side.
     Failover {
-        /// The ondisk binary to start.
-        #[arg(long, default_value = "ondisk")]
-        ondisk: PathBuf,
-        /// The etcd binary to start.
-        #[arg(long, default_value = "etcd")]
-        etcd: PathBuf,
-        /// Where both clusters keep their data (removed afterwards unless --keep).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Keep the data directory (logs included) after the run.
-        #[arg(long)]
-        keep: bool,
+        #[command(flatten)]
+        systems: Systems,
         /// Leader kills per system.
         #[arg(long, default_value_t = 8)]
         kills: usize,
@@ -121,6 +101,23 @@ enum Command {
 }
 
 /// What every measured run shares.
+/// The two systems a side-by-side benchmark starts, and where they keep their data.
+#[derive(Debug, clap::Args)]
+struct Systems {
+    /// The ondisk binary to start.
+    #[arg(long, default_value = "ondisk")]
+    ondisk: PathBuf,
+    /// The etcd binary to start.
+    #[arg(long, default_value = "etcd")]
+    etcd: PathBuf,
+    /// Where both clusters keep their data (removed afterwards unless --keep).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Keep the data directory (logs included) after the run.
+    #[arg(long)]
+    keep: bool,
+}
+
 #[derive(Debug, clap::Args)]
 struct LoadArgs {
     /// Untimed warm-up before each measured window.
@@ -178,10 +175,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Compare {
-            ondisk,
-            etcd,
-            dir,
-            keep,
+            systems,
             rounds,
             workloads,
             clients,
@@ -189,10 +183,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             json,
             load,
         } => {
-            let dir = fresh_dir(dir)?;
+            let dir = fresh_dir(systems.dir)?;
             let plan = compare::Plan {
-                ondisk_bin: ondisk,
-                etcd_bin: etcd,
+                ondisk_bin: systems.ondisk,
+                etcd_bin: systems.etcd,
                 dir: dir.clone(),
                 rounds: rounds.max(1),
                 workloads,
@@ -203,28 +197,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 value_size: load.value_size,
                 big_keys,
             };
-            finish(compare::run(&plan), &dir, keep, json).await
+            finish(compare::run(&plan), &dir, systems.keep, json).await
         }
         Command::Failover {
-            ondisk,
-            etcd,
-            dir,
-            keep,
+            systems,
             kills,
             interval,
             write_timeout,
             json,
         } => {
-            let dir = fresh_dir(dir)?;
+            let dir = fresh_dir(systems.dir)?;
             let plan = failover::Plan {
-                ondisk_bin: ondisk,
-                etcd_bin: etcd,
+                ondisk_bin: systems.ondisk,
+                etcd_bin: systems.etcd,
                 dir: dir.clone(),
                 kills: kills.max(1),
                 interval,
                 write_timeout,
             };
-            finish(failover::run(&plan), &dir, keep, json).await
+            finish(failover::run(&plan), &dir, systems.keep, json).await
         }
     }
 }

@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod native;
 pub mod power_cut;
 
 use std::collections::{HashMap, HashSet};
