@@ -126,10 +126,21 @@ fn applied_and_committed(cluster: &mut Cluster, id: usize, leader: usize) -> (u6
 
 #[test]
 fn a_follower_catches_up_on_more_large_entries_than_one_frame_holds() {
-    // 1.3 MiB entries: openraft's 64-entry batch of them is over 80 MiB, more than a frame holds.
-    const ENTRIES: usize = 70;
-    let value = vec![b'v'; 1300 << 10];
-    let mut cluster = Cluster::start_with_args(3, &["--max-request-bytes", "2097152"]);
+    // 90 entries of 1.9 MiB: any batch openraft forms for the lagging follower, 64 entries when
+    // streaming or, after a leader change, a probe from the middle of the gap (45 entries or
+    // more), is over 80 MiB, more than a frame holds.
+    const ENTRIES: usize = 90;
+    let value = vec![b'v'; 1900 << 10];
+    // No snapshot within reach, so the follower must catch up from the log.
+    let mut cluster = Cluster::start_with_args(
+        3,
+        &[
+            "--max-request-bytes",
+            "2097152",
+            "--snapshot-entries",
+            "1000000",
+        ],
+    );
     let leader = cluster.wait_for_leader();
     let lagging = cluster.followers(leader)[0];
     cluster.kill(lagging);
