@@ -29,10 +29,12 @@ lint: deps
 	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
 ## The fault-injection suite at length: make chaos DURATION=30m [SEED=N] (a bounded run is part of
-## `make test`). Needs root, for network namespaces; see docs/TESTING.md.
+## `make test`). Needs root, for network namespaces and the power-cut file system (powercut-fs,
+## built first); see docs/TESTING.md.
 DURATION ?= 30m
 SEED ?=
 chaos: deps
+	$(CARGO) build --release --locked --workspace --bins
 	ONDISK_CHAOS_DURATION=$(DURATION) ONDISK_CHAOS_SEED=$(SEED) \
 		$(CARGO) test --release --locked --test chaos -- --ignored --exact --nocapture long_run
 
