@@ -76,6 +76,27 @@ pub struct Args {
     )]
     pub max_request_bytes: u64,
 
+    /// The most comparisons, and operations per branch, a transaction may hold (etcd's
+    /// --max-txn-ops).
+    #[arg(long = "max-txn-ops", default_value_t = crate::api::DEFAULT_MAX_TXN_OPS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_txn_ops: u64,
+
+    /// How history is compacted automatically: `periodic` (keep what was written within the
+    /// retention) or `revision` (keep the newest retention revisions). etcd's flag.
+    #[arg(long = "auto-compaction-mode", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+
+    /// How much history is kept: 0 keeps all of it; in periodic mode a duration (`30m`) or a
+    /// number of hours, in revision mode a number of revisions. etcd's flag.
+    #[arg(long = "auto-compaction-retention", default_value = "0")]
+    pub auto_compaction_retention: String,
+
+    /// How long a watch that asked for progress notifications is idle before it gets one.
+    #[arg(long = "watch-progress-notify-interval", default_value = "10m",
+          value_parser = humantime::parse_duration)]
+    pub watch_progress_notify_interval: Duration,
+
     /// Join an existing cluster (after `add ADDR ID` on one of its members) instead of
     /// bootstrapping one.
     #[arg(long)]

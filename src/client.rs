@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::api;
 use crate::error::Error;
 use crate::error::Result;
 use crate::network::CallError;
@@ -70,14 +71,21 @@ impl Client {
 
     /// Sets `key` to `value`; returns once the write is committed and applied on the leader.
     pub async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
-        self.propose("put", Command::Put { key, value })
-            .await
-            .map(drop)
+        let put = api::PutRequest {
+            key,
+            value,
+            ..api::PutRequest::default()
+        };
+        self.propose("put", Command::Put(put)).await.map(drop)
     }
 
     /// Deletes `key`; returns once the delete is committed and applied on the leader.
     pub async fn delete(&self, key: Vec<u8>) -> Result<()> {
-        self.propose("delete", Command::Delete { key })
+        let delete = api::DeleteRangeRequest {
+            key,
+            ..api::DeleteRangeRequest::default()
+        };
+        self.propose("delete", Command::DeleteRange(delete))
             .await
             .map(drop)
     }

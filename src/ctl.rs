@@ -25,13 +25,13 @@ use clap::Subcommand;
 use serde_json::json;
 use serde_json::Value;
 
-use crate::http::percent_encode;
-use crate::http::Encoding;
-use crate::http::ScanAnswer;
-use crate::http::BACKUP_INDEX_HEADER;
-use crate::http::BACKUP_TERM_HEADER;
-use crate::http::MAX_SCAN_LIMIT;
-use crate::http::SCAN_START_PARAM;
+use crate::api::http::header::BACKUP_INDEX as BACKUP_INDEX_HEADER;
+use crate::api::http::header::BACKUP_TERM as BACKUP_TERM_HEADER;
+use crate::api::http::param::START as SCAN_START_PARAM;
+use crate::api::http::percent_encode;
+use crate::api::http::Encoding;
+use crate::api::http::ScanAnswer;
+use crate::api::http::MAX_SCAN_LIMIT;
 use crate::store;
 use crate::types::NodeId;
 

@@ -75,6 +75,11 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
 
+    /// The request was refused for what it asks: a malformed request, an unknown lease, a
+    /// compacted or future revision. Nothing was changed; sending it again changes nothing.
+    #[error(transparent)]
+    Request(#[from] crate::types::ApplyError),
+
     /// This node has been removed from the cluster.
     #[error("this node has been removed from the cluster")]
     Removed,

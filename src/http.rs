@@ -1,7 +1,9 @@
 //! The HTTP API: the kv-db / raftexample interface at the root (`PUT /KEY`, `GET /KEY`,
-//! `POST /ID`, `DELETE /ID`) and a versioned API under `/v1` with compare-and-swap, range scans,
-//! stale reads, members and status, the administration `ondisk ctl` uses (adding learners and
-//! voters, leader transfer, snapshots, backups), plus `/health` and `/metrics`.
+//! `POST /ID`, `DELETE /ID`) and a versioned API under `/v1`: keys with their revisions, range
+//! scans at a revision, compare-and-swap, transactions, compaction, watches streamed as
+//! newline-delimited JSON, leases, members and status, the administration `ondisk ctl` uses
+//! (adding learners and voters, leader transfer, snapshots, backups), plus `/health` and
+//! `/metrics`. The routes, parameters and headers are defined in `crate::api::http`.
 //!
 //! Keys come from the raw request path, percent-decoded to bytes, so any key the REPL can hold can
 //! be addressed here too. Values travel as raw bodies. Every error is mapped in one place,
@@ -35,26 +37,37 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::api;
+use crate::api::http::header as api_header;
+use crate::api::http::param;
+use crate::api::http::percent_encode;
+use crate::api::http::Encoding;
+use crate::api::http::ErrorBody;
+use crate::api::http::ScanAnswer;
+use crate::api::http::ScanItem;
+use crate::api::http::MAX_SCAN_LIMIT;
+use crate::api::Compare;
+use crate::api::CompareResult;
+use crate::api::CompareTarget;
+use crate::api::PutRequest;
+use crate::api::RangeRequest;
+use crate::api::RequestOp;
+use crate::api::ResponseOp;
+use crate::api::TxnRequest;
 use crate::cli::split_host_port;
 use crate::error::Error;
 use crate::node::Node;
 use crate::node::Role;
 use crate::store;
 use crate::telemetry;
-use crate::types::Command;
-use crate::types::CommandResult;
+use crate::types::ApplyError;
 
 /// Pairs a scan page holds when the request names no `limit`.
 const DEFAULT_SCAN_LIMIT: usize = 1000;
-/// The largest `limit` a scan accepts; pages are bounded by bytes as well, so a client paging
-/// through a range (as `ondisk ctl scan` does) asks for this many and lets the bytes decide.
-pub const MAX_SCAN_LIMIT: usize = 100_000;
-/// Bytes of keys and values a scan page holds at most (past its first pair), whatever its count
-/// limit: the answer and its JSON copy stay a few MiB however large the values, and a client
-/// reads any range page by page with flat memory on both sides.
+/// Bytes of keys and values a scan page (or a `/v1/range` answer) holds at most past its first
+/// key, whatever its count limit: the answer and its JSON copy stay a few MiB however large the
+/// values, and a client reads any range page by page with flat memory on both sides.
 const SCAN_PAGE_BYTES: usize = 4 << 20;
-/// The scan query parameter naming the key a page starts at: a previous page's `next`, as is.
-pub const SCAN_START_PARAM: &str = "start";
 /// `/health` must answer well before a load balancer's own timeout.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Methods the kv-db interface serves at the root, for the `Allow` header of a 405.
@@ -72,8 +85,19 @@ struct ApiState {
 pub fn router(node: Arc<Node>, metrics: Option<PrometheusHandle>) -> Router {
     let body_limit = usize::try_from(node.max_request_bytes()).unwrap_or(usize::MAX);
     Router::new()
-        .route("/v1/kv/", get(scan))
+        .route(api::http::KV, get(scan))
         .route("/v1/kv/{*key}", get(v1_get).put(v1_put).delete(v1_delete))
+        .route(api::http::RANGE, post(range))
+        .route(api::http::TXN, post(txn))
+        .route(api::http::COMPACT, post(compact))
+        .route(api::http::WATCH, get(watch))
+        .route("/v1/watch/{*key}", get(watch))
+        .route(api::http::LEASES, get(leases).post(lease_grant))
+        .route(
+            "/v1/leases/{id}",
+            get(lease_time_to_live).delete(lease_revoke),
+        )
+        .route("/v1/leases/{id}/keep-alive", post(lease_keep_alive))
         .route("/v1/members", get(members).post(add_member))
         .route("/v1/members/{id}", delete(remove_member))
         .route("/v1/transfer-leader", post(transfer_leader))
@@ -118,7 +142,11 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = |status: StatusCode, message: String| {
-            (status, Json(json!({ "error": message }))).into_response()
+            let error = ErrorBody {
+                error: message,
+                compact_revision: None,
+            };
+            (status, Json(error)).into_response()
         };
         match self {
             ApiError::BadRequest(message) => body(StatusCode::BAD_REQUEST, message),
@@ -139,6 +167,25 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
                 response
+            }
+            ApiError::Node(Error::Request(refusal)) => {
+                let status = match &refusal {
+                    ApplyError::LeaseNotFound(_) | ApplyError::KeyNotFound => StatusCode::NOT_FOUND,
+                    ApplyError::LeaseExists(_) => StatusCode::CONFLICT,
+                    ApplyError::Compacted { .. } => StatusCode::GONE,
+                    ApplyError::FutureRevision { .. } | ApplyError::InvalidRequest(_) => {
+                        StatusCode::BAD_REQUEST
+                    }
+                };
+                let compact_revision = match &refusal {
+                    ApplyError::Compacted { compact_revision } => Some(*compact_revision),
+                    _ => None,
+                };
+                let error = ErrorBody {
+                    error: refusal.to_string(),
+                    compact_revision,
+                };
+                (status, Json(error)).into_response()
             }
             ApiError::Node(e) => {
                 let status = match &e {
@@ -198,6 +245,36 @@ async fn timed(op: &'static str, work: impl std::future::Future<Output = ApiResu
     let response = work.await.unwrap_or_else(IntoResponse::into_response);
     telemetry::record_request(op, response.status().as_u16(), started.elapsed());
     response
+}
+
+fn put_request(key: Vec<u8>, value: Vec<u8>) -> PutRequest {
+    PutRequest {
+        key,
+        value,
+        ..PutRequest::default()
+    }
+}
+
+/// Sets `key` to `value` if it holds `expected` now (`None`: if it is absent), as a transaction
+/// that reads the key when the condition fails, to report what it holds instead.
+fn compare_and_swap(key: Vec<u8>, expected: Option<Vec<u8>>, value: Vec<u8>) -> TxnRequest {
+    let target = match expected {
+        Some(expected) => CompareTarget::Value(expected),
+        None => CompareTarget::CreateRevision(0),
+    };
+    TxnRequest {
+        compare: vec![Compare {
+            key: key.clone(),
+            range_end: Vec::new(),
+            target,
+            result: CompareResult::Equal,
+        }],
+        success: vec![RequestOp::Put(put_request(key.clone(), value))],
+        failure: vec![RequestOp::Range(RangeRequest {
+            key,
+            ..RangeRequest::default()
+        })],
+    }
 }
 
 /// A value as JSON: UTF-8 text as is, anything else as base64, with the encoding named.
@@ -271,6 +348,28 @@ impl Query {
             .transpose()
     }
 
+    /// A whole number, if given.
+    fn number(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.text(name)?
+            .map(|text| {
+                text.parse::<i64>().map_err(|_| {
+                    ApiError::BadRequest(format!("{name} must be a number, not {text:?}"))
+                })
+            })
+            .transpose()
+    }
+
+    /// `true` or `false` (absent: false).
+    fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.text(name)? {
+            None | Some("false") => Ok(false),
+            Some("true") | Some("") => Ok(true),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "{name} must be true or false, not {other:?}"
+            ))),
+        }
+    }
+
     /// `consistency=linearizable` (the default) or `consistency=stale`.
     fn stale(&self) -> Result<bool, ApiError> {
         match self.text("consistency")? {
@@ -309,7 +408,7 @@ async fn kvdb(
             }
             Method::PUT => {
                 let key = key_from_path(uri.path(), "/")?;
-                api.node.put(key, body.to_vec()).await?;
+                api.node.put(put_request(key, body.to_vec())).await?;
                 Ok(no_content())
             }
             Method::POST | Method::DELETE => {
@@ -338,16 +437,33 @@ async fn kvdb(
     .await
 }
 
+/// `GET /v1/kv/KEY`: the value as the body, the key's revisions and the store's revision in
+/// headers (`crate::api::http::header`); `?revision=R` reads the key as it was at R.
 async fn v1_get(State(api): State<ApiState>, uri: Uri, RawQuery(query): RawQuery) -> Response {
     timed("get", async move {
-        let key = key_from_path(uri.path(), "/v1/kv/")?;
-        let query = Query::parse(query, &["consistency"])?;
-        let value = if query.stale()? {
-            api.node.get_stale(&key).await?
-        } else {
-            api.node.get(&key).await?
+        let key = key_from_path(uri.path(), api::http::KV)?;
+        let query = Query::parse(query, &[param::CONSISTENCY, param::REVISION])?;
+        let request = api::RangeRequest {
+            key,
+            revision: query.number(param::REVISION)?.unwrap_or(0),
+            serializable: query.stale()?,
+            ..api::RangeRequest::default()
         };
-        value.map(raw_value).ok_or(ApiError::NotFound)
+        let answer = api.node.range(request, usize::MAX).await?;
+        let revision = answer.header.revision;
+        let kv = answer.kvs.into_iter().next().ok_or(ApiError::NotFound)?;
+        let mut response = raw_value(kv.value);
+        let headers = response.headers_mut();
+        for (name, number) in [
+            (api_header::REVISION, revision),
+            (api_header::CREATE_REVISION, kv.create_revision),
+            (api_header::MOD_REVISION, kv.mod_revision),
+            (api_header::VERSION, kv.version),
+            (api_header::LEASE, kv.lease),
+        ] {
+            headers.insert(name, number.into());
+        }
+        Ok(response)
     })
     .await
 }
@@ -358,15 +474,25 @@ async fn v1_put(
     RawQuery(query): RawQuery,
     RequestBody(body): RequestBody,
 ) -> Response {
-    let query = Query::parse(query, &["prev_value", "prev_exist"]);
-    let conditional = matches!(&query, Ok(q) if !q.0.is_empty());
+    let query = Query::parse(query, &[param::PREV_VALUE, param::PREV_EXIST, param::LEASE]);
+    let conditional = matches!(&query, Ok(q) if q.get(param::PREV_VALUE).is_some() || q.get(param::PREV_EXIST).is_some());
     timed(if conditional { "cas" } else { "put" }, async move {
-        let key = key_from_path(uri.path(), "/v1/kv/")?;
+        let key = key_from_path(uri.path(), api::http::KV)?;
         let query = query?;
-        let expected = match (query.get("prev_value"), query.text("prev_exist")?) {
+        let lease = query.number(param::LEASE)?.unwrap_or(0);
+        let expected = match (query.get(param::PREV_VALUE), query.text(param::PREV_EXIST)?) {
             (None, None) => {
-                api.node.put(key, body.to_vec()).await?;
+                let put = PutRequest {
+                    lease,
+                    ..put_request(key, body.to_vec())
+                };
+                api.node.put(put).await?;
                 return Ok(no_content());
+            }
+            _ if lease != 0 => {
+                return Err(ApiError::BadRequest(
+                    "a compare-and-swap put takes no lease: use /v1/txn".into(),
+                ))
             }
             (Some(value), None | Some("true")) => Some(value.to_vec()),
             (None, Some("false")) => None,
@@ -386,39 +512,54 @@ async fn v1_put(
                 )))
             }
         };
-        let command = Command::CompareAndSwap {
-            key,
-            expected,
-            value: body.to_vec(),
-        };
-        match api.node.propose("cas", command).await? {
-            CommandResult::Applied => Ok(no_content()),
-            CommandResult::PreconditionFailed { current } => {
-                Err(ApiError::PreconditionFailed(current))
-            }
+        let answer = api
+            .node
+            .txn(compare_and_swap(key, expected, body.to_vec()))
+            .await?;
+        if answer.succeeded {
+            return Ok(no_content());
         }
+        let current = match answer.responses.into_iter().next() {
+            Some(ResponseOp::Range(range)) => range.kvs.into_iter().next().map(|kv| kv.value),
+            _ => None,
+        };
+        Err(ApiError::PreconditionFailed(current))
     })
     .await
 }
 
 async fn v1_delete(State(api): State<ApiState>, uri: Uri) -> Response {
     timed("delete", async move {
-        let key = key_from_path(uri.path(), "/v1/kv/")?;
-        api.node.delete(key).await?;
+        let key = key_from_path(uri.path(), api::http::KV)?;
+        let delete = crate::api::DeleteRangeRequest {
+            key,
+            ..crate::api::DeleteRangeRequest::default()
+        };
+        api.node.delete_range(delete).await?;
         Ok(no_content())
     })
     .await
 }
 
-/// `GET /v1/kv/?prefix=P&limit=N&start=K`: one page of the pairs under `P` from `K` on, in key
-/// order, bounded by count and by [`SCAN_PAGE_BYTES`], with `next` naming where the next page
-/// starts. Each page is read on its own (linearizably unless `consistency=stale`).
+/// `GET /v1/kv/?prefix=P&limit=N&start=K&revision=R`: one page of the pairs under `P` from `K`
+/// on, in key order, bounded by count and by [`SCAN_PAGE_BYTES`], with `next` naming where the
+/// next page starts and `revision` the revision it was read at (pass it back to read every page
+/// at that revision). Each page is read on its own (linearizably unless `consistency=stale`).
 async fn scan(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Response {
     timed("scan", async move {
-        let query = Query::parse(query, &["prefix", SCAN_START_PARAM, "limit", "consistency"])?;
-        let prefix = query.get("prefix").unwrap_or_default();
-        let start = query.get(SCAN_START_PARAM).unwrap_or_default();
-        let limit = match query.text("limit")? {
+        let query = Query::parse(
+            query,
+            &[
+                param::PREFIX,
+                param::START,
+                param::LIMIT,
+                param::CONSISTENCY,
+                param::REVISION,
+            ],
+        )?;
+        let prefix = query.get(param::PREFIX).unwrap_or_default();
+        let start = query.get(param::START).unwrap_or_default();
+        let limit = match query.text(param::LIMIT)? {
             None => DEFAULT_SCAN_LIMIT,
             Some(text) => text
                 .parse::<usize>()
@@ -428,87 +569,190 @@ async fn scan(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Respons
                     ApiError::BadRequest(format!("limit must be 1..={MAX_SCAN_LIMIT}"))
                 })?,
         };
-        if !query.stale()? {
-            api.node.read_barrier("scan").await?;
-        }
-        let page = api
-            .node
-            .scan_stale(prefix, start, limit, SCAN_PAGE_BYTES)
-            .await?;
-        let items: Vec<ScanItem> = page.pairs.into_iter().map(ScanItem::new).collect();
+        let request = api::RangeRequest {
+            key: prefix.max(start).to_vec(),
+            range_end: api::prefix_end(prefix),
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+            revision: query.number(param::REVISION)?.unwrap_or(0),
+            serializable: query.stale()?,
+            ..api::RangeRequest::default()
+        };
+        let answer = api.node.range(request, SCAN_PAGE_BYTES).await?;
+        // The smallest key after the page's last: where the next page starts.
+        let next = answer
+            .kvs
+            .last()
+            .filter(|_| answer.more)
+            .map(|kv| [kv.key.as_slice(), &[0]].concat());
+        let items: Vec<ScanItem> = answer
+            .kvs
+            .into_iter()
+            .map(|kv| ScanItem::new(kv.key, kv.value))
+            .collect();
         Ok(Json(ScanAnswer {
             count: items.len(),
+            revision: answer.header.revision,
             items,
-            next: page.next.map(|key| percent_encode(&key)),
+            next: next.map(|key| percent_encode(&key)),
         })
         .into_response())
     })
     .await
 }
 
-/// The answer to a scan: one page, and where the next one starts. Also what `ondisk ctl scan`
-/// reads.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct ScanAnswer {
-    /// Pairs in this page.
-    pub count: usize,
-    /// The pairs, in key order.
-    pub items: Vec<ScanItem>,
-    /// The [`SCAN_START_PARAM`] value (percent-encoded) that fetches the next page; `null` on
-    /// the last page.
-    pub next: Option<String>,
+/// `POST /v1/range` with a `RangeRequest`: the keys (at most [`SCAN_PAGE_BYTES`] of them past
+/// the first; `more` says when there are more).
+async fn range(State(api): State<ApiState>, RequestBody(body): RequestBody) -> Response {
+    timed("range", async move {
+        let request: api::RangeRequest = json_body(&body)?;
+        Ok(Json(api.node.range(request, SCAN_PAGE_BYTES).await?).into_response())
+    })
+    .await
 }
 
-/// One pair of a scan page.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct ScanItem {
-    /// The key, written as `encoding` says.
-    pub key: String,
-    /// The value, written as `encoding` says.
-    pub value: String,
-    pub encoding: Encoding,
+/// `POST /v1/txn` with a `TxnRequest`.
+async fn txn(State(api): State<ApiState>, RequestBody(body): RequestBody) -> Response {
+    timed("txn", async move {
+        let request: TxnRequest = json_body(&body)?;
+        Ok(Json(api.node.txn(request).await?).into_response())
+    })
+    .await
 }
 
-/// How bytes are written in JSON: text when they are UTF-8, so answers stay readable, and base64
-/// otherwise, so any bytes survive. A scan item uses one encoding for its key and its value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Encoding {
-    /// UTF-8 text, as is.
-    #[serde(rename = "utf-8")]
-    Utf8,
-    /// Base64 of bytes that are not UTF-8 (for a scan item: of both, when either is not).
-    #[serde(rename = "base64")]
-    Base64,
+/// `POST /v1/compact` with a `CompactionRequest`.
+async fn compact(State(api): State<ApiState>, RequestBody(body): RequestBody) -> Response {
+    timed("compact", async move {
+        let request: api::CompactionRequest = json_body(&body)?;
+        Ok(Json(api.node.compact(request).await?).into_response())
+    })
+    .await
 }
 
-impl ScanItem {
-    /// Takes the pair's buffers over as strings when they are UTF-8, so a page is not copied.
-    fn new((key, value): (Vec<u8>, Vec<u8>)) -> Self {
-        match (String::from_utf8(key), String::from_utf8(value)) {
-            (Ok(key), Ok(value)) => ScanItem {
-                key,
-                value,
-                encoding: Encoding::Utf8,
-            },
-            (key, value) => {
-                let b64 = |text: Result<String, std::string::FromUtf8Error>| {
-                    let bytes = text.map_or_else(|e| e.into_bytes(), String::into_bytes);
-                    base64::engine::general_purpose::STANDARD.encode(bytes)
-                };
-                ScanItem {
-                    key: b64(key),
-                    value: b64(value),
-                    encoding: Encoding::Base64,
-                }
-            }
+/// `GET /v1/watch/KEY`: the watch's responses as newline-delimited JSON, as they happen, until the
+/// client disconnects (or the watch ends, its last line `canceled`). `?prefix=true` watches every
+/// key under KEY (an empty KEY: every key).
+async fn watch(State(api): State<ApiState>, uri: Uri, RawQuery(query): RawQuery) -> Response {
+    timed("watch", async move {
+        let key: Vec<u8> = percent_encoding::percent_decode_str(
+            uri.path().strip_prefix(api::http::WATCH).unwrap_or(""),
+        )
+        .collect();
+        let query = Query::parse(
+            query,
+            &[
+                param::PREFIX,
+                param::START_REVISION,
+                param::PREV_KV,
+                param::PROGRESS_NOTIFY,
+                param::FILTERS,
+            ],
+        )?;
+        let prefix = query.flag(param::PREFIX)?;
+        if key.is_empty() && !prefix {
+            return Err(ApiError::BadRequest(
+                "missing key in the path (or prefix=true to watch every key)".into(),
+            ));
         }
-    }
+        let request = api::WatchRequest {
+            range_end: if prefix {
+                api::prefix_end(&key)
+            } else {
+                Vec::new()
+            },
+            key,
+            start_revision: query.number(param::START_REVISION)?.unwrap_or(0),
+            progress_notify: query.flag(param::PROGRESS_NOTIFY)?,
+            filters: watch_filters(query.text(param::FILTERS)?)?,
+            prev_kv: query.flag(param::PREV_KV)?,
+        };
+        let stream = api.node.watch(request)?;
+        let lines = futures::stream::unfold(stream, |mut stream| async move {
+            let response = stream.next().await?;
+            let mut line = serde_json::to_vec(&response).unwrap_or_default();
+            line.push(b'\n');
+            Some((Ok::<_, std::io::Error>(line), stream))
+        });
+        Ok((
+            [(header::CONTENT_TYPE, api::http::WATCH_CONTENT_TYPE)],
+            Body::from_stream(lines),
+        )
+            .into_response())
+    })
+    .await
 }
 
-/// Percent-encodes every byte but ASCII letters and digits, so any key survives a URL path or
-/// query value (and decodes back exactly, as the API decodes both).
-pub fn percent_encode(bytes: &[u8]) -> String {
-    percent_encoding::percent_encode(bytes, percent_encoding::NON_ALPHANUMERIC).to_string()
+/// `filters=no_put,no_delete`.
+fn watch_filters(text: Option<&str>) -> Result<Vec<api::WatchFilter>, ApiError> {
+    text.unwrap_or("")
+        .split(',')
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
+                ApiError::BadRequest(format!("filters are no_put and no_delete, not {name:?}"))
+            })
+        })
+        .collect()
+}
+
+/// `POST /v1/leases` with a `LeaseGrantRequest`.
+async fn lease_grant(State(api): State<ApiState>, RequestBody(body): RequestBody) -> Response {
+    timed("lease_grant", async move {
+        let request: api::LeaseGrantRequest = json_body(&body)?;
+        Ok(Json(api.node.lease_grant(request).await?).into_response())
+    })
+    .await
+}
+
+/// `GET /v1/leases`: every lease in force.
+async fn leases(State(api): State<ApiState>) -> Response {
+    timed("leases", async move {
+        Ok(Json(api.node.leases().await?).into_response())
+    })
+    .await
+}
+
+/// `GET /v1/leases/ID[?keys=true]`: a lease's time left (and keys).
+async fn lease_time_to_live(
+    State(api): State<ApiState>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Response {
+    timed("lease_time_to_live", async move {
+        let id = lease_id_from_path(uri.path())?;
+        let keys = Query::parse(query, &[param::KEYS])?.flag(param::KEYS)?;
+        Ok(Json(api.node.lease_time_to_live(id, keys).await?).into_response())
+    })
+    .await
+}
+
+/// `DELETE /v1/leases/ID`: ends the lease and deletes its keys.
+async fn lease_revoke(State(api): State<ApiState>, uri: Uri) -> Response {
+    timed("lease_revoke", async move {
+        let id = lease_id_from_path(uri.path())?;
+        Ok(Json(api.node.lease_revoke(id).await?).into_response())
+    })
+    .await
+}
+
+/// `POST /v1/leases/ID/keep-alive`: the lease's full TTL again.
+async fn lease_keep_alive(State(api): State<ApiState>, uri: Uri) -> Response {
+    timed("lease_keep_alive", async move {
+        let id = lease_id_from_path(uri.path())?;
+        Ok(Json(api.node.lease_keep_alive(id).await?).into_response())
+    })
+    .await
+}
+
+/// The lease id in `/v1/leases/ID[/keep-alive]`.
+fn lease_id_from_path(path: &str) -> Result<i64, ApiError> {
+    let rest = path
+        .strip_prefix(api::http::LEASES)
+        .unwrap_or(path)
+        .trim_start_matches('/');
+    let id = rest.split('/').next().unwrap_or("");
+    id.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::BadRequest(format!("lease id must be a positive number, not {id:?}"))
+    })
 }
 
 /// The members, the leader, and the log index of the entry that set the membership (what
@@ -614,10 +858,6 @@ async fn snapshot(State(api): State<ApiState>) -> Response {
     .await
 }
 
-/// Header naming the log index a backup covers.
-pub const BACKUP_INDEX_HEADER: &str = "x-ondisk-log-index";
-/// Header naming the term of the entry at that index.
-pub const BACKUP_TERM_HEADER: &str = "x-ondisk-log-term";
 /// Pieces of a backup stream buffered between the reading thread and the connection.
 const BACKUP_QUEUE: usize = 4;
 /// Bytes read from the snapshot stream per piece sent.
@@ -636,9 +876,12 @@ async fn backup(State(api): State<ApiState>) -> Response {
         let mut response =
             ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response();
         let headers = response.headers_mut();
-        headers.insert(BACKUP_INDEX_HEADER, log_id.map_or(0, |id| id.index).into());
         headers.insert(
-            BACKUP_TERM_HEADER,
+            api_header::BACKUP_INDEX,
+            log_id.map_or(0, |id| id.index).into(),
+        );
+        headers.insert(
+            api_header::BACKUP_TERM,
             log_id.map_or(0, |id| id.leader_id.term).into(),
         );
         Ok(response)

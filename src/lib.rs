@@ -1,6 +1,7 @@
 //! ondisk: a replicated key-value store. One Raft group (openraft) whose state machine lives in
 //! RocksDB, driven from a REPL and an HTTP API. See `docs/ARCHITECTURE.md` for how the layers fit.
 
+pub mod api;
 pub mod cli;
 pub mod client;
 pub mod ctl;

@@ -14,6 +14,7 @@ use ondisk::cli::RestoreArgs;
 use ondisk::ctl;
 use ondisk::http;
 use ondisk::node::listen;
+use ondisk::node::AutoCompaction;
 use ondisk::node::Node;
 use ondisk::node::NodeConfig;
 use ondisk::repl;
@@ -111,6 +112,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let metrics =
         telemetry::install().map_err(|e| anyhow::anyhow!("cannot install metrics: {e}"))?;
 
+    let auto_compaction =
+        AutoCompaction::parse(&args.auto_compaction_mode, &args.auto_compaction_retention)
+            .map_err(anyhow::Error::msg)?;
     let config = NodeConfig {
         id: args.address.node_id,
         member: Member {
@@ -126,6 +130,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         compaction_overhead: args.compaction_overhead,
         join: args.join,
         max_request_bytes: args.max_request_bytes,
+        max_txn_ops: usize::try_from(args.max_txn_ops).unwrap_or(usize::MAX),
+        watch_progress_interval: args.watch_progress_notify_interval,
+        auto_compaction,
+        cluster_id: u64::from(addresses.cluster_id),
         fault: args.test_fault,
     };
     let result = runtime.block_on(async {

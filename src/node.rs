@@ -44,7 +44,6 @@ use crate::store;
 use crate::store::AppendSync;
 use crate::store::DataDir;
 use crate::store::LogStore;
-use crate::store::ScanPage;
 use crate::store::SnapshotData;
 use crate::store::SnapshotFile;
 use crate::store::StateMachineStore;
@@ -57,10 +56,21 @@ use crate::types::Raft;
 use crate::types::SnapshotMeta;
 use crate::types::TypeConfig;
 
+mod compaction;
+mod kv;
+mod lease;
 mod membership;
+mod watch;
+
+pub use compaction::AutoCompaction;
+pub use watch::WatchStream;
 
 pub use membership::MemberInfo;
 pub use membership::Role;
+
+/// Bytes of keys and values a native client's range answer holds at most (past its first key):
+/// an answer is one frame.
+const MAX_NATIVE_RANGE_BYTES: usize = 16 << 20;
 
 /// Longest pause between attempts to reach a leader; a leader change ends the pause early.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -88,6 +98,14 @@ pub struct NodeConfig {
     pub join: bool,
     /// The largest request (key and values, see [`Command::request_bytes`]) this node proposes.
     pub max_request_bytes: u64,
+    /// The most comparisons, and operations per branch, a transaction may hold.
+    pub max_txn_ops: usize,
+    /// How long a watch that asked for progress notifications stays idle before it gets one.
+    pub watch_progress_interval: std::time::Duration,
+    /// What the leader compacts the history to, if anything (`-auto-compaction-*`).
+    pub auto_compaction: Option<AutoCompaction>,
+    /// The cluster's id, reported in every answer's header.
+    pub cluster_id: u64,
     /// `None` except in tests of the test suite itself.
     pub fault: Option<InjectedFault>,
 }
@@ -113,7 +131,11 @@ pub struct Node {
     state: StateReader,
     peers: Arc<Peers>,
     timeout: Duration,
+    election_timeout: Duration,
     max_request_bytes: u64,
+    max_txn_ops: usize,
+    watch_progress_interval: Duration,
+    cluster_id: u64,
     fault: Option<InjectedFault>,
     data_dir: DataDir,
     incoming_snapshot: tokio::sync::Mutex<Option<IncomingSnapshot>>,
@@ -244,7 +266,11 @@ impl Node {
             state,
             peers,
             timeout: config.timeout,
+            election_timeout: config.election_timeout,
             max_request_bytes: config.max_request_bytes,
+            max_txn_ops: config.max_txn_ops,
+            watch_progress_interval: config.watch_progress_interval,
+            cluster_id: config.cluster_id,
             fault: config.fault,
             data_dir: data_dir.clone(),
             incoming_snapshot: tokio::sync::Mutex::default(),
@@ -264,6 +290,10 @@ impl Node {
         node.keep_own_address_current();
         node.promote_caught_up_learners();
         node.watch_for_removal();
+        node.expire_leases();
+        if let Some(auto_compaction) = config.auto_compaction {
+            node.compact_automatically(auto_compaction);
+        }
         Ok(node)
     }
 
@@ -323,25 +353,12 @@ impl Node {
         &self.raft
     }
 
-    /// Sets `key` to `value` once committed and applied.
-    pub async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
-        self.propose("put", Command::Put { key, value })
-            .await
-            .map(drop)
-    }
-
-    /// Deletes `key` once committed and applied.
-    pub async fn delete(&self, key: Vec<u8>) -> Result<()> {
-        self.propose("delete", Command::Delete { key })
-            .await
-            .map(drop)
-    }
-
     /// Proposes `command` through the leader, wherever it is, and returns what applying it
     /// produced. Fails with [`Error::Timeout`] when it cannot complete within the node's timeout.
     pub async fn propose(&self, op: &'static str, command: Command) -> Result<CommandResult> {
         self.check_size(&command)
             .map_err(|e| e.into_error(op, self.timeout))?;
+        let command = self.prepare(command)?;
         let result = self.submit_to_leader(op, Request::Propose(command)).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!("ondisk_proposals_total", "result" => outcome).increment(1);
@@ -384,6 +401,54 @@ impl Node {
                 e
             }
         })
+    }
+
+    /// Asks the leader something only it can answer (a keep-alive, a lease's time left): here if
+    /// this node leads, otherwise forwarded. Asking twice does no harm, so any failure to reach a
+    /// leader is retried within the node's timeout.
+    async fn ask_leader(&self, op: &'static str, request: Request) -> Result<Response> {
+        self.with_deadline(op, self.timeout, async {
+            loop {
+                let (leader, member) = self.wait_for_leader().await?;
+                let attempt = if leader == self.id {
+                    self.answer_as_leader(request.clone()).await
+                } else {
+                    match self
+                        .peers
+                        .call(&member.raft_addr, request.clone(), self.timeout)
+                        .await
+                    {
+                        Ok(response) => Ok(response),
+                        Err(CallError::Remote(remote)) => Err(remote),
+                        Err(other) => {
+                            Err(RemoteError::NotLeader { leader: None }.with_cause(other))
+                        }
+                    }
+                };
+                match attempt {
+                    Ok(response) => return Ok(response),
+                    Err(RemoteError::NotLeader { .. } | RemoteError::TimedOut) => {
+                        self.pause_unless_leader_changes(Some(leader)).await
+                    }
+                    Err(other) => return Err(other.into_error(op, self.timeout)),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Answers a question only the leader can, on this node, which believes it leads.
+    async fn answer_as_leader(
+        &self,
+        request: Request,
+    ) -> std::result::Result<Response, RemoteError> {
+        match request {
+            Request::LeaseKeepAlive { id } => self.keep_alive_as_leader(id).await,
+            Request::LeaseTimeToLive { id, keys } => self.time_to_live_as_leader(id, keys).await,
+            other => Err(RemoteError::Refused(format!(
+                "{other:?} is not a question for the leader"
+            ))),
+        }
     }
 
     /// Refuses a command over `-max-request-bytes` before it reaches Raft. Checked where a
@@ -440,14 +505,6 @@ impl Node {
         written.map(|written| written.data).map_err(write_error)
     }
 
-    /// A linearizable read of `key`: reflects every write acknowledged before the read began.
-    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if self.fault != Some(InjectedFault::StaleReads) {
-            self.read_barrier("get").await?;
-        }
-        self.get_stale(key).await
-    }
-
     /// A read of this node's state machine as it is now, without asking the leader: fast, and
     /// possibly behind the cluster.
     pub async fn get_stale(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -455,24 +512,9 @@ impl Node {
         self.read_state(move |state| state.get(&key)).await
     }
 
-    /// One page of the pairs under `prefix` from `start` on, in key order, from this node's state
-    /// machine as it is now: at most `limit` pairs and, past the first, `max_bytes` of keys and
-    /// values, with the key the next page starts at.
-    pub async fn scan_stale(
-        &self,
-        prefix: &[u8],
-        start: &[u8],
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<ScanPage> {
-        let (prefix, start) = (prefix.to_vec(), start.to_vec());
-        self.read_state(move |state| state.scan(&prefix, &start, limit, max_bytes))
-            .await
-    }
-
     /// Runs a state machine read off the async workers: with a state larger than memory a read
     /// may wait for the disk, and the workers also carry Raft's heartbeats.
-    async fn read_state<T: Send + 'static>(
+    pub(crate) async fn read_state<T: Send + 'static>(
         &self,
         read: impl FnOnce(&StateReader) -> std::io::Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -878,6 +920,7 @@ fn read_error(error: Error) -> RemoteError {
     match error {
         Error::Timeout { .. } => RemoteError::TimedOut,
         Error::Removed => RemoteError::Removed,
+        Error::Request(refusal) => RemoteError::Request(refusal),
         other => RemoteError::Refused(other.to_string()),
     }
 }
@@ -921,6 +964,7 @@ impl RpcHandler for Node {
             Request::SnapshotChunk(chunk) => self.receive_snapshot_chunk(chunk).await,
             Request::Propose(command) => {
                 self.check_size(&command)?;
+                let command = self.prepare(command).map_err(RemoteError::Request)?;
                 self.submit_locally(Request::Propose(command))
                     .await
                     .map(Response::Proposed)
@@ -937,6 +981,24 @@ impl RpcHandler for Node {
                 };
                 value.map(Response::Value).map_err(read_error)
             }
+            Request::Range(range) => self
+                .range(range, MAX_NATIVE_RANGE_BYTES)
+                .await
+                .map(Response::Range)
+                .map_err(read_error),
+            request @ (Request::LeaseKeepAlive { .. } | Request::LeaseTimeToLive { .. }) => {
+                self.answer_as_leader(request).await
+            }
+            Request::Leases => self
+                .leases()
+                .await
+                .map(Response::Leases)
+                .map_err(read_error),
+            Request::WatchPoll { request, wait_ms } => self
+                .watch_poll(request, Duration::from_millis(wait_ms))
+                .await
+                .map(Response::Watch)
+                .map_err(read_error),
         }
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
+use crate::api;
 use crate::cli::split_host_port;
 use crate::node::Node;
 use crate::types::NodeId;
@@ -235,14 +236,27 @@ fn execute_line(node: &Node, runtime: &Handle, line: &[u8]) -> Option<ReplEnd> {
         ReplCommand::Remove { id } => {
             membership_outcome(&mut out, runtime.block_on(node.remove_member(id)))
         }
-        ReplCommand::Put { key, value } => match runtime.block_on(node.put(key, value)) {
-            Ok(()) => writeln!(out, "OK"),
-            Err(e) => report(e),
-        },
-        ReplCommand::Delete { key } => match runtime.block_on(node.delete(key)) {
-            Ok(()) => writeln!(out, "OK"),
-            Err(e) => report(e),
-        },
+        ReplCommand::Put { key, value } => {
+            let put = api::PutRequest {
+                key,
+                value,
+                ..api::PutRequest::default()
+            };
+            match runtime.block_on(node.put(put)) {
+                Ok(_) => writeln!(out, "OK"),
+                Err(e) => report(e),
+            }
+        }
+        ReplCommand::Delete { key } => {
+            let delete = api::DeleteRangeRequest {
+                key,
+                ..api::DeleteRangeRequest::default()
+            };
+            match runtime.block_on(node.delete_range(delete)) {
+                Ok(_) => writeln!(out, "OK"),
+                Err(e) => report(e),
+            }
+        }
         ReplCommand::Get { key } => match runtime.block_on(node.get(&key)) {
             Ok(Some(value)) => {
                 let mut answer = b"query key: ".to_vec();

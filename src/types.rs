@@ -6,6 +6,8 @@ use std::fmt;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::api;
+
 /// A member's identity in the Raft group. Stable for the life of the node's data directory.
 pub type NodeId = u64;
 
@@ -25,79 +27,173 @@ impl fmt::Display for Member {
     }
 }
 
-/// A change to the key-value state, proposed through Raft and applied on every member in log order.
-///
-/// Keys and values are arbitrary bytes: nothing below the REPL or HTTP layer assumes UTF-8.
+/// A change to the replicated state, proposed through Raft and applied on every member in log
+/// order: the write requests of the key-value API (`crate::api`), compaction, leases, and the
+/// member records the cluster keeps beside openraft's membership.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Set `key` to `value`, unconditionally.
-    Put { key: Vec<u8>, value: Vec<u8> },
-    /// Remove `key`; removing an absent key is not an error.
-    Delete { key: Vec<u8> },
-    /// Set `key` to `value` only if the current state matches `expected`: `Some(v)` means the key
-    /// must currently hold exactly `v`, `None` means the key must be absent (create-only).
-    CompareAndSwap {
-        key: Vec<u8>,
-        expected: Option<Vec<u8>>,
-        value: Vec<u8>,
+    Put(api::PutRequest),
+    DeleteRange(api::DeleteRangeRequest),
+    Txn(api::TxnRequest),
+    Compact(api::CompactionRequest),
+    /// Creates a lease. The proposer chooses the id (when the client did not) and the TTL in
+    /// force, so every member applies the same ones.
+    LeaseGrant(api::LeaseGrantRequest),
+    /// Ends a lease and deletes its keys: asked for by a client, or proposed by the leader when
+    /// the lease expired.
+    LeaseRevoke {
+        id: i64,
     },
     /// Marks learner `id` to stay a learner (`keep`), or clears the mark so that the leader
     /// promotes it once it has caught up. A log entry, so every later leader honours it.
-    KeepLearner { id: NodeId, keep: bool },
+    KeepLearner {
+        id: NodeId,
+        keep: bool,
+    },
 }
 
 impl Command {
-    /// The bytes the client sent: what `-max-request-bytes` limits. Every front end and the
-    /// leader measure a request this way, so they agree on what is too large.
+    /// The bytes the client sent (keys, values, compared values): what `-max-request-bytes`
+    /// limits. Every front end and the leader measure a request this way, so they agree on what
+    /// is too large.
     pub fn request_bytes(&self) -> u64 {
-        let len = |bytes: &[u8]| bytes.len() as u64;
         match self {
-            Command::Put { key, value } => len(key) + len(value),
-            Command::Delete { key } => len(key),
-            Command::CompareAndSwap {
-                key,
-                expected,
-                value,
-            } => len(key) + expected.as_deref().map_or(0, len) + len(value),
-            Command::KeepLearner { .. } => 0,
+            Command::Put(put) => put_bytes(put),
+            Command::DeleteRange(delete) => len(&delete.key) + len(&delete.range_end),
+            Command::Txn(txn) => txn_bytes(txn),
+            Command::Compact(_)
+            | Command::LeaseGrant(_)
+            | Command::LeaseRevoke { .. }
+            | Command::KeepLearner { .. } => 0,
         }
     }
+}
+
+fn len(bytes: &[u8]) -> u64 {
+    bytes.len() as u64
+}
+
+fn put_bytes(put: &api::PutRequest) -> u64 {
+    len(&put.key) + len(&put.value)
+}
+
+fn txn_bytes(txn: &api::TxnRequest) -> u64 {
+    let compares: u64 = txn
+        .compare
+        .iter()
+        .map(|compare| {
+            let value = match &compare.target {
+                api::CompareTarget::Value(value) => len(value),
+                _ => 0,
+            };
+            len(&compare.key) + len(&compare.range_end) + value
+        })
+        .sum();
+    let ops: u64 = txn
+        .success
+        .iter()
+        .chain(&txn.failure)
+        .map(|op| match op {
+            api::RequestOp::Range(range) => len(&range.key) + len(&range.range_end),
+            api::RequestOp::Put(put) => put_bytes(put),
+            api::RequestOp::DeleteRange(delete) => len(&delete.key) + len(&delete.range_end),
+            api::RequestOp::Txn(inner) => txn_bytes(inner),
+        })
+        .sum();
+    compares + ops
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Log lines show the shape of a command, never the (possibly large, possibly binary) value.
         match self {
-            Command::Put { key, value } => {
-                write!(
-                    f,
-                    "put({}, {} bytes)",
-                    String::from_utf8_lossy(key),
-                    value.len()
-                )
+            Command::Put(put) => write!(
+                f,
+                "put({}, {} bytes)",
+                String::from_utf8_lossy(&put.key),
+                put.value.len()
+            ),
+            Command::DeleteRange(delete) => {
+                write!(f, "delete({})", String::from_utf8_lossy(&delete.key))
             }
-            Command::Delete { key } => write!(f, "delete({})", String::from_utf8_lossy(key)),
-            Command::CompareAndSwap { key, value, .. } => {
-                write!(
-                    f,
-                    "cas({}, {} bytes)",
-                    String::from_utf8_lossy(key),
-                    value.len()
-                )
-            }
+            Command::Txn(txn) => write!(
+                f,
+                "txn({} compares, {}/{} ops)",
+                txn.compare.len(),
+                txn.success.len(),
+                txn.failure.len()
+            ),
+            Command::Compact(compact) => write!(f, "compact({})", compact.revision),
+            Command::LeaseGrant(grant) => write!(f, "lease_grant({}, {}s)", grant.id, grant.ttl),
+            Command::LeaseRevoke { id } => write!(f, "lease_revoke({id})"),
             Command::KeepLearner { id, keep } => write!(f, "keep_learner({id}, {keep})"),
         }
     }
 }
 
+/// A refusal decided while applying, from the replicated state alone, so every member decides
+/// the same; nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    #[error("requested lease not found: {0}")]
+    LeaseNotFound(i64),
+    #[error("lease {0} already exists")]
+    LeaseExists(i64),
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("required revision has been compacted (compacted at {compact_revision})")]
+    Compacted { compact_revision: i64 },
+    #[error("required revision is a future revision (the newest is {revision})")]
+    FutureRevision { revision: i64 },
+    #[error("{0}")]
+    InvalidRequest(String),
+}
+
 /// What applying a [`Command`] produced, returned to the proposer once the entry is applied.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
-    /// The command took effect (or, for a blank or membership entry, there was nothing to do).
+    /// A blank, membership or member-record entry: nothing to answer.
     #[default]
     Applied,
-    /// A compare-and-swap whose condition did not hold; carries the value the key held instead.
-    PreconditionFailed { current: Option<Vec<u8>> },
+    Put(api::PutResponse),
+    DeleteRange(api::DeleteRangeResponse),
+    Txn(api::TxnResponse),
+    Compacted(api::CompactionResponse),
+    LeaseGranted(api::LeaseGrantResponse),
+    LeaseRevoked,
+    Refused(ApplyError),
+}
+
+impl CommandResult {
+    /// Sets the revision in the answer's header: the store's revision after the command.
+    pub fn set_revision(&mut self, revision: i64) {
+        let header = match self {
+            CommandResult::Put(put) => &mut put.header,
+            CommandResult::DeleteRange(delete) => &mut delete.header,
+            CommandResult::Txn(txn) => {
+                set_txn_revision(txn, revision);
+                return;
+            }
+            CommandResult::Compacted(compacted) => &mut compacted.header,
+            CommandResult::LeaseGranted(granted) => &mut granted.header,
+            CommandResult::Applied | CommandResult::LeaseRevoked | CommandResult::Refused(_) => {
+                return
+            }
+        };
+        header.revision = revision;
+    }
+}
+
+fn set_txn_revision(txn: &mut api::TxnResponse, revision: i64) {
+    txn.header.revision = revision;
+    for response in &mut txn.responses {
+        match response {
+            api::ResponseOp::Range(range) => range.header.revision = revision,
+            api::ResponseOp::Put(put) => put.header.revision = revision,
+            api::ResponseOp::DeleteRange(delete) => delete.header.revision = revision,
+            api::ResponseOp::Txn(inner) => set_txn_revision(inner, revision),
+        }
+    }
 }
 
 openraft::declare_raft_types!(

@@ -46,10 +46,11 @@ async fn a_reopened_state_machine_resumes_at_its_applied_index_with_its_data() {
     let vote = openraft::Vote::new_committed(3, 1);
     log.save_vote(&vote).await.expect("save vote");
     let entries = (1..=3u64).map(|index| {
-        let command = Command::Put {
+        let command = Command::Put(ondisk::api::PutRequest {
             key: format!("key{index}").into_bytes(),
             value: vec![0xff, index as u8],
-        };
+            ..ondisk::api::PutRequest::default()
+        });
         Ok((
             Entry::new_normal(log_id::<TypeConfig>(3, 1, index), command),
             None,

@@ -20,7 +20,9 @@ use serde::Serialize;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
 
+use crate::api;
 use crate::error::Error;
+use crate::types::ApplyError;
 use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::Member;
@@ -68,6 +70,26 @@ pub enum Request {
     /// so the other requests keep their encoding.
     WasRemoved {
         id: NodeId,
+    },
+    /// A client's range read, served by the receiver (linearizable unless `serializable`).
+    Range(api::RangeRequest),
+    /// A lease keep-alive; the receiver must be the leader, which counts expiry.
+    LeaseKeepAlive {
+        id: i64,
+    },
+    /// A lease's remaining time and keys; the receiver must be the leader.
+    LeaseTimeToLive {
+        id: i64,
+        keys: bool,
+    },
+    /// Every lease in force, as the receiver has them after a read barrier.
+    Leases,
+    /// The next changes of a watch (a native client's long poll): the receiver answers with the
+    /// first response the watch produces after its created one, or with a progress response once
+    /// `wait_ms` pass without changes.
+    WatchPoll {
+        request: api::WatchRequest,
+        wait_ms: u64,
     },
 }
 
@@ -133,6 +155,11 @@ pub enum Response {
     Value(Option<Vec<u8>>),
     /// Whether the node a [`Request::WasRemoved`] asked about has been removed.
     WasRemoved(bool),
+    Range(api::RangeResponse),
+    LeaseKeepAlive(api::LeaseKeepAliveResponse),
+    LeaseTimeToLive(api::LeaseTimeToLiveResponse),
+    Leases(api::LeaseLeasesResponse),
+    Watch(api::WatchResponse),
 }
 
 /// Why the remote node did not serve a request.
@@ -158,6 +185,10 @@ pub enum RemoteError {
     /// The request is over the receiver's `-max-request-bytes` and was not proposed.
     #[error("request of {size} bytes is over the limit of {limit} bytes")]
     TooLarge { size: u64, limit: u64 },
+    /// The request was refused for what it asks (an unknown lease, a compacted revision, a
+    /// malformed request); nothing was changed.
+    #[error(transparent)]
+    Request(ApplyError),
 }
 
 impl RemoteError {
@@ -175,6 +206,7 @@ impl RemoteError {
                 size: Some(size),
                 limit,
             },
+            RemoteError::Request(refusal) => Error::Request(refusal),
         }
     }
 }
@@ -282,10 +314,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_binary_proposal_survives_the_wire() {
-        let command = Command::Put {
+        let command = Command::Put(api::PutRequest {
             key: b"\xffkey".to_vec(),
             value: b"\x00\xfe value".to_vec(),
-        };
+            lease: 7,
+            ..api::PutRequest::default()
+        });
         match round_trip(Request::Propose(command.clone())).await {
             Request::Propose(decoded) => assert_eq!(decoded, command),
             other => panic!("decoded as {other:?}"),
@@ -362,14 +396,33 @@ mod tests {
         use proptest::prelude::*;
         let bytes = || proptest::collection::vec(any::<u8>(), 0..48);
         prop_oneof![
-            (bytes(), bytes()).prop_map(|(key, value)| Command::Put { key, value }),
-            bytes().prop_map(|key| Command::Delete { key }),
-            (bytes(), proptest::option::of(bytes()), bytes()).prop_map(|(key, expected, value)| {
-                Command::CompareAndSwap {
+            (bytes(), bytes()).prop_map(|(key, value)| Command::Put(api::PutRequest {
+                key,
+                value,
+                ..api::PutRequest::default()
+            })),
+            (bytes(), bytes()).prop_map(|(key, range_end)| {
+                Command::DeleteRange(api::DeleteRangeRequest {
                     key,
-                    expected,
-                    value,
-                }
+                    range_end,
+                    prev_kv: true,
+                })
+            }),
+            (bytes(), bytes(), bytes()).prop_map(|(key, expected, value)| {
+                Command::Txn(api::TxnRequest {
+                    compare: vec![api::Compare {
+                        key: key.clone(),
+                        range_end: Vec::new(),
+                        target: api::CompareTarget::Value(expected),
+                        result: api::CompareResult::Equal,
+                    }],
+                    success: vec![api::RequestOp::Put(api::PutRequest {
+                        key,
+                        value,
+                        ..api::PutRequest::default()
+                    })],
+                    failure: Vec::new(),
+                })
             }),
         ]
     }

@@ -17,7 +17,7 @@ const MARKER: &str = "ONDISK";
 /// Present once the node has been removed from its cluster.
 const REMOVED_MARKER: &str = "REMOVED";
 /// On-disk layout version; bumped when the layout changes incompatibly.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 /// A validated node directory. Holding one means the directory is ours and is for this node.
 #[derive(Debug, Clone)]
@@ -141,6 +141,13 @@ fn check_marker(
             .map(str::trim)
     };
     let format = field("format").and_then(|v| v.parse::<u32>().ok());
+    if format == Some(1) {
+        return Err(incompatible(
+            "was written by an ondisk from before revisions (format=1): back it up with that \
+             version (`ondisk ctl backup FILE`) and load the backup with `ondisk restore`"
+                .into(),
+        ));
+    }
     if format != Some(FORMAT_VERSION) {
         return Err(incompatible(format!(
             "has an unreadable or unsupported {MARKER} marker (expected format={FORMAT_VERSION})"

@@ -11,7 +11,6 @@ use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread;
 
 use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
@@ -33,6 +32,7 @@ use super::encode;
 use super::io_err;
 use super::open_rocksdb;
 use super::until_space;
+use super::worker::Worker;
 use super::write_soon;
 use super::write_until_space;
 use crate::error::Error;
@@ -69,46 +69,6 @@ pub enum AppendSync {
     /// At once, without any fsync: a deliberately broken build (`--test-fault unsynced-appends`)
     /// that survives SIGKILL (the page cache keeps the writes) and only a power cut exposes.
     Skip,
-}
-
-/// A thread that takes work from a queue. Dropping the last handle closes the queue and waits
-/// for the thread, so the database is closed only once every store handle and thread is done.
-struct Worker<T> {
-    queue: Option<mpsc::Sender<T>>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl<T: Send + 'static> Worker<T> {
-    /// Starts a thread named `name` running `work` over the queue until the queue closes.
-    fn start(
-        name: &str,
-        work: impl FnOnce(mpsc::Receiver<T>) + Send + 'static,
-    ) -> io::Result<Arc<Self>> {
-        let (queue, pending) = mpsc::channel();
-        let thread = thread::Builder::new()
-            .name(name.into())
-            .spawn(move || work(pending))?;
-        Ok(Arc::new(Worker {
-            queue: Some(queue),
-            thread: Some(thread),
-        }))
-    }
-
-    fn enqueue(&self, item: T) -> io::Result<()> {
-        self.queue
-            .as_ref()
-            .and_then(|queue| queue.send(item).ok())
-            .ok_or_else(|| io::Error::other("a log store thread stopped"))
-    }
-}
-
-impl<T> Drop for Worker<T> {
-    fn drop(&mut self) {
-        self.queue.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 impl LogStore {

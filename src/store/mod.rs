@@ -5,16 +5,24 @@
 //! Both the log and the state machine are RocksDB databases, in separate directories so each can be
 //! tuned, synced and (for the state machine) replaced on its own.
 
+mod apply;
 mod data_dir;
+mod lease;
 mod log_store;
+mod mvcc;
 mod restore;
 mod snapshot;
 mod state_db;
 mod state_machine;
+mod watch;
+mod worker;
 
+pub use apply::RevisionChanges;
 pub use data_dir::DataDir;
+pub use lease::LeaseTable;
 pub use log_store::AppendSync;
 pub use log_store::LogStore;
+pub use mvcc::Revisions;
 pub use restore::restore;
 pub use restore::Restored;
 pub use snapshot::verify as verify_snapshot;
@@ -23,9 +31,11 @@ pub use snapshot::SnapshotData;
 pub use snapshot::SnapshotFile;
 pub use state_machine::snapshot_chunks;
 pub use state_machine::snapshot_stream;
-pub use state_machine::ScanPage;
 pub use state_machine::StateMachineStore;
 pub use state_machine::StateReader;
+pub use watch::run_watch;
+pub use watch::WatchHub;
+pub use watch::WATCH_QUEUE;
 
 use std::borrow::Borrow;
 use std::io;

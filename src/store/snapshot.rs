@@ -5,13 +5,16 @@
 //! Stream layout (integers big-endian):
 //! ```text
 //! "ONDISKSN" | version u32 | meta_len u32 | meta (bincode SnapshotMeta)
-//! { 0x01 | key_len u32 | key | value_len u32 | value }*
+//! { 0x04 | family u8 | key_len u32 | key | value_len u32 | value }*     (version 3 on)
 //! [ 0x02 | len u32 | bincode set of node ids removed from the cluster ]
 //! [ 0x03 | len u32 | bincode set of learner ids that stay learners ]      (version 2 on)
 //! 0x00 | pair_count u64 | crc32 u32   (crc32 over every byte before it)
 //! ```
-//! Keys and values are raw bytes, so nothing is lost to a text encoding, and the receiver verifies
-//! the checksum before it installs anything.
+//! A pair names the column family it belongs to (the key space, its history, the leases: see
+//! `mvcc`). Versions 1 and 2 held `0x01 | key_len u32 | key | value_len u32 | value` pairs of
+//! plain keys and values, from before revisions: they still load (a backup restores), as the
+//! state at revision 1. Keys and values are raw bytes, so nothing is lost to a text encoding, and
+//! the receiver verifies the checksum before it installs anything.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -43,10 +46,12 @@ pub struct MemberRecords {
     /// Learners added to stay learners (`add-learner`): the leader does not promote them.
     pub kept_learners: BTreeSet<NodeId>,
 }
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 /// Version 1 streams lack the kept-learners record; they still install (with none kept).
 const OLDEST_READABLE_VERSION: u32 = 1;
+/// A plain key and value (versions 1 and 2).
 const TAG_PAIR: u8 = 1;
+const TAG_FAMILY_PAIR: u8 = 4;
 const TAG_REMOVED_IDS: u8 = 2;
 const TAG_KEPT_LEARNERS: u8 = 3;
 const TAG_END: u8 = 0;
@@ -203,8 +208,9 @@ impl<W: Write> SnapshotEncoder<W> {
         Ok(encoder)
     }
 
-    pub fn add(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
-        self.write(&[TAG_PAIR])?;
+    /// Adds a pair of the column family numbered `family`.
+    pub fn add(&mut self, family: u8, key: &[u8], value: &[u8]) -> io::Result<()> {
+        self.write(&[TAG_FAMILY_PAIR, family])?;
         self.write_len(key.len())?;
         self.write(key)?;
         self.write_len(value.len())?;
@@ -255,6 +261,14 @@ impl<W: Write> SnapshotEncoder<W> {
     }
 }
 
+/// One pair of a snapshot stream.
+pub(super) struct SnapshotPair {
+    /// The column family's number; `None` for a plain key and value of a version 1 or 2 stream.
+    pub family: Option<u8>,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
 /// Reads a snapshot stream pair by pair; the checksum is verified when the end is reached, so a
 /// caller must consume every pair (and see `Ok(None)`) before trusting any of them.
 pub(super) struct SnapshotReader<R: Read> {
@@ -291,7 +305,7 @@ impl<R: Read> SnapshotReader<R> {
     }
 
     /// The next pair, or `None` at a verified end.
-    pub fn next_pair(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    pub fn next_pair(&mut self) -> io::Result<Option<SnapshotPair>> {
         let mut tag = [0u8; 1];
         self.read(&mut tag)?;
         loop {
@@ -303,11 +317,18 @@ impl<R: Read> SnapshotReader<R> {
             self.read(&mut tag)?;
         }
         match tag[0] {
-            TAG_PAIR => {
+            TAG_PAIR | TAG_FAMILY_PAIR => {
+                let family = if tag[0] == TAG_FAMILY_PAIR {
+                    let mut family = [0u8; 1];
+                    self.read(&mut family)?;
+                    Some(family[0])
+                } else {
+                    None
+                };
                 let key = self.read_field()?;
                 let value = self.read_field()?;
                 self.pairs += 1;
-                Ok(Some((key, value)))
+                Ok(Some(SnapshotPair { family, key, value }))
             }
             TAG_END => {
                 let mut count = [0u8; 8];
@@ -361,7 +382,7 @@ mod tests {
     fn encode_sample(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut encoder = SnapshotEncoder::new(Vec::new(), &SnapshotMeta::default()).unwrap();
         for (k, v) in pairs {
-            encoder.add(k, v).unwrap();
+            encoder.add(0, k, v).unwrap();
         }
         encoder.add_member_records(&sample_records()).unwrap();
         encoder.finish().unwrap()
@@ -380,7 +401,7 @@ mod tests {
         let mut reader = SnapshotReader::new(bytes)?;
         let mut pairs = Vec::new();
         while let Some(pair) = reader.next_pair()? {
-            pairs.push(pair);
+            pairs.push((pair.key, pair.value));
         }
         Ok((pairs, reader.records))
     }

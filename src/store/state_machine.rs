@@ -16,7 +16,6 @@
 //! still lose, even to a power cut.
 
 use std::collections::BTreeSet;
-use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::io::Read;
@@ -40,15 +39,35 @@ use openraft::RaftSnapshotBuilder;
 use rocksdb::Direction;
 use rocksdb::IteratorMode;
 use rocksdb::Options;
+use rocksdb::ReadOptions;
+use rocksdb::ReadTier;
 use rocksdb::WriteBatch;
 use rocksdb::WriteOptions;
 use rocksdb::DB;
 
+use super::apply::Applier;
+use super::apply::LeaseChange;
+use super::apply::RevisionChanges;
 use super::blocking;
 use super::column_family;
 use super::decode;
 use super::encode;
 use super::io_err;
+use super::lease::LeaseTable;
+use super::mvcc;
+use super::mvcc::LeaseRecord;
+use super::mvcc::Overlay;
+use super::mvcc::Record;
+use super::mvcc::Revisions;
+use super::mvcc::CF_DATA;
+use super::mvcc::CF_EVENTS;
+use super::mvcc::CF_HISTORY;
+use super::mvcc::CF_LEASES;
+use super::mvcc::CF_LEASE_KEYS;
+use super::mvcc::KEY_COMPACT_REVISION;
+use super::mvcc::KEY_REVISION;
+use super::mvcc::KEY_TRIMMED_TO;
+use super::mvcc::MVCC_FAMILIES;
 use super::snapshot;
 use super::snapshot::Checkpoint;
 use super::snapshot::MemberRecords;
@@ -58,9 +77,14 @@ use super::snapshot::SnapshotFile;
 use super::snapshot::SnapshotReader;
 use super::state_db::SharedStateDb;
 use super::until_space;
+use super::watch::WatchHub;
+use super::worker::Worker;
 use super::write_soon;
 use super::write_until_space;
+use crate::api;
+use crate::api::KeySpan;
 use crate::error::Error;
+use crate::types::ApplyError;
 use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::LogId;
@@ -70,11 +94,24 @@ use crate::types::SnapshotMeta;
 use crate::types::StoredMembership;
 use crate::types::TypeConfig;
 
-/// User keys and values, stored as given.
-const CF_DATA: &str = "data";
-/// The applied log id, membership and removed ids, written in the same batch as the data.
+/// The applied log id, membership, removed ids and revisions, written in the same batch as the
+/// data.
 const CF_META: &str = "meta";
-const COLUMN_FAMILIES: &[&str] = &[CF_DATA, CF_META];
+const COLUMN_FAMILIES: &[&str] = &[
+    CF_DATA,
+    CF_META,
+    CF_HISTORY,
+    CF_EVENTS,
+    CF_LEASES,
+    CF_LEASE_KEYS,
+];
+/// The number the snapshot stream gives the meta family's revision counters (the key-space
+/// families are numbered by their place in [`MVCC_FAMILIES`]).
+const STREAM_META_FAMILY: u8 = MVCC_FAMILIES.len() as u8;
+/// The meta keys a snapshot carries beside the key space.
+const STREAMED_META_KEYS: &[&[u8]] = &[KEY_REVISION, KEY_COMPACT_REVISION];
+/// History changes deleted per batch by the background history compaction.
+const TRIM_CHANGES: usize = 10_000;
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
 /// Ids that have been removed from the cluster: replicated, so a removed id is refused re-entry
@@ -97,6 +134,7 @@ struct StateMeta {
     applied: Option<LogId>,
     membership: StoredMembership,
     records: MemberRecords,
+    revisions: Revisions,
 }
 
 impl StateMeta {
@@ -124,6 +162,7 @@ impl StateMeta {
             applied,
             membership,
             records,
+            revisions: read_revisions(db, &ReadOptions::default)?,
         })
     }
 
@@ -142,8 +181,19 @@ pub struct StateMachineStore {
     current_snapshot: CurrentSnapshot,
     applied: Option<LogId>,
     membership: StoredMembership,
-    records: Arc<Mutex<MemberRecords>>,
-    counters: Arc<Counters>,
+    /// The revision counters as of `applied`.
+    revisions: Revisions,
+    shared: Arc<Shared>,
+    /// Deletes compacted history in the background (see `mvcc::trim_history`).
+    history_trimmer: Arc<Worker<()>>,
+}
+
+/// What the state machine shares with its readers.
+struct Shared {
+    records: Mutex<MemberRecords>,
+    counters: Counters,
+    watch_hub: Arc<WatchHub>,
+    leases: LeaseTable,
 }
 
 /// Figures the node reports about its state machine.
@@ -162,8 +212,7 @@ struct Counters {
 #[derive(Clone)]
 pub struct StateReader {
     state: SharedStateDb,
-    records: Arc<Mutex<MemberRecords>>,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
 }
 
 impl StateMachineStore {
@@ -181,13 +230,17 @@ impl StateMachineStore {
             applied,
             membership,
             records,
+            revisions,
         } = StateMeta::read(&state.current()).map_err(storage_err(path))?;
+        let leases = read_leases(&state.current()).map_err(storage_err(path))?;
         fs::create_dir_all(&snapshot_dir)?;
         let newest = snapshot::newest_checkpoint_in(&snapshot_dir)
             .and_then(|newest| newest.map(open_checkpoint).transpose())
             .map_err(storage_err(&snapshot_dir))?;
+        let history_trimmer = start_history_trimmer(state.clone())?;
         tracing::info!(
             applied = ?applied,
+            revision = revisions.current,
             "state machine opened at applied index {}",
             applied.map_or(0, |id| id.index)
         );
@@ -197,8 +250,14 @@ impl StateMachineStore {
             current_snapshot: Arc::new(Mutex::new(newest.map(Arc::new))),
             applied,
             membership,
-            records: Arc::new(Mutex::new(records)),
-            counters: Arc::default(),
+            revisions,
+            shared: Arc::new(Shared {
+                records: Mutex::new(records),
+                counters: Counters::default(),
+                watch_hub: Arc::new(WatchHub::new(revisions.current)),
+                leases: LeaseTable::with(leases),
+            }),
+            history_trimmer,
         })
     }
 
@@ -211,57 +270,254 @@ impl StateMachineStore {
     pub fn reader(&self) -> StateReader {
         StateReader {
             state: self.state.clone(),
-            records: self.records.clone(),
-            counters: self.counters.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
 
-/// A page of a scan, and where the next one starts.
-#[derive(Debug, Default)]
-pub struct ScanPage {
-    /// Pairs in key order.
-    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// The first key under the prefix not in this page; `None` when the page ends the range.
-    pub next: Option<Vec<u8>>,
+/// Starts the thread that deletes compacted history: woken after every compaction (and once at
+/// start, to finish what a previous run left), it trims in bounded batches until it reaches the
+/// compacted revision, so memory stays flat however long the history is.
+fn start_history_trimmer(state: SharedStateDb) -> io::Result<Arc<Worker<()>>> {
+    let trimmer = Worker::start("history-trim", move |wakeups: mpsc::Receiver<()>| {
+        while wakeups.recv().is_ok() {
+            while wakeups.try_recv().is_ok() {}
+            if let Err(e) = trim_compacted_history(&state) {
+                tracing::warn!("history compaction failed, will retry at the next one: {e}");
+            }
+        }
+    })?;
+    trimmer.enqueue(())?;
+    Ok(trimmer)
+}
+
+fn trim_compacted_history(state: &SharedStateDb) -> io::Result<()> {
+    loop {
+        let db = state.current();
+        let meta = column_family(&db, CF_META)?;
+        let compacted = read_i64(&db, meta, KEY_COMPACT_REVISION, &ReadOptions::default)?;
+        let trimmed = read_i64(&db, meta, KEY_TRIMMED_TO, &ReadOptions::default)?;
+        let (compacted, trimmed) = (compacted.unwrap_or(0), trimmed.unwrap_or(0));
+        if trimmed >= compacted {
+            return Ok(());
+        }
+        mvcc::trim_history(&db, meta, trimmed, compacted, TRIM_CHANGES)?;
+    }
+}
+
+fn read_i64(
+    db: &DB,
+    meta: &rocksdb::ColumnFamily,
+    key: &[u8],
+    options: &impl Fn() -> ReadOptions,
+) -> io::Result<Option<i64>> {
+    db.get_pinned_cf_opt(meta, key, &options())
+        .map_err(io_err)?
+        .map(|bytes| decode(&bytes))
+        .transpose()
+}
+
+/// The revision counters of `db` (an empty store is at revision 1).
+fn read_revisions(db: &DB, options: &impl Fn() -> ReadOptions) -> io::Result<Revisions> {
+    let meta = column_family(db, CF_META)?;
+    Ok(Revisions {
+        current: read_i64(db, meta, KEY_REVISION, options)?.unwrap_or(1),
+        compacted: read_i64(db, meta, KEY_COMPACT_REVISION, options)?.unwrap_or(0),
+    })
+}
+
+/// Every lease in `db`, as (id, TTL).
+fn read_leases(db: &DB) -> io::Result<Vec<(i64, i64)>> {
+    let leases = column_family(db, CF_LEASES)?;
+    let mut found = Vec::new();
+    for item in db.iterator_cf(leases, IteratorMode::Start) {
+        let (key, value) = item.map_err(io_err)?;
+        let id: [u8; 8] = key[..]
+            .try_into()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "malformed lease id"))?;
+        let record: LeaseRecord = decode(&value)?;
+        found.push((i64::from_be_bytes(id), record.ttl));
+    }
+    Ok(found)
+}
+
+/// Builds a range's answer key by key: stops keeping keys at the limit or past `max_bytes` (once
+/// one is kept), and goes on counting.
+struct RangeCollector<'a> {
+    request: &'a api::RangeRequest,
+    max_bytes: usize,
+    bytes: usize,
+    response: api::RangeResponse,
+}
+
+impl RangeCollector<'_> {
+    fn add(&mut self, key: Vec<u8>, mut record: Record) {
+        self.response.count += 1;
+        if self.request.count_only || self.response.more {
+            return;
+        }
+        let limit = usize::try_from(self.request.limit).unwrap_or(0);
+        self.bytes = self.bytes.saturating_add(key.len() + record.value.len());
+        let full = limit > 0 && self.response.kvs.len() >= limit;
+        if full || (self.bytes > self.max_bytes && !self.response.kvs.is_empty()) {
+            self.response.more = true;
+            return;
+        }
+        if self.request.keys_only {
+            record.value = Vec::new();
+        }
+        self.response.kvs.push(record.into_key_value(key));
+    }
 }
 
 impl StateReader {
-    /// The value of `key` as applied so far.
+    /// The current value of `key` as applied so far.
     pub fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         let db = self.state.current();
         let data = column_family(&db, CF_DATA)?;
-        db.get_cf(data, key).map_err(io_err)
+        let value = match db.get_pinned_cf(data, key).map_err(io_err)? {
+            Some(bytes) => Some(decode::<Record>(&bytes)?.value),
+            None => None,
+        };
+        Ok(value)
     }
 
-    /// One page of the pairs whose keys start with `prefix`, in key order, from the first key at
-    /// or after `start`: up to `limit` pairs, and no more than `max_bytes` of keys and values
-    /// once the page holds one pair, so a page costs bounded memory whatever the values' sizes.
-    pub fn scan(
+    /// Reads `request` (already validated) as applied so far, reading no more than about
+    /// `max_bytes` of keys and values (past the first key; `more` tells). A refusal (a compacted
+    /// or future revision) is the inner error.
+    pub fn range(
         &self,
-        prefix: &[u8],
-        start: &[u8],
-        limit: usize,
+        request: &api::RangeRequest,
         max_bytes: usize,
-    ) -> io::Result<ScanPage> {
+    ) -> io::Result<Result<api::RangeResponse, ApplyError>> {
         let db = self.state.current();
-        let data = column_family(&db, CF_DATA)?;
-        let from = prefix.max(start);
-        let mut page = ScanPage::default();
-        let mut bytes = 0usize;
-        for item in db.iterator_cf(data, IteratorMode::From(from, Direction::Forward)) {
-            let (key, value) = item.map_err(io_err)?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            bytes = bytes.saturating_add(key.len() + value.len());
-            if page.pairs.len() >= limit || (bytes > max_bytes && !page.pairs.is_empty()) {
-                page.next = Some(key.into_vec());
-                break;
-            }
-            page.pairs.push((key.into_vec(), value.into_vec()));
+        let snapshot = db.snapshot();
+        let options = || {
+            let mut options = ReadOptions::default();
+            options.set_snapshot(&snapshot);
+            options
+        };
+        let revisions = read_revisions(&db, &options)?;
+        if request.revision > revisions.current {
+            return Ok(Err(ApplyError::FutureRevision {
+                revision: revisions.current,
+            }));
         }
-        Ok(page)
+        if request.revision > 0 && request.revision < revisions.compacted {
+            return Ok(Err(ApplyError::Compacted {
+                compact_revision: revisions.compacted,
+            }));
+        }
+        let mut collector = RangeCollector {
+            request,
+            max_bytes,
+            bytes: 0,
+            response: api::RangeResponse::default(),
+        };
+        collector.response.header.revision = revisions.current;
+        let span = KeySpan::new(&request.key, &request.range_end);
+        if request.revision == 0 || request.revision == revisions.current {
+            let data = column_family(&db, CF_DATA)?;
+            for item in db.iterator_cf_opt(
+                data,
+                options(),
+                IteratorMode::From(span.start(), Direction::Forward),
+            ) {
+                let (key, value) = item.map_err(io_err)?;
+                if span.is_past(&key) {
+                    break;
+                }
+                collector.add(key.into_vec(), decode(&value)?);
+            }
+        } else {
+            mvcc::visit_at_revision(&db, options, &span, request.revision, |key, record| {
+                collector.add(key, record);
+                Ok(true)
+            })?;
+        }
+        Ok(Ok(collector.response))
+    }
+
+    /// The changes to keys in `key`/`range_end` of whole revisions from `from` up to `to`, about
+    /// `max_changes` at most, grouped by revision, with the revision read up to; or, as the inner
+    /// error, the compacted revision when `from` is below it.
+    pub fn changes_since(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        from: i64,
+        to: i64,
+        max_changes: usize,
+        prev_kv: bool,
+    ) -> io::Result<Result<(Vec<RevisionChanges>, i64), i64>> {
+        let db = self.state.current();
+        let snapshot = db.snapshot();
+        let options = || {
+            let mut options = ReadOptions::default();
+            options.set_snapshot(&snapshot);
+            options
+        };
+        let revisions = read_revisions(&db, &options)?;
+        if from < revisions.compacted {
+            return Ok(Err(revisions.compacted));
+        }
+        let span = KeySpan::new(key, range_end);
+        let (stored, stopped_at) =
+            mvcc::changes_between(&db, &options, &span, from, to, max_changes)?;
+        let mut grouped: Vec<RevisionChanges> = Vec::new();
+        for change in stored {
+            let prev = if prev_kv {
+                mvcc::version_at(&db, &options, &change.key, change.revision - 1)?
+                    .map(|record| record.into_key_value(change.key.clone()))
+            } else {
+                None
+            };
+            let event = match change.version {
+                Some(record) => api::Event {
+                    kind: api::EventKind::Put,
+                    kv: record.into_key_value(change.key),
+                    prev_kv: prev,
+                },
+                None => api::Event {
+                    kind: api::EventKind::Delete,
+                    kv: api::KeyValue {
+                        key: change.key,
+                        mod_revision: change.revision,
+                        ..api::KeyValue::default()
+                    },
+                    prev_kv: prev,
+                },
+            };
+            match grouped.last_mut() {
+                Some(last) if last.revision == change.revision => last.events.push(event),
+                _ => grouped.push(RevisionChanges {
+                    revision: change.revision,
+                    events: vec![event],
+                }),
+            }
+        }
+        Ok(Ok((grouped, stopped_at.unwrap_or(to))))
+    }
+
+    /// The keys attached to lease `id`, as applied so far.
+    pub fn lease_keys(&self, id: i64) -> io::Result<Vec<Vec<u8>>> {
+        let db = self.state.current();
+        super::apply::attached_keys(&Overlay::new(&db, ReadOptions::default), id)
+    }
+
+    /// The revision counters as applied so far.
+    pub fn revisions(&self) -> io::Result<Revisions> {
+        read_revisions(&self.state.current(), &ReadOptions::default)
+    }
+
+    /// Where applied changes are handed to watchers.
+    pub fn watch_hub(&self) -> Arc<WatchHub> {
+        self.shared.watch_hub.clone()
+    }
+
+    /// The leases in force, with the leader's expiry counts.
+    pub fn leases(&self) -> &LeaseTable {
+        &self.shared.leases
     }
 
     /// The directory of the state machine database in service.
@@ -271,67 +527,115 @@ impl StateReader {
 
     /// Ids removed from the cluster, as applied so far.
     pub fn removed_ids(&self) -> BTreeSet<NodeId> {
-        lock(&self.records).removed.clone()
+        lock(&self.shared.records).removed.clone()
     }
 
     /// Learners that stay learners, as applied so far.
     pub fn kept_learners(&self) -> BTreeSet<NodeId> {
-        lock(&self.records).kept_learners.clone()
+        lock(&self.shared.records).kept_learners.clone()
     }
 
     /// Entries applied by this process since it started.
     pub fn applied_this_run(&self) -> u64 {
-        self.counters.applied_this_run.load(Ordering::Relaxed)
+        self.shared
+            .counters
+            .applied_this_run
+            .load(Ordering::Relaxed)
     }
 
     /// Snapshots this node has built since it started.
     pub fn snapshots_built(&self) -> u64 {
-        self.counters.snapshots_built.load(Ordering::Relaxed)
+        self.shared.counters.snapshots_built.load(Ordering::Relaxed)
     }
 
     /// Snapshots this node has received and installed since it started.
     pub fn snapshots_installed(&self) -> u64 {
-        self.counters.snapshots_installed.load(Ordering::Relaxed)
+        self.shared
+            .counters
+            .snapshots_installed
+            .load(Ordering::Relaxed)
     }
 }
 
-/// Applies one command to the batch being built. `pending` holds this batch's earlier writes,
-/// which RocksDB cannot see yet, so a compare-and-swap after a put in the same batch sees the put.
-fn apply_command(
+/// Reads from memory only (memtables and block cache): the apply path's first try, on the async
+/// worker; a read that needs the disk fails with `WouldBlock` and the batch is rebuilt off it.
+fn memory_only() -> ReadOptions {
+    let mut options = ReadOptions::default();
+    options.set_read_tier(ReadTier::BlockCache);
+    options
+}
+
+/// What applying a batch produced, besides the batch to write.
+struct Applied {
+    results: Vec<CommandResult>,
+    revisions: Revisions,
+    changes: Vec<Arc<RevisionChanges>>,
+    lease_changes: Vec<LeaseChange>,
+}
+
+/// What a batch of entries records beside the key space.
+struct BatchMeta {
+    last: LogId,
+    revisions_before: Revisions,
+    membership: Option<StoredMembership>,
+    records: Option<MemberRecords>,
+    collect_events: bool,
+}
+
+/// Applies `commands` (`None`: an entry with nothing to apply) to `db` as one batch.
+fn build_batch(
     db: &DB,
-    batch: &mut WriteBatch,
-    pending: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
-    command: Command,
-) -> io::Result<CommandResult> {
-    let data = column_family(db, CF_DATA)?;
-    match command {
-        Command::Put { key, value } => {
-            batch.put_cf(data, &key, &value);
-            pending.insert(key, Some(value));
-        }
-        Command::Delete { key } => {
-            batch.delete_cf(data, &key);
-            pending.insert(key, None);
-        }
-        Command::CompareAndSwap {
-            key,
-            expected,
-            value,
-        } => {
-            let current = match pending.get(&key) {
-                Some(value) => value.clone(),
-                None => db.get_cf(data, &key).map_err(io_err)?,
-            };
-            if current != expected {
-                return Ok(CommandResult::PreconditionFailed { current });
-            }
-            batch.put_cf(data, &key, &value);
-            pending.insert(key, Some(value));
-        }
-        // A member record, not data: `apply` records it with the membership.
-        Command::KeepLearner { .. } => {}
+    read_options: fn() -> ReadOptions,
+    commands: &[Option<Command>],
+    meta: &BatchMeta,
+) -> io::Result<(WriteBatch, Applied)> {
+    let mut applier = Applier {
+        overlay: Overlay::new(db, read_options),
+        revision: meta.revisions_before.current,
+        compact_revision: meta.revisions_before.compacted,
+        collect_events: meta.collect_events,
+        changes: Vec::new(),
+        lease_changes: Vec::new(),
+    };
+    let results = commands
+        .iter()
+        .map(|command| match command {
+            Some(command) => applier.apply(command),
+            None => Ok(CommandResult::Applied),
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let revisions = Revisions {
+        current: applier.revision,
+        compacted: applier.compact_revision,
+    };
+    let Applier {
+        overlay,
+        changes,
+        lease_changes,
+        ..
+    } = applier;
+    let mut batch = overlay.into_batch()?;
+    let meta_cf = column_family(db, CF_META)?;
+    batch.put_cf(meta_cf, KEY_APPLIED, encode(&Some(meta.last))?);
+    if revisions.current != meta.revisions_before.current {
+        batch.put_cf(meta_cf, KEY_REVISION, encode(&revisions.current)?);
     }
-    Ok(CommandResult::Applied)
+    if revisions.compacted != meta.revisions_before.compacted {
+        batch.put_cf(meta_cf, KEY_COMPACT_REVISION, encode(&revisions.compacted)?);
+    }
+    if let Some(membership) = &meta.membership {
+        batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode(membership)?);
+    }
+    if let Some(records) = &meta.records {
+        put_member_records(&mut batch, meta_cf, records)?;
+    }
+    let applied = Applied {
+        results,
+        revisions,
+        changes,
+        lease_changes,
+    };
+    Ok((batch, applied))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -351,7 +655,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(());
         };
         let mut membership = None;
-        let records_before = lock(&self.records).clone();
+        let records_before = lock(&self.shared.records).clone();
         let mut records = records_before.clone();
         let mut previous_nodes = node_ids(&self.membership);
         let mut commands = Vec::with_capacity(entries.len());
@@ -383,55 +687,52 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             responders.push(responder);
         }
         let db = self.state.current();
-        let new_membership = membership.clone();
-        let new_records = (records != records_before).then(|| records.clone());
-        // Puts and deletes only write, so their batch is built and written here (see
-        // `write_soon`); a compare-and-swap may read the disk, so such a batch is built on the
-        // blocking pool.
-        let reads = commands
-            .iter()
-            .any(|command| matches!(command, Some(Command::CompareAndSwap { .. })));
-        let build = move |db: &DB| -> io::Result<(WriteBatch, Vec<CommandResult>)> {
-            let mut batch = WriteBatch::default();
-            let mut pending = HashMap::new();
-            let results = commands
-                .into_iter()
-                .map(|command| match command {
-                    Some(command) => apply_command(db, &mut batch, &mut pending, command),
-                    None => Ok(CommandResult::Applied),
-                })
-                .collect::<io::Result<Vec<_>>>()?;
-            let meta = column_family(db, CF_META)?;
-            batch.put_cf(meta, KEY_APPLIED, encode(&Some(last))?);
-            if let Some(membership) = &new_membership {
-                batch.put_cf(meta, KEY_MEMBERSHIP, encode(membership)?);
-            }
-            if let Some(records) = &new_records {
-                put_member_records(&mut batch, meta, records)?;
-            }
-            Ok((batch, results))
+        let meta = BatchMeta {
+            last,
+            revisions_before: self.revisions,
+            membership: membership.clone(),
+            records: (records != records_before).then(|| records.clone()),
+            collect_events: self.shared.watch_hub.wants_events(),
         };
-        let results = if reads {
-            blocking(move || {
-                let (batch, results) = build(&db)?;
-                write_until_space("state machine", &db, batch, &WriteOptions::default())?;
-                Ok(results)
-            })
-            .await?
-        } else {
-            let (batch, results) = build(&db)?;
-            write_soon("state machine", &db, batch).await?;
-            results
+        // Most batches read only what is in memory (the keys just written), so they are built
+        // and written here (see `write_soon`); one that needs the disk is rebuilt on the blocking
+        // pool.
+        let collected = meta.collect_events;
+        let built = match build_batch(&db, memory_only, &commands, &meta) {
+            Ok((batch, applied)) => {
+                write_soon("state machine", &db, batch).await?;
+                applied
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                blocking(move || {
+                    let (batch, applied) =
+                        build_batch(&db, ReadOptions::default, &commands, &meta)?;
+                    write_until_space("state machine", &db, batch, &WriteOptions::default())?;
+                    Ok(applied)
+                })
+                .await?
+            }
+            Err(e) => return Err(e),
         };
         self.applied = Some(last);
         if let Some(membership) = membership {
             self.membership = membership;
         }
-        *lock(&self.records) = records;
-        self.counters
+        *lock(&self.shared.records) = records;
+        self.shared.leases.apply(&built.lease_changes);
+        let compacted = built.revisions.compacted != self.revisions.compacted;
+        self.revisions = built.revisions;
+        self.shared
+            .watch_hub
+            .publish(built.revisions.current, &built.changes, collected);
+        if compacted {
+            self.history_trimmer.enqueue(())?;
+        }
+        self.shared
+            .counters
             .applied_this_run
-            .fetch_add(results.len() as u64, Ordering::Relaxed);
-        for (responder, result) in responders.into_iter().zip(results) {
+            .fetch_add(built.results.len() as u64, Ordering::Relaxed);
+        for (responder, result) in responders.into_iter().zip(built.results) {
             if let Some(responder) = responder {
                 responder.send(result);
             }
@@ -444,7 +745,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             state: self.state.clone(),
             dir: self.snapshot_dir.clone(),
             current_snapshot: self.current_snapshot.clone(),
-            counters: self.counters.clone(),
+            shared: self.shared.clone(),
         }
     }
 
@@ -481,9 +782,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .await?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        *lock(&self.records) = records;
+        *lock(&self.shared.records) = records;
+        let db = self.state.current();
+        self.revisions = read_revisions(&db, &ReadOptions::default)?;
+        self.shared.leases.replace(read_leases(&db)?);
+        self.shared.watch_hub.reset(self.revisions.current);
+        self.history_trimmer.enqueue(())?;
         replace_current(&self.current_snapshot, checkpoint);
-        self.counters
+        self.shared
+            .counters
             .snapshots_installed
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(
@@ -516,14 +823,20 @@ fn load_stream<R: Read>(
     records: Option<MemberRecords>,
 ) -> io::Result<(Checkpoint, MemberRecords)> {
     let next = state.create_next()?;
-    let data = column_family(&next, CF_DATA)?;
     // The new generation is invisible until the switch and is synced by the flush below, so the
     // bulk load can skip the WAL.
     let mut unlogged = WriteOptions::default();
     unlogged.disable_wal(true);
     let mut batch = WriteBatch::default();
-    while let Some((key, value)) = reader.next_pair()? {
-        batch.put_cf(data, key, value);
+    let mut plain_pairs = 0u32;
+    while let Some(pair) = reader.next_pair()? {
+        match pair.family {
+            Some(family) => put_streamed_pair(&next, &mut batch, family, &pair.key, &pair.value)?,
+            None => {
+                put_plain_pair(&next, &mut batch, plain_pairs, &pair.key, pair.value)?;
+                plain_pairs = plain_pairs.saturating_add(1);
+            }
+        }
         if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
             let full = std::mem::take(&mut batch);
             write_until_space("snapshot install", &next, full, &unlogged)?;
@@ -535,11 +848,70 @@ fn load_stream<R: Read>(
     batch.put_cf(meta_cf, KEY_MEMBERSHIP, encode(&recorded.last_membership)?);
     put_member_records(&mut batch, meta_cf, &records)?;
     write_until_space("snapshot install", &next, batch, &unlogged)?;
+    let families = COLUMN_FAMILIES
+        .iter()
+        .map(|name| column_family(&next, name))
+        .collect::<io::Result<Vec<_>>>()?;
     until_space("snapshot install", next.path(), || {
-        next.flush_cfs_opt(&[data, meta_cf], &rocksdb::FlushOptions::default())
+        next.flush_cfs_opt(&families, &rocksdb::FlushOptions::default())
     })?;
     state.switch_to(next)?;
     Ok((create_checkpoint(state, dir)?, records))
+}
+
+/// Adds a pair of a version 3 stream to `batch`: a key-space family's pair as it is, or one of
+/// the revision counters.
+fn put_streamed_pair(
+    db: &DB,
+    batch: &mut WriteBatch,
+    family: u8,
+    key: &[u8],
+    value: &[u8],
+) -> io::Result<()> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    if family == STREAM_META_FAMILY {
+        if !STREAMED_META_KEYS.contains(&key) {
+            return Err(invalid("unexpected meta record in the snapshot"));
+        }
+        batch.put_cf(column_family(db, CF_META)?, key, value);
+        return Ok(());
+    }
+    let name = MVCC_FAMILIES
+        .get(usize::from(family))
+        .ok_or_else(|| invalid("unknown column family in the snapshot"))?;
+    batch.put_cf(column_family(db, name)?, key, value);
+    Ok(())
+}
+
+/// Adds a plain key and value of a version 1 or 2 stream (from before revisions) to `batch`: the
+/// key as created at revision 1, whose changes are numbered by `change`. The store starts at
+/// revision 1, so no revision counter is written.
+fn put_plain_pair(
+    db: &DB,
+    batch: &mut WriteBatch,
+    change: u32,
+    key: &[u8],
+    value: Vec<u8>,
+) -> io::Result<()> {
+    let record = Record {
+        create_revision: 1,
+        mod_revision: 1,
+        version: 1,
+        lease: 0,
+        value,
+    };
+    batch.put_cf(column_family(db, CF_DATA)?, key, encode(&record)?);
+    batch.put_cf(
+        column_family(db, CF_HISTORY)?,
+        mvcc::history_key(key, 1),
+        encode(&Some(record))?,
+    );
+    batch.put_cf(
+        column_family(db, CF_EVENTS)?,
+        mvcc::event_key(1, change),
+        key,
+    );
+    Ok(())
 }
 
 /// Adds both member records to `batch`, in the meta column family `meta`.
@@ -728,15 +1100,23 @@ fn encode_checkpoint(
         Vec::with_capacity(STREAM_CHUNK_BYTES),
         &state_meta.snapshot_meta(),
     )?;
-    let data = column_family(&db, CF_DATA)?;
-    for item in db.iterator_cf(data, IteratorMode::Start) {
-        let (key, value) = item.map_err(io_err)?;
-        encoder.add(&key, &value)?;
-        if encoder.output().len() >= STREAM_CHUNK_BYTES {
-            let piece = std::mem::take(encoder.output());
-            if pieces.send(Ok(piece)).is_err() {
-                return Ok(());
+    for (number, name) in MVCC_FAMILIES.iter().enumerate() {
+        let family = column_family(&db, name)?;
+        for item in db.iterator_cf(family, IteratorMode::Start) {
+            let (key, value) = item.map_err(io_err)?;
+            encoder.add(number as u8, &key, &value)?;
+            if encoder.output().len() >= STREAM_CHUNK_BYTES {
+                let piece = std::mem::take(encoder.output());
+                if pieces.send(Ok(piece)).is_err() {
+                    return Ok(());
+                }
             }
+        }
+    }
+    let meta = column_family(&db, CF_META)?;
+    for key in STREAMED_META_KEYS {
+        if let Some(value) = db.get_pinned_cf(meta, key).map_err(io_err)? {
+            encoder.add(STREAM_META_FAMILY, key, &value)?;
         }
     }
     encoder.add_member_records(&state_meta.records)?;
@@ -776,7 +1156,7 @@ pub struct SnapshotBuilder {
     state: SharedStateDb,
     dir: PathBuf,
     current_snapshot: CurrentSnapshot,
-    counters: Arc<Counters>,
+    shared: Arc<Shared>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -787,7 +1167,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let dir = self.dir.clone();
         let checkpoint = blocking(move || create_checkpoint(&state, &dir)).await?;
         let checkpoint = replace_current(&self.current_snapshot, checkpoint);
-        self.counters
+        self.shared
+            .counters
             .snapshots_built
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(
@@ -804,6 +1185,343 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    /// A state machine driven batch by batch, as `apply` drives it, without openraft.
+    struct Driven {
+        _dir: tempfile::TempDir,
+        store: StateMachineStore,
+        index: u64,
+    }
+
+    impl Driven {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store =
+                StateMachineStore::open(&dir.path().join("state"), dir.path().join("snapshots"))
+                    .unwrap();
+            Driven {
+                _dir: dir,
+                store,
+                index: 0,
+            }
+        }
+
+        /// Applies `commands` as one batch and returns their results.
+        fn apply(&mut self, commands: Vec<Command>) -> Vec<CommandResult> {
+            self.index += 1;
+            let db = self.store.state.current();
+            let meta = BatchMeta {
+                last: openraft::testing::log_id::<TypeConfig>(1, 1, self.index),
+                revisions_before: self.store.revisions,
+                membership: None,
+                records: None,
+                collect_events: true,
+            };
+            let commands: Vec<Option<Command>> = commands.into_iter().map(Some).collect();
+            let (batch, applied) =
+                build_batch(&db, ReadOptions::default, &commands, &meta).unwrap();
+            db.write(batch).unwrap();
+            self.store.revisions = applied.revisions;
+            self.store.shared.leases.apply(&applied.lease_changes);
+            applied.results
+        }
+
+        fn range_at(&self, revision: i64) -> Result<Vec<api::KeyValue>, ApplyError> {
+            let request = api::RangeRequest {
+                key: vec![0],
+                range_end: vec![0],
+                revision,
+                ..api::RangeRequest::default()
+            };
+            self.store
+                .reader()
+                .range(&request, usize::MAX)
+                .unwrap()
+                .map(|response| response.kvs)
+        }
+    }
+
+    fn put(key: &str, value: &str) -> Command {
+        Command::Put(api::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..api::PutRequest::default()
+        })
+    }
+
+    fn delete(key: &str, range_end: &str) -> Command {
+        Command::DeleteRange(api::DeleteRangeRequest {
+            key: key.into(),
+            range_end: range_end.into(),
+            prev_kv: true,
+        })
+    }
+
+    /// What the store should hold: each key's version, per revision.
+    #[derive(Default)]
+    struct Model {
+        current: BTreeMap<Vec<u8>, api::KeyValue>,
+        /// The state at each revision, from revision 1 (the empty store).
+        at: Vec<BTreeMap<Vec<u8>, api::KeyValue>>,
+    }
+
+    impl Model {
+        fn new() -> Self {
+            Model {
+                current: BTreeMap::new(),
+                at: vec![BTreeMap::new(), BTreeMap::new()],
+            }
+        }
+
+        fn revision(&self) -> i64 {
+            self.at.len() as i64 - 1
+        }
+
+        /// Applies a put or delete the way etcd defines them; returns whether it changed a key.
+        fn apply(&mut self, command: &Command) {
+            let next = self.revision() + 1;
+            let changed = match command {
+                Command::Put(put) => {
+                    let previous = self.current.get(&put.key);
+                    let kv = api::KeyValue {
+                        key: put.key.clone(),
+                        create_revision: previous.map_or(next, |p| p.create_revision),
+                        mod_revision: next,
+                        version: previous.map_or(1, |p| p.version + 1),
+                        value: put.value.clone(),
+                        lease: 0,
+                    };
+                    self.current.insert(put.key.clone(), kv);
+                    true
+                }
+                Command::DeleteRange(delete) => {
+                    let span = KeySpan::new(&delete.key, &delete.range_end);
+                    let before = self.current.len();
+                    self.current.retain(|key, _| !span.contains(key));
+                    before != self.current.len()
+                }
+                _ => unreachable!("the model knows puts and deletes"),
+            };
+            if changed {
+                self.at.push(self.current.clone());
+            }
+        }
+    }
+
+    fn command(op: u8, key: u8, value: u16) -> Command {
+        let key = format!("k{}", key % 5);
+        match op % 4 {
+            0 | 1 => put(&key, &format!("v{value}")),
+            2 => delete(&key, ""),
+            _ => delete(&key, &format!("k{}", key.as_bytes()[1] - b'0' + 2)),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Every past revision reads exactly as the model says, before and after compaction;
+        /// compacted revisions are refused; the history's events replay the model's changes.
+        #[test]
+        fn every_revision_reads_as_it_was_and_compaction_keeps_what_it_must(
+            ops in proptest::collection::vec((0u8..4, 0u8..5, 0u16..1000, 1usize..4), 1..40),
+            compact_at in 0.0f64..1.0,
+        ) {
+            let mut driven = Driven::new();
+            let mut model = Model::new();
+            let mut batch = Vec::new();
+            for (op, key, value, batch_len) in ops {
+                let command = command(op, key, value);
+                model.apply(&command);
+                batch.push(command);
+                if batch.len() >= batch_len {
+                    driven.apply(std::mem::take(&mut batch));
+                }
+            }
+            driven.apply(batch);
+            proptest::prop_assert_eq!(driven.store.revisions.current, model.revision());
+            for revision in 1..=model.revision() {
+                let expected: Vec<_> = model.at[revision as usize].values().cloned().collect();
+                proptest::prop_assert_eq!(driven.range_at(revision), Ok(expected));
+            }
+            let compact_to = 1 + ((model.revision() - 1) as f64 * compact_at) as i64;
+            let results = driven.apply(vec![Command::Compact(api::CompactionRequest {
+                revision: compact_to,
+                physical: false,
+            })]);
+            proptest::prop_assert!(matches!(results[0], CommandResult::Compacted(_)));
+            trim_compacted_history(&driven.store.state).unwrap();
+            for revision in 1..=model.revision() {
+                let read = driven.range_at(revision);
+                if revision < compact_to {
+                    proptest::prop_assert_eq!(
+                        read,
+                        Err(ApplyError::Compacted { compact_revision: compact_to })
+                    );
+                } else {
+                    let expected: Vec<_> =
+                        model.at[revision as usize].values().cloned().collect();
+                    proptest::prop_assert_eq!(read, Ok(expected));
+                }
+            }
+            let reader = driven.store.reader();
+            let (changes, read_to) = reader
+                .changes_since(&[0], &[0], compact_to, model.revision(), usize::MAX, true)
+                .unwrap()
+                .unwrap();
+            proptest::prop_assert_eq!(read_to, model.revision());
+            for changed in changes {
+                let before = &model.at[changed.revision as usize - 1];
+                let after = &model.at[changed.revision as usize];
+                for event in changed.events {
+                    let key = &event.kv.key;
+                    match event.kind {
+                        api::EventKind::Put => {
+                            proptest::prop_assert_eq!(Some(&event.kv), after.get(key))
+                        }
+                        api::EventKind::Delete => proptest::prop_assert!(!after.contains_key(key)),
+                    }
+                    if changed.revision - 1 >= compact_to {
+                        proptest::prop_assert_eq!(event.prev_kv.as_ref(), before.get(key));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_txn_is_one_revision_and_sees_its_own_writes() {
+        let mut driven = Driven::new();
+        driven.apply(vec![put("a", "1")]);
+        let txn = api::TxnRequest {
+            compare: vec![api::Compare {
+                key: b"a".to_vec(),
+                range_end: Vec::new(),
+                target: api::CompareTarget::Value(b"1".to_vec()),
+                result: api::CompareResult::Equal,
+            }],
+            success: vec![
+                api::RequestOp::Put(api::PutRequest {
+                    key: b"b".to_vec(),
+                    value: b"2".to_vec(),
+                    ..api::PutRequest::default()
+                }),
+                api::RequestOp::DeleteRange(api::DeleteRangeRequest {
+                    key: b"a".to_vec(),
+                    ..api::DeleteRangeRequest::default()
+                }),
+                api::RequestOp::Range(api::RangeRequest {
+                    key: b"\0".to_vec(),
+                    range_end: vec![0],
+                    ..api::RangeRequest::default()
+                }),
+            ],
+            failure: Vec::new(),
+        };
+        let results = driven.apply(vec![Command::Txn(txn.clone())]);
+        let CommandResult::Txn(answer) = &results[0] else {
+            panic!("{results:?}")
+        };
+        assert!(answer.succeeded);
+        assert_eq!(answer.header.revision, 3);
+        let api::ResponseOp::Range(range) = &answer.responses[2] else {
+            panic!("{answer:?}")
+        };
+        let keys: Vec<_> = range.kvs.iter().map(|kv| kv.key.clone()).collect();
+        assert_eq!(keys, vec![b"b".to_vec()]);
+        let results = driven.apply(vec![Command::Txn(txn)]);
+        let CommandResult::Txn(answer) = &results[0] else {
+            panic!("{results:?}")
+        };
+        assert!(!answer.succeeded, "a is gone, so the comparison fails");
+        assert_eq!(
+            answer.header.revision, 3,
+            "a failed txn with no writes changes nothing"
+        );
+    }
+
+    #[test]
+    fn a_refused_put_in_a_txn_leaves_no_trace() {
+        let mut driven = Driven::new();
+        let txn = api::TxnRequest {
+            success: vec![
+                api::RequestOp::Put(api::PutRequest {
+                    key: b"x".to_vec(),
+                    value: b"1".to_vec(),
+                    ..api::PutRequest::default()
+                }),
+                api::RequestOp::Put(api::PutRequest {
+                    key: b"y".to_vec(),
+                    value: b"1".to_vec(),
+                    lease: 42,
+                    ..api::PutRequest::default()
+                }),
+            ],
+            ..api::TxnRequest::default()
+        };
+        let results = driven.apply(vec![Command::Txn(txn), put("z", "after")]);
+        assert_eq!(
+            results[0],
+            CommandResult::Refused(ApplyError::LeaseNotFound(42))
+        );
+        let keys: Vec<_> = driven
+            .range_at(0)
+            .unwrap()
+            .into_iter()
+            .map(|kv| (kv.key, kv.mod_revision))
+            .collect();
+        assert_eq!(keys, vec![(b"z".to_vec(), 2)]);
+    }
+
+    #[test]
+    fn revoking_a_lease_deletes_its_keys_in_one_revision() {
+        let mut driven = Driven::new();
+        let grant = Command::LeaseGrant(api::LeaseGrantRequest { ttl: 10, id: 7 });
+        driven.apply(vec![grant.clone()]);
+        assert_eq!(
+            driven.apply(vec![grant]),
+            vec![CommandResult::Refused(ApplyError::LeaseExists(7))]
+        );
+        let leased = |key: &str| {
+            Command::Put(api::PutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                lease: 7,
+                ..api::PutRequest::default()
+            })
+        };
+        driven.apply(vec![leased("a"), leased("b"), put("c", "free")]);
+        assert_eq!(
+            driven.store.reader().lease_keys(7).unwrap(),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        let results = driven.apply(vec![Command::LeaseRevoke { id: 7 }]);
+        assert_eq!(results, vec![CommandResult::LeaseRevoked]);
+        assert_eq!(
+            driven.store.revisions.current, 5,
+            "one revision for both deletes"
+        );
+        let left: Vec<_> = driven
+            .range_at(0)
+            .unwrap()
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(left, vec![b"c".to_vec()]);
+        let (changes, _) = driven
+            .store
+            .reader()
+            .changes_since(&[0], &[0], 5, 5, 100, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].events.len(), 2);
+        assert_eq!(
+            driven.apply(vec![Command::LeaseRevoke { id: 7 }]),
+            vec![CommandResult::Refused(ApplyError::LeaseNotFound(7))]
+        );
+    }
 
     /// A follower may build a checkpoint (its snapshot policy) while it installs one it received
     /// (which checkpoints the new generation): the two builds must not share a directory.

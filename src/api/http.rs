@@ -1,0 +1,175 @@
+//! The HTTP API's contract: route paths, query parameters, headers and the JSON shapes that only
+//! HTTP uses, in one place for the server (`crate::http`) and every client (`ondisk ctl`, the
+//! tests). Request and answer bodies are the API's own types (`crate::api`) as JSON.
+//!
+//! | route | method | body | answer |
+//! | --- | --- | --- | --- |
+//! | `/v1/kv/KEY` | GET | | the value (raw), revisions in headers; `?revision=R`, `?consistency=stale` |
+//! | `/v1/kv/KEY` | PUT | the value (raw) | 204; `?lease=ID`, `?prev_value=V`, `?prev_exist=false` |
+//! | `/v1/kv/KEY` | DELETE | | 204 |
+//! | `/v1/kv/?prefix=P` | GET | | [`ScanAnswer`]: one page; `start`, `limit`, `revision`, `consistency` |
+//! | `/v1/range` | POST | `RangeRequest` | `RangeResponse` |
+//! | `/v1/txn` | POST | `TxnRequest` | `TxnResponse` |
+//! | `/v1/compact` | POST | `CompactionRequest` | `CompactionResponse` |
+//! | `/v1/watch/KEY` | GET | | newline-delimited `WatchResponse`s, as they happen; `?prefix=true`, `start_revision`, `prev_kv`, `progress_notify`, `filters` |
+//! | `/v1/leases` | POST | `LeaseGrantRequest` | `LeaseGrantResponse` |
+//! | `/v1/leases` | GET | | `LeaseLeasesResponse` |
+//! | `/v1/leases/ID` | GET | | `LeaseTimeToLiveResponse`; `?keys=true` |
+//! | `/v1/leases/ID` | DELETE | | `LeaseRevokeResponse` |
+//! | `/v1/leases/ID/keep-alive` | POST | | `LeaseKeepAliveResponse` |
+//!
+//! Every error is a JSON [`ErrorBody`] with a status code: 400 a malformed request, 404 a key or
+//! lease not found, 410 a compacted revision, 413 too large, 503 no quorum in time (with
+//! `Retry-After` when nothing was changed).
+
+use base64::Engine;
+use serde::Deserialize;
+use serde::Serialize;
+
+/// The key-value routes: `KV` followed by the percent-encoded key; `KV` alone scans.
+pub const KV: &str = "/v1/kv/";
+pub const RANGE: &str = "/v1/range";
+pub const TXN: &str = "/v1/txn";
+pub const COMPACT: &str = "/v1/compact";
+/// The watch route: `WATCH` followed by the percent-encoded key (or prefix, with `prefix=true`).
+pub const WATCH: &str = "/v1/watch/";
+pub const LEASES: &str = "/v1/leases";
+/// The last segment of a lease's keep-alive route.
+pub const KEEP_ALIVE: &str = "keep-alive";
+
+/// The route of lease `id`.
+pub fn lease(id: i64) -> String {
+    format!("{LEASES}/{id}")
+}
+
+/// The keep-alive route of lease `id`.
+pub fn keep_alive(id: i64) -> String {
+    format!("{LEASES}/{id}/{KEEP_ALIVE}")
+}
+
+/// Query parameters.
+pub mod param {
+    /// Read at this revision (a number; 0 or absent: the current one).
+    pub const REVISION: &str = "revision";
+    /// `linearizable` (the default) or `stale`.
+    pub const CONSISTENCY: &str = "consistency";
+    /// Attach the key to this lease (a put).
+    pub const LEASE: &str = "lease";
+    /// A scan's prefix; for a watch, `true` to watch every key under the path's key.
+    pub const PREFIX: &str = "prefix";
+    /// The key a scan page starts at: a previous page's `next`, as is.
+    pub const START: &str = "start";
+    pub const LIMIT: &str = "limit";
+    /// The first revision a watch reports.
+    pub const START_REVISION: &str = "start_revision";
+    /// `true`: events carry the previous version of their key.
+    pub const PREV_KV: &str = "prev_kv";
+    /// `true`: a progress response after the node's progress interval without events.
+    pub const PROGRESS_NOTIFY: &str = "progress_notify";
+    /// Comma-separated event kinds a watch does not want: `no_put`, `no_delete`.
+    pub const FILTERS: &str = "filters";
+    /// `true`: a lease's time-to-live answer lists its keys.
+    pub const KEYS: &str = "keys";
+    /// A compare-and-swap put: the value the key must hold.
+    pub const PREV_VALUE: &str = "prev_value";
+    /// A compare-and-swap put: `false` for create-only.
+    pub const PREV_EXIST: &str = "prev_exist";
+}
+
+/// Headers of a single key's answer (`GET /v1/kv/KEY`), whose body is the raw value.
+pub mod header {
+    /// The store's revision when the read was served.
+    pub const REVISION: &str = "x-ondisk-revision";
+    pub const CREATE_REVISION: &str = "x-ondisk-create-revision";
+    pub const MOD_REVISION: &str = "x-ondisk-mod-revision";
+    pub const VERSION: &str = "x-ondisk-version";
+    pub const LEASE: &str = "x-ondisk-lease";
+    /// The log index a backup covers.
+    pub const BACKUP_INDEX: &str = "x-ondisk-log-index";
+    /// The term of the entry at that index.
+    pub const BACKUP_TERM: &str = "x-ondisk-log-term";
+}
+
+/// The content type of a watch stream: one JSON `WatchResponse` per line.
+pub const WATCH_CONTENT_TYPE: &str = "application/x-ndjson";
+
+/// Every error answer's body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    /// For a compacted revision: the revision the history starts at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact_revision: Option<i64>,
+}
+
+/// The largest `limit` a scan accepts; pages are bounded by bytes as well, so a client paging
+/// through a range (as `ondisk ctl scan` does) asks for this many and lets the bytes decide.
+pub const MAX_SCAN_LIMIT: usize = 100_000;
+
+/// The answer to a scan: one page, and where the next one starts. Also what `ondisk ctl scan`
+/// reads.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScanAnswer {
+    /// Pairs in this page.
+    pub count: usize,
+    /// The revision the page was read at: pass it as [`param::REVISION`] with the next page's
+    /// [`param::START`] to list a range consistently, whatever changes meanwhile.
+    pub revision: i64,
+    /// The pairs, in key order.
+    pub items: Vec<ScanItem>,
+    /// The [`param::START`] value (percent-encoded) that fetches the next page; `null` on
+    /// the last page.
+    pub next: Option<String>,
+}
+
+/// One pair of a scan page.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScanItem {
+    /// The key, written as `encoding` says.
+    pub key: String,
+    /// The value, written as `encoding` says.
+    pub value: String,
+    pub encoding: Encoding,
+}
+
+/// How bytes are written in JSON: text when they are UTF-8, so answers stay readable, and base64
+/// otherwise, so any bytes survive. A scan item uses one encoding for its key and its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    /// UTF-8 text, as is.
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// Base64 of bytes that are not UTF-8 (for a scan item: of both, when either is not).
+    #[serde(rename = "base64")]
+    Base64,
+}
+
+impl ScanItem {
+    /// Takes the pair's buffers over as strings when they are UTF-8, so a page is not copied.
+    pub fn new(key: Vec<u8>, value: Vec<u8>) -> Self {
+        match (String::from_utf8(key), String::from_utf8(value)) {
+            (Ok(key), Ok(value)) => ScanItem {
+                key,
+                value,
+                encoding: Encoding::Utf8,
+            },
+            (key, value) => {
+                let b64 = |text: Result<String, std::string::FromUtf8Error>| {
+                    let bytes = text.map_or_else(|e| e.into_bytes(), String::into_bytes);
+                    base64::engine::general_purpose::STANDARD.encode(bytes)
+                };
+                ScanItem {
+                    key: b64(key),
+                    value: b64(value),
+                    encoding: Encoding::Base64,
+                }
+            }
+        }
+    }
+}
+
+/// Percent-encodes every byte but ASCII letters and digits, so any key survives a URL path or
+/// query value (and decodes back exactly, as the API decodes both).
+pub fn percent_encode(bytes: &[u8]) -> String {
+    percent_encoding::percent_encode(bytes, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

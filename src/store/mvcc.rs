@@ -1,0 +1,589 @@
+//! The key space with its history (MVCC): what a revision is, how each change is recorded, and
+//! how reads at a revision, watch catch-up and compaction find their way through the records.
+//!
+//! Column families of the state machine database (all written in the apply's one WriteBatch):
+//!
+//! | family | key | value |
+//! | --- | --- | --- |
+//! | `data` | user key | [`Record`]: the key as it is now (current reads touch nothing else) |
+//! | `history` | [`history_key`]: escaped user key, then `!revision` | `Option<Record>`: the version made at that revision, `None` for a delete |
+//! | `events` | revision, change number (big-endian) | user key: what changed at each revision, in order |
+//! | `leases` | lease id (big-endian) | [`LeaseRecord`] |
+//! | `lease_keys` | lease id, user key | empty: the keys attached to each lease |
+//!
+//! The history key escapes the user key so that its encoding sorts like the key and is never a
+//! prefix of another key's: all versions of one key are adjacent, newest first, and a seek to
+//! `(key, !R)` lands on the newest version at or before revision R.
+//!
+//! Compaction to revision C is logical at once (`compact_revision`: reads and watches below it are
+//! refused) and physical in the background ([`trim_history`]): a version older than C is deleted
+//! once a newer version at or before C exists (or it is a delete, the newest before C), and the
+//! events before C go. Versions still visible at C or later are never touched, so reads at any
+//! revision from C on are unaffected by how far trimming has got.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::ops::Bound;
+
+use rocksdb::Direction;
+use rocksdb::IteratorMode;
+use rocksdb::ReadOptions;
+use rocksdb::WriteBatch;
+use rocksdb::DB;
+use serde::Deserialize;
+use serde::Serialize;
+
+use super::column_family;
+use super::decode;
+use super::encode;
+use crate::api::KeySpan;
+use crate::api::KeyValue;
+
+pub(super) const CF_DATA: &str = "data";
+pub(super) const CF_HISTORY: &str = "history";
+pub(super) const CF_EVENTS: &str = "events";
+pub(super) const CF_LEASES: &str = "leases";
+pub(super) const CF_LEASE_KEYS: &str = "lease_keys";
+/// The families holding the key space and leases, in the order a snapshot stream numbers them.
+pub(super) const MVCC_FAMILIES: &[&str] =
+    &[CF_DATA, CF_HISTORY, CF_EVENTS, CF_LEASES, CF_LEASE_KEYS];
+
+/// Meta keys (in the state machine's meta family) that belong to the key space and travel in
+/// snapshots with it.
+pub(super) const KEY_REVISION: &[u8] = b"revision";
+pub(super) const KEY_COMPACT_REVISION: &[u8] = b"compact_revision";
+/// History below this revision has been trimmed (see [`trim_history`]); local, not replicated.
+pub(super) const KEY_TRIMMED_TO: &[u8] = b"trimmed_to";
+
+/// A key's version as stored: everything of a [`KeyValue`] but the key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Record {
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+    pub value: Vec<u8>,
+}
+
+impl Record {
+    pub fn into_key_value(self, key: Vec<u8>) -> KeyValue {
+        KeyValue {
+            key,
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            value: self.value,
+            lease: self.lease,
+        }
+    }
+}
+
+/// A lease as stored: its TTL in seconds. Its expiry is not stored: only the leader counts it,
+/// and a new leader starts every lease's TTL afresh (see `store::lease`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct LeaseRecord {
+    pub ttl: i64,
+}
+
+/// The revision counters of a state, kept in its meta family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Revisions {
+    /// The newest revision: 1 for an empty store, one more for every write that changed a key.
+    pub current: i64,
+    /// Revisions below this have been compacted away; 0 or 1 when nothing has been.
+    pub compacted: i64,
+}
+
+/// Memcomparable encoding of `key` followed by the inverted `revision`: 0x00 becomes 0x00 0xff,
+/// and 0x00 0x00 ends the key.
+pub(super) fn history_key(key: &[u8], revision: i64) -> Vec<u8> {
+    let mut encoded = escaped_key(key);
+    encoded.extend_from_slice(&inverted(revision));
+    encoded
+}
+
+fn escaped_key(key: &[u8]) -> Vec<u8> {
+    let mut encoded = Vec::with_capacity(key.len() + 10);
+    for &byte in key {
+        encoded.push(byte);
+        if byte == 0 {
+            encoded.push(0xff);
+        }
+    }
+    encoded.extend_from_slice(&[0, 0]);
+    encoded
+}
+
+fn inverted(revision: i64) -> [u8; 8] {
+    (u64::MAX - revision.max(0) as u64).to_be_bytes()
+}
+
+/// Splits a history key into the user key and the revision.
+fn split_history_key(encoded: &[u8]) -> io::Result<(Vec<u8>, i64)> {
+    let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "malformed history key");
+    let mut key = Vec::with_capacity(encoded.len());
+    let mut i = 0;
+    loop {
+        match (encoded.get(i), encoded.get(i + 1)) {
+            (Some(0), Some(0)) => break,
+            (Some(0), Some(0xff)) => {
+                key.push(0);
+                i += 2;
+            }
+            (Some(&byte), _) if byte != 0 => {
+                key.push(byte);
+                i += 1;
+            }
+            _ => return Err(corrupt()),
+        }
+    }
+    let rest: [u8; 8] = encoded
+        .get(i + 2..)
+        .and_then(|rest| rest.try_into().ok())
+        .ok_or_else(corrupt)?;
+    let revision = u64::MAX - u64::from_be_bytes(rest);
+    Ok((key, i64::try_from(revision).map_err(|_| corrupt())?))
+}
+
+/// Where the change numbered `change` of `revision` is recorded in the events family.
+pub(super) fn event_key(revision: i64, change: u32) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..8].copy_from_slice(&(revision.max(0) as u64).to_be_bytes());
+    key[8..].copy_from_slice(&change.to_be_bytes());
+    key
+}
+
+fn split_event_key(key: &[u8]) -> io::Result<i64> {
+    key.get(..8)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(|bytes| u64::from_be_bytes(bytes) as i64)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed event key"))
+}
+
+pub(super) fn lease_key(id: i64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+pub(super) fn lease_key_entry(id: i64, key: &[u8]) -> Vec<u8> {
+    let mut entry = lease_key(id).to_vec();
+    entry.extend_from_slice(key);
+    entry
+}
+
+/// Maps RocksDB's "not in memory" answer (a read with `ReadTier::BlockCache` that would need the
+/// disk) to `WouldBlock`, so a caller can tell it from a real failure and retry off the worker.
+pub(super) fn read_err(err: rocksdb::Error) -> io::Error {
+    if err.kind() == rocksdb::ErrorKind::Incomplete {
+        io::Error::new(io::ErrorKind::WouldBlock, "needs a disk read")
+    } else {
+        super::io_err(err)
+    }
+}
+
+/// One column family's pending writes of a batch being built, readable before they are written.
+type PendingFamily = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// A database seen through the writes of a batch not yet written: every write is remembered, so
+/// later commands of the same batch read it (RocksDB cannot, until the batch is written), and can
+/// be undone back to a savepoint (a refused request leaves no trace). Only the last write of each
+/// key matters, so the batch is made from what is remembered, at the end.
+pub(super) struct Overlay<'db> {
+    pub db: &'db DB,
+    read_options: fn() -> ReadOptions,
+    pending: BTreeMap<&'static str, PendingFamily>,
+    /// While a savepoint is set: what each write replaced in `pending`, newest last.
+    undo: Option<Vec<(&'static str, Vec<u8>, Option<Option<Vec<u8>>>)>>,
+}
+
+impl<'db> Overlay<'db> {
+    /// `read_options` makes the options of every read (the apply path first tries memory only).
+    pub fn new(db: &'db DB, read_options: fn() -> ReadOptions) -> Self {
+        Overlay {
+            db,
+            read_options,
+            pending: BTreeMap::new(),
+            undo: None,
+        }
+    }
+
+    pub fn put(&mut self, family: &'static str, key: &[u8], value: Vec<u8>) -> io::Result<()> {
+        self.remember(family, key, Some(value));
+        Ok(())
+    }
+
+    pub fn delete(&mut self, family: &'static str, key: &[u8]) -> io::Result<()> {
+        self.remember(family, key, None);
+        Ok(())
+    }
+
+    fn remember(&mut self, family: &'static str, key: &[u8], value: Option<Vec<u8>>) {
+        let replaced = self
+            .pending
+            .entry(family)
+            .or_default()
+            .insert(key.to_vec(), value);
+        if let Some(undo) = &mut self.undo {
+            undo.push((family, key.to_vec(), replaced));
+        }
+    }
+
+    /// Starts remembering how to undo the writes that follow.
+    pub fn savepoint(&mut self) {
+        self.undo = Some(Vec::new());
+    }
+
+    /// Undoes every write since the savepoint, and ends it.
+    pub fn rollback(&mut self) {
+        for (family, key, replaced) in self.undo.take().into_iter().flatten().rev() {
+            let pending = self.pending.entry(family).or_default();
+            match replaced {
+                Some(previous) => pending.insert(key, previous),
+                None => pending.remove(&key),
+            };
+        }
+    }
+
+    /// Keeps the writes since the savepoint, and ends it.
+    pub fn release(&mut self) {
+        self.undo = None;
+    }
+
+    /// The batch of every write made.
+    pub fn into_batch(self) -> io::Result<WriteBatch> {
+        let mut batch = WriteBatch::default();
+        for (family, pending) in self.pending {
+            let cf = column_family(self.db, family)?;
+            for (key, value) in pending {
+                match value {
+                    Some(value) => batch.put_cf(cf, key, value),
+                    None => batch.delete_cf(cf, key),
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    pub fn get(&self, family: &'static str, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        if let Some(pending) = self.pending.get(family).and_then(|p| p.get(key)) {
+            return Ok(pending.clone());
+        }
+        self.db
+            .get_cf_opt(column_family(self.db, family)?, key, &(self.read_options)())
+            .map_err(read_err)
+    }
+
+    /// Calls `visit` with every pair of `family` from `start` on, in key order, until it returns
+    /// false: the database's pairs merged with the pending writes.
+    pub fn scan(
+        &self,
+        family: &'static str,
+        start: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> io::Result<bool>,
+    ) -> io::Result<()> {
+        let empty = PendingFamily::new();
+        let pending = self.pending.get(family).unwrap_or(&empty);
+        let mut pending = pending
+            .range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
+            .peekable();
+        let mut stored = self.db.iterator_cf_opt(
+            column_family(self.db, family)?,
+            (self.read_options)(),
+            IteratorMode::From(start, Direction::Forward),
+        );
+        let mut next_stored = stored.next().transpose().map_err(read_err)?;
+        loop {
+            let take_pending = match (&next_stored, pending.peek()) {
+                (None, None) => return Ok(()),
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((key, _)), Some((pending_key, _))) => pending_key.as_slice() <= &key[..],
+            };
+            let keep_going = if take_pending {
+                let Some((key, value)) = pending.next() else {
+                    return Ok(());
+                };
+                if next_stored
+                    .as_ref()
+                    .is_some_and(|(stored_key, _)| stored_key[..] == key[..])
+                {
+                    next_stored = stored.next().transpose().map_err(read_err)?;
+                }
+                match value {
+                    Some(value) => visit(key, value)?,
+                    None => true,
+                }
+            } else {
+                let Some((key, value)) = next_stored.take() else {
+                    return Ok(());
+                };
+                next_stored = stored.next().transpose().map_err(read_err)?;
+                visit(&key, &value)?
+            };
+            if !keep_going {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The current record of `key`.
+    pub fn record(&self, key: &[u8]) -> io::Result<Option<Record>> {
+        self.get(CF_DATA, key)?
+            .map(|bytes| decode(&bytes))
+            .transpose()
+    }
+
+    /// Every current key in `span` with its record, in key order.
+    pub fn records_in(&self, span: &KeySpan<'_>) -> io::Result<Vec<(Vec<u8>, Record)>> {
+        if let KeySpan::One(key) = span {
+            return Ok(self
+                .record(key)?
+                .map(|record| (key.to_vec(), record))
+                .into_iter()
+                .collect());
+        }
+        let mut found = Vec::new();
+        if span.is_empty() {
+            return Ok(found);
+        }
+        self.scan(CF_DATA, span.start(), |key, value| {
+            if span.is_past(key) {
+                return Ok(false);
+            }
+            found.push((key.to_vec(), decode(value)?));
+            Ok(true)
+        })?;
+        Ok(found)
+    }
+}
+
+/// What a read at some revision finds: the keys in `span` as they were at `revision`, in key
+/// order, one visit per key (`visit` returns false to stop). `revision` must not be compacted.
+pub(super) fn visit_at_revision(
+    db: &DB,
+    options: impl Fn() -> ReadOptions,
+    span: &KeySpan<'_>,
+    revision: i64,
+    mut visit: impl FnMut(Vec<u8>, Record) -> io::Result<bool>,
+) -> io::Result<()> {
+    if span.is_empty() {
+        return Ok(());
+    }
+    let history = column_family(db, CF_HISTORY)?;
+    let mut iter = db.raw_iterator_cf_opt(history, options());
+    iter.seek(escaped_key(span.start()));
+    loop {
+        iter.status().map_err(super::io_err)?;
+        let Some(encoded) = iter.key() else {
+            return Ok(());
+        };
+        let (key, found_revision) = split_history_key(encoded)?;
+        if span.is_past(&key) {
+            return Ok(());
+        }
+        if found_revision > revision {
+            // Newer than wanted: the newest version at or before `revision`, if any, follows.
+            iter.seek(history_key(&key, revision));
+            let at_key = match iter.key() {
+                Some(encoded) => split_history_key(encoded)?.0 == key,
+                None => false,
+            };
+            if !at_key {
+                continue;
+            }
+        }
+        let version: Option<Record> = match iter.value() {
+            Some(bytes) => decode(bytes)?,
+            None => None,
+        };
+        if let Some(record) = version {
+            if span.contains(&key) && !visit(key.clone(), record)? {
+                return Ok(());
+            }
+        }
+        // Past every version of this key: its encoding followed by the largest inverted revision.
+        let mut next = escaped_key(&key);
+        next.extend_from_slice(&[0xff; 8]);
+        iter.seek(next);
+    }
+}
+
+/// The version of `key` in force at `revision` (`None`: absent then).
+pub(super) fn version_at(
+    db: &DB,
+    options: &impl Fn() -> ReadOptions,
+    key: &[u8],
+    revision: i64,
+) -> io::Result<Option<Record>> {
+    if revision <= 0 {
+        return Ok(None);
+    }
+    let history = column_family(db, CF_HISTORY)?;
+    let mut iter = db.raw_iterator_cf_opt(history, options());
+    iter.seek(history_key(key, revision));
+    iter.status().map_err(super::io_err)?;
+    match (iter.key(), iter.value()) {
+        (Some(encoded), Some(bytes)) if split_history_key(encoded)?.0 == key => decode(bytes),
+        _ => Ok(None),
+    }
+}
+
+/// One change recorded in the events family, with the version it made.
+pub(super) struct StoredChange {
+    pub revision: i64,
+    pub key: Vec<u8>,
+    /// `None` for a delete.
+    pub version: Option<Record>,
+}
+
+/// The changes of whole revisions from `from` on, in order: at most about `max_changes` (a
+/// revision is never split) and none after `to`. Keys outside `span` are skipped. Also returns,
+/// when it stopped at `max_changes`, the last revision it read (the next read starts after it).
+pub(super) fn changes_between(
+    db: &DB,
+    options: &impl Fn() -> ReadOptions,
+    span: &KeySpan<'_>,
+    from: i64,
+    to: i64,
+    max_changes: usize,
+) -> io::Result<(Vec<StoredChange>, Option<i64>)> {
+    let events = column_family(db, CF_EVENTS)?;
+    let mut found = Vec::new();
+    let mut scanned = 0usize;
+    let mut last_revision = None;
+    for item in db.iterator_cf_opt(
+        events,
+        options(),
+        IteratorMode::From(&event_key(from, 0), Direction::Forward),
+    ) {
+        let (event, key) = item.map_err(super::io_err)?;
+        let revision = split_event_key(&event)?;
+        if revision > to {
+            break;
+        }
+        if scanned >= max_changes && last_revision != Some(revision) {
+            return Ok((found, last_revision));
+        }
+        scanned += 1;
+        last_revision = Some(revision);
+        if !span.contains(&key) {
+            continue;
+        }
+        let version = version_exact(db, options, &key, revision)?;
+        found.push(StoredChange {
+            revision,
+            key: key.into_vec(),
+            version,
+        });
+    }
+    Ok((found, None))
+}
+
+/// The version of `key` made exactly at `revision` (`None` for a delete).
+fn version_exact(
+    db: &DB,
+    options: &impl Fn() -> ReadOptions,
+    key: &[u8],
+    revision: i64,
+) -> io::Result<Option<Record>> {
+    let history = column_family(db, CF_HISTORY)?;
+    match db
+        .get_cf_opt(history, history_key(key, revision), &options())
+        .map_err(super::io_err)?
+    {
+        Some(bytes) => decode(&bytes),
+        None => Ok(None),
+    }
+}
+
+/// Deletes, in one batch, the history made unreachable by compacting to `compact_to`, starting at
+/// the events of revision `from`: at most about `max_changes` events. Returns the revision
+/// trimmed up to (exclusive), to be passed as `from` next time; it is recorded in the batch too.
+pub(super) fn trim_history(
+    db: &DB,
+    meta: &rocksdb::ColumnFamily,
+    from: i64,
+    compact_to: i64,
+    max_changes: usize,
+) -> io::Result<i64> {
+    let events = column_family(db, CF_EVENTS)?;
+    let history = column_family(db, CF_HISTORY)?;
+    let mut batch = WriteBatch::default();
+    let mut trimmed_to = compact_to;
+    let mut count = 0usize;
+    let mut last_revision = None;
+    for item in db.iterator_cf(
+        events,
+        IteratorMode::From(&event_key(from, 0), Direction::Forward),
+    ) {
+        let (event, key) = item.map_err(super::io_err)?;
+        let revision = split_event_key(&event)?;
+        if revision >= compact_to {
+            break;
+        }
+        if count >= max_changes && last_revision != Some(revision) {
+            trimmed_to = revision;
+            break;
+        }
+        count += 1;
+        last_revision = Some(revision);
+        let mut newest = db.raw_iterator_cf(history);
+        newest.seek(history_key(&key, compact_to));
+        let (newest_key, newest_revision) = match newest.key() {
+            Some(encoded) => split_history_key(encoded)?,
+            None => (Vec::new(), 0),
+        };
+        let newest_is_delete = newest
+            .value()
+            .is_some_and(|v| decode::<Option<Record>>(v).is_ok_and(|version| version.is_none()));
+        let superseded = newest_key != key[..] || newest_revision != revision;
+        if superseded || newest_is_delete {
+            batch.delete_cf(history, history_key(&key, revision));
+        }
+        batch.delete_cf(events, event);
+    }
+    batch.put_cf(meta, KEY_TRIMMED_TO, encode(&trimmed_to)?);
+    super::write_until_space(
+        "history compaction",
+        db,
+        batch,
+        &rocksdb::WriteOptions::default(),
+    )?;
+    Ok(trimmed_to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_keys_sort_by_key_then_newest_first() {
+        let mut keys = vec![
+            history_key(b"a", 1),
+            history_key(b"a", 7),
+            history_key(b"a\0", 3),
+            history_key(b"ab", 2),
+            history_key(b"", 5),
+            history_key(b"b", 1),
+        ];
+        keys.sort();
+        let decoded: Vec<_> = keys.iter().map(|k| split_history_key(k).unwrap()).collect();
+        assert_eq!(
+            decoded,
+            vec![
+                (b"".to_vec(), 5),
+                (b"a".to_vec(), 7),
+                (b"a".to_vec(), 1),
+                (b"a\0".to_vec(), 3),
+                (b"ab".to_vec(), 2),
+                (b"b".to_vec(), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_history_keys_are_errors() {
+        for bad in [&b"abc"[..], b"a\0\x01", b"a\0\0\x01\x02"] {
+            assert!(split_history_key(bad).is_err(), "{bad:?}");
+        }
+    }
+}
