@@ -63,6 +63,7 @@ mod membership;
 mod watch;
 
 pub use compaction::AutoCompaction;
+pub use watch::StoreFigures;
 pub use watch::WatchStream;
 
 pub use membership::MemberInfo;

@@ -65,6 +65,11 @@ pub async fn render(handle: &PrometheusHandle, node: &Node) -> String {
     metrics::gauge!("ondisk_raft_snapshot_index").set(index(status.last_snapshot_index));
     metrics::gauge!("ondisk_raft_purged_index").set(index(status.purged));
     metrics::gauge!("ondisk_raft_first_log_index").set(status.first_log_index as f64);
+    let store = node.store_figures();
+    metrics::gauge!("ondisk_revision").set(store.revision as f64);
+    metrics::gauge!("ondisk_compact_revision").set(store.compact_revision as f64);
+    metrics::gauge!("ondisk_watches").set(store.watches as f64);
+    metrics::gauge!("ondisk_leases").set(store.leases as f64);
     metrics::counter!("ondisk_snapshots_built_total").absolute(status.snapshots_built);
     metrics::counter!("ondisk_snapshots_installed_total").absolute(status.snapshots_installed);
     metrics::counter!("ondisk_snapshots_sent_total").absolute(status.snapshots_sent);

@@ -33,9 +33,19 @@ impl Node {
         request: api::RangeRequest,
         max_bytes: usize,
     ) -> Result<api::RangeResponse> {
+        self.range_named("range", request, max_bytes).await
+    }
+
+    /// [`Node::range`], with `op` naming it in errors.
+    async fn range_named(
+        &self,
+        op: &'static str,
+        request: api::RangeRequest,
+        max_bytes: usize,
+    ) -> Result<api::RangeResponse> {
         api::validate_range(&request).map_err(invalid)?;
         if !request.serializable && self.fault != Some(InjectedFault::StaleReads) {
-            self.read_barrier("range").await?;
+            self.read_barrier(op).await?;
         }
         let mut response = self
             .read_state(move |state| state.range(&request, max_bytes))
@@ -50,7 +60,7 @@ impl Node {
             key: key.to_vec(),
             ..api::RangeRequest::default()
         };
-        let response = self.range(request, usize::MAX).await?;
+        let response = self.range_named("get", request, usize::MAX).await?;
         Ok(response.kvs.into_iter().next().map(|kv| kv.value))
     }
 

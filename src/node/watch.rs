@@ -36,7 +36,28 @@ impl WatchStream {
     }
 }
 
+/// The key space's figures on this member, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreFigures {
+    pub revision: i64,
+    pub compact_revision: i64,
+    pub watches: usize,
+    pub leases: usize,
+}
+
 impl Node {
+    /// The revision counters, watches and leases on this member (zero revisions if the state
+    /// cannot be read).
+    pub fn store_figures(&self) -> StoreFigures {
+        let revisions = self.state.revisions().unwrap_or_default();
+        StoreFigures {
+            revision: revisions.current,
+            compact_revision: revisions.compacted,
+            watches: self.state.watch_hub().watches(),
+            leases: self.state.leases().len(),
+        }
+    }
+
     /// Starts a watch of `request`'s keys from its start revision (see `api::watch` for what it
     /// promises). Progress notifications, when asked for, come after the node's
     /// `-watch-progress-notify-interval` without changes.

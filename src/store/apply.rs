@@ -366,12 +366,13 @@ impl<'db> Applier<'db> {
         Ok(Ok(response))
     }
 
-    /// Whether `compare` holds for every key it names (for a range, every key present in it; an
-    /// absent single key compares as zero revisions and version, and fails value comparisons).
+    /// Whether `compare` holds for every key it names (for a range, every key present in it). As
+    /// in etcd, no key at all compares as zero revisions, version and lease, and fails value
+    /// comparisons.
     fn holds(&self, compare: &Compare) -> io::Result<bool> {
         let span = KeySpan::new(&compare.key, &compare.range_end);
         let found = self.overlay.records_in(&span)?;
-        if let (KeySpan::One(_), true) = (&span, found.is_empty()) {
+        if found.is_empty() {
             return Ok(match &compare.target {
                 CompareTarget::Value(_) => false,
                 _ => compares(0i64.cmp(&operand(&compare.target)), compare.result),

@@ -134,6 +134,16 @@ impl LeaseTable {
         expired.into_iter().take(max).map(|(_, id)| id).collect()
     }
 
+    /// How many leases are in force.
+    pub fn len(&self) -> usize {
+        self.lock().leases.len()
+    }
+
+    /// Whether no lease is in force.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Every lease id, in order.
     pub fn ids(&self) -> Vec<i64> {
         let mut ids: Vec<i64> = self.lock().leases.keys().copied().collect();

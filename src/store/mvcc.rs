@@ -183,6 +183,10 @@ pub(super) fn read_err(err: rocksdb::Error) -> io::Error {
 /// One column family's pending writes of a batch being built, readable before they are written.
 type PendingFamily = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// How to undo one write: the family, the key, and what `pending` held for it before (`None`:
+/// nothing).
+type Undo = (&'static str, Vec<u8>, Option<Option<Vec<u8>>>);
+
 /// A database seen through the writes of a batch not yet written: every write is remembered, so
 /// later commands of the same batch read it (RocksDB cannot, until the batch is written), and can
 /// be undone back to a savepoint (a refused request leaves no trace). Only the last write of each
@@ -192,7 +196,7 @@ pub(super) struct Overlay<'db> {
     read_options: fn() -> ReadOptions,
     pending: BTreeMap<&'static str, PendingFamily>,
     /// While a savepoint is set: what each write replaced in `pending`, newest last.
-    undo: Option<Vec<(&'static str, Vec<u8>, Option<Option<Vec<u8>>>)>>,
+    undo: Option<Vec<Undo>>,
 }
 
 impl<'db> Overlay<'db> {
@@ -448,13 +452,13 @@ pub(super) fn changes_between(
 ) -> io::Result<(Vec<StoredChange>, Option<i64>)> {
     let events = column_family(db, CF_EVENTS)?;
     let mut found = Vec::new();
-    let mut scanned = 0usize;
     let mut last_revision = None;
-    for item in db.iterator_cf_opt(
+    let changes = db.iterator_cf_opt(
         events,
         options(),
         IteratorMode::From(&event_key(from, 0), Direction::Forward),
-    ) {
+    );
+    for (scanned, item) in changes.enumerate() {
         let (event, key) = item.map_err(super::io_err)?;
         let revision = split_event_key(&event)?;
         if revision > to {
@@ -463,7 +467,6 @@ pub(super) fn changes_between(
         if scanned >= max_changes && last_revision != Some(revision) {
             return Ok((found, last_revision));
         }
-        scanned += 1;
         last_revision = Some(revision);
         if !span.contains(&key) {
             continue;
@@ -509,12 +512,12 @@ pub(super) fn trim_history(
     let history = column_family(db, CF_HISTORY)?;
     let mut batch = WriteBatch::default();
     let mut trimmed_to = compact_to;
-    let mut count = 0usize;
     let mut last_revision = None;
-    for item in db.iterator_cf(
+    let changes = db.iterator_cf(
         events,
         IteratorMode::From(&event_key(from, 0), Direction::Forward),
-    ) {
+    );
+    for (count, item) in changes.enumerate() {
         let (event, key) = item.map_err(super::io_err)?;
         let revision = split_event_key(&event)?;
         if revision >= compact_to {
@@ -524,7 +527,6 @@ pub(super) fn trim_history(
             trimmed_to = revision;
             break;
         }
-        count += 1;
         last_revision = Some(revision);
         let mut newest = db.raw_iterator_cf(history);
         newest.seek(history_key(&key, compact_to));
@@ -557,7 +559,7 @@ mod tests {
 
     #[test]
     fn history_keys_sort_by_key_then_newest_first() {
-        let mut keys = vec![
+        let mut keys = [
             history_key(b"a", 1),
             history_key(b"a", 7),
             history_key(b"a\0", 3),

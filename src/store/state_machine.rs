@@ -1382,12 +1382,86 @@ mod tests {
                         }
                         api::EventKind::Delete => proptest::prop_assert!(!after.contains_key(key)),
                     }
-                    if changed.revision - 1 >= compact_to {
+                    if changed.revision > compact_to {
                         proptest::prop_assert_eq!(event.prev_kv.as_ref(), before.get(key));
                     }
                 }
             }
         }
+    }
+
+    /// A backup made before revisions (a version 2 stream of plain pairs) restores as the state
+    /// at revision 1: every key created then, readable at revision 1, with its history.
+    #[tokio::test]
+    async fn a_backup_from_before_revisions_restores_at_revision_1() {
+        let mut stream = Vec::new();
+        let mut crc = crc32fast::Hasher::new();
+        let mut put = |bytes: &[u8]| {
+            crc.update(bytes);
+            stream.extend_from_slice(bytes);
+        };
+        let meta = SnapshotMeta {
+            last_log_id: Some(openraft::testing::log_id::<TypeConfig>(2, 1, 40)),
+            last_membership: StoredMembership::default(),
+        };
+        let meta = encode(&meta).unwrap();
+        put(b"ONDISKSN");
+        put(&2u32.to_be_bytes());
+        put(&(meta.len() as u32).to_be_bytes());
+        put(&meta);
+        for (key, value) in [(&b"a"[..], &b"1"[..]), (b"b", b"\xff")] {
+            put(&[1]);
+            put(&(key.len() as u32).to_be_bytes());
+            put(key);
+            put(&(value.len() as u32).to_be_bytes());
+            put(value);
+        }
+        put(&[0]);
+        put(&2u64.to_be_bytes());
+        let checksum = crc.finalize();
+        stream.extend_from_slice(&checksum.to_be_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("old.snap");
+        fs::write(&file, &stream).unwrap();
+
+        let mut driven = Driven::new();
+        let membership = crate::types::Membership::new(
+            vec![BTreeSet::from([1])],
+            BTreeMap::from([(1, crate::types::Member::default())]),
+        )
+        .unwrap();
+        driven.store.restore(file, membership).await.unwrap();
+        assert_eq!(driven.store.reader().revisions().unwrap().current, 1);
+        let kvs = driven.range_at(1).unwrap();
+        let keys: Vec<_> = kvs
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key.clone(),
+                    kv.value.clone(),
+                    kv.create_revision,
+                    kv.version,
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (b"a".to_vec(), b"1".to_vec(), 1, 1),
+                (b"b".to_vec(), b"\xff".to_vec(), 1, 1)
+            ]
+        );
+        let (changes, _) = driven
+            .store
+            .reader()
+            .changes_since(&[0], &[0], 1, 1, 100, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            changes[0].events.len(),
+            2,
+            "both keys were created at revision 1"
+        );
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct WatchHub {
     /// Subscribers, readable without the lock: the apply path collects events only when some
     /// watcher could want them.
     subscribers: AtomicUsize,
+    /// Watches running, live or catching up: for the node's metrics.
+    watches: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -87,7 +89,13 @@ impl WatchHub {
                 subscribers: HashMap::new(),
             }),
             subscribers: AtomicUsize::new(0),
+            watches: AtomicUsize::new(0),
         }
+    }
+
+    /// Watches running on this member.
+    pub fn watches(&self) -> usize {
+        self.watches.load(Ordering::Relaxed)
     }
 
     /// Whether any watcher is subscribed, so that applying should collect events.
@@ -214,6 +222,7 @@ pub async fn run_watch(
     progress_every: Duration,
 ) {
     let hub = reader.watch_hub();
+    let _running = Running::new(&hub);
     let (mut subscription, mut published) = hub.subscribe(&request.key, &request.range_end);
     let mut next = if request.start_revision > 0 {
         request.start_revision
@@ -265,6 +274,22 @@ pub async fn run_watch(
         },
     };
     let _ = out.send(last).await;
+}
+
+/// Counts a watch as running for as long as it lives.
+struct Running<'a>(&'a WatchHub);
+
+impl<'a> Running<'a> {
+    fn new(hub: &'a WatchHub) -> Self {
+        hub.watches.fetch_add(1, Ordering::Relaxed);
+        Running(hub)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.watches.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn header(revision: i64) -> ResponseHeader {
