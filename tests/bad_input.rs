@@ -441,7 +441,13 @@ fn malformed_api_requests_are_refused_with_4xx_and_change_nothing() {
             400,
             "invalid body",
         ),
-        ("POST", "/v1/compact", b"[]".to_vec(), 400, "invalid body"),
+        (
+            "POST",
+            "/v1/compact",
+            br#"{"revision":"5"}"#.to_vec(),
+            400,
+            "invalid body",
+        ),
         ("DELETE", "/v1/leases/abc", Vec::new(), 400, "lease id"),
         (
             "POST",

@@ -284,6 +284,14 @@ fn a_lease_left_alone_still_expires_when_its_leader_crashes() {
     cluster.kill(leader);
     let new_leader = cluster.wait_for_leader();
     let elected_by = Instant::now();
+    // The new leader counts the lease's TTL afresh from its election, not from the grant.
+    let answer = get(&cluster, new_leader, "orphan");
+    assert_eq!(
+        answer.status,
+        200,
+        "expired at the election: {}",
+        answer.text()
+    );
     let took = wait_gone(&cluster, new_leader, "orphan", elected_by);
     assert!(
         took <= expiry_bound(TTL),
