@@ -29,6 +29,7 @@ const EXPIRY_SLACK: Duration = Duration::from_secs(2);
 /// How long a test waits for an expiry before giving up (the bound itself is asserted after).
 const EXPIRY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The election timeout every test node runs with.
 fn election_timeout() -> Duration {
     humantime::parse_duration(common::NODE_ELECTION_TIMEOUT).expect("a duration")
 }
@@ -39,22 +40,26 @@ fn expiry_bound(ttl: i64) -> Duration {
     Duration::from_secs(ttl as u64) + 2 * election_timeout() + EXPIRY_SLACK
 }
 
+/// Node `id`'s URL for `path`.
 fn url(cluster: &Cluster, id: usize, path: &str) -> String {
     format!("http://{}{}", cluster.http_addr(id), path)
 }
 
+/// Grants a lease through node `id`; panics unless it answers 200.
 fn grant(cluster: &Cluster, id: usize, request: LeaseGrantRequest) -> LeaseGrantResponse {
     let answer = http_json("POST", &url(cluster, id, "/v1/leases"), &request);
     assert_eq!(answer.status, 200, "grant: {}", answer.text());
     serde_json::from_slice(&answer.body).expect("a LeaseGrantResponse")
 }
 
+/// Grants a lease of `ttl` seconds with an id the cluster chooses; its id.
 fn grant_ttl(cluster: &Cluster, id: usize, ttl: i64) -> i64 {
     let granted = grant(cluster, id, LeaseGrantRequest { ttl, id: 0 });
     assert_eq!(granted.ttl, ttl, "{granted:?}");
     granted.id
 }
 
+/// Puts `key` (its own name as the value) attached to `lease`.
 fn put_with_lease(cluster: &Cluster, id: usize, key: &str, lease: i64) -> Answer {
     http(
         "PUT",
@@ -63,10 +68,12 @@ fn put_with_lease(cluster: &Cluster, id: usize, key: &str, lease: i64) -> Answer
     )
 }
 
+/// A linearizable read of `key` on node `id`.
 fn get(cluster: &Cluster, id: usize, key: &str) -> Answer {
     http("GET", &url(cluster, id, &format!("/v1/kv/{key}")), b"")
 }
 
+/// One keep-alive of `lease` through node `id`.
 fn keep_alive(cluster: &Cluster, id: usize, lease: i64) -> Answer {
     http(
         "POST",
@@ -90,7 +97,7 @@ fn wait_gone(cluster: &Cluster, id: usize, key: &str, since: Instant) -> Duratio
 }
 
 /// Renews a lease every TTL/3 from a thread of its own, through whichever node answers, until
-/// dropped. Any answer but 200 from a live node that knows the lease is recorded as a failure.
+/// dropped. A renewal refused with 404 (the lease is gone) is recorded as a failure.
 struct KeepAlive {
     stop: Arc<AtomicBool>,
     failures: Arc<Mutex<Vec<String>>>,
@@ -101,6 +108,8 @@ impl KeepAlive {
     fn start(cluster: &Cluster, lease: i64) -> KeepAlive {
         /// Bounds the thread even if a test forgets to stop it.
         const MAX_RUN: Duration = Duration::from_secs(120);
+        /// Between rounds in which no node renewed the lease (during an election).
+        const RETRY: Duration = Duration::from_millis(100);
         let urls: Vec<String> = cluster
             .ids()
             .into_iter()
@@ -131,9 +140,7 @@ impl KeepAlive {
                             _ => false,
                         }
                     });
-                    if renewed {
-                        next = Instant::now() + period;
-                    }
+                    next = Instant::now() + if renewed { period } else { RETRY };
                 }
             })
         };
@@ -186,15 +193,7 @@ fn a_lease_kept_alive_outlives_a_crash_of_the_leader() {
     keeper.stop();
     let answer = get(&cluster, new_leader, "kept");
     assert_eq!(answer.status, 200, "{}", answer.text());
-    assert_eq!(header_number(&answer, header::LEASE), lease);
-}
-
-fn header_number(answer: &Answer, name: &str) -> i64 {
-    answer
-        .headers
-        .get(name)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or_else(|| panic!("no numeric {name} header: {}", answer.text()))
+    assert_eq!(answer.number_header(header::LEASE), lease);
 }
 
 #[test]
@@ -324,10 +323,7 @@ fn time_to_live_lists_a_leases_keys_revoke_deletes_them_and_unknown_leases_answe
     for key in ["l/b", "l/a"] {
         assert_eq!(put_with_lease(&cluster, 3, key, LEASE).status, 204);
     }
-    assert_eq!(
-        header_number(&get(&cluster, 1, "l/a"), header::LEASE),
-        LEASE
-    );
+    assert_eq!(get(&cluster, 1, "l/a").number_header(header::LEASE), LEASE);
 
     let answer = http(
         "GET",

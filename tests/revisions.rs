@@ -21,16 +21,9 @@ use ondisk::api::{
 /// How long a watch may take to report a change made elsewhere.
 const WATCH_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Node `id`'s URL for `path`.
 fn url(cluster: &Cluster, id: usize, path: &str) -> String {
     format!("http://{}{}", cluster.http_addr(id), path)
-}
-
-fn header_number(answer: &Answer, name: &str) -> i64 {
-    answer
-        .headers
-        .get(name)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or_else(|| panic!("no numeric {name} header: {}", answer.text()))
 }
 
 /// Puts `key` through node `id` and returns the revision the put created.
@@ -46,6 +39,7 @@ fn put(cluster: &Cluster, id: usize, key: &str, value: &str) -> i64 {
     answer.header.revision
 }
 
+/// A transaction's put of a UTF-8 pair.
 fn put_op(key: &str, value: &str) -> RequestOp {
     RequestOp::Put(PutRequest {
         key: key.into(),
@@ -54,6 +48,7 @@ fn put_op(key: &str, value: &str) -> RequestOp {
     })
 }
 
+/// Runs a transaction through node `id`; panics unless it answers 200.
 fn txn(cluster: &Cluster, id: usize, request: &TxnRequest) -> TxnResponse {
     let answer = http_json("POST", &url(cluster, id, "/v1/txn"), request);
     assert_eq!(answer.status, 200, "txn: {}", answer.text());
@@ -146,11 +141,11 @@ impl History {
                 answer.text()
             );
             assert_eq!(answer.text(), value, "node {id} at {revision}");
-            assert_eq!(header_number(&answer, header::MOD_REVISION), revision);
-            assert_eq!(header_number(&answer, header::CREATE_REVISION), first);
-            assert_eq!(header_number(&answer, header::VERSION), version as i64 + 1);
+            assert_eq!(answer.number_header(header::MOD_REVISION), revision);
+            assert_eq!(answer.number_header(header::CREATE_REVISION), first);
+            assert_eq!(answer.number_header(header::VERSION), version as i64 + 1);
             assert!(
-                header_number(&answer, header::REVISION) >= third,
+                answer.number_header(header::REVISION) >= third,
                 "the store's revision"
             );
         }
@@ -174,6 +169,7 @@ impl History {
     }
 }
 
+/// Values of the writes that push the log past a snapshot point.
 fn filler(i: usize) -> Vec<u8> {
     format!("filler-{i}").into_bytes()
 }
@@ -401,6 +397,7 @@ fn watches_over_http_see_changes_made_elsewhere_whole_revisions_history_and_prog
     assert_eq!(note.header.revision, last);
 }
 
+/// An equality comparison of one key.
 fn compare(key: &str, target: CompareTarget) -> Compare {
     Compare {
         key: key.into(),
@@ -436,7 +433,7 @@ fn transactions_compare_value_version_absence_and_mod_revision_and_commit_at_one
         let answer = http("GET", &url(&cluster, 3, &format!("/v1/kv/{key}")), b"");
         assert_eq!(answer.text(), value);
         assert_eq!(
-            header_number(&answer, header::MOD_REVISION),
+            answer.number_header(header::MOD_REVISION),
             revision,
             "{key}"
         );

@@ -37,6 +37,14 @@ impl Answer {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// A header holding a number; panics with the body if it is absent or not a number.
+    pub fn number_header(&self, name: &str) -> i64 {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or_else(|| panic!("no numeric {name} header: {}", self.text()))
+    }
+
     /// The body as JSON; panics with the body if it is not JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
