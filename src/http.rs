@@ -577,7 +577,15 @@ async fn scan(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Respons
             serializable: query.stale()?,
             ..api::RangeRequest::default()
         };
+        let read_at = request.revision;
         let answer = api.node.range(request, SCAN_PAGE_BYTES).await?;
+        // The answer's header holds the store's current revision (etcd's rule), which is not the
+        // one a page read at a past revision reflects.
+        let revision = if read_at > 0 {
+            read_at
+        } else {
+            answer.header.revision
+        };
         // The smallest key after the page's last: where the next page starts.
         let next = answer
             .kvs
@@ -591,7 +599,7 @@ async fn scan(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Respons
             .collect();
         Ok(Json(ScanAnswer {
             count: items.len(),
-            revision: answer.header.revision,
+            revision,
             items,
             next: next.map(|key| percent_encode(&key)),
         })

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::http::http;
 use common::{Cluster, Node, NodeSpec, Tmpfs};
+use ondisk::api::http::{ErrorBody, ScanAnswer};
+use ondisk::api::LeaseLeasesResponse;
 
 /// How long a raw socket waits for the node to answer or close.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -281,6 +283,215 @@ fn malformed_and_oversized_http_requests_get_4xx_answers_and_the_node_keeps_serv
     assert!(cluster.is_running(1), "{}", cluster.diagnostics());
     assert_eq!(http("GET", &format!("{base}/v1/status"), b"").status, 200);
     assert_cluster_serves(&mut cluster, "after-http-garbage");
+}
+
+/// The current revision, every pair and every lease, as node `id` reads them: what a refused
+/// request must leave as it was.
+fn api_state(cluster: &Cluster, id: usize) -> (i64, Vec<(String, String)>, Vec<i64>) {
+    let base = format!("http://{}", cluster.http_addr(id));
+    let scan = http("GET", &format!("{base}/v1/kv/?prefix="), b"");
+    assert_eq!(scan.status, 200, "scan: {}", scan.text());
+    let page: ScanAnswer = serde_json::from_slice(&scan.body).expect("a scan page");
+    assert!(page.next.is_none(), "more than one page");
+    let leases = http("GET", &format!("{base}/v1/leases"), b"");
+    assert_eq!(leases.status, 200, "leases: {}", leases.text());
+    let leases: LeaseLeasesResponse = serde_json::from_slice(&leases.body).expect("leases");
+    (
+        page.revision,
+        page.items.into_iter().map(|i| (i.key, i.value)).collect(),
+        leases.leases.into_iter().map(|l| l.id).collect(),
+    )
+}
+
+#[test]
+fn malformed_api_requests_are_refused_with_4xx_and_change_nothing() {
+    const MAX_REQUEST_BYTES: usize = 1 << 20;
+    let mut cluster =
+        Cluster::start_with_args(3, &["--max-request-bytes", &MAX_REQUEST_BYTES.to_string()]);
+    cluster.wait_for_leader();
+    let base = format!("http://{}", cluster.http_addr(1));
+    for (key, value) in [("a", "1"), ("b", "2"), ("a", "3")] {
+        assert_eq!(
+            http("PUT", &format!("{base}/v1/kv/{key}"), value.as_bytes()).status,
+            204
+        );
+    }
+    let lease = http(
+        "POST",
+        &format!("{base}/v1/leases"),
+        br#"{"ttl":600,"id":7}"#,
+    );
+    assert_eq!(lease.status, 200, "{}", lease.text());
+    let before = api_state(&cluster, 1);
+
+    let many_ops = format!(
+        r#"{{"success":[{}]}}"#,
+        vec![r#"{"range":{"key":"a"}}"#; 10_000].join(",")
+    );
+    let requests: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        ("PUT", "/v1/kv/c?lease=12345", b"v".to_vec(), 404, "lease"),
+        ("POST", "/v1/leases", br#"{"ttl":0}"#.to_vec(), 400, "TTL"),
+        (
+            "POST",
+            "/v1/leases",
+            br#"{"ttl":1000000000000}"#.to_vec(),
+            400,
+            "TTL",
+        ),
+        (
+            "POST",
+            "/v1/leases",
+            br#"{"ttl":60,"id":-4}"#.to_vec(),
+            400,
+            "negative",
+        ),
+        (
+            "POST",
+            "/v1/leases",
+            br#"{"ttl":60,"id":7}"#.to_vec(),
+            409,
+            "7",
+        ),
+        ("POST", "/v1/txn", many_ops.into_bytes(), 400, "128"),
+        (
+            "GET",
+            "/v1/watch/a?start_revision=-1",
+            Vec::new(),
+            400,
+            "negative",
+        ),
+        (
+            "GET",
+            "/v1/watch/a?filters=no_get",
+            Vec::new(),
+            400,
+            "no_get",
+        ),
+        (
+            "POST",
+            "/v1/range",
+            br#"{"key":"b","range_end":"a"}"#.to_vec(),
+            400,
+            "range_end",
+        ),
+        (
+            "POST",
+            "/v1/range",
+            br#"{"key":"a","revision":-1}"#.to_vec(),
+            400,
+            "negative",
+        ),
+        ("GET", "/v1/kv/a?revision=-3", Vec::new(), 400, "negative"),
+        (
+            "GET",
+            "/v1/kv/a?revision=1000000",
+            Vec::new(),
+            400,
+            "revision",
+        ),
+        (
+            "POST",
+            "/v1/compact",
+            br#"{"revision":1000000}"#.to_vec(),
+            400,
+            "revision",
+        ),
+        (
+            "POST",
+            "/v1/compact",
+            br#"{"revision":-1}"#.to_vec(),
+            400,
+            "above 0",
+        ),
+        ("POST", "/v1/txn", b"{".to_vec(), 400, "invalid body"),
+        ("POST", "/v1/txn", b"".to_vec(), 400, "invalid body"),
+        (
+            "POST",
+            "/v1/txn",
+            br#"{"compares":[]}"#.to_vec(),
+            400,
+            "compares",
+        ),
+        (
+            "POST",
+            "/v1/txn",
+            br#"{"compare":[{"key":"a","target":{"bogus":1},"result":"equal"}]}"#.to_vec(),
+            400,
+            "invalid body",
+        ),
+        (
+            "POST",
+            "/v1/txn",
+            br#"{"success":[{"put":{"key":"a","value":"x"}},{"delete_range":{"key":"a"}}]}"#
+                .to_vec(),
+            400,
+            "duplicate key",
+        ),
+        (
+            "POST",
+            "/v1/range",
+            b"not json".to_vec(),
+            400,
+            "invalid body",
+        ),
+        (
+            "POST",
+            "/v1/leases",
+            br#"{"ttl":"#.to_vec(),
+            400,
+            "invalid body",
+        ),
+        (
+            "POST",
+            "/v1/compact",
+            br#"{"revision":"5"}"#.to_vec(),
+            400,
+            "invalid body",
+        ),
+        ("DELETE", "/v1/leases/abc", Vec::new(), 400, "lease id"),
+        (
+            "POST",
+            "/v1/leases/-7/keep-alive",
+            Vec::new(),
+            400,
+            "lease id",
+        ),
+    ];
+    for (method, path, body, status, names) in &requests {
+        let what = format!("{method} {path} ({} bytes)", body.len());
+        let answer = http(method, &format!("{base}{path}"), body);
+        assert_eq!(answer.status, *status, "{what}: {}", answer.text());
+        let error: ErrorBody = serde_json::from_slice(&answer.body)
+            .unwrap_or_else(|e| panic!("{what}: not an error body ({e}): {}", answer.text()));
+        assert!(error.error.contains(names), "{what}: {}", error.error);
+        assert_eq!(api_state(&cluster, 1), before, "{what} changed the store");
+    }
+
+    // A compare over the request limit is refused as its body streams in (read raw: the node
+    // answers without reading the rest).
+    let huge_compare = format!(
+        r#"{{"compare":[{{"key":"a","target":{{"value":"{}"}},"result":"equal"}}]}}"#,
+        "x".repeat(MAX_REQUEST_BYTES + 1)
+    );
+    let mut request = format!(
+        "POST /v1/txn HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        huge_compare.len()
+    )
+    .into_bytes();
+    request.extend(huge_compare.as_bytes());
+    let answer = exchange(cluster.http_addr(1), &request, false);
+    assert_eq!(
+        status_code(&answer),
+        Some(413),
+        "{}",
+        common::lossy(&answer)
+    );
+
+    for id in cluster.ids() {
+        assert_eq!(api_state(&cluster, id), before, "node {id}");
+    }
+    assert_cluster_serves(&mut cluster, "after-bad-api-requests");
 }
 
 // ---------------------------------------------------------------------------

@@ -6,14 +6,14 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 use std::time::Instant;
 
-use common::http::http;
+use common::http::{
+    http, node_status as status, status_field as field, wait_for_compaction, wait_for_install,
+    write_keys,
+};
 use common::Cluster;
 
 /// A snapshot every 200 applied entries, keeping 20 behind it: small enough that a few hundred
@@ -23,46 +23,6 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn url(cluster: &Cluster, id: usize, path: &str) -> String {
     format!("http://{}{}", cluster.http_addr(id), path)
-}
-
-fn status(cluster: &Cluster, id: usize) -> serde_json::Value {
-    http("GET", &url(cluster, id, "/v1/status"), b"").json()
-}
-
-fn field(status: &serde_json::Value, name: &str) -> u64 {
-    status[name].as_u64().unwrap_or(0)
-}
-
-/// Writes `count` keys named `{prefix}{i}` through node `id` from several client threads; each
-/// value is `value(i)`. Panics if a write is refused (the cluster is healthy throughout).
-fn write_keys(
-    cluster: &Cluster,
-    id: usize,
-    prefix: &str,
-    count: usize,
-    value: fn(usize) -> Vec<u8>,
-) {
-    const CLIENTS: usize = 8;
-    let next = Arc::new(AtomicUsize::new(0));
-    let base = url(cluster, id, "/v1/kv/");
-    let handles: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let next = next.clone();
-            let base = base.clone();
-            let prefix = prefix.to_string();
-            thread::spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    return;
-                }
-                let answer = http("PUT", &format!("{base}{prefix}{i}"), &value(i));
-                assert_eq!(answer.status, 204, "PUT {prefix}{i}: {}", answer.text());
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.join().expect("writer thread");
-    }
 }
 
 fn small_value(i: usize) -> Vec<u8> {
@@ -98,31 +58,6 @@ fn assert_converged(cluster: &Cluster, leader: usize, id: usize) {
         "node {id} differs from the leader: {} pairs vs {}",
         found.as_array().map_or(0, Vec::len),
         expected.as_array().map_or(0, Vec::len)
-    );
-}
-
-/// Waits until node `id` has taken a snapshot and purged its log up to it. openraft purges in
-/// the background, and not while a replication stream still reads the entries concerned.
-fn wait_for_compaction(cluster: &Cluster, id: usize) {
-    let compacted = common::poll_until(CONVERGE_TIMEOUT, || {
-        let status = status(cluster, id);
-        (field(&status, "purged") > 0 && field(&status, "snapshots_built") >= 1).then_some(())
-    });
-    assert!(
-        compacted.is_some(),
-        "node {id} never compacted its log: {}",
-        status(cluster, id)
-    );
-}
-
-fn wait_for_install(cluster: &Cluster, id: usize) {
-    let installed = common::poll_until(CONVERGE_TIMEOUT, || {
-        (field(&status(cluster, id), "snapshots_installed") >= 1).then_some(())
-    });
-    assert!(
-        installed.is_some(),
-        "node {id} never installed a snapshot: {}",
-        status(cluster, id)
     );
 }
 

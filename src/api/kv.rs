@@ -12,7 +12,8 @@ pub struct ResponseHeader {
     /// The member that answered.
     pub member_id: u64,
     /// The store's revision when the answer was made: for a write, the revision it created (or
-    /// the current one, when it changed nothing); for a read, the revision it read at.
+    /// the current one, when it changed nothing); for a read, the current one, even when it read
+    /// an older revision (etcd's rule).
     pub revision: i64,
     /// The Raft term the answering member knew.
     pub raft_term: u64,
