@@ -482,3 +482,230 @@ pub fn check_watchers(
         logs.len()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::history::ReadAt;
+    use super::super::watchers::Response;
+    use super::*;
+
+    fn put(revision: i64, key: &str, value: &str) -> Seen {
+        Seen {
+            revision,
+            key: key.into(),
+            value: Some(value.into()),
+        }
+    }
+
+    fn op(key: &str, call: Call, outcome: Outcome, invoked: u64, completed: u64) -> Op {
+        Op {
+            client: 0,
+            node: 1,
+            key: key.into(),
+            call,
+            outcome,
+            invoked,
+            completed,
+            detail: String::new(),
+            read_at: None,
+        }
+    }
+
+    fn txn(guard: Guard, a: &str, b: &str, outcome: Outcome, invoked: u64, completed: u64) -> Op {
+        let writes = vec![("t0".into(), a.into()), ("t1".into(), b.into())];
+        op(
+            "txn",
+            Call::Txn { guard, writes },
+            outcome,
+            invoked,
+            completed,
+        )
+    }
+
+    fn answered(revision: i64, succeeded: bool, reads: Vec<ReadKv>) -> Outcome {
+        Outcome::Txn {
+            revision,
+            succeeded,
+            reads,
+        }
+    }
+
+    fn kv(key: &str, value: Option<&str>, mod_revision: i64) -> ReadKv {
+        ReadKv {
+            key: key.into(),
+            value: value.map(String::from),
+            mod_revision,
+        }
+    }
+
+    /// Revision 2 puts k=a, 3 is txn x, 4 is txn y (guarded on x's revision).
+    fn committed() -> Committed {
+        let events = vec![
+            put(2, "k", "a"),
+            put(3, "t0", "x0"),
+            put(3, "t1", "x1"),
+            put(4, "t1", "y1"),
+            put(4, "t0", "y0"),
+        ];
+        Committed::new(events, 4).expect("a well-formed history")
+    }
+
+    fn txns() -> Vec<Op> {
+        vec![
+            txn(
+                Guard::Value(None),
+                "x0",
+                "x1",
+                answered(3, true, vec![]),
+                0,
+                10,
+            ),
+            txn(Guard::ModRevision(3), "y0", "y1", Outcome::Unknown, 11, 12),
+            txn(
+                Guard::ModRevision(0),
+                "z0",
+                "z1",
+                answered(
+                    4,
+                    false,
+                    vec![kv("t0", Some("y0"), 4), kv("t1", Some("y1"), 4)],
+                ),
+                20,
+                21,
+            ),
+            op(
+                "txn",
+                Call::TxnRead {
+                    keys: vec!["t0".into(), "t1".into()],
+                },
+                answered(
+                    3,
+                    true,
+                    vec![kv("t0", Some("x0"), 3), kv("t1", Some("x1"), 3)],
+                ),
+                11,
+                13,
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_committed_history_with_a_hole_or_a_value_put_twice_is_refused() {
+        assert!(Committed::new(vec![put(2, "k", "a"), put(4, "k", "b")], 4).is_err());
+        assert!(Committed::new(vec![put(2, "k", "a"), put(3, "k", "a")], 3).is_err());
+        assert!(Committed::new(vec![put(2, "k", "a")], 3).is_err());
+    }
+
+    #[test]
+    fn txns_that_fit_the_committed_history_pass() {
+        let figures = check_txns(&committed(), &txns()).expect("fits");
+        assert!(
+            figures.contains("1 acknowledged writes (and 1 unknown"),
+            "{figures}"
+        );
+        check_order(&committed(), &txns()).expect("in order");
+    }
+
+    #[test]
+    fn a_txn_at_another_revision_or_reading_a_stale_state_is_caught() {
+        let mut moved = txns();
+        moved[0].outcome = answered(4, true, vec![]);
+        assert!(check_txns(&committed(), &moved).is_err());
+        let mut stale = txns();
+        stale[3].outcome = answered(
+            4,
+            true,
+            vec![kv("t0", Some("x0"), 3), kv("t1", Some("x1"), 3)],
+        );
+        assert!(check_txns(&committed(), &stale).is_err());
+        let mut wrong_failure = txns();
+        wrong_failure[2].call = Call::Txn {
+            guard: Guard::ModRevision(4),
+            writes: vec![("t0".into(), "z0".into()), ("t1".into(), "z1".into())],
+        };
+        assert!(check_txns(&committed(), &wrong_failure).is_err());
+    }
+
+    #[test]
+    fn a_half_applied_txn_or_one_applied_against_its_comparison_is_caught() {
+        let half = vec![put(2, "k", "a"), put(3, "t0", "x0")];
+        let half = Committed::new(half, 3).expect("well-formed");
+        assert!(check_txns(&half, &txns()[..1]).is_err());
+        let mut guarded = txns();
+        guarded[1].call = Call::Txn {
+            guard: Guard::ModRevision(0),
+            writes: vec![("t0".into(), "y0".into()), ("t1".into(), "y1".into())],
+        };
+        assert!(check_txns(&committed(), &guarded).is_err());
+    }
+
+    #[test]
+    fn a_lost_write_a_wrong_read_revision_and_a_stale_read_are_caught() {
+        let put_a = op("k", Call::Put { value: "a".into() }, Outcome::Ok, 0, 1);
+        let put_b = op("k", Call::Put { value: "b".into() }, Outcome::Ok, 0, 1);
+        assert!(check_writes(&committed(), std::slice::from_ref(&put_a)).is_ok());
+        assert!(check_writes(&committed(), &[put_a.clone(), put_b]).is_err());
+        let mut read = op("k", Call::Get, Outcome::Read(Some("a".into())), 5, 6);
+        read.read_at = Some(ReadAt {
+            revision: 4,
+            mod_revision: 3,
+        });
+        assert!(check_writes(&committed(), &[put_a.clone(), read.clone()]).is_err());
+        // Read at revision 2, after txn x (revision 3) completed: stale.
+        read.read_at = Some(ReadAt {
+            revision: 2,
+            mod_revision: 2,
+        });
+        read.invoked = 15;
+        read.completed = 16;
+        assert!(check_writes(&committed(), &[put_a.clone(), read.clone()]).is_ok());
+        let mut ops = txns();
+        ops.push(read);
+        assert!(check_order(&committed(), &ops).is_err());
+    }
+
+    fn watcher(responses: Vec<Vec<Seen>>) -> WatcherLog {
+        WatcherLog {
+            id: 0,
+            start_revision: 1,
+            connections: responses.len(),
+            next_revision: responses
+                .iter()
+                .flatten()
+                .map(|e| e.revision + 1)
+                .max()
+                .unwrap_or(1),
+            responses: responses
+                .into_iter()
+                .enumerate()
+                .map(|(connection, events)| Response {
+                    node: 1,
+                    connection: connection + 1,
+                    events,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn watchers_that_duplicate_split_skip_or_stop_early_are_caught() {
+        let r2 = vec![put(2, "k", "a")];
+        let r3 = vec![put(3, "t0", "x0"), put(3, "t1", "x1")];
+        let r4 = vec![put(4, "t0", "y0"), put(4, "t1", "y1")];
+        let good = watcher(vec![r2.clone(), [r3.clone(), r4.clone()].concat()]);
+        check_watchers(&committed(), &[good.clone(), good], 4).expect("as committed");
+        let duplicated = watcher(vec![r2.clone(), r3.clone(), r3.clone(), r4.clone()]);
+        assert!(check_watchers(&committed(), &[duplicated], 4).is_err());
+        let split = watcher(vec![
+            r2.clone(),
+            r3[..1].to_vec(),
+            r3[1..].to_vec(),
+            r4.clone(),
+        ]);
+        assert!(check_watchers(&committed(), &[split], 4).is_err());
+        let gap = watcher(vec![r2.clone(), r4.clone()]);
+        assert!(check_watchers(&committed(), &[gap], 4).is_err());
+        let early = watcher(vec![r2, r3]);
+        assert!(check_watchers(&committed(), &[early], 4).is_err());
+    }
+}
