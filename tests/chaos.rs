@@ -433,7 +433,7 @@ fn final_reads(cluster: &ChaosCluster, keys: usize, recorder: &Recorder) -> Resu
         let read = common::poll_until(HEALED_TIMEOUT, || {
             let invoked = recorder.now();
             let answer = common::http::request(&agent, "POST", &url, &body).ok()?;
-            let outcome = workload::txn_outcome(&call, &answer).ok()?;
+            let (outcome, _) = workload::interpret(&call, &answer).ok()?;
             Some(Op {
                 client: FINAL_READER + id,
                 node: id,
@@ -461,9 +461,8 @@ fn final_reads(cluster: &ChaosCluster, keys: usize, recorder: &Recorder) -> Resu
             let read = common::poll_until(HEALED_TIMEOUT, || {
                 let invoked = recorder.now();
                 let answer = common::http::request(&agent, "GET", &url, b"").ok()?;
-                let (seen, read_at) = match answer.status {
-                    200 => (Some(answer.text()), workload::read_revisions(&answer).ok()),
-                    404 => (None, None),
+                let (outcome, read_at) = match answer.status {
+                    200 | 404 => workload::interpret(&Call::Get, &answer).ok()?,
                     _ => return None,
                 };
                 Some(Op {
@@ -471,7 +470,7 @@ fn final_reads(cluster: &ChaosCluster, keys: usize, recorder: &Recorder) -> Resu
                     node: id,
                     key: key.clone(),
                     call: Call::Get,
-                    outcome: Outcome::Read(seen),
+                    outcome,
                     invoked,
                     completed: recorder.now(),
                     detail: format!("final read, {}", answer.status),

@@ -214,73 +214,7 @@ pub fn check_writes(committed: &Committed, ops: &[Op]) -> Result<String, String>
 /// on success.
 pub fn check_txns(committed: &Committed, ops: &[Op]) -> Result<String, String> {
     let txns: Vec<&Op> = ops.iter().filter(|op| op.call.is_txn()).collect();
-    let mut by_value: HashMap<(&str, &str), usize> = HashMap::new();
-    for (index, op) in txns.iter().enumerate() {
-        if let Call::Txn { writes, .. } = &op.call {
-            for (key, value) in writes {
-                by_value.insert((key, value), index);
-            }
-        }
-    }
-    let txn_keys: Vec<&str> = by_value.keys().map(|(key, _)| *key).collect();
-    // The txns found in the committed history: index in `txns`, revision.
-    let mut committed_txns: HashMap<usize, i64> = HashMap::new();
-    for (&revision, events) in &committed.revisions {
-        let changes: Vec<&Seen> = events
-            .iter()
-            .filter(|e| txn_keys.contains(&e.key.as_str()))
-            .collect();
-        let Some(first) = changes.first() else {
-            continue;
-        };
-        let writer = first
-            .value
-            .as_deref()
-            .and_then(|value| by_value.get(&(first.key.as_str(), value)));
-        let Some(&index) = writer else {
-            return Err(format!(
-                "revision {revision} changed the txn keys to {changes:?}, which no txn wrote"
-            ));
-        };
-        let op = txns[index];
-        let Call::Txn { guard, writes } = &op.call else {
-            unreachable!("only txns write the txn keys")
-        };
-        let mut expected: Vec<Seen> = writes
-            .iter()
-            .map(|(key, value)| Seen {
-                revision,
-                key: key.clone(),
-                value: Some(value.clone()),
-            })
-            .collect();
-        expected.sort();
-        let wrong = if changes.len() != expected.len()
-            || changes.iter().zip(&expected).any(|(a, b)| *a != b)
-        {
-            Some("does not hold exactly the txn's puts")
-        } else if !committed.guard_holds(guard, &writes[0].0, revision - 1) {
-            Some("applied a txn whose comparison did not hold before it")
-        } else {
-            match &op.outcome {
-                Outcome::Failed => Some("applied a txn that was refused"),
-                Outcome::Txn {
-                    succeeded: false, ..
-                } => Some("applied a txn answered as not succeeded"),
-                Outcome::Txn { revision: r, .. } if *r != revision => {
-                    Some("is not the revision the txn's answer named")
-                }
-                _ => None,
-            }
-        };
-        if let Some(wrong) = wrong {
-            return Err(format!(
-                "revision {revision} {wrong}: {changes:?}, txn {}",
-                describe(op)
-            ));
-        }
-        committed_txns.insert(index, revision);
-    }
+    let found = locate_txns(committed, &txns)?;
     let (mut writes, mut failed, mut reads) = (0, 0, 0);
     for (index, op) in txns.iter().enumerate() {
         let Outcome::Txn {
@@ -294,7 +228,7 @@ pub fn check_txns(committed: &Committed, ops: &[Op]) -> Result<String, String> {
         let wrong = match (&op.call, succeeded) {
             (Call::Txn { .. }, true) => {
                 writes += 1;
-                (!committed_txns.contains_key(&index))
+                (!found.contains_key(&index))
                     .then_some("an acknowledged txn is not in the committed history")
             }
             (Call::Txn { guard, writes }, false)
@@ -319,13 +253,89 @@ pub fn check_txns(committed: &Committed, ops: &[Op]) -> Result<String, String> {
             return Err(format!("{wrong}: {}", describe(op)));
         }
     }
-    let unknown = committed_txns.len() - writes;
+    let unknown = found.len() - writes;
     Ok(format!(
-        "{} txns on the txn keys: {writes} acknowledged writes (and {unknown} unknown ones) \
-         committed at their revisions, {failed} failed comparisons and {reads} read-only txns \
-         read the committed state at theirs",
+        "{} txns: {writes} acknowledged writes and {unknown} of unknown outcome committed at \
+         their revisions; {failed} failed comparisons and {reads} read-only txns read the \
+         committed state at theirs",
         txns.len()
     ))
+}
+
+/// Finds the txn behind each revision that changed a txn key, and checks that the revision is
+/// exactly that txn's effect; returns where each committed txn (by index in `txns`) is.
+fn locate_txns(committed: &Committed, txns: &[&Op]) -> Result<HashMap<usize, i64>, String> {
+    let mut by_value: HashMap<(&str, &str), usize> = HashMap::new();
+    for (index, op) in txns.iter().enumerate() {
+        if let Call::Txn { writes, .. } = &op.call {
+            for (key, value) in writes {
+                by_value.insert((key, value), index);
+            }
+        }
+    }
+    let mut found = HashMap::new();
+    for (&revision, events) in &committed.revisions {
+        let Some(first) = events
+            .iter()
+            .find(|e| by_value.keys().any(|(key, _)| *key == e.key))
+        else {
+            continue;
+        };
+        let writer = first
+            .value
+            .as_deref()
+            .and_then(|value| by_value.get(&(first.key.as_str(), value)));
+        let Some(&index) = writer else {
+            return Err(format!(
+                "revision {revision} changed the txn keys to {events:?}, which no txn wrote"
+            ));
+        };
+        if let Some(wrong) = misapplied(committed, txns[index], revision, events) {
+            return Err(format!(
+                "revision {revision} {wrong}: {events:?}, txn {}",
+                describe(txns[index])
+            ));
+        }
+        found.insert(index, revision);
+    }
+    Ok(found)
+}
+
+/// What is wrong with revision `revision`, made of `events`, being the effect of `txn`.
+fn misapplied(
+    committed: &Committed,
+    txn: &Op,
+    revision: i64,
+    events: &[Seen],
+) -> Option<&'static str> {
+    let Call::Txn { guard, writes } = &txn.call else {
+        return Some("was made by something else than a txn");
+    };
+    let mut expected: Vec<Seen> = writes
+        .iter()
+        .map(|(key, value)| Seen {
+            revision,
+            key: key.clone(),
+            value: Some(value.clone()),
+        })
+        .collect();
+    expected.sort();
+    if events != expected.as_slice() {
+        return Some("does not hold exactly the txn's puts");
+    }
+    if !committed.guard_holds(guard, &writes[0].0, revision - 1) {
+        return Some("applied a txn whose comparison did not hold before it");
+    }
+    match &txn.outcome {
+        Outcome::Failed => Some("applied a txn that was refused"),
+        Outcome::Txn {
+            succeeded: false, ..
+        } => Some("applied a txn answered as not succeeded"),
+        Outcome::Txn { revision: r, .. } if *r != revision => {
+            Some("is not the revision the txn's answer named")
+        }
+        _ => None,
+    }
 }
 
 /// An operation placed at a revision, for [`check_order`].
@@ -600,7 +610,7 @@ mod tests {
     fn txns_that_fit_the_committed_history_pass() {
         let figures = check_txns(&committed(), &txns()).expect("fits");
         assert!(
-            figures.contains("1 acknowledged writes (and 1 unknown"),
+            figures.contains("1 acknowledged writes and 1 of unknown outcome"),
             "{figures}"
         );
         check_order(&committed(), &txns()).expect("in order");

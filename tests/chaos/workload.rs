@@ -136,25 +136,12 @@ impl Client {
         };
         let url = format!("{}/v1/txn", self.workload.nodes[node - 1]);
         let body = serde_json::to_vec(&txn_request(&call)).expect("a txn as JSON");
-        let invoked = self.recorder.now();
-        let answer = request(&self.agent, "POST", &url, &body);
-        let completed = self.recorder.now();
-        let (outcome, detail) = match answer {
-            Ok(answer) => match txn_outcome(&call, &answer) {
-                Ok(outcome) => (outcome, status_detail(&answer)),
-                Err(anomaly) => {
-                    self.recorder
-                        .anomaly(format!("client {} via node {node}: {anomaly}", self.id));
-                    (no_answer(&call), anomaly)
-                }
-            },
-            Err(e) => (no_answer(&call), e.to_string()),
-        };
+        let exchange = self.exchange(node, &call, "POST", &url, &body);
         if let Outcome::Txn {
             revision,
             succeeded,
             reads,
-        } = &outcome
+        } = &exchange.outcome
         {
             self.last_txn_seen = match (&call, succeeded) {
                 (Call::Txn { writes, .. }, true) => Some(ReadKv {
@@ -165,17 +152,7 @@ impl Client {
                 _ => reads.first().cloned(),
             };
         }
-        self.recorder.record(Op {
-            client: self.id,
-            node,
-            key: TXN_GROUP.to_string(),
-            call,
-            outcome,
-            invoked,
-            completed,
-            detail,
-            read_at: None,
-        });
+        self.record(node, TXN_GROUP.to_string(), call, exchange);
     }
 
     /// An operation on one of the plain keys.
@@ -209,32 +186,8 @@ impl Client {
             Call::Delete => ("DELETE", url, ""),
             Call::Txn { .. } | Call::TxnRead { .. } => unreachable!("a txn is not a key operation"),
         };
-        let invoked = self.recorder.now();
-        let answer = request(&self.agent, method, &url, body.as_bytes());
-        let completed = self.recorder.now();
-        let mut read_at = None;
-        let (outcome, detail) = match answer {
-            Ok(answer) => match outcome(&call, &answer) {
-                Ok(outcome) => {
-                    if let Outcome::Read(Some(_)) = outcome {
-                        match read_revisions(&answer) {
-                            Ok(revisions) => read_at = Some(revisions),
-                            Err(anomaly) => self
-                                .recorder
-                                .anomaly(format!("client {} via node {node}: {anomaly}", self.id)),
-                        }
-                    }
-                    (outcome, status_detail(&answer))
-                }
-                Err(anomaly) => {
-                    self.recorder
-                        .anomaly(format!("client {} via node {node}: {anomaly}", self.id));
-                    (no_answer(&call), anomaly)
-                }
-            },
-            Err(e) => (no_answer(&call), e.to_string()),
-        };
-        match (&call, &outcome) {
+        let exchange = self.exchange(node, &call, method, &url, body.as_bytes());
+        match (&call, &exchange.outcome) {
             (_, Outcome::Read(seen) | Outcome::CasFailed(seen)) => {
                 self.last_seen[key_index] = seen.clone()
             }
@@ -244,18 +197,73 @@ impl Client {
             (Call::Delete, Outcome::Ok) => self.last_seen[key_index] = None,
             _ => {}
         }
+        self.record(node, key, call, exchange);
+    }
+
+    /// Sends one request for `call` to node `node` and reads what its answer means; an answer
+    /// the API does not document is reported as an anomaly.
+    fn exchange(&self, node: usize, call: &Call, method: &str, url: &str, body: &[u8]) -> Exchange {
+        let invoked = self.recorder.now();
+        let answer = request(&self.agent, method, url, body);
+        let completed = self.recorder.now();
+        let (outcome, detail, read_at) = match answer {
+            Ok(answer) => match interpret(call, &answer) {
+                Ok((outcome, read_at)) => (outcome, status_detail(&answer), read_at),
+                Err(anomaly) => {
+                    self.recorder
+                        .anomaly(format!("client {} via node {node}: {anomaly}", self.id));
+                    (no_answer(call), anomaly, None)
+                }
+            },
+            Err(e) => (no_answer(call), e.to_string(), None),
+        };
+        Exchange {
+            outcome,
+            detail,
+            invoked,
+            completed,
+            read_at,
+        }
+    }
+
+    fn record(&self, node: usize, key: String, call: Call, exchange: Exchange) {
         self.recorder.record(Op {
             client: self.id,
             node,
             key,
             call,
-            outcome,
-            invoked,
-            completed,
-            detail,
-            read_at,
+            outcome: exchange.outcome,
+            invoked: exchange.invoked,
+            completed: exchange.completed,
+            detail: exchange.detail,
+            read_at: exchange.read_at,
         });
     }
+}
+
+/// What one request brought back, ready to be recorded.
+struct Exchange {
+    outcome: Outcome,
+    detail: String,
+    invoked: u64,
+    completed: u64,
+    read_at: Option<ReadAt>,
+}
+
+/// What an answer means for `call`, with the revisions of a read that found its key. A status
+/// the API does not document for it is an anomaly the run reports (the harness sends only
+/// well-formed requests); the operation then counts as telling nothing (a read) or as having an
+/// unknown effect (a write).
+pub fn interpret(call: &Call, answer: &Answer) -> Result<(Outcome, Option<ReadAt>), String> {
+    if call.is_txn() {
+        return Ok((txn_outcome(call, answer)?, None));
+    }
+    let outcome = outcome(call, answer)?;
+    let read_at = match outcome {
+        Outcome::Read(Some(_)) => Some(read_revisions(answer)?),
+        _ => None,
+    };
+    Ok((outcome, read_at))
 }
 
 /// The request a txn call sends.
@@ -307,7 +315,7 @@ pub fn txn_request(call: &Call) -> TxnRequest {
 }
 
 /// What a txn's answer means; statuses as for a single key's write.
-pub fn txn_outcome(call: &Call, answer: &Answer) -> Result<Outcome, String> {
+fn txn_outcome(call: &Call, answer: &Answer) -> Result<Outcome, String> {
     match (call, answer.status) {
         (_, 200) => {}
         (Call::TxnRead { .. }, 503) => return Ok(Outcome::NoInfo),
@@ -358,9 +366,7 @@ pub fn txn_outcome(call: &Call, answer: &Answer) -> Result<Outcome, String> {
     })
 }
 
-/// What an answer means for `call`. A status the API does not document for it is an anomaly the
-/// run reports (the harness sends only well-formed requests); the operation then counts as
-/// telling nothing (a read) or as having an unknown effect (a write).
+/// What an answer means for a key operation.
 fn outcome(call: &Call, answer: &Answer) -> Result<Outcome, String> {
     Ok(match (call, answer.status) {
         (Call::Get, 200) => Outcome::Read(Some(answer.text())),
@@ -389,7 +395,7 @@ fn no_answer(call: &Call) -> Outcome {
 }
 
 /// The revisions in the headers of a `GET` that found its key.
-pub fn read_revisions(answer: &Answer) -> Result<ReadAt, String> {
+fn read_revisions(answer: &Answer) -> Result<ReadAt, String> {
     let number = |name: &str| {
         answer
             .headers
