@@ -105,6 +105,7 @@ impl Committed {
         Ok(committed)
     }
 
+    /// The newest revision, for the report.
     pub fn last_revision(&self) -> i64 {
         self.revisions.keys().next_back().copied().unwrap_or(0)
     }
@@ -431,66 +432,79 @@ pub fn check_watchers(
     logs: &[WatcherLog],
     final_revision: i64,
 ) -> Result<String, String> {
-    let mut shared: HashMap<i64, usize> = HashMap::new();
-    let (mut responses, mut events, mut resumes) = (0, 0, 0);
+    let mut seen_by: HashMap<i64, usize> = HashMap::new();
+    let (mut responses, mut events) = (0, 0);
     for log in logs {
-        let mut last = log.start_revision - 1;
-        for response in &log.responses {
-            let whence = format!(
-                "watcher {} (connection {}, node {})",
-                log.id, response.connection, response.node
-            );
-            let mut rest = response.events.as_slice();
-            while let Some(first) = rest.first() {
-                let revision = first.revision;
-                if revision <= last {
-                    return Err(format!(
-                        "{whence} got revision {revision} after {last}: duplicated or out of order"
-                    ));
-                }
-                let expected_next = committed
-                    .revisions
-                    .range(last + 1..)
-                    .next()
-                    .map(|(r, _)| *r);
-                if expected_next != Some(revision) {
-                    return Err(format!(
-                        "{whence} got revision {revision} after {last}, but the committed \
-                         history's next is {expected_next:?}: a gap"
-                    ));
-                }
-                let count = rest.iter().take_while(|e| e.revision == revision).count();
-                let mut got = rest[..count].to_vec();
-                got.sort();
-                if committed.revisions.get(&revision) != Some(&got) {
-                    return Err(format!(
-                        "{whence} got {got:?} for revision {revision}, committed: {:?} (split or \
-                         different)",
-                        committed.revisions.get(&revision)
-                    ));
-                }
-                *shared.entry(revision).or_default() += 1;
-                events += count;
-                rest = &rest[count..];
-                last = revision;
-            }
-            responses += 1;
+        for revision in check_watcher(committed, log, final_revision)? {
+            *seen_by.entry(revision).or_default() += 1;
         }
-        if last < final_revision {
-            return Err(format!(
-                "watcher {} saw revisions up to {last} only, not up to the final {final_revision}",
-                log.id
-            ));
-        }
-        resumes += log.connections.saturating_sub(1);
+        responses += log.responses.len();
+        events += log.responses.iter().map(|r| r.events.len()).sum::<usize>();
     }
-    let shared = shared.values().filter(|n| **n > 1).count();
+    let resumes: usize = logs.iter().map(|l| l.connections.saturating_sub(1)).sum();
+    let shared = seen_by.values().filter(|n| **n > 1).count();
     Ok(format!(
         "{} watchers, {resumes} resumes, {responses} responses, {events} events: ordered, never \
          duplicated or split, no gaps, as committed ({shared} revisions seen by several watchers, \
          identically)",
         logs.len()
     ))
+}
+
+/// Holds one watcher to etcd's promises; the revisions it saw.
+fn check_watcher(
+    committed: &Committed,
+    log: &WatcherLog,
+    final_revision: i64,
+) -> Result<Vec<i64>, String> {
+    let mut seen = Vec::new();
+    let mut last = log.start_revision - 1;
+    for response in &log.responses {
+        let whence = format!(
+            "watcher {} (connection {}, node {})",
+            log.id, response.connection, response.node
+        );
+        let mut rest = response.events.as_slice();
+        while let Some(first) = rest.first() {
+            let revision = first.revision;
+            if revision <= last {
+                return Err(format!(
+                    "{whence} got revision {revision} after {last}: duplicated or out of order"
+                ));
+            }
+            let next = committed
+                .revisions
+                .range(last + 1..)
+                .next()
+                .map(|(r, _)| *r);
+            if next != Some(revision) {
+                return Err(format!(
+                    "{whence} got revision {revision} after {last}, but the committed history's \
+                     next is {next:?}: a gap"
+                ));
+            }
+            let count = rest.iter().take_while(|e| e.revision == revision).count();
+            let mut got = rest[..count].to_vec();
+            got.sort();
+            if committed.revisions.get(&revision) != Some(&got) {
+                return Err(format!(
+                    "{whence} got {got:?} for revision {revision}, committed: {:?} (split or \
+                     different)",
+                    committed.revisions.get(&revision)
+                ));
+            }
+            seen.push(revision);
+            rest = &rest[count..];
+            last = revision;
+        }
+    }
+    if last < final_revision {
+        return Err(format!(
+            "watcher {} saw revisions up to {last} only, not up to the final {final_revision}",
+            log.id
+        ));
+    }
+    Ok(seen)
 }
 
 #[cfg(test)]

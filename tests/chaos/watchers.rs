@@ -114,6 +114,7 @@ impl Watchers {
     }
 }
 
+/// One watcher thread's state: what it saw so far, and what it needs to go on.
 struct Watcher {
     log: WatcherLog,
     rng: Rng,
@@ -123,6 +124,8 @@ struct Watcher {
 }
 
 impl Watcher {
+    /// Watches, connection after connection, each on another node than the last, until told to
+    /// finish.
     fn run(&mut self) {
         let mut node = 1 + self.rng.below(self.nodes.len() as u64) as usize;
         while !self.finished() {
@@ -179,7 +182,7 @@ impl Watcher {
                 self.log.responses.push(Response {
                     node,
                     connection: self.log.connections,
-                    events: response.events.iter().map(seen).collect(),
+                    events: response.events.iter().map(seen_event).collect(),
                 });
             }
             if self.finished() {
@@ -188,6 +191,7 @@ impl Watcher {
         }
     }
 
+    /// Whether [`Watchers::finish`] was called and this watcher is past its revision or deadline.
     fn finished(&self) -> bool {
         let finish = *self.finish.lock().unwrap_or_else(|e| e.into_inner());
         finish.is_some_and(|f| self.log.next_revision > f.revision || Instant::now() >= f.deadline)
@@ -199,7 +203,8 @@ fn watch_url(base: &str, start_revision: i64) -> String {
     format!("{base}/v1/watch/?prefix=true&start_revision={start_revision}")
 }
 
-fn seen(event: &ondisk::api::Event) -> Seen {
+/// An event as recorded: keys and values are the workload's UTF-8 text.
+fn seen_event(event: &ondisk::api::Event) -> Seen {
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     Seen {
         revision: event.kv.mod_revision,
@@ -257,7 +262,7 @@ pub fn committed_history(
         if response.canceled {
             return Err(format!("watch {url} canceled: {}", response.cancel_reason));
         }
-        events.extend(response.events.iter().map(seen));
+        events.extend(response.events.iter().map(seen_event));
         if events.last().is_some_and(|e| e.revision >= revision) {
             return Ok(events);
         }

@@ -226,6 +226,7 @@ impl Client {
         }
     }
 
+    /// Adds the operation to the history, as this client's.
     fn record(&self, node: usize, key: String, call: Call, exchange: Exchange) {
         self.recorder.record(Op {
             client: self.id,
