@@ -284,28 +284,7 @@ fn chaos_run(settings: &Settings, seed: u64) {
     };
     checks.push(check_linearizable("linearizable", &recorder.ops()));
     if faults_survived {
-        checks.push(check_liveness(&cluster));
-        let final_reads = final_reads(&cluster, settings.keys, &recorder);
-        let all = recorder.ops();
-        let mut lost = check_linearizable("no write lost", &all);
-        if let Err(missing) = &final_reads {
-            lost.passed = false;
-            lost.detail = missing.clone();
-        }
-        checks.push(lost);
-        checks.push(check_convergence(&cluster));
-        match final_reads {
-            Ok(final_revision) => {
-                let logs = watchers.finish(final_revision, HEALED_TIMEOUT);
-                checks.extend(check_revisions(
-                    &cluster,
-                    &recorder.ops(),
-                    &logs,
-                    final_revision,
-                ));
-            }
-            Err(_) => drop(watchers.finish(0, Duration::ZERO)),
-        }
+        checks.extend(healed_checks(&cluster, settings.keys, &recorder, watchers));
     } else {
         watchers.finish(0, Duration::ZERO);
     }
@@ -383,6 +362,38 @@ fn check_linearizable(name: &'static str, ops: &[Op]) -> CheckLine {
             detail: format!("inconclusive ({figures}): {why}"),
         },
     }
+}
+
+/// The checks of the healed cluster, in order: liveness (3), no write lost (2), convergence (4)
+/// and the committed history (5), for which the watchers catch up to the final revision and stop.
+fn healed_checks(
+    cluster: &ChaosCluster,
+    keys: usize,
+    recorder: &Recorder,
+    watchers: Watchers,
+) -> Vec<CheckLine> {
+    let mut checks = vec![check_liveness(cluster)];
+    let final_reads = final_reads(cluster, keys, recorder);
+    let mut lost = check_linearizable("no write lost", &recorder.ops());
+    if let Err(missing) = &final_reads {
+        lost.passed = false;
+        lost.detail = missing.clone();
+    }
+    checks.push(lost);
+    checks.push(check_convergence(cluster));
+    match final_reads {
+        Ok(final_revision) => {
+            let logs = watchers.finish(final_revision, HEALED_TIMEOUT);
+            checks.extend(check_revisions(
+                cluster,
+                &recorder.ops(),
+                &logs,
+                final_revision,
+            ));
+        }
+        Err(_) => drop(watchers.finish(0, Duration::ZERO)),
+    }
+    checks
 }
 
 /// (3) After healing, a leader is elected and a write through every node succeeds in bounded
