@@ -6,12 +6,14 @@
 //! keys over HTTP while the nemesis injects faults on a seeded schedule, heals everything, and
 //! then checks that (1) the history is linearizable, (2) no acknowledged write was lost (final
 //! reads on every node fit the history), (3) a leader is elected and writes succeed within a
-//! bounded time, and (4) every node holds the same data. A failing run saves its history, the
-//! nodes' logs and the report in a folder it names, with the seed to replay it.
+//! bounded time, (4) every node holds the same data, and (5) the committed history (a watch from
+//! revision 1) holds every acknowledged write at its revision, explains every txn and read, and
+//! is exactly what every watcher saw. A failing run saves its history, the nodes' logs and the
+//! report in a folder it names, with the seed to replay it.
 //!
 //! Settings come from the environment (see docs/TESTING.md): `ONDISK_CHAOS_SEED`,
 //! `ONDISK_CHAOS_DURATION`, `ONDISK_CHAOS_RUNS`, `ONDISK_CHAOS_NODES`, `ONDISK_CHAOS_CLIENTS`,
-//! `ONDISK_CHAOS_KEYS`.
+//! `ONDISK_CHAOS_KEYS`, `ONDISK_CHAOS_WATCHERS`.
 
 #[path = "chaos/checker.rs"]
 mod checker;
@@ -26,8 +28,12 @@ mod nemesis;
 mod netns;
 #[path = "chaos/report.rs"]
 mod report;
+#[path = "chaos/revisions.rs"]
+mod revisions;
 #[path = "chaos/rng.rs"]
 mod rng;
+#[path = "chaos/watchers.rs"]
+mod watchers;
 #[path = "chaos/workload.rs"]
 mod workload;
 
@@ -40,7 +46,9 @@ use cluster::ChaosCluster;
 use history::{Call, Op, Outcome, Recorder};
 use nemesis::{Fault, Nemesis};
 use report::CheckLine;
-use workload::{Clients, Workload};
+use revisions::Committed;
+use watchers::{WatcherLog, Watchers};
+use workload::{Clients, Workload, TXN_GROUP, TXN_KEYS};
 
 /// Node options for every run besides the harness's defaults (2 s timeout, 50 ms heartbeat,
 /// 500 ms election timeout): frequent snapshots and a short log tail, so that nodes brought back
@@ -69,6 +77,7 @@ struct Settings {
     nodes: usize,
     clients: usize,
     keys: usize,
+    watchers: usize,
 }
 
 impl Settings {
@@ -95,6 +104,7 @@ impl Settings {
             nodes: number("ONDISK_CHAOS_NODES", 3) as usize,
             clients: number("ONDISK_CHAOS_CLIENTS", 6) as usize,
             keys: number("ONDISK_CHAOS_KEYS", 4) as usize,
+            watchers: number("ONDISK_CHAOS_WATCHERS", 3) as usize,
         }
     }
 
@@ -244,8 +254,10 @@ fn chaos_run(settings: &Settings, seed: u64) {
             detail: format!("no leader within {FIRST_LEADER_TIMEOUT:?}"),
         });
     }
+    let workload = settings.workload(&cluster);
+    let watchers = Watchers::start(&workload.nodes, settings.watchers, seed, &recorder);
     let faults_survived = first_leader && {
-        let clients = Clients::start(&settings.workload(&cluster), seed, 0, &recorder);
+        let clients = Clients::start(&workload, seed, 0, &recorder);
         let deadline = recorder.start() + settings.duration;
         let injected = panic::catch_unwind(AssertUnwindSafe(|| {
             while (Instant::now() < deadline || !nemesis.covered_every_kind())
@@ -272,16 +284,9 @@ fn chaos_run(settings: &Settings, seed: u64) {
     };
     checks.push(check_linearizable("linearizable", &recorder.ops()));
     if faults_survived {
-        checks.push(check_liveness(&cluster));
-        let final_reads = final_reads(&cluster, settings.keys, &recorder);
-        let all = recorder.ops();
-        let mut lost = check_linearizable("no write lost", &all);
-        if let Err(missing) = final_reads {
-            lost.passed = false;
-            lost.detail = missing;
-        }
-        checks.push(lost);
-        checks.push(check_convergence(&cluster));
+        checks.extend(healed_checks(&cluster, settings.keys, &recorder, watchers));
+    } else {
+        watchers.finish(0, Duration::ZERO);
     }
     let anomalies = recorder.anomalies();
     checks.push(CheckLine {
@@ -359,6 +364,38 @@ fn check_linearizable(name: &'static str, ops: &[Op]) -> CheckLine {
     }
 }
 
+/// The checks of the healed cluster, in order: liveness (3), no write lost (2), convergence (4)
+/// and the committed history (5), for which the watchers catch up to the final revision and stop.
+fn healed_checks(
+    cluster: &ChaosCluster,
+    keys: usize,
+    recorder: &Recorder,
+    watchers: Watchers,
+) -> Vec<CheckLine> {
+    let mut checks = vec![check_liveness(cluster)];
+    let final_reads = final_reads(cluster, keys, recorder);
+    let mut lost = check_linearizable("no write lost", &recorder.ops());
+    if let Err(missing) = &final_reads {
+        lost.passed = false;
+        lost.detail = missing.clone();
+    }
+    checks.push(lost);
+    checks.push(check_convergence(cluster));
+    match final_reads {
+        Ok(final_revision) => {
+            let logs = watchers.finish(final_revision, HEALED_TIMEOUT);
+            checks.extend(check_revisions(
+                cluster,
+                &recorder.ops(),
+                &logs,
+                final_revision,
+            ));
+        }
+        Err(_) => drop(watchers.finish(0, Duration::ZERO)),
+    }
+    checks
+}
+
 /// (3) After healing, a leader is elected and a write through every node succeeds in bounded
 /// time.
 fn check_liveness(cluster: &ChaosCluster) -> CheckLine {
@@ -392,19 +429,51 @@ fn check_liveness(cluster: &ChaosCluster) -> CheckLine {
     }
 }
 
-/// (2) A linearizable read of every key on every node, added to the history as the final
-/// operations; `Err` if some node never answered.
-fn final_reads(cluster: &ChaosCluster, keys: usize, recorder: &Recorder) -> Result<(), String> {
+/// (2) A linearizable read of every key on every node (the txn keys by a txn), added to the
+/// history as the final operations; the highest revision they were read at (the final revision:
+/// the clients have stopped), or `Err` if some node never answered.
+fn final_reads(cluster: &ChaosCluster, keys: usize, recorder: &Recorder) -> Result<i64, String> {
     let agent = common::http::agent(Duration::from_secs(5));
+    let mut final_revision = 0;
     for id in cluster.ids() {
+        let call = Call::TxnRead {
+            keys: TXN_KEYS.map(String::from).to_vec(),
+        };
+        let url = format!("{}/v1/txn", cluster.base_url(id));
+        let body = serde_json::to_vec(&workload::txn_request(&call)).expect("a txn as JSON");
+        let read = common::poll_until(HEALED_TIMEOUT, || {
+            let invoked = recorder.now();
+            let answer = common::http::request(&agent, "POST", &url, &body).ok()?;
+            let (outcome, _) = workload::interpret(&call, &answer).ok()?;
+            Some(Op {
+                client: FINAL_READER + id,
+                node: id,
+                key: TXN_GROUP.to_string(),
+                call: call.clone(),
+                outcome,
+                invoked,
+                completed: recorder.now(),
+                detail: format!("final read, {}", answer.status),
+                read_at: None,
+            })
+            .filter(|op| matches!(op.outcome, Outcome::Txn { .. }))
+        });
+        match read {
+            Some(op) => {
+                if let Outcome::Txn { revision, .. } = op.outcome {
+                    final_revision = final_revision.max(revision);
+                }
+                recorder.record(op);
+            }
+            None => return Err(format!("node {id} never answered a txn read")),
+        }
         for key in (0..keys).map(|k| format!("k{k}")) {
             let url = format!("{}/v1/kv/{key}", cluster.base_url(id));
             let read = common::poll_until(HEALED_TIMEOUT, || {
                 let invoked = recorder.now();
                 let answer = common::http::request(&agent, "GET", &url, b"").ok()?;
-                let seen = match answer.status {
-                    200 => Some(answer.text()),
-                    404 => None,
+                let (outcome, read_at) = match answer.status {
+                    200 | 404 => workload::interpret(&Call::Get, &answer).ok()?,
                     _ => return None,
                 };
                 Some(Op {
@@ -412,10 +481,11 @@ fn final_reads(cluster: &ChaosCluster, keys: usize, recorder: &Recorder) -> Resu
                     node: id,
                     key: key.clone(),
                     call: Call::Get,
-                    outcome: Outcome::Read(seen),
+                    outcome,
                     invoked,
                     completed: recorder.now(),
                     detail: format!("final read, {}", answer.status),
+                    read_at,
                 })
             });
             match read {
@@ -424,7 +494,53 @@ fn final_reads(cluster: &ChaosCluster, keys: usize, recorder: &Recorder) -> Resu
             }
         }
     }
-    Ok(())
+    Ok(final_revision)
+}
+
+/// (5) Reads the committed history from one node and holds the history and the watchers to it
+/// (see `revisions.rs`).
+fn check_revisions(
+    cluster: &ChaosCluster,
+    ops: &[Op],
+    logs: &[WatcherLog],
+    final_revision: i64,
+) -> Vec<CheckLine> {
+    let node = cluster.leader().unwrap_or(1);
+    let committed =
+        watchers::committed_history(&cluster.base_url(node), final_revision, HEALED_TIMEOUT)
+            .and_then(|events| Committed::new(events, final_revision));
+    let committed = match committed {
+        Ok(committed) => committed,
+        Err(why) => {
+            return vec![CheckLine {
+                name: "committed history",
+                passed: false,
+                detail: format!("read from node {node}: {why}"),
+            }]
+        }
+    };
+    let line = |name, result: Result<String, String>| CheckLine {
+        name,
+        passed: result.is_ok(),
+        detail: result.unwrap_or_else(|e| e),
+    };
+    vec![
+        CheckLine {
+            name: "committed history",
+            passed: true,
+            detail: format!(
+                "revisions 2 to {} without a hole, read with a watch on node {node}",
+                committed.last_revision()
+            ),
+        },
+        line("writes committed", revisions::check_writes(&committed, ops)),
+        line("txns", revisions::check_txns(&committed, ops)),
+        line("revision order", revisions::check_order(&committed, ops)),
+        line(
+            "watchers",
+            revisions::check_watchers(&committed, logs, final_revision),
+        ),
+    ]
 }
 
 /// (4) Every node ends up with the same pairs.

@@ -57,11 +57,12 @@ pub struct Checked {
     pub elapsed: Duration,
 }
 
-/// Checks every key of `ops`; the first key that fails decides the verdict.
+/// Checks every key of `ops`; the first key that fails decides the verdict. Txns span keys and
+/// are left to `revisions.rs`; they touch keys no other call does.
 pub fn check(ops: &[Op]) -> Checked {
     let started = Instant::now();
     let mut by_key: HashMap<&str, Vec<&Op>> = HashMap::new();
-    for op in ops {
+    for op in ops.iter().filter(|op| !op.call.is_txn()) {
         by_key.entry(op.key.as_str()).or_default().push(op);
     }
     let mut keys: Vec<&str> = by_key.keys().copied().collect();
@@ -480,9 +481,16 @@ pub fn describe(op: &Op) -> String {
             value,
         } => format!("create {value:?}"),
         Call::Delete => "delete".to_string(),
+        Call::Txn { guard, writes } => format!("txn if {guard:?} then put {writes:?}"),
+        Call::TxnRead { keys } => format!("txn read {keys:?}"),
     };
     let outcome = match &op.outcome {
         Outcome::Read(Some(v)) => format!("read {v:?}"),
+        Outcome::Txn {
+            revision,
+            succeeded,
+            reads,
+        } => format!("revision {revision}, succeeded {succeeded}, read {reads:?}"),
         Outcome::Read(None) => "read absent".to_string(),
         Outcome::CasFailed(current) => format!("failed, current {current:?}"),
         other => other.label().to_string(),
@@ -529,6 +537,7 @@ mod tests {
                 invoked,
                 completed,
                 detail: String::new(),
+                read_at: None,
             });
             self
         }
@@ -880,6 +889,7 @@ mod tests {
                         Outcome::CasFailed(register.clone())
                     }
                 }
+                Call::Txn { .. } | Call::TxnRead { .. } => unreachable!("no txns here"),
             };
             let outcome = if unknown { Outcome::Unknown } else { outcome };
             let completed = if unknown { completed + 1000 } else { completed };
@@ -892,6 +902,7 @@ mod tests {
                 invoked,
                 completed,
                 detail: String::new(),
+                read_at: None,
             });
         }
         ops

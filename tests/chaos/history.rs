@@ -25,6 +25,43 @@ pub enum Call {
     },
     /// `DELETE /v1/kv/KEY`.
     Delete,
+    /// `POST /v1/txn` on the txn keys: if `guard` holds for the first key of `writes`, put every
+    /// pair of `writes`, else read each of their keys.
+    Txn {
+        guard: Guard,
+        writes: Vec<(String, String)>,
+    },
+    /// `POST /v1/txn` with no comparison that reads each of `keys` (one consistent snapshot).
+    TxnRead { keys: Vec<String> },
+}
+
+/// What a txn's comparison expects of its first key: the revisions the client saw last, or the
+/// value it saw (`None`: that the key is absent, `create_revision == 0`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guard {
+    ModRevision(i64),
+    Value(Option<String>),
+}
+
+/// One key as a txn read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadKv {
+    pub key: String,
+    /// `None`: absent.
+    pub value: Option<String>,
+    /// The revision of the key's last change, 0 when absent.
+    pub mod_revision: i64,
+}
+
+/// The revisions a linearizable `GET` answered with (its `x-ondisk-revision` and
+/// `x-ondisk-mod-revision` headers), so reads can be held to the committed history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadAt {
+    /// The store's revision the read was served at.
+    pub revision: i64,
+    /// The revision that wrote the value read.
+    pub mod_revision: i64,
 }
 
 impl Call {
@@ -35,7 +72,15 @@ impl Call {
             Call::Get => "get",
             Call::Cas { .. } => "cas",
             Call::Delete => "delete",
+            Call::Txn { .. } => "txn",
+            Call::TxnRead { .. } => "txn-read",
         }
+    }
+
+    /// Whether this is one of the txn calls, which span keys and are checked by revisions
+    /// (`revisions.rs`) rather than per key.
+    pub fn is_txn(&self) -> bool {
+        matches!(self, Call::Txn { .. } | Call::TxnRead { .. })
     }
 }
 
@@ -56,6 +101,13 @@ pub enum Outcome {
     Failed,
     /// A read that produced no information (an error or timeout); the checker ignores it.
     NoInfo,
+    /// A txn's answer: the revision of its header (for a txn that wrote, the revision it
+    /// created), whether its comparison held, and what it read.
+    Txn {
+        revision: i64,
+        succeeded: bool,
+        reads: Vec<ReadKv>,
+    },
 }
 
 impl Outcome {
@@ -68,6 +120,10 @@ impl Outcome {
             Outcome::Unknown => "unknown",
             Outcome::Failed => "failed",
             Outcome::NoInfo => "no-info",
+            Outcome::Txn {
+                succeeded: false, ..
+            } => "cas-failed",
+            Outcome::Txn { .. } => "ok",
         }
     }
 }
@@ -90,6 +146,9 @@ pub struct Op {
     pub completed: u64,
     /// The HTTP status or the transport error, for a human reading the history.
     pub detail: String,
+    /// For a `GET` that found the key: the revisions it was answered with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_at: Option<ReadAt>,
 }
 
 /// A history being recorded by concurrent clients, sharing one clock.

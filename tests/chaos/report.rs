@@ -8,7 +8,7 @@ use super::nemesis::{Fault, FaultEvent};
 
 /// Outcome columns, in display order.
 const OUTCOMES: [&str; 5] = ["ok", "cas-failed", "unknown", "failed", "no-info"];
-const KINDS: [&str; 4] = ["put", "get", "cas", "delete"];
+const KINDS: [&str; 6] = ["put", "get", "cas", "delete", "txn", "txn-read"];
 
 /// One line of the checks section: what was checked, whether it held, and the details.
 pub struct CheckLine {
