@@ -415,13 +415,18 @@ impl<'a> Session<'a> {
         };
         // Taken first, so that the watch's first line cannot come before this answer.
         let mut out = io::stdout().lock();
-        let started = self.node.watch(request).and_then(|mut stream| {
-            let created = self
-                .runtime
-                .block_on(stream.next())
+        // Inside the runtime: the watch runs as a task of the node's.
+        let started = self.runtime.block_on(async {
+            let mut stream = self.node.watch(request)?;
+            let created = stream
+                .next()
+                .await
                 .ok_or(crate::error::Error::ShuttingDown)?;
+            Ok::<_, crate::error::Error>((stream, created.header.revision + 1))
+        });
+        let started = started.and_then(|(stream, from)| {
             let watch = ActiveWatch::start(self.runtime, stream, self.output.clone())?;
-            Ok((watch, created.header.revision + 1))
+            Ok((watch, from))
         });
         match started {
             Ok((watch, from)) => {
