@@ -1,20 +1,28 @@
-//! The interactive prompt: `put`, `get`, `delete`, `status`, `help`, `exit`.
+//! The interactive prompt: `put`, `get`, `delete`, `watch`, `status`, `help`, `exit`.
 //!
 //! Lines come from rustyline on a terminal, or raw from stdin when it is a pipe or file (tests,
 //! scripts), so keys and values may be any bytes except newline. Each command runs to completion
 //! before the next line is read; answers go to stdout, errors to stderr.
+//!
+//! A watch prints each change as this node applies it, on a thread of its own, while the prompt
+//! stays usable: on a terminal through rustyline's external printer, which prints above the line
+//! being typed and redraws it; otherwise straight to stdout, one whole line at a time.
 
 use std::io;
 use std::io::BufRead;
 use std::io::IsTerminal;
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::thread;
 
 use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 
 use crate::api;
 use crate::cli::split_host_port;
 use crate::node::Node;
+use crate::node::WatchStream;
 use crate::types::NodeId;
 
 /// The help text, printed at start-up, on `help`, and after invalid input.
@@ -22,7 +30,11 @@ pub const USAGE: &str = "\
 Usage - type one of:
   put KEY VALUE     set KEY to VALUE (the rest of the line) through Raft, from any node
   get KEY           linearizable read of KEY, from any node
+  get KEY --rev R   KEY as it was at revision R (while the history still holds it)
   delete KEY        delete KEY through Raft
+  watch [PREFIX]    print every change to the keys starting with PREFIX (every key without
+                    one) as this node applies it; a new watch replaces the current one
+  unwatch           stop the watch
   add ADDR ID       add node ID (raft address ADDR) to the cluster; then start it with -join
   remove ID         remove node ID from the cluster
   members           list the members: id, raft address, voter or learner, leader
@@ -41,10 +53,17 @@ pub enum ReplCommand {
     },
     Get {
         key: Vec<u8>,
+        /// The revision to read at; `None` for the latest.
+        revision: Option<i64>,
     },
     Delete {
         key: Vec<u8>,
     },
+    /// Watch the keys starting with `prefix` (every key when it is empty).
+    Watch {
+        prefix: Vec<u8>,
+    },
+    Unwatch,
     Add {
         addr: String,
         id: NodeId,
@@ -82,7 +101,10 @@ pub fn parse(line: &[u8]) -> Result<ReplCommand, InvalidInput> {
             key: key.to_vec(),
             value: value.to_vec(),
         }),
-        (b"get", Some(key)) if value.is_empty() => Ok(ReplCommand::Get { key: key.to_vec() }),
+        (b"get", Some(key)) => Ok(ReplCommand::Get {
+            key: key.to_vec(),
+            revision: parse_revision_option(value)?,
+        }),
         (b"delete", Some(key)) if value.is_empty() => Ok(ReplCommand::Delete { key: key.to_vec() }),
         (b"add", Some(addr)) => {
             let (id, rest) = next_token(after_key);
@@ -97,12 +119,32 @@ pub fn parse(line: &[u8]) -> Result<ReplCommand, InvalidInput> {
             }
         }
         (b"remove", Some(id)) if value.is_empty() => Ok(ReplCommand::Remove { id: parse_id(id)? }),
+        (b"watch", prefix) if value.is_empty() => Ok(ReplCommand::Watch {
+            prefix: prefix.unwrap_or_default().to_vec(),
+        }),
+        (b"unwatch", None) => Ok(ReplCommand::Unwatch),
         (b"members", None) => Ok(ReplCommand::Members),
         (b"snapshot", None) => Ok(ReplCommand::Snapshot),
         (b"leader", None) => Ok(ReplCommand::Leader),
         (b"status", None) => Ok(ReplCommand::Status),
         (b"help", None) => Ok(ReplCommand::Help),
         (b"exit", None) => Ok(ReplCommand::Exit),
+        _ => Err(InvalidInput),
+    }
+}
+
+/// What may follow a `get`'s key: nothing, or `--rev R` with R a revision (1 or more).
+fn parse_revision_option(rest: &[u8]) -> Result<Option<i64>, InvalidInput> {
+    let (flag, rest) = next_token(rest);
+    let Some(flag) = flag else {
+        return Ok(None);
+    };
+    let (revision, rest) = next_token(rest);
+    let revision = revision
+        .and_then(|token| std::str::from_utf8(token).ok())
+        .and_then(|token| token.parse::<i64>().ok());
+    match (flag, revision, next_token(rest).0) {
+        (b"--rev", Some(revision), None) if revision > 0 => Ok(Some(revision)),
         _ => Err(InvalidInput),
     }
 }
@@ -150,7 +192,7 @@ pub fn run(node: Arc<Node>, runtime: Handle) -> ReplEnd {
     if io::stdin().is_terminal() {
         run_terminal(&node, &runtime)
     } else {
-        run_piped(&node, &runtime)
+        run_piped(&mut Session::new(&node, &runtime, WatchOutput::Stdout))
     }
 }
 
@@ -159,14 +201,19 @@ fn run_terminal(node: &Node, runtime: &Handle) -> ReplEnd {
         Ok(editor) => editor,
         Err(e) => {
             eprintln!("error: cannot start the line editor ({e}); reading plain lines instead");
-            return run_piped(node, runtime);
+            return run_piped(&mut Session::new(node, runtime, WatchOutput::Stdout));
         }
     };
+    let output = match editor.create_external_printer() {
+        Ok(printer) => WatchOutput::Terminal(Arc::new(Mutex::new(Box::new(printer)))),
+        Err(_) => WatchOutput::Stdout,
+    };
+    let mut session = Session::new(node, runtime, output);
     loop {
         match editor.readline("> ") {
             Ok(line) => {
                 let _ = editor.add_history_entry(line.as_str());
-                if execute_line(node, runtime, line.as_bytes()) == Some(ReplEnd::Shutdown) {
+                if session.execute_line(line.as_bytes()) == Some(ReplEnd::Shutdown) {
                     return ReplEnd::Shutdown;
                 }
             }
@@ -181,7 +228,7 @@ fn run_terminal(node: &Node, runtime: &Handle) -> ReplEnd {
     }
 }
 
-fn run_piped(node: &Node, runtime: &Handle) -> ReplEnd {
+fn run_piped(session: &mut Session<'_>) -> ReplEnd {
     let mut input = io::stdin().lock();
     let mut line = Vec::new();
     loop {
@@ -190,7 +237,7 @@ fn run_piped(node: &Node, runtime: &Handle) -> ReplEnd {
             Ok(0) => return ReplEnd::InputClosed,
             Ok(_) => {
                 let line = line.strip_suffix(b"\n").unwrap_or(&line);
-                if execute_line(node, runtime, line) == Some(ReplEnd::Shutdown) {
+                if session.execute_line(line) == Some(ReplEnd::Shutdown) {
                     return ReplEnd::Shutdown;
                 }
             }
@@ -202,19 +249,207 @@ fn run_piped(node: &Node, runtime: &Handle) -> ReplEnd {
     }
 }
 
-/// Executes one line, printing its outcome. Returns `Some(Shutdown)` for `exit`.
-fn execute_line(node: &Node, runtime: &Handle, line: &[u8]) -> Option<ReplEnd> {
-    let command = match parse(line) {
-        Ok(command) => command,
-        Err(InvalidInput) => {
-            eprintln!("invalid input\n{USAGE}");
-            return None;
+/// Where a watch prints its lines.
+#[derive(Clone)]
+enum WatchOutput {
+    /// Straight to stdout, a whole line per write, so a line never mixes with a command's answer.
+    Stdout,
+    /// Through rustyline, which prints above the prompt and redraws the line being typed.
+    Terminal(Arc<Mutex<Box<dyn rustyline::ExternalPrinter + Send>>>),
+}
+
+impl WatchOutput {
+    /// Prints `line`, which ends with a newline.
+    fn print(&self, line: &[u8]) {
+        match self {
+            WatchOutput::Stdout => {
+                let mut out = io::stdout().lock();
+                let _ = out.write_all(line).and_then(|()| out.flush());
+            }
+            WatchOutput::Terminal(printer) => {
+                let text = String::from_utf8_lossy(line).into_owned();
+                let _ = printer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .print(text);
+            }
         }
-    };
+    }
+}
+
+/// A running watch: a thread that prints its events. Dropping it stops the watch and waits for
+/// the thread, so no line of it appears after the prompt said it stopped.
+struct ActiveWatch {
+    stop: Option<oneshot::Sender<()>>,
+    printer: Option<thread::JoinHandle<()>>,
+}
+
+impl ActiveWatch {
+    /// Prints the responses of `stream` on a new thread until it ends or the watch is dropped.
+    /// A thread rather than a task, because rustyline's printer may block while the prompt
+    /// redraws, and the runtime's threads must never block.
+    fn start(runtime: &Handle, stream: WatchStream, output: WatchOutput) -> io::Result<Self> {
+        let (stop, stopped) = oneshot::channel();
+        let runtime = runtime.clone();
+        let printer = thread::Builder::new()
+            .name("repl-watch".into())
+            .spawn(move || print_watch(&runtime, stream, stopped, &output))?;
+        Ok(ActiveWatch {
+            stop: Some(stop),
+            printer: Some(printer),
+        })
+    }
+}
+
+impl Drop for ActiveWatch {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(printer) = self.printer.take() {
+            let _ = printer.join();
+        }
+    }
+}
+
+/// Prints each event of `stream` as one line until the watch ends or `stop` fires.
+fn print_watch(
+    runtime: &Handle,
+    mut stream: WatchStream,
+    mut stop: oneshot::Receiver<()>,
+    output: &WatchOutput,
+) {
+    loop {
+        let next = runtime.block_on(async {
+            tokio::select! {
+                response = stream.next() => response,
+                _ = &mut stop => None,
+            }
+        });
+        let Some(response) = next else {
+            return;
+        };
+        for event in &response.events {
+            output.print(&event_line(event));
+        }
+        if response.canceled {
+            output.print(format!("watch: ended: {}\n", response.cancel_reason).as_bytes());
+            return;
+        }
+    }
+}
+
+/// `watch: PUT key = value (revision N)` or `watch: DELETE key (revision N)`, with a newline.
+fn event_line(event: &api::Event) -> Vec<u8> {
+    let mut line = b"watch: ".to_vec();
+    match event.kind {
+        api::EventKind::Put => {
+            line.extend_from_slice(b"PUT ");
+            line.extend_from_slice(&event.kv.key);
+            line.extend_from_slice(b" = ");
+            line.extend_from_slice(&event.kv.value);
+        }
+        api::EventKind::Delete => {
+            line.extend_from_slice(b"DELETE ");
+            line.extend_from_slice(&event.kv.key);
+        }
+    }
+    line.extend_from_slice(format!(" (revision {})\n", event.kv.mod_revision).as_bytes());
+    line
+}
+
+/// What the prompt keeps from one line to the next: the node, and the watch it runs.
+struct Session<'a> {
+    node: &'a Node,
+    runtime: &'a Handle,
+    output: WatchOutput,
+    watch: Option<ActiveWatch>,
+}
+
+impl<'a> Session<'a> {
+    fn new(node: &'a Node, runtime: &'a Handle, output: WatchOutput) -> Self {
+        Session {
+            node,
+            runtime,
+            output,
+            watch: None,
+        }
+    }
+
+    /// Executes one line, printing its outcome. Returns `Some(Shutdown)` for `exit`.
+    fn execute_line(&mut self, line: &[u8]) -> Option<ReplEnd> {
+        match parse(line) {
+            Ok(ReplCommand::Exit) => return Some(ReplEnd::Shutdown),
+            Ok(ReplCommand::Watch { prefix }) => self.start_watch(prefix),
+            Ok(ReplCommand::Unwatch) => self.stop_watch(),
+            Ok(command) => execute(self.node, self.runtime, command),
+            Err(InvalidInput) => eprintln!("invalid input\n{USAGE}"),
+        }
+        None
+    }
+
+    /// Ends the watch, if any; only then takes stdout, which the watch's thread may be waiting
+    /// for to print its last line.
+    fn stop_watch(&mut self) {
+        let answer = match self.watch.take() {
+            Some(watch) => {
+                drop(watch);
+                "watch stopped"
+            }
+            None => "no watch to stop",
+        };
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{answer}").and_then(|()| out.flush());
+    }
+
+    /// Replaces the current watch with one of the keys starting with `prefix`, from the next
+    /// revision on, and says from which revision it reports.
+    fn start_watch(&mut self, prefix: Vec<u8>) {
+        drop(self.watch.take());
+        let request = api::WatchRequest {
+            range_end: api::prefix_end(&prefix),
+            key: prefix,
+            ..api::WatchRequest::default()
+        };
+        let mut answer = match &request.key[..] {
+            [] => b"watching every key".to_vec(),
+            prefix => [&b"watching keys starting with "[..], prefix].concat(),
+        };
+        // Taken first, so that the watch's first line cannot come before this answer.
+        let mut out = io::stdout().lock();
+        // Inside the runtime: the watch runs as a task of the node's.
+        let started = self.runtime.block_on(async {
+            let mut stream = self.node.watch(request)?;
+            let created = stream
+                .next()
+                .await
+                .ok_or(crate::error::Error::ShuttingDown)?;
+            Ok::<_, crate::error::Error>((stream, created.header.revision + 1))
+        });
+        let started = started.and_then(|(stream, from)| {
+            let watch = ActiveWatch::start(self.runtime, stream, self.output.clone())?;
+            Ok((watch, from))
+        });
+        match started {
+            Ok((watch, from)) => {
+                self.watch = Some(watch);
+                answer.extend_from_slice(format!(" from revision {from}\n").as_bytes());
+                let _ = out.write_all(&answer).and_then(|()| out.flush());
+            }
+            Err(e) => {
+                let _ = report(e);
+            }
+        }
+    }
+}
+
+/// Executes a command that needs nothing from the session, printing its outcome.
+fn execute(node: &Node, runtime: &Handle, command: ReplCommand) {
     let mut out = io::stdout().lock();
     let printed = match command {
-        ReplCommand::Nothing => Ok(()),
-        ReplCommand::Exit => return Some(ReplEnd::Shutdown),
+        // What the session itself does.
+        ReplCommand::Nothing
+        | ReplCommand::Exit
+        | ReplCommand::Watch { .. }
+        | ReplCommand::Unwatch => Ok(()),
         ReplCommand::Help => writeln!(out, "{USAGE}"),
         ReplCommand::Status => writeln!(out, "{}", status_line(node)),
         ReplCommand::Members => node.members().iter().try_for_each(|m| {
@@ -257,26 +492,45 @@ fn execute_line(node: &Node, runtime: &Handle, line: &[u8]) -> Option<ReplEnd> {
                 Err(e) => report(e),
             }
         }
-        ReplCommand::Get { key } => match runtime.block_on(node.get(&key)) {
-            Ok(Some(value)) => {
-                let mut answer = b"query key: ".to_vec();
-                answer.extend_from_slice(&key);
-                answer.extend_from_slice(b", result: ");
-                answer.extend_from_slice(&value);
-                answer.push(b'\n');
-                out.write_all(&answer)
-            }
-            Ok(None) => {
-                let mut answer = b"query key: ".to_vec();
-                answer.extend_from_slice(&key);
-                answer.extend_from_slice(b", not found\n");
-                out.write_all(&answer)
-            }
+        ReplCommand::Get { key, revision } => match runtime.block_on(read(node, &key, revision)) {
+            Ok(value) => out.write_all(&query_answer(&key, value.as_deref())),
             Err(e) => report(e),
         },
     };
     let _ = printed.and_then(|()| out.flush());
-    None
+}
+
+/// `key`'s value, at `revision` or the latest (linearizable either way).
+async fn read(
+    node: &Node,
+    key: &[u8],
+    revision: Option<i64>,
+) -> crate::error::Result<Option<Vec<u8>>> {
+    let Some(revision) = revision else {
+        return node.get(key).await;
+    };
+    let request = api::RangeRequest {
+        key: key.to_vec(),
+        revision,
+        ..api::RangeRequest::default()
+    };
+    let response = node.range(request, usize::MAX).await?;
+    Ok(response.kvs.into_iter().next().map(|kv| kv.value))
+}
+
+/// `query key: KEY, result: VALUE` or `query key: KEY, not found`, with a newline.
+fn query_answer(key: &[u8], value: Option<&[u8]>) -> Vec<u8> {
+    let mut answer = b"query key: ".to_vec();
+    answer.extend_from_slice(key);
+    match value {
+        Some(value) => {
+            answer.extend_from_slice(b", result: ");
+            answer.extend_from_slice(value);
+        }
+        None => answer.extend_from_slice(b", not found"),
+    }
+    answer.push(b'\n');
+    answer
 }
 
 /// Prints a membership change's outcome in the words of the original example.
@@ -381,9 +635,49 @@ mod tests {
         assert_eq!(
             parse(b"Get key\r"),
             Ok(ReplCommand::Get {
-                key: b"key".to_vec()
+                key: b"key".to_vec(),
+                revision: None
             })
         );
+    }
+
+    #[test]
+    fn watch_takes_an_optional_prefix_and_get_an_optional_revision() {
+        assert_eq!(
+            parse(b"watch greet/"),
+            Ok(ReplCommand::Watch {
+                prefix: b"greet/".to_vec()
+            })
+        );
+        assert_eq!(
+            parse(b"WATCH"),
+            Ok(ReplCommand::Watch { prefix: Vec::new() })
+        );
+        assert_eq!(parse(b"unwatch"), Ok(ReplCommand::Unwatch));
+        assert_eq!(
+            parse(b"get k --rev 7"),
+            Ok(ReplCommand::Get {
+                key: b"k".to_vec(),
+                revision: Some(7)
+            })
+        );
+        for line in [
+            &b"watch a b"[..],
+            b"unwatch a",
+            b"get k --rev",
+            b"get k --rev 0",
+            b"get k --rev -1",
+            b"get k --rev x",
+            b"get k --rev 7 8",
+            b"get k --revision 7",
+        ] {
+            assert_eq!(
+                parse(line),
+                Err(InvalidInput),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 
     proptest! {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::http::http;
 use common::native::client_of;
+use common::native::put_request;
 use common::native::runtime;
 use common::native::CLIENT_TIMEOUT;
 use common::Cluster;
@@ -85,7 +86,7 @@ fn a_request_just_over_max_request_bytes_is_refused_on_every_interface_and_the_n
     let runtime = runtime();
     let client = client_of(&cluster, &cluster.ids());
     let native_over = value_for("native", DEFAULT_LIMIT + 1, b'e');
-    match runtime.block_on(client.put(b"native".to_vec(), native_over)) {
+    match runtime.block_on(client.put(put_request(b"native".to_vec(), native_over))) {
         Err(ondisk::Error::RequestTooLarge { limit, .. }) => {
             assert_eq!(limit, DEFAULT_LIMIT as u64)
         }
@@ -93,7 +94,7 @@ fn a_request_just_over_max_request_bytes_is_refused_on_every_interface_and_the_n
     }
     let huge = vec![b'f'; 81 << 20];
     let error = runtime
-        .block_on(client.put(b"huge".to_vec(), huge))
+        .block_on(client.put(put_request(b"huge".to_vec(), huge)))
         .expect_err("an 81 MiB native put");
     assert!(
         matches!(error, ondisk::Error::Refused(_)) && error.to_string().contains("exceeds"),
@@ -102,7 +103,7 @@ fn a_request_just_over_max_request_bytes_is_refused_on_every_interface_and_the_n
 
     // Every node still commits and serves, through every interface.
     runtime
-        .block_on(client.put(b"after".to_vec(), b"native".to_vec()))
+        .block_on(client.put(put_request(b"after".to_vec(), b"native".to_vec())))
         .expect("a native put after the refusals");
     cluster.must_put(follower, "after-repl", "repl");
     let stored = http("PUT", &kv_url(&cluster, leader, "after-http"), b"http");
@@ -149,7 +150,10 @@ fn a_follower_catches_up_on_more_large_entries_than_one_frame_holds() {
     let client = client_of(&cluster, &cluster.ids());
     for i in 0..ENTRIES {
         runtime
-            .block_on(client.put(format!("large/{i:02}").into_bytes(), value.clone()))
+            .block_on(client.put(put_request(
+                format!("large/{i:02}").into_bytes(),
+                value.clone(),
+            )))
             .unwrap_or_else(|e| panic!("put {i} with one follower down: {e}"));
     }
 

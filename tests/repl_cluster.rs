@@ -580,3 +580,73 @@ fn node_id_4_without_addr_or_cluster_is_rejected() {
         "{line:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Watches
+// ---------------------------------------------------------------------------
+
+/// The `watch: ...` lines node `id` has printed so far, without their `(revision N)` tails, and
+/// those revisions.
+fn watch_lines(c: &mut Cluster, id: usize) -> (Vec<String>, Vec<i64>) {
+    let mut lines = Vec::new();
+    let mut revisions = Vec::new();
+    for line in c.node(id).stdout_lines() {
+        let line = lossy(&line);
+        if !line.starts_with("watch: ") {
+            continue;
+        }
+        let (text, revision) = line
+            .strip_suffix(')')
+            .and_then(|l| l.rsplit_once(" (revision "))
+            .unwrap_or_else(|| panic!("a watch line without its revision: {line:?}"));
+        revisions.push(revision.parse().expect("a revision"));
+        lines.push(text.to_string());
+    }
+    (lines, revisions)
+}
+
+#[test]
+fn a_watch_at_one_node_prints_the_changes_typed_at_the_others_as_they_happen() {
+    let mut c = Cluster::start3();
+    c.wait_for_leader();
+    let reply = c.node(2).command("watch greet/");
+    let from: i64 = reply
+        .text()
+        .strip_prefix("watching keys starting with greet/ from revision ")
+        .and_then(|revision| revision.parse().ok())
+        .unwrap_or_else(|| panic!("watch answered {reply}"));
+
+    c.must_put(1, "greet/one", "hello world");
+    c.must_put(3, "greet/two", "from node 3");
+    c.must_put(1, "other", "not watched");
+    assert_eq!(c.node(3).delete("greet/one"), Ok(()));
+    let expected = [
+        "watch: PUT greet/one = hello world",
+        "watch: PUT greet/two = from node 3",
+        "watch: DELETE greet/one",
+    ];
+    let seen = poll_until(COMMAND_TIMEOUT, || {
+        let (lines, revisions) = watch_lines(&mut c, 2);
+        (lines.len() >= expected.len()).then_some((lines, revisions))
+    });
+    let Some((lines, revisions)) = seen else {
+        panic!(
+            "node 2 printed {:?}\n{}",
+            watch_lines(&mut c, 2),
+            c.node(2).diagnostics()
+        );
+    };
+    assert_eq!(lines, expected);
+    assert!(revisions[0] >= from, "{revisions:?} from {from}");
+    assert!(
+        revisions.windows(2).all(|pair| pair[0] < pair[1]),
+        "{revisions:?}"
+    );
+
+    // Once `unwatch` has answered, the watch prints nothing more.
+    assert_eq!(c.node(2).command("unwatch").text(), "watch stopped");
+    c.must_put(1, "greet/three", "unwatched");
+    c.assert_get(2, "greet/three", some("unwatched"));
+    assert_eq!(watch_lines(&mut c, 2).0, expected);
+    assert_eq!(c.node(2).command("unwatch").text(), "no watch to stop");
+}

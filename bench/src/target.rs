@@ -56,7 +56,13 @@ impl OndiskTarget {
 
 impl KvTarget for OndiskTarget {
     async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
-        Ok(self.client.put(key, value).await?)
+        let put = ondisk::api::PutRequest {
+            key,
+            value,
+            ..ondisk::api::PutRequest::default()
+        };
+        self.client.put(put).await?;
+        Ok(())
     }
 
     async fn get(&self, key: Vec<u8>, consistency: Consistency) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ondisk::api;
 use ondisk::client::Client;
 
 use super::Cluster;
@@ -25,4 +26,13 @@ pub fn client_of(cluster: &Cluster, ids: &[usize]) -> Client {
         .map(|&id| cluster.raft_addr(id).to_string())
         .collect();
     Client::new(endpoints, CLIENT_TIMEOUT).expect("a client")
+}
+
+/// A plain put of `value` at `key`, as most tests write.
+pub fn put_request(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> api::PutRequest {
+    api::PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..api::PutRequest::default()
+    }
 }
