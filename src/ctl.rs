@@ -266,7 +266,10 @@ pub enum CtlError {
     NotFound(String),
     /// The revision asked for is compacted away.
     #[error("{reason}")]
-    Compacted { reason: String, compact_revision: i64 },
+    Compacted {
+        reason: String,
+        compact_revision: i64,
+    },
     /// The answer could not be understood.
     #[error("unexpected answer from {endpoint}: {reason}")]
     BadAnswer { endpoint: String, reason: String },

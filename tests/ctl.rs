@@ -753,7 +753,11 @@ impl Drop for Running {
 /// The revisions `ctl --json get KEY` reports: (create, mod, version).
 fn revisions(endpoints: &str, key: &str) -> (i64, i64, i64) {
     let doc = json(ctl(endpoints, &["--json", "get", key]), "get --json");
-    let field = |name: &str| doc[name].as_i64().unwrap_or_else(|| panic!("{name} in {doc}"));
+    let field = |name: &str| {
+        doc[name]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{name} in {doc}"))
+    };
     (
         field("create_revision"),
         field("mod_revision"),
@@ -776,7 +780,10 @@ fn get_and_scan_read_old_revisions_until_compacted() {
     let (created, modified, version) = revisions(e, "k");
     assert_eq!((created, modified, version), (mods[0], mods[2], 3));
     for (rev, value) in mods.iter().zip(["one", "two", "three"]) {
-        let read = ok(ctl(e, &["get", "k", "--rev", &rev.to_string()]), "get --rev");
+        let read = ok(
+            ctl(e, &["get", "k", "--rev", &rev.to_string()]),
+            "get --rev",
+        );
         assert_eq!(read, value.as_bytes(), "k at revision {rev}");
     }
     // At the second value's revision, only the first s/ key existed.
@@ -805,19 +812,31 @@ fn txn_reads_etcdctls_form_from_stdin_and_runs_either_branch() {
     cluster.wait_for_leader();
     let e = endpoint(&cluster, 1);
     let e = e.as_str();
-    let txn = b"value(\"job\") = \"idle\"\n\nput job \"running now\"\nget job\n\nput job idle\nget job\n";
+    let txn =
+        b"value(\"job\") = \"idle\"\n\nput job \"running now\"\nget job\n\nput job idle\nget job\n";
 
-    let first = text(&ok(ctl_with_stdin(e, &["txn"], txn), "txn on an absent key"));
+    let first = text(&ok(
+        ctl_with_stdin(e, &["txn"], txn),
+        "txn on an absent key",
+    ));
     assert_eq!(first, "FAILURE\n\nOK\n\njob\nidle\n");
     let second = text(&ok(ctl_with_stdin(e, &["txn"], txn), "txn on an idle job"));
     assert_eq!(second, "SUCCESS\n\nOK\n\njob\nrunning now\n");
     let doc = json(
-        ctl_with_stdin(e, &["--json", "txn"], b"version(\"job\") = 2\n\ndel job\n\n"),
+        ctl_with_stdin(
+            e,
+            &["--json", "txn"],
+            b"version(\"job\") = 2\n\ndel job\n\n",
+        ),
         "txn --json",
     );
     assert_eq!(doc["succeeded"], true, "{doc}");
     assert_eq!(doc["responses"][0]["delete_range"]["deleted"], 1, "{doc}");
-    fails(ctl(e, &["get", "job"]), "key not found", "get after the delete");
+    fails(
+        ctl(e, &["get", "job"]),
+        "key not found",
+        "get after the delete",
+    );
 
     fails(
         ctl_with_stdin(e, &["txn"], b"create(\"a\") = 0\n\nput a\n"),
@@ -844,23 +863,36 @@ fn a_revoked_lease_takes_its_keys_and_an_expired_one_too() {
         .unwrap_or_else(|| panic!("no lease id in {granted:?}"))
         .to_string();
     assert!(granted.ends_with("granted with TTL(30s)\n"), "{granted}");
-    ok(ctl(e, &["put", "leased", "v", "--lease", &id]), "put --lease");
+    ok(
+        ctl(e, &["put", "leased", "v", "--lease", &id]),
+        "put --lease",
+    );
     assert_eq!(revisions(e, "leased").2, 1);
     let doc = json(ctl(e, &["--json", "get", "leased"]), "get --json");
-    assert_eq!(doc["lease"].as_i64().map(|l| l.to_string()), Some(id.clone()));
+    assert_eq!(
+        doc["lease"].as_i64().map(|l| l.to_string()),
+        Some(id.clone())
+    );
     let ttl = text(&ok(ctl(e, &["lease", "ttl", &id, "--keys"]), "lease ttl"));
     assert!(
         ttl.starts_with(&format!("lease {id} granted with TTL(30s), remaining("))
             && ttl.ends_with("attached keys([leased])\n"),
         "{ttl}"
     );
-    let renewed = text(&ok(ctl(e, &["lease", "keep-alive", &id, "--once"]), "keep-alive"));
+    let renewed = text(&ok(
+        ctl(e, &["lease", "keep-alive", &id, "--once"]),
+        "keep-alive",
+    ));
     assert_eq!(renewed, format!("lease {id} keepalived with TTL(30)\n"));
     let listed = text(&ok(ctl(e, &["lease", "list"]), "lease list"));
     assert!(listed.lines().any(|line| line == id), "{listed}");
 
     ok(ctl(e, &["lease", "revoke", &id]), "lease revoke");
-    fails(ctl(e, &["get", "leased"]), "key not found", "a revoked lease's key");
+    fails(
+        ctl(e, &["get", "leased"]),
+        "key not found",
+        "a revoked lease's key",
+    );
     fails(
         ctl(e, &["lease", "ttl", &id]),
         "not found",
@@ -870,7 +902,10 @@ fn a_revoked_lease_takes_its_keys_and_an_expired_one_too() {
     // A lease nobody keeps alive expires, and its key goes with it.
     let doc = json(ctl(e, &["--json", "lease", "grant", "1"]), "lease grant");
     let short = doc["id"].as_i64().expect("id").to_string();
-    ok(ctl(e, &["put", "brief", "v", "--lease", &short]), "put --lease");
+    ok(
+        ctl(e, &["put", "brief", "v", "--lease", &short]),
+        "put --lease",
+    );
     common::wait_until(SETTLE_TIMEOUT, "the unrenewed lease expires", || {
         !ctl(e, &["get", "brief"]).status.success()
     });
@@ -904,8 +939,15 @@ fn watched_events(lines: &[String]) -> Vec<(String, String, String)> {
 fn watch_prints_changes_made_elsewhere_and_survives_its_nodes_death() {
     let mut cluster = Cluster::start(3);
     cluster.wait_for_leader();
-    let (e1, e2, e3) = (endpoint(&cluster, 1), endpoint(&cluster, 2), endpoint(&cluster, 3));
-    let mut watch = Running::start(&format!("{e1},{e2}"), &["--json", "watch", "w/", "--prefix"]);
+    let (e1, e2, e3) = (
+        endpoint(&cluster, 1),
+        endpoint(&cluster, 2),
+        endpoint(&cluster, 3),
+    );
+    let mut watch = Running::start(
+        &format!("{e1},{e2}"),
+        &["--json", "watch", "w/", "--prefix"],
+    );
     let created = watch.lines(1, "the watch starts")[0].clone();
     assert!(created.contains("\"created\":true"), "{created}");
 
@@ -914,11 +956,16 @@ fn watch_prints_changes_made_elsewhere_and_survives_its_nodes_death() {
     ok(ctl(&e3, &["put", "other", "x"]), "put outside the prefix");
     let lines = watch.lines(3, "two events").to_vec();
     let expected = |n: usize| -> Vec<(String, String, String)> {
-        [("PUT", "w/a", "1"), ("DELETE", "w/a", ""), ("PUT", "w/b", "2"), ("PUT", "w/c", "3")]
-            .iter()
-            .take(n)
-            .map(|(k, key, v)| (k.to_string(), key.to_string(), v.to_string()))
-            .collect()
+        [
+            ("PUT", "w/a", "1"),
+            ("DELETE", "w/a", ""),
+            ("PUT", "w/b", "2"),
+            ("PUT", "w/c", "3"),
+        ]
+        .iter()
+        .take(n)
+        .map(|(k, key, v)| (k.to_string(), key.to_string(), v.to_string()))
+        .collect()
     };
     assert_eq!(watched_events(&lines), expected(2));
 
@@ -929,7 +976,9 @@ fn watch_prints_changes_made_elsewhere_and_survives_its_nodes_death() {
     for (via, key, value) in [(&e2, "w/b", "2"), (&e3, "w/c", "3")] {
         let txn = format!("create(\"{key}\") = 0\n\nput {key} {value}\n\n");
         common::wait_until(SETTLE_TIMEOUT, "a put after node 1 died", || {
-            ctl_with_stdin(via, &["txn"], txn.as_bytes()).status.success()
+            ctl_with_stdin(via, &["txn"], txn.as_bytes())
+                .status
+                .success()
         });
     }
     let lines = watch.lines(5, "the events after the failover").to_vec();
@@ -981,7 +1030,9 @@ fn two_lock_holders_never_overlap_and_the_command_status_is_passed_on() {
         assert_eq!(pair[1], format!("end {pid}"), "interleaved:\n{written}");
     }
     assert_eq!(
-        ctl(&e, &["lock", "jobs", "--", "sh", "-c", "exit 7"]).status.code(),
+        ctl(&e, &["lock", "jobs", "--", "sh", "-c", "exit 7"])
+            .status
+            .code(),
         Some(7)
     );
     // Every holder released its key.
@@ -999,9 +1050,15 @@ fn two_lock_holders_never_overlap_and_the_command_status_is_passed_on() {
         .spawn()
         .expect("start the second locker");
     common::wait_until(SETTLE_TIMEOUT, "the second locker has queued", || {
-        text(&ok(ctl(&e, &["scan", "held/"]), "scan")).lines().count() == 2
+        text(&ok(ctl(&e, &["scan", "held/"]), "scan"))
+            .lines()
+            .count()
+            == 2
     });
-    assert!(!marker.exists(), "the second locker ran while the lock was held");
+    assert!(
+        !marker.exists(),
+        "the second locker ran while the lock was held"
+    );
     // SIGTERM releases the lock at once (its lease would hold it for 30 s more).
     let terminated = Command::new("kill")
         .args(["-TERM", &holder.child.id().to_string()])

@@ -131,9 +131,7 @@ impl Client {
         for position in (0..count).map(|i| (first + i) % count) {
             let endpoint = &self.endpoints[position];
             match self.send(&self.streaming_agent, endpoint, "GET", path, b"") {
-                Ok(response) if response.status().is_success() => {
-                    return Ok((position, response))
-                }
+                Ok(response) if response.status().is_success() => return Ok((position, response)),
                 Ok(response) => return Err(failure(endpoint, response)),
                 Err(Attempt::Down(reason)) => down.push(format!("{endpoint}: {reason}")),
                 Err(Attempt::Failed(e)) => return Err(e),
@@ -216,10 +214,7 @@ fn failure(endpoint: &str, mut response: Streaming) -> CtlError {
                 },
                 None => "absent".to_string(),
             };
-            return CtlError::Refused(format!(
-                "{}: the current value is {current}",
-                refusal.error
-            ));
+            return CtlError::Refused(format!("{}: the current value is {current}", refusal.error));
         }
     }
     let Ok(error) = serde_json::from_slice::<ErrorBody>(&body) else {

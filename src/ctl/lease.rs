@@ -51,7 +51,12 @@ pub enum LeaseCommand {
 }
 
 /// Runs one `lease` command.
-pub(super) fn run(client: &Client, command: LeaseCommand, json: bool, timeout: Duration) -> Result<()> {
+pub(super) fn run(
+    client: &Client,
+    command: LeaseCommand,
+    json: bool,
+    timeout: Duration,
+) -> Result<()> {
     match command {
         LeaseCommand::Grant { ttl } => {
             let answer = grant(client, ttl)?;

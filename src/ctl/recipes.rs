@@ -119,11 +119,7 @@ impl Drop for Session {
 
 /// Until `defer` is set, SIGINT or SIGTERM revokes `lease` and ends the process (whatever the
 /// main thread is blocked on); once set, they are reported on the receiver instead.
-fn on_interrupt(
-    client: &Client,
-    lease: i64,
-    defer: Arc<AtomicBool>,
-) -> Result<mpsc::Receiver<()>> {
+fn on_interrupt(client: &Client, lease: i64, defer: Arc<AtomicBool>) -> Result<mpsc::Receiver<()>> {
     use tokio::signal::unix::signal;
     use tokio::signal::unix::SignalKind;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -196,12 +192,10 @@ fn run_under_lock(
     args: &[OsString],
     interrupted: &mpsc::Receiver<()>,
 ) -> Result<std::process::ExitStatus> {
-    let mut child = Command::new(program).args(args).spawn().map_err(|e| {
-        CtlError::Input(format!(
-            "cannot run {}: {e}",
-            program.to_string_lossy()
-        ))
-    })?;
+    let mut child = Command::new(program)
+        .args(args)
+        .spawn()
+        .map_err(|e| CtlError::Input(format!("cannot run {}: {e}", program.to_string_lossy())))?;
     let mut kill_at = None;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -256,9 +250,7 @@ fn create_key(client: &Client, key: &[u8], value: &[u8], lease: i64) -> Result<i
             .kvs
             .first()
             .map(|kv| kv.create_revision)
-            .ok_or_else(|| {
-                CtlError::Refused(format!("{} vanished", String::from_utf8_lossy(key)))
-            }),
+            .ok_or_else(|| CtlError::Refused(format!("{} vanished", String::from_utf8_lossy(key)))),
         _ => Err(CtlError::Refused(
             "the transaction's answer lacks its read".into(),
         )),
