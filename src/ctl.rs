@@ -6,6 +6,12 @@
 //! stdout as raw bytes, so binary values survive a pipe. Every failure is one `error: ...` line
 //! and a non-zero exit status.
 
+mod client;
+mod lease;
+mod recipes;
+mod txn;
+mod watch;
+
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
@@ -16,29 +22,36 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 use std::time::Instant;
 
-use base64::Engine;
 use clap::Parser;
 use clap::Subcommand;
+use serde::Serialize;
 use serde_json::json;
-use serde_json::Value;
 
+use crate::api;
 use crate::api::http::header::BACKUP_INDEX as BACKUP_INDEX_HEADER;
 use crate::api::http::header::BACKUP_TERM as BACKUP_TERM_HEADER;
-use crate::api::http::param::START as SCAN_START_PARAM;
+use crate::api::http::param;
 use crate::api::http::percent_encode;
+use crate::api::http::AddMemberRequest;
 use crate::api::http::Encoding;
+use crate::api::http::Member;
+use crate::api::http::MembersAnswer;
 use crate::api::http::ScanAnswer;
+use crate::api::http::SnapshotAnswer;
+use crate::api::http::StatusAnswer;
+use crate::api::http::TransferLeaderAnswer;
+use crate::api::http::TransferLeaderRequest;
 use crate::api::http::MAX_SCAN_LIMIT;
 use crate::store;
 use crate::types::NodeId;
+use client::Client;
 
 /// The local node 1's HTTP address with the default flags.
 const DEFAULT_ENDPOINT: &str = "localhost:64001";
-/// How long connecting to one endpoint may take before the next is tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between looks at the membership while waiting for a new voter's promotion.
 const PROMOTION_POLL: Duration = Duration::from_millis(200);
 
@@ -46,7 +59,8 @@ const PROMOTION_POLL: Duration = Duration::from_millis(200);
 #[derive(Debug, Parser)]
 #[command(
     name = "ondisk ctl",
-    about = "A client for a running ondisk cluster: data, membership, leadership, snapshots, backups",
+    about = "A client for a running ondisk cluster: data, revisions, transactions, watches, \
+             leases, locks and elections, membership, leadership, snapshots, backups",
     after_help = "Keys and values that start with '-' go after `--`, e.g. `ondisk ctl put -- -k -v`.\n\
                   Run `ondisk ctl COMMAND -h` for a command's own help."
 )]
@@ -77,11 +91,18 @@ pub enum CtlCommand {
         /// The value, or `-` to read it from stdin.
         #[arg(allow_hyphen_values = true)]
         value: OsString,
+        /// Attach the key to this lease (see `lease grant`): it is deleted when the lease ends.
+        #[arg(long)]
+        lease: Option<i64>,
     },
-    /// Print KEY's value (raw bytes); fails if KEY is absent. Linearizable unless --stale.
+    /// Print KEY's value (raw bytes); fails if KEY is absent. Linearizable unless --stale. With
+    /// --json, the key with its revisions, version and lease.
     Get {
         /// The key to read.
         key: OsString,
+        /// Read the key as it was at this revision (refused once compacted).
+        #[arg(long)]
+        rev: Option<i64>,
         /// Read the answering node's state as it is, without asking the leader (faster, may be
         /// behind).
         #[arg(long)]
@@ -105,7 +126,8 @@ pub enum CtlCommand {
         new: OsString,
     },
     /// List pairs whose key starts with PREFIX, in key order (tab-separated), fetched page by
-    /// page; with --json, each page as the API answers it, one per line.
+    /// page, every page at the first one's revision; with --json, each page as the API answers
+    /// it, one per line.
     Scan {
         /// Only keys starting with this (default: every key).
         #[arg(default_value = "")]
@@ -113,6 +135,70 @@ pub enum CtlCommand {
         /// Most pairs to list (default: all of them).
         #[arg(long)]
         limit: Option<usize>,
+        /// List the pairs as they were at this revision (default: the current one).
+        #[arg(long)]
+        rev: Option<i64>,
+    },
+    /// Forget the history before revision REV: reads and watches from older revisions are
+    /// refused from then on.
+    Compact {
+        /// The first revision to keep.
+        rev: i64,
+    },
+    /// Run a transaction read from stdin: comparisons, a blank line, the operations run if they
+    /// all hold, a blank line, the operations run otherwise. Prints SUCCESS or FAILURE and each
+    /// operation's result.
+    #[command(after_help = txn::FORMAT)]
+    Txn,
+    /// Print the changes to KEY (or every key under it, with --prefix) as they happen, one line
+    /// each (`PUT key value`, `DELETE key`); with --json, the API's watch responses. Resumes on
+    /// the next endpoint when the connection drops, without losing or repeating a change.
+    Watch {
+        /// The key, or with --prefix the prefix.
+        key: OsString,
+        /// Watch every key that starts with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Start from this revision (default: changes from now on).
+        #[arg(long)]
+        rev: Option<i64>,
+        /// Show each key's previous value too.
+        #[arg(long = "prev-kv")]
+        prev_kv: bool,
+    },
+    /// Leases: TTLs keys can be attached to (`put --lease`); the keys go when the lease ends.
+    Lease {
+        #[command(subcommand)]
+        command: lease::LeaseCommand,
+    },
+    /// Hold the distributed lock NAME while COMMAND runs (after `--`), then release it, exiting
+    /// with COMMAND's status. Without COMMAND, print the lock's key and hold it until
+    /// interrupted. Waiters get the lock in the order they asked for it.
+    Lock {
+        /// The lock's name: its holders' keys are under NAME/.
+        name: OsString,
+        /// Seconds the lock outlives this process if it dies (its lease's TTL).
+        #[arg(long, default_value_t = recipes::DEFAULT_TTL)]
+        ttl: i64,
+        /// The command to run while holding the lock, after `--`.
+        #[arg(last = true)]
+        command: Vec<OsString>,
+    },
+    /// Campaign to lead election NAME with VALUE, and print the leader's value each time the
+    /// leadership changes; with --listen, only watch. The first campaigner leads until its
+    /// process ends (or, if it dies, until its lease expires).
+    Elect {
+        /// The election's name: its candidates' keys are under NAME/.
+        name: OsString,
+        /// What this candidate announces while it leads.
+        #[arg(required_unless_present = "listen", allow_hyphen_values = true)]
+        value: Option<OsString>,
+        /// Only print the leaders, without campaigning.
+        #[arg(long, conflicts_with = "value")]
+        listen: bool,
+        /// Seconds the candidacy outlives this process if it dies (its lease's TTL).
+        #[arg(long, default_value_t = recipes::DEFAULT_TTL)]
+        ttl: i64,
     },
     /// List the members (id, addresses, voter or learner, leader) and the membership's log index,
     /// which --prev-index expects.
@@ -175,9 +261,21 @@ pub enum CtlError {
     /// The node answered with an error.
     #[error("{0}")]
     Refused(String),
+    /// The key or lease asked about does not exist (a 404), which some commands act on.
+    #[error("{0}")]
+    NotFound(String),
+    /// The revision asked for is compacted away.
+    #[error("{reason}")]
+    Compacted {
+        reason: String,
+        compact_revision: i64,
+    },
     /// The answer could not be understood.
     #[error("unexpected answer from {endpoint}: {reason}")]
     BadAnswer { endpoint: String, reason: String },
+    /// What was given on the command line or stdin is not usable.
+    #[error("{0}")]
+    Input(String),
     /// Reading input or writing output failed.
     #[error("{0}")]
     Io(#[from] io::Error),
@@ -185,95 +283,69 @@ pub enum CtlError {
 
 type Result<T, E = CtlError> = std::result::Result<T, E>;
 
-/// Runs one ctl command.
-pub fn run(args: CtlArgs) -> Result<()> {
-    let client = Client::new(&args.endpoints, args.timeout);
-    let json = args.json;
-    match args.command {
-        CtlCommand::Put { key, value } => {
-            let value = value_arg(&value)?;
-            client.call("PUT", &kv_path(&key), &value)?;
+/// Runs one ctl command; the exit status is a success unless the command ran another (`lock`),
+/// whose status it passes on.
+pub fn run(args: CtlArgs) -> Result<ExitCode> {
+    let client = &Client::new(&args.endpoints, args.timeout);
+    let (json, timeout) = (args.json, args.timeout);
+    let outcome = match args.command {
+        CtlCommand::Lock { name, ttl, command } => {
+            return recipes::lock(client, name.as_bytes(), ttl, &command, timeout)
+        }
+        CtlCommand::Put { key, value, lease } => {
+            let mut path = kv_path(&key);
+            if let Some(lease) = lease {
+                path.push_str(&format!("?{}={lease}", param::LEASE));
+            }
+            client.call("PUT", &path, &value_arg(&value)?)?;
             done(json, "OK")
         }
-        CtlCommand::Get { key, stale } => {
-            let query = if stale { "?consistency=stale" } else { "" };
-            let answer = client.call("GET", &format!("{}{query}", kv_path(&key)), b"")?;
-            if json {
-                let mut doc = encoded(&answer.body);
-                doc["key"] = Value::String(String::from_utf8_lossy(key.as_bytes()).into());
-                return print_json(&doc);
-            }
-            let mut out = io::stdout().lock();
-            out.write_all(&answer.body)?;
-            if io::stdout().is_terminal() {
-                out.write_all(b"\n")?;
-            }
-            Ok(out.flush()?)
-        }
+        CtlCommand::Get { key, rev, stale } => get(client, key.as_bytes(), rev, stale, json),
         CtlCommand::Delete { key } => {
             client.call("DELETE", &kv_path(&key), b"")?;
             done(json, "OK")
         }
         CtlCommand::Cas { key, expected, new } => {
             let path = format!(
-                "{}?prev_value={}",
+                "{}?{}={}",
                 kv_path(&key),
+                param::PREV_VALUE,
                 percent_encode(&value_arg(&expected)?)
             );
-            match client.call("PUT", &path, &value_arg(&new)?) {
-                Err(CtlError::Refused(reason)) if reason.starts_with("precondition failed") => {
-                    Err(CtlError::Refused(reason))
-                }
-                other => other.and_then(|_| done(json, "OK")),
-            }
+            client.call("PUT", &path, &value_arg(&new)?)?;
+            done(json, "OK")
         }
-        CtlCommand::Scan { prefix, limit } => scan(&client, prefix.as_bytes(), limit, json),
-        CtlCommand::Members => {
-            let doc = client.call("GET", "/v1/members", b"")?.json()?;
-            if json {
-                return print_json(&doc);
-            }
-            println!(
-                "membership index: {}",
-                doc["membership_index"].as_u64().unwrap_or(0)
-            );
-            let rows = members(&doc)
-                .iter()
-                .map(|m| {
-                    vec![
-                        m.id.to_string(),
-                        m.raft_addr.clone(),
-                        m.http_addr.clone(),
-                        if m.voter { "voter" } else { "learner" }.to_string(),
-                        if m.leader { "yes" } else { "" }.to_string(),
-                    ]
-                })
-                .collect();
-            print_table(
-                &["ID", "RAFT ADDRESS", "HTTP ADDRESS", "ROLE", "LEADER"],
-                rows,
-            )
+        CtlCommand::Scan { prefix, limit, rev } => {
+            scan(client, prefix.as_bytes(), limit, rev, json)
         }
-        CtlCommand::Leader => {
-            let doc = client.call("GET", "/v1/members", b"")?.json()?;
-            let Some(leader) = members(&doc).into_iter().find(|m| m.leader) else {
-                return Err(CtlError::Refused(
-                    "no leader is known (is a quorum of nodes up?)".into(),
-                ));
+        CtlCommand::Compact { rev } => compact(client, rev, json),
+        CtlCommand::Txn => txn::run(client, json),
+        CtlCommand::Watch {
+            key,
+            prefix,
+            rev,
+            prev_kv,
+        } => {
+            let watched = watch::Watched {
+                key: key.as_bytes(),
+                prefix,
+                start_revision: rev.unwrap_or(0),
+                prev_kv,
             };
-            if json {
-                return print_json(&json!({
-                    "id": leader.id,
-                    "raft_addr": leader.raft_addr,
-                    "http_addr": leader.http_addr,
-                }));
-            }
-            println!("{} {} {}", leader.id, leader.raft_addr, leader.http_addr);
-            Ok(())
+            watch::run(client, &watched, json, timeout)
         }
-        CtlCommand::Status => status(&client, json),
+        CtlCommand::Lease { command } => lease::run(client, command, json, timeout),
+        CtlCommand::Elect {
+            name, value, ttl, ..
+        } => {
+            let value = value.as_ref().map(|v| v.as_bytes());
+            recipes::elect(client, name.as_bytes(), value, ttl, json, timeout)
+        }
+        CtlCommand::Members => members(client, json),
+        CtlCommand::Leader => leader(client, json),
+        CtlCommand::Status => status(client, json),
         CtlCommand::AddLearner { id, addr } => {
-            add(&client, id, &addr, "learner", None)?;
+            add(client, id, &addr, "learner", None)?;
             done(json, &format!("added node {id} as a learner"))
         }
         CtlCommand::AddVoter {
@@ -282,47 +354,132 @@ pub fn run(args: CtlArgs) -> Result<()> {
             prev_index,
             wait,
         } => {
-            add(&client, id, &addr, "voter", prev_index)?;
-            if !wait.is_zero() {
-                wait_for_voter(&client, id, wait)?;
-                return done(json, &format!("added node {id} as a voter"));
+            add(client, id, &addr, "voter", prev_index)?;
+            if wait.is_zero() {
+                done(
+                    json,
+                    &format!(
+                        "added node {id}; the leader promotes it to voter once it has caught up"
+                    ),
+                )
+            } else {
+                wait_for_voter(client, id, wait)?;
+                done(json, &format!("added node {id} as a voter"))
             }
-            done(
-                json,
-                &format!("added node {id}; the leader promotes it to voter once it has caught up"),
-            )
         }
         CtlCommand::Remove { id } => {
-            client.call("DELETE", &format!("/v1/members/{id}"), b"")?;
+            client.call("DELETE", &api::http::member(id), b"")?;
             done(json, &format!("removed node {id}"))
         }
-        CtlCommand::AppliedIndex => {
-            let doc = client.call("GET", "/v1/status", b"")?.json()?;
-            let index = doc["last_applied"].as_u64().unwrap_or(0);
-            if json {
-                return print_json(&json!({ "id": doc["id"], "applied_index": index }));
-            }
-            println!("{index}");
-            Ok(())
-        }
-        CtlCommand::Snapshot => {
-            let doc = client.call("POST", "/v1/snapshot", b"")?.json()?;
-            if json {
-                return print_json(&doc);
-            }
-            println!(
-                "snapshot taken at log index {}",
-                doc["index"].as_u64().unwrap_or(0)
-            );
-            Ok(())
-        }
+        CtlCommand::AppliedIndex => applied_index(client, json),
+        CtlCommand::Snapshot => snapshot(client, json),
         CtlCommand::TransferLeader { id } => {
-            let body = json!({ "to": id }).to_string();
-            client.call("POST", "/v1/transfer-leader", body.as_bytes())?;
-            done(json, &format!("node {id} is now the leader"))
+            let request = TransferLeaderRequest { to: id };
+            let answer: TransferLeaderAnswer =
+                client.send_json("POST", api::http::TRANSFER_LEADER, &request)?;
+            done(json, &format!("node {} is now the leader", answer.leader))
         }
-        CtlCommand::Backup { file } => backup(&client, &file, json),
+        CtlCommand::Backup { file } => backup(client, &file, json),
+    };
+    outcome.map(|()| ExitCode::SUCCESS)
+}
+
+/// `get`: one key, at a revision if asked, read with `/v1/range` so its revisions come along.
+fn get(client: &Client, key: &[u8], rev: Option<i64>, stale: bool, json: bool) -> Result<()> {
+    let request = api::RangeRequest {
+        key: key.to_vec(),
+        revision: rev.unwrap_or(0),
+        serializable: stale,
+        ..api::RangeRequest::default()
+    };
+    let answer: api::RangeResponse = client.send_json("POST", api::http::RANGE, &request)?;
+    let Some(kv) = answer.kvs.into_iter().next() else {
+        return Err(CtlError::NotFound("key not found".into()));
+    };
+    if json {
+        return print_json(&kv);
     }
+    let mut out = io::stdout().lock();
+    out.write_all(&kv.value)?;
+    if io::stdout().is_terminal() {
+        out.write_all(b"\n")?;
+    }
+    Ok(out.flush()?)
+}
+
+fn compact(client: &Client, rev: i64, json: bool) -> Result<()> {
+    let request = api::CompactionRequest {
+        revision: rev,
+        physical: false,
+    };
+    let answer: api::CompactionResponse = client.send_json("POST", api::http::COMPACT, &request)?;
+    if json {
+        return print_json(&answer);
+    }
+    println!("compacted revision {rev}");
+    Ok(())
+}
+
+fn members(client: &Client, json: bool) -> Result<()> {
+    let answer: MembersAnswer = client.get(api::http::MEMBERS)?;
+    if json {
+        return print_json(&answer);
+    }
+    println!("membership index: {}", answer.membership_index);
+    let rows = answer
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                m.raft_addr.clone(),
+                m.http_addr.clone(),
+                if m.voter { "voter" } else { "learner" }.to_string(),
+                if m.leader { "yes" } else { "" }.to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["ID", "RAFT ADDRESS", "HTTP ADDRESS", "ROLE", "LEADER"],
+        rows,
+    )
+}
+
+fn leader(client: &Client, json: bool) -> Result<()> {
+    let answer: MembersAnswer = client.get(api::http::MEMBERS)?;
+    let Some(leader) = answer.members.into_iter().find(|m| m.leader) else {
+        return Err(CtlError::Refused(
+            "no leader is known (is a quorum of nodes up?)".into(),
+        ));
+    };
+    if json {
+        return print_json(&json!({
+            "id": leader.id,
+            "raft_addr": leader.raft_addr,
+            "http_addr": leader.http_addr,
+        }));
+    }
+    println!("{} {} {}", leader.id, leader.raft_addr, leader.http_addr);
+    Ok(())
+}
+
+fn applied_index(client: &Client, json: bool) -> Result<()> {
+    let answer: StatusAnswer = client.get(api::http::STATUS)?;
+    let index = answer.last_applied.unwrap_or(0);
+    if json {
+        return print_json(&json!({ "id": answer.id, "applied_index": index }));
+    }
+    println!("{index}");
+    Ok(())
+}
+
+fn snapshot(client: &Client, json: bool) -> Result<()> {
+    let answer: SnapshotAnswer = client.call("POST", api::http::SNAPSHOT, b"")?.parse()?;
+    if json {
+        return print_json(&answer);
+    }
+    println!("snapshot taken at log index {}", answer.index);
+    Ok(())
 }
 
 /// Prints the outcome of a command that returns nothing else.
@@ -334,8 +491,11 @@ fn done(json: bool, message: &str) -> Result<()> {
     Ok(())
 }
 
-fn print_json(doc: &Value) -> Result<()> {
-    println!("{doc}");
+/// Prints `doc` as one line of JSON.
+fn print_json(doc: &impl Serialize) -> Result<()> {
+    let line = serde_json::to_string(doc)
+        .map_err(|e| CtlError::Refused(format!("cannot write the answer as JSON: {e}")))?;
+    println!("{line}");
     Ok(())
 }
 
@@ -374,34 +534,16 @@ fn kv_path(key: &OsString) -> String {
     format!("/v1/kv/{}", percent_encode(key.as_bytes()))
 }
 
-/// A value as JSON, as the API encodes one: UTF-8 text as is, anything else as base64.
-fn encoded(bytes: &[u8]) -> Value {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => json!({ "value": text, "encoding": "utf-8" }),
-        Err(_) => json!({
-            "value": base64::engine::general_purpose::STANDARD.encode(bytes),
-            "encoding": "base64",
-        }),
-    }
-}
-
-/// One member as `GET /v1/members` lists it.
-#[derive(Debug, serde::Deserialize)]
-struct Member {
-    id: NodeId,
-    raft_addr: String,
-    http_addr: String,
-    voter: bool,
-    leader: bool,
-}
-
-fn members(doc: &Value) -> Vec<Member> {
-    serde_json::from_value(doc["members"].clone()).unwrap_or_default()
-}
-
 fn add(client: &Client, id: NodeId, addr: &str, role: &str, prev_index: Option<u64>) -> Result<()> {
-    let body = json!({ "id": id, "addr": addr, "role": role, "prev_index": prev_index });
-    client.call("POST", "/v1/members", body.to_string().as_bytes())?;
+    let request = AddMemberRequest {
+        id,
+        addr: addr.to_string(),
+        role: Some(role.to_string()),
+        prev_index,
+    };
+    let body = serde_json::to_vec(&request)
+        .map_err(|e| CtlError::Refused(format!("cannot encode the request: {e}")))?;
+    client.call("POST", api::http::MEMBERS, &body)?;
     Ok(())
 }
 
@@ -409,8 +551,8 @@ fn add(client: &Client, id: NodeId, addr: &str, role: &str, prev_index: Option<u
 fn wait_for_voter(client: &Client, id: NodeId, within: Duration) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
-        let doc = client.call("GET", "/v1/members", b"")?.json()?;
-        if members(&doc).iter().any(|m| m.id == id && m.voter) {
+        let answer: MembersAnswer = client.get(api::http::MEMBERS)?;
+        if answer.members.iter().any(|m| m.id == id && m.voter) {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -425,19 +567,37 @@ fn wait_for_voter(client: &Client, id: NodeId, within: Duration) -> Result<()> {
 }
 
 /// `scan`: fetches pages until the range or `limit` ends, printing each as it arrives, so memory
-/// stays at one page whatever the range's size.
-fn scan(client: &Client, prefix: &[u8], limit: Option<usize>, json: bool) -> Result<()> {
+/// stays at one page whatever the range's size. Every page after the first is read at the first
+/// one's revision, so the listing is one consistent state whatever changes meanwhile.
+fn scan(
+    client: &Client,
+    prefix: &[u8],
+    limit: Option<usize>,
+    rev: Option<i64>,
+    json: bool,
+) -> Result<()> {
     let mut out = io::stdout().lock();
     let mut listed = 0;
     let mut start = None;
+    let mut revision = rev;
     loop {
         let wanted = limit.map_or(MAX_SCAN_LIMIT, |limit| (limit - listed).min(MAX_SCAN_LIMIT));
-        let mut path = format!("/v1/kv/?prefix={}&limit={wanted}", percent_encode(prefix));
+        let mut path = format!(
+            "{}?{}={}&{}={wanted}",
+            api::http::KV,
+            param::PREFIX,
+            percent_encode(prefix),
+            param::LIMIT
+        );
         if let Some(start) = &start {
-            path.push_str(&format!("&{SCAN_START_PARAM}={start}"));
+            path.push_str(&format!("&{}={start}", param::START));
+        }
+        if let Some(revision) = revision {
+            path.push_str(&format!("&{}={revision}", param::REVISION));
         }
         let answer = client.call("GET", &path, b"")?;
         let page: ScanAnswer = answer.parse()?;
+        revision = Some(page.revision);
         if json {
             out.write_all(&answer.body)?;
             out.write_all(b"\n")?;
@@ -459,69 +619,76 @@ fn scan(client: &Client, prefix: &[u8], limit: Option<usize>, json: bool) -> Res
     }
 }
 
+/// One row of `status --json`: an endpoint and its status, or why it could not be had.
+#[derive(Serialize)]
+struct StatusRow {
+    endpoint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusAnswer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
 /// `status`: asks each endpoint, then each member not yet seen, for its status.
 fn status(client: &Client, json: bool) -> Result<()> {
     let mut endpoints: Vec<String> = client.endpoints.clone();
-    if let Ok(answer) = client.call("GET", "/v1/members", b"") {
-        if let Ok(doc) = answer.json() {
-            endpoints.extend(
-                members(&doc)
-                    .into_iter()
-                    .map(|m| m.http_addr)
-                    .filter(|addr| !addr.is_empty()),
-            );
-        }
+    if let Ok(answer) = client.get::<MembersAnswer>(api::http::MEMBERS) {
+        endpoints.extend(
+            answer
+                .members
+                .into_iter()
+                .map(|m: Member| m.http_addr)
+                .filter(|addr| !addr.is_empty()),
+        );
     }
     let mut seen_ids = BTreeSet::new();
     let mut seen_endpoints = BTreeSet::new();
-    let mut rows: Vec<(String, Result<Value>)> = Vec::new();
+    let mut rows: Vec<StatusRow> = Vec::new();
     for endpoint in endpoints {
         if !seen_endpoints.insert(endpoint.clone()) {
             continue;
         }
         let answer = client
-            .call_one(&endpoint, "GET", "/v1/status", b"")
-            .and_then(|answer| answer.json());
-        if let Ok(doc) = &answer {
-            if !seen_ids.insert(doc["id"].as_u64()) {
+            .call_one(&endpoint, "GET", api::http::STATUS, b"")
+            .and_then(|answer| answer.parse::<StatusAnswer>());
+        if let Ok(status) = &answer {
+            if !seen_ids.insert(status.id) {
                 continue;
             }
         }
-        rows.push((endpoint, answer));
+        let (status, error) = match answer {
+            Ok(status) => (Some(status), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        rows.push(StatusRow {
+            endpoint,
+            status,
+            error,
+        });
     }
     if json {
-        let docs: Vec<Value> = rows
-            .iter()
-            .map(|(endpoint, answer)| match answer {
-                Ok(doc) => json!({ "endpoint": endpoint, "status": doc }),
-                Err(e) => json!({ "endpoint": endpoint, "error": e.to_string() }),
-            })
-            .collect();
-        return print_json(&Value::Array(docs));
+        return print_json(&rows);
     }
-    let leader_last_log = rows.iter().find_map(|(_, answer)| {
-        let doc = answer.as_ref().ok()?;
-        (doc["state"] == "Leader").then(|| doc["last_log_index"].as_u64().unwrap_or(0))
-    });
-    let number = |doc: &Value, field: &str| {
-        doc[field]
-            .as_u64()
-            .map_or_else(|| "-".to_string(), |n| n.to_string())
-    };
+    let leader_last_log = rows
+        .iter()
+        .filter_map(|row| row.status.as_ref())
+        .find(|status| status.state == "Leader")
+        .map(|status| status.last_log_index.unwrap_or(0));
+    let number = |n: Option<u64>| n.map_or_else(|| "-".to_string(), |n| n.to_string());
     let table = rows
         .iter()
-        .map(|(endpoint, answer)| match answer {
-            Ok(doc) => {
-                let last_log = doc["last_log_index"].as_u64().unwrap_or(0);
+        .map(|row| match &row.status {
+            Some(status) => {
+                let last_log = status.last_log_index.unwrap_or(0);
                 vec![
-                    endpoint.clone(),
-                    number(doc, "id"),
-                    doc["state"].as_str().unwrap_or("?").to_string(),
-                    number(doc, "term"),
-                    number(doc, "committed"),
-                    number(doc, "last_applied"),
-                    number(doc, "last_snapshot_index"),
-                    format!("{}..{}", number(doc, "first_log_index"), last_log),
+                    row.endpoint.clone(),
+                    status.id.to_string(),
+                    status.state.clone(),
+                    status.term.to_string(),
+                    number(status.committed),
+                    number(status.last_applied),
+                    number(status.last_snapshot_index),
+                    format!("{}..{}", status.first_log_index, last_log),
                     leader_last_log.map_or_else(
                         || "?".to_string(),
                         |leader| leader.saturating_sub(last_log).to_string(),
@@ -529,7 +696,7 @@ fn status(client: &Client, json: bool) -> Result<()> {
                 ]
             }
             // The reason is in the --json output; in the table it would swamp the columns.
-            Err(_) => vec![endpoint.clone(), "-".into(), "unreachable".into()],
+            None => vec![row.endpoint.clone(), "-".into(), "unreachable".into()],
         })
         .collect();
     print_table(
@@ -543,7 +710,8 @@ fn status(client: &Client, json: bool) -> Result<()> {
 /// `backup`: streams a fresh snapshot into a temporary file beside FILE, verifies its checksum,
 /// and only then renames it to FILE.
 fn backup(client: &Client, file: &Path, json: bool) -> Result<()> {
-    let (endpoint, mut response) = client.open("GET", "/v1/backup")?;
+    let (position, mut response) = client.open_from(0, api::http::BACKUP)?;
+    let endpoint = client.endpoints[position].clone();
     let header = |name: &str| {
         response
             .headers()
@@ -594,184 +762,4 @@ fn backup(client: &Client, file: &Path, json: bool) -> Result<()> {
         file.display()
     );
     Ok(())
-}
-
-/// A complete answer.
-struct Answer {
-    endpoint: String,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn json(&self) -> Result<Value> {
-        self.parse()
-    }
-
-    /// The body as the JSON document `T`.
-    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_slice(&self.body).map_err(|e| CtlError::BadAnswer {
-            endpoint: self.endpoint.clone(),
-            reason: format!("not JSON: {e}"),
-        })
-    }
-}
-
-/// Talks to the cluster through the first endpoint that accepts a connection.
-struct Client {
-    endpoints: Vec<String>,
-    agent: ureq::Agent,
-    /// For backups: no limit on the whole transfer, only on waiting for the answer to start.
-    streaming_agent: ureq::Agent,
-}
-
-impl Client {
-    fn new(endpoints: &[String], timeout: Duration) -> Self {
-        let endpoints = endpoints
-            .iter()
-            .map(|e| {
-                let e = e.trim();
-                e.strip_prefix("http://")
-                    .unwrap_or(e)
-                    .trim_end_matches('/')
-                    .to_string()
-            })
-            .filter(|e| !e.is_empty())
-            .collect();
-        let agent = |global: Option<Duration>| -> ureq::Agent {
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_connect(Some(CONNECT_TIMEOUT))
-                .timeout_global(global)
-                .timeout_recv_response(Some(timeout))
-                .max_redirects(0)
-                .build()
-                .into()
-        };
-        Client {
-            endpoints,
-            agent: agent(Some(timeout)),
-            streaming_agent: agent(None),
-        }
-    }
-
-    /// Sends a request to the first endpoint that can be connected to, and fails with the node's
-    /// error message unless the answer is a success.
-    fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<Answer> {
-        let mut down = Vec::new();
-        for endpoint in &self.endpoints {
-            match self.send(&self.agent, endpoint, method, path, body) {
-                Ok(response) => return complete(endpoint, response),
-                Err(Attempt::Down(reason)) => down.push(format!("{endpoint}: {reason}")),
-                Err(Attempt::Failed(e)) => return Err(e),
-            }
-        }
-        Err(CtlError::Unreachable(down.join("; ")))
-    }
-
-    /// Sends a request to `endpoint` alone.
-    fn call_one(&self, endpoint: &str, method: &str, path: &str, body: &[u8]) -> Result<Answer> {
-        match self.send(&self.agent, endpoint, method, path, body) {
-            Ok(response) => complete(endpoint, response),
-            Err(Attempt::Down(reason)) => Err(CtlError::Unreachable(reason)),
-            Err(Attempt::Failed(e)) => Err(e),
-        }
-    }
-
-    /// Starts a request whose body is to be streamed, on the first endpoint that answers with a
-    /// success.
-    fn open(&self, method: &str, path: &str) -> Result<(String, ureq::http::Response<ureq::Body>)> {
-        let mut down = Vec::new();
-        for endpoint in &self.endpoints {
-            match self.send(&self.streaming_agent, endpoint, method, path, b"") {
-                Ok(response) if response.status().is_success() => {
-                    return Ok((endpoint.clone(), response))
-                }
-                Ok(response) => return Err(failure(endpoint, response)),
-                Err(Attempt::Down(reason)) => down.push(format!("{endpoint}: {reason}")),
-                Err(Attempt::Failed(e)) => return Err(e),
-            }
-        }
-        Err(CtlError::Unreachable(down.join("; ")))
-    }
-
-    fn send(
-        &self,
-        agent: &ureq::Agent,
-        endpoint: &str,
-        method: &str,
-        path: &str,
-        body: &[u8],
-    ) -> std::result::Result<ureq::http::Response<ureq::Body>, Attempt> {
-        let request = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("http://{endpoint}{path}"))
-            .body(body.to_vec())
-            .map_err(|e| {
-                Attempt::Failed(CtlError::Refused(format!(
-                    "invalid endpoint {endpoint:?}: {e}"
-                )))
-            })?;
-        agent.run(request).map_err(|e| match e {
-            // Nothing reached the node: the next endpoint may be asked instead.
-            ureq::Error::ConnectionFailed
-            | ureq::Error::HostNotFound
-            | ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
-                Attempt::Down(e.to_string())
-            }
-            ureq::Error::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused => {
-                Attempt::Down(io.to_string())
-            }
-            other => Attempt::Failed(CtlError::Refused(format!(
-                "request to {endpoint} failed (its outcome is unknown): {other}"
-            ))),
-        })
-    }
-}
-
-/// How one endpoint's attempt ended short of an answer.
-enum Attempt {
-    /// It could not be connected to; nothing was sent.
-    Down(String),
-    /// It failed in a way another endpoint would not fix.
-    Failed(CtlError),
-}
-
-/// Reads a response's body; a status other than success becomes the node's error message.
-fn complete(endpoint: &str, mut response: ureq::http::Response<ureq::Body>) -> Result<Answer> {
-    if !response.status().is_success() {
-        return Err(failure(endpoint, response));
-    }
-    let body = response
-        .body_mut()
-        .with_config()
-        .read_to_vec()
-        .map_err(|e| CtlError::BadAnswer {
-            endpoint: endpoint.to_string(),
-            reason: e.to_string(),
-        })?;
-    Ok(Answer {
-        endpoint: endpoint.to_string(),
-        body,
-    })
-}
-
-/// The error a node's unsuccessful answer carries, in the words of its JSON `error` field.
-fn failure(endpoint: &str, mut response: ureq::http::Response<ureq::Body>) -> CtlError {
-    let status = response.status();
-    let body = response.body_mut().read_to_vec().unwrap_or_default();
-    let doc: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let message = match (doc["error"].as_str(), status.as_u16()) {
-        (Some("precondition failed"), 412) => {
-            let current = &doc["current"];
-            let current = match (current["value"].as_str(), current["encoding"].as_str()) {
-                (Some(value), Some("base64")) => format!("{value} (base64)"),
-                (Some(value), _) => format!("{value:?}"),
-                (None, _) => "absent".to_string(),
-            };
-            format!("precondition failed: the current value is {current}")
-        }
-        (Some(error), _) => error.to_string(),
-        (None, _) => format!("{endpoint} answered {status}"),
-    };
-    CtlError::Refused(message)
 }

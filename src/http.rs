@@ -32,19 +32,25 @@ use axum::routing::get;
 use axum::routing::post;
 use axum::Json;
 use axum::Router;
-use base64::Engine;
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::api;
 use crate::api::http::header as api_header;
 use crate::api::http::param;
 use crate::api::http::percent_encode;
-use crate::api::http::Encoding;
+use crate::api::http::AddMemberRequest;
 use crate::api::http::ErrorBody;
+use crate::api::http::HealthAnswer;
+use crate::api::http::Member;
+use crate::api::http::MembersAnswer;
+use crate::api::http::PreconditionFailed;
 use crate::api::http::ScanAnswer;
 use crate::api::http::ScanItem;
+use crate::api::http::SnapshotAnswer;
+use crate::api::http::StatusAnswer;
+use crate::api::http::TransferLeaderAnswer;
+use crate::api::http::TransferLeaderRequest;
 use crate::api::http::MAX_SCAN_LIMIT;
 use crate::api::Compare;
 use crate::api::CompareResult;
@@ -56,6 +62,7 @@ use crate::api::ResponseOp;
 use crate::api::TxnRequest;
 use crate::cli::split_host_port;
 use crate::error::Error;
+use crate::node::MemberInfo;
 use crate::node::Node;
 use crate::node::Role;
 use crate::store;
@@ -98,13 +105,13 @@ pub fn router(node: Arc<Node>, metrics: Option<PrometheusHandle>) -> Router {
             get(lease_time_to_live).delete(lease_revoke),
         )
         .route("/v1/leases/{id}/keep-alive", post(lease_keep_alive))
-        .route("/v1/members", get(members).post(add_member))
+        .route(api::http::MEMBERS, get(members).post(add_member))
         .route("/v1/members/{id}", delete(remove_member))
-        .route("/v1/transfer-leader", post(transfer_leader))
-        .route("/v1/snapshot", post(snapshot))
-        .route("/v1/backup", get(backup))
-        .route("/v1/status", get(status))
-        .route("/health", get(health))
+        .route(api::http::TRANSFER_LEADER, post(transfer_leader))
+        .route(api::http::SNAPSHOT, post(snapshot))
+        .route(api::http::BACKUP, get(backup))
+        .route(api::http::STATUS, get(status))
+        .route(api::http::HEALTH, get(health))
         .route("/metrics", get(render_metrics))
         .fallback(kvdb)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -153,10 +160,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound => body(StatusCode::NOT_FOUND, "key not found".into()),
             ApiError::PreconditionFailed(current) => (
                 StatusCode::PRECONDITION_FAILED,
-                Json(json!({
-                    "error": "precondition failed",
-                    "current": current.map(|value| encoded(&value)),
-                })),
+                Json(PreconditionFailed::new(current.as_deref())),
             )
                 .into_response(),
             ApiError::NotImplemented(message) => body(StatusCode::NOT_IMPLEMENTED, message),
@@ -274,17 +278,6 @@ fn compare_and_swap(key: Vec<u8>, expected: Option<Vec<u8>>, value: Vec<u8>) -> 
             key,
             ..RangeRequest::default()
         })],
-    }
-}
-
-/// A value as JSON: UTF-8 text as is, anything else as base64, with the encoding named.
-fn encoded(bytes: &[u8]) -> serde_json::Value {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => json!({ "value": text, "encoding": Encoding::Utf8 }),
-        Err(_) => json!({
-            "value": base64::engine::general_purpose::STANDARD.encode(bytes),
-            "encoding": Encoding::Base64,
-        }),
     }
 }
 
@@ -768,11 +761,11 @@ fn lease_id_from_path(path: &str) -> Result<i64, ApiError> {
 async fn members(State(api): State<ApiState>) -> Response {
     timed("members", async move {
         let status = api.node.status();
-        Ok(Json(json!({
-            "leader": status.leader,
-            "membership_index": api.node.membership_index(),
-            "members": status.members,
-        }))
+        Ok(Json(MembersAnswer {
+            leader: status.leader,
+            membership_index: api.node.membership_index(),
+            members: status.members.into_iter().map(member).collect(),
+        })
         .into_response())
     })
     .await
@@ -783,25 +776,21 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
 }
 
-/// The body of `POST /v1/members`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddMember {
-    id: u64,
-    /// The new node's raft address, HOST:PORT.
-    addr: String,
-    /// `voter` (the default: a learner until caught up, then promoted) or `learner`.
-    #[serde(default)]
-    role: Option<String>,
-    /// Refuse unless the membership was last set at this log index.
-    #[serde(default)]
-    prev_index: Option<u64>,
+/// A member as the API lists it.
+fn member(info: MemberInfo) -> Member {
+    Member {
+        id: info.id,
+        raft_addr: info.raft_addr,
+        http_addr: info.http_addr,
+        voter: info.voter,
+        leader: info.leader,
+    }
 }
 
 /// `POST /v1/members` with `{"id", "addr", "role", "prev_index"}`: adds a voter or a learner.
 async fn add_member(State(api): State<ApiState>, RequestBody(body): RequestBody) -> Response {
     timed("add_member", async move {
-        let add: AddMember = json_body(&body)?;
+        let add: AddMemberRequest = json_body(&body)?;
         let role = match add.role.as_deref() {
             None | Some("voter") => Role::Voter,
             Some("learner") => Role::Learner,
@@ -840,19 +829,12 @@ fn node_id_from_path(path: &str, prefix: &str) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("node id must be a number, not {id:?}")))
 }
 
-/// The body of `POST /v1/transfer-leader`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TransferLeader {
-    to: u64,
-}
-
 /// `POST /v1/transfer-leader` with `{"to": ID}`: answers once this node sees `ID` lead.
 async fn transfer_leader(State(api): State<ApiState>, RequestBody(body): RequestBody) -> Response {
     timed("transfer_leader", async move {
-        let TransferLeader { to } = json_body(&body)?;
+        let TransferLeaderRequest { to } = json_body(&body)?;
         api.node.transfer_leader(to).await?;
-        Ok(Json(json!({ "leader": to })).into_response())
+        Ok(Json(TransferLeaderAnswer { leader: to }).into_response())
     })
     .await
 }
@@ -861,7 +843,7 @@ async fn transfer_leader(State(api): State<ApiState>, RequestBody(body): Request
 async fn snapshot(State(api): State<ApiState>) -> Response {
     timed("snapshot", async move {
         let index = api.node.snapshot().await?;
-        Ok(Json(json!({ "index": index })).into_response())
+        Ok(Json(SnapshotAnswer { index }).into_response())
     })
     .await
 }
@@ -906,7 +888,25 @@ fn tokio_stream_of(
 
 async fn status(State(api): State<ApiState>) -> Response {
     timed("status", async move {
-        Ok(Json(api.node.status()).into_response())
+        let status = api.node.status();
+        Ok(Json(StatusAnswer {
+            id: status.id,
+            state: status.state,
+            leader: status.leader,
+            term: status.term,
+            last_log_index: status.last_log_index,
+            committed: status.committed,
+            last_applied: status.last_applied,
+            applied_this_run: status.applied_this_run,
+            last_snapshot_index: status.last_snapshot_index,
+            purged: status.purged,
+            first_log_index: status.first_log_index,
+            snapshots_built: status.snapshots_built,
+            snapshots_sent: status.snapshots_sent,
+            snapshots_installed: status.snapshots_installed,
+            members: status.members.into_iter().map(member).collect(),
+        })
+        .into_response())
     })
     .await
 }
@@ -918,10 +918,17 @@ async fn health(State(api): State<ApiState>) -> Response {
         let within = HEALTH_TIMEOUT.min(api.node.timeout());
         Ok(
             match api.node.read_barrier_within("health check", within).await {
-                Ok(()) => Json(json!({ "health": true })).into_response(),
+                Ok(()) => Json(HealthAnswer {
+                    health: true,
+                    reason: None,
+                })
+                .into_response(),
                 Err(e) => (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({ "health": false, "reason": e.to_string() })),
+                    Json(HealthAnswer {
+                        health: false,
+                        reason: Some(e.to_string()),
+                    }),
                 )
                     .into_response(),
             },

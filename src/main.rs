@@ -64,12 +64,12 @@ impl fmt::Display for StopReason {
 
 fn main() -> ExitCode {
     let outcome = match Invocation::parse() {
-        Invocation::Node(args) => run(args),
+        Invocation::Node(args) => run(args).map(|()| ExitCode::SUCCESS),
         Invocation::Ctl(args) => ctl::run(args).map_err(anyhow::Error::from),
-        Invocation::Restore(args) => restore(args),
+        Invocation::Restore(args) => restore(args).map(|()| ExitCode::SUCCESS),
     };
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -160,7 +160,7 @@ struct IncomingSnapshot {
 }
 
 /// A point-in-time summary of the node, for the REPL's `status` and the HTTP status endpoint.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct Status {
     pub id: NodeId,
     pub state: String,

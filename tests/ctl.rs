@@ -1,20 +1,26 @@
 //! `ondisk ctl` and `ondisk restore`, run as separate processes against real clusters: every ctl
-//! command, a down endpoint in the list, `--prev-index` refusals, leader transfer, and a backup
-//! taken under write load restored into a new cluster that serves it, accepts writes and grows.
+//! command, a down endpoint in the list, `--prev-index` refusals, leader transfer, a backup
+//! taken under write load restored into a new cluster that serves it, accepts writes and grows,
+//! reads at old revisions, transactions from stdin, leases, a watch outliving its node, and the
+//! lock and election recipes.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
+use std::io::BufRead;
+use std::io::BufReader;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Child;
 use std::process::Command;
 use std::process::Output;
 use std::process::Stdio;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -153,7 +159,8 @@ fn data_commands_work_through_the_first_reachable_endpoint() {
     );
     assert_eq!(ok(ctl(e, &["get", "blob"]), "get binary"), binary);
     let doc = json(ctl(e, &["--json", "get", "blob"]), "get --json");
-    assert_eq!(doc["encoding"], "base64");
+    assert!(doc["value"]["base64"].is_string(), "{doc}");
+    assert_eq!(doc["version"], 1, "{doc}");
 
     // A stale read on another node sees the write once that node has applied it.
     let other = endpoint(&cluster, 3);
@@ -677,4 +684,409 @@ fn every_subcommand_explains_itself_with_h_and_node_flags_still_work() {
         "node id must be 1, 2 or 3",
         "a node flag error",
     );
+}
+
+/// A ctl command that runs until it is killed (a watch, an election, a held lock), its stdout
+/// lines collected as they come.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(endpoints: &str, args: &[&str]) -> Running {
+        let mut child = Command::new(BIN)
+            .args(["ctl", "--endpoints", endpoints, "--timeout", CTL_TIMEOUT])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ondisk ctl");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until `count` lines in all have been printed, and returns them all.
+    fn lines(&mut self, count: usize, what: &str) -> &[String] {
+        let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
+        while self.seen.len() < count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("{what}: {count} lines expected, got {:?}", self.seen),
+            }
+        }
+        &self.seen
+    }
+
+    /// Lines printed beyond those already returned, after a moment for stragglers.
+    fn extra_lines(&mut self, within: Duration) -> Vec<String> {
+        let mut extra = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(within) {
+            extra.push(line);
+        }
+        extra
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The revisions `ctl --json get KEY` reports: (create, mod, version).
+fn revisions(endpoints: &str, key: &str) -> (i64, i64, i64) {
+    let doc = json(ctl(endpoints, &["--json", "get", key]), "get --json");
+    let field = |name: &str| {
+        doc[name]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{name} in {doc}"))
+    };
+    (
+        field("create_revision"),
+        field("mod_revision"),
+        field("version"),
+    )
+}
+
+#[test]
+fn get_and_scan_read_old_revisions_until_compacted() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader();
+    let e = endpoint(&cluster, 1);
+    let e = e.as_str();
+    let mut mods = Vec::new();
+    for value in ["one", "two", "three"] {
+        ok(ctl(e, &["put", "k", value]), "put");
+        ok(ctl(e, &["put", &format!("s/{value}"), value]), "put");
+        mods.push(revisions(e, "k").1);
+    }
+    let (created, modified, version) = revisions(e, "k");
+    assert_eq!((created, modified, version), (mods[0], mods[2], 3));
+    for (rev, value) in mods.iter().zip(["one", "two", "three"]) {
+        let read = ok(
+            ctl(e, &["get", "k", "--rev", &rev.to_string()]),
+            "get --rev",
+        );
+        assert_eq!(read, value.as_bytes(), "k at revision {rev}");
+    }
+    // At the second value's revision, only the first s/ key existed.
+    let listed = text(&ok(
+        ctl(e, &["scan", "s/", "--rev", &mods[1].to_string()]),
+        "scan --rev",
+    ));
+    assert_eq!(listed, "s/one\tone\n");
+
+    let answer = text(&ok(ctl(e, &["compact", &mods[1].to_string()]), "compact"));
+    assert_eq!(answer, format!("compacted revision {}\n", mods[1]));
+    fails(
+        ctl(e, &["get", "k", "--rev", &mods[0].to_string()]),
+        "compacted",
+        "get below the compacted revision",
+    );
+    assert_eq!(
+        ok(ctl(e, &["get", "k", "--rev", &mods[1].to_string()]), "get"),
+        b"two"
+    );
+}
+
+#[test]
+fn txn_reads_etcdctls_form_from_stdin_and_runs_either_branch() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader();
+    let e = endpoint(&cluster, 1);
+    let e = e.as_str();
+    let txn =
+        b"value(\"job\") = \"idle\"\n\nput job \"running now\"\nget job\n\nput job idle\nget job\n";
+
+    let first = text(&ok(
+        ctl_with_stdin(e, &["txn"], txn),
+        "txn on an absent key",
+    ));
+    assert_eq!(first, "FAILURE\n\nOK\n\njob\nidle\n");
+    let second = text(&ok(ctl_with_stdin(e, &["txn"], txn), "txn on an idle job"));
+    assert_eq!(second, "SUCCESS\n\nOK\n\njob\nrunning now\n");
+    let doc = json(
+        ctl_with_stdin(
+            e,
+            &["--json", "txn"],
+            b"version(\"job\") = 2\n\ndel job\n\n",
+        ),
+        "txn --json",
+    );
+    assert_eq!(doc["succeeded"], true, "{doc}");
+    assert_eq!(doc["responses"][0]["delete_range"]["deleted"], 1, "{doc}");
+    fails(
+        ctl(e, &["get", "job"]),
+        "key not found",
+        "get after the delete",
+    );
+
+    fails(
+        ctl_with_stdin(e, &["txn"], b"create(\"a\") = 0\n\nput a\n"),
+        "txn input line 3: put takes a KEY and a VALUE",
+        "a put without a value",
+    );
+    fails(
+        ctl_with_stdin(e, &["txn"], b"size(\"a\") = 1\n"),
+        "txn input line 1: unknown comparison target",
+        "an unknown target",
+    );
+}
+
+#[test]
+fn a_revoked_lease_takes_its_keys_and_an_expired_one_too() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader();
+    let e = endpoint(&cluster, 1);
+    let e = e.as_str();
+    let granted = text(&ok(ctl(e, &["lease", "grant", "30"]), "lease grant"));
+    let id = granted
+        .strip_prefix("lease ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no lease id in {granted:?}"))
+        .to_string();
+    assert!(granted.ends_with("granted with TTL(30s)\n"), "{granted}");
+    ok(
+        ctl(e, &["put", "leased", "v", "--lease", &id]),
+        "put --lease",
+    );
+    assert_eq!(revisions(e, "leased").2, 1);
+    let doc = json(ctl(e, &["--json", "get", "leased"]), "get --json");
+    assert_eq!(
+        doc["lease"].as_i64().map(|l| l.to_string()),
+        Some(id.clone())
+    );
+    let ttl = text(&ok(ctl(e, &["lease", "ttl", &id, "--keys"]), "lease ttl"));
+    assert!(
+        ttl.starts_with(&format!("lease {id} granted with TTL(30s), remaining("))
+            && ttl.ends_with("attached keys([leased])\n"),
+        "{ttl}"
+    );
+    let renewed = text(&ok(
+        ctl(e, &["lease", "keep-alive", &id, "--once"]),
+        "keep-alive",
+    ));
+    assert_eq!(renewed, format!("lease {id} keepalived with TTL(30)\n"));
+    let listed = text(&ok(ctl(e, &["lease", "list"]), "lease list"));
+    assert!(listed.lines().any(|line| line == id), "{listed}");
+
+    ok(ctl(e, &["lease", "revoke", &id]), "lease revoke");
+    fails(
+        ctl(e, &["get", "leased"]),
+        "key not found",
+        "a revoked lease's key",
+    );
+    fails(
+        ctl(e, &["lease", "ttl", &id]),
+        "not found",
+        "ttl of a revoked lease",
+    );
+
+    // A lease nobody keeps alive expires, and its key goes with it.
+    let doc = json(ctl(e, &["--json", "lease", "grant", "1"]), "lease grant");
+    let short = doc["id"].as_i64().expect("id").to_string();
+    ok(
+        ctl(e, &["put", "brief", "v", "--lease", &short]),
+        "put --lease",
+    );
+    common::wait_until(SETTLE_TIMEOUT, "the unrenewed lease expires", || {
+        !ctl(e, &["get", "brief"]).status.success()
+    });
+    fails(
+        ctl(e, &["lease", "keep-alive", &short]),
+        "not found",
+        "keep-alive of an expired lease",
+    );
+}
+
+/// (kind, key, value) of every event in `ctl --json watch` lines, checking that revisions only
+/// grow.
+fn watched_events(lines: &[String]) -> Vec<(String, String, String)> {
+    let mut last_revision = 0;
+    let mut events = Vec::new();
+    for line in lines {
+        let doc: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        for event in doc["events"].as_array().into_iter().flatten() {
+            let revision = event["kv"]["mod_revision"].as_i64().expect("mod_revision");
+            assert!(revision > last_revision, "revisions go back: {lines:?}");
+            last_revision = revision;
+            let field = |name: &str| event["kv"][name].as_str().unwrap_or("").to_string();
+            let kind = event["type"].as_str().unwrap_or("").to_string();
+            events.push((kind, field("key"), field("value")));
+        }
+    }
+    events
+}
+
+#[test]
+fn watch_prints_changes_made_elsewhere_and_survives_its_nodes_death() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader();
+    let (e1, e2, e3) = (
+        endpoint(&cluster, 1),
+        endpoint(&cluster, 2),
+        endpoint(&cluster, 3),
+    );
+    let mut watch = Running::start(
+        &format!("{e1},{e2}"),
+        &["--json", "watch", "w/", "--prefix"],
+    );
+    let created = watch.lines(1, "the watch starts")[0].clone();
+    assert!(created.contains("\"created\":true"), "{created}");
+
+    ok(ctl(&e2, &["put", "w/a", "1"]), "put on node 2");
+    ok(ctl(&e3, &["delete", "w/a"]), "delete on node 3");
+    ok(ctl(&e3, &["put", "other", "x"]), "put outside the prefix");
+    let lines = watch.lines(3, "two events").to_vec();
+    let expected = |n: usize| -> Vec<(String, String, String)> {
+        [
+            ("PUT", "w/a", "1"),
+            ("DELETE", "w/a", ""),
+            ("PUT", "w/b", "2"),
+            ("PUT", "w/c", "3"),
+        ]
+        .iter()
+        .take(n)
+        .map(|(k, key, v)| (k.to_string(), key.to_string(), v.to_string()))
+        .collect()
+    };
+    assert_eq!(watched_events(&lines), expected(2));
+
+    // The node the watch reads from dies; the watch goes on at node 2 from where it was.
+    cluster.kill(1);
+    cluster.wait_for_leader();
+    // Create-only writes, so a retry after an answer lost in the failover adds no event.
+    for (via, key, value) in [(&e2, "w/b", "2"), (&e3, "w/c", "3")] {
+        let txn = format!("create(\"{key}\") = 0\n\nput {key} {value}\n\n");
+        common::wait_until(SETTLE_TIMEOUT, "a put after node 1 died", || {
+            ctl_with_stdin(via, &["txn"], txn.as_bytes())
+                .status
+                .success()
+        });
+    }
+    let lines = watch.lines(5, "the events after the failover").to_vec();
+    let mut all = lines.clone();
+    all.extend(watch.extra_lines(Duration::from_millis(500)));
+    let events: Vec<_> = watched_events(&all);
+    assert_eq!(events, expected(4), "{all:?}");
+
+    // Text output, replayed from the history.
+    let mut replay = Running::start(&e3, &["watch", "w/", "--prefix", "--rev", "1", "--prev-kv"]);
+    assert_eq!(
+        replay.lines(4, "the replayed events"),
+        ["PUT w/a 1", "DELETE w/a (was 1)", "PUT w/b 2", "PUT w/c 3"]
+    );
+}
+
+#[test]
+fn two_lock_holders_never_overlap_and_the_command_status_is_passed_on() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader();
+    let e = endpoint(&cluster, 1);
+    let work = tempfile::tempdir().expect("temporary directory");
+    let log = work.path().join("critical.log");
+    let script = format!(
+        "echo start $$ >> {0}; sleep 0.2; echo end $$ >> {0}",
+        log.display()
+    );
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let (e, script) = (e.clone(), script.clone());
+            thread::spawn(move || {
+                for _ in 0..3 {
+                    ok(
+                        ctl(&e, &["lock", "jobs", "--", "sh", "-c", &script]),
+                        "lock -- sh",
+                    );
+                }
+            })
+        })
+        .collect();
+    for holder in holders {
+        holder.join().expect("holder");
+    }
+    let written = fs::read_to_string(&log).expect("the log");
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(lines.len(), 12, "{written}");
+    for pair in lines.chunks(2) {
+        let pid = pair[0].strip_prefix("start ").expect("a start line");
+        assert_eq!(pair[1], format!("end {pid}"), "interleaved:\n{written}");
+    }
+    assert_eq!(
+        ctl(&e, &["lock", "jobs", "--", "sh", "-c", "exit 7"])
+            .status
+            .code(),
+        Some(7)
+    );
+    // Every holder released its key.
+    assert_eq!(ok(ctl(&e, &["scan", "jobs/"]), "scan"), b"");
+
+    // Held without a command: the key is printed, and a second locker waits until the first
+    // holder is gone.
+    let mut holder = Running::start(&e, &["lock", "held", "--ttl", "30"]);
+    let key = holder.lines(1, "the held key")[0].clone();
+    assert!(key.starts_with("held/"), "{key}");
+    let marker = work.path().join("second");
+    let mut second = Command::new(BIN)
+        .args(["ctl", "--endpoints", &e, "lock", "held", "--", "touch"])
+        .arg(&marker)
+        .spawn()
+        .expect("start the second locker");
+    common::wait_until(SETTLE_TIMEOUT, "the second locker has queued", || {
+        text(&ok(ctl(&e, &["scan", "held/"]), "scan"))
+            .lines()
+            .count()
+            == 2
+    });
+    assert!(
+        !marker.exists(),
+        "the second locker ran while the lock was held"
+    );
+    // SIGTERM releases the lock at once (its lease would hold it for 30 s more).
+    let terminated = Command::new("kill")
+        .args(["-TERM", &holder.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(terminated.success());
+    let holder_status = common::poll_until(SETTLE_TIMEOUT, || holder.child.try_wait().ok()?)
+        .expect("the holder ends on SIGTERM");
+    assert_eq!(holder_status.code(), Some(130));
+    let status = common::poll_until(SETTLE_TIMEOUT, || second.try_wait().ok()?)
+        .expect("the second locker gets the lock once the holder is gone");
+    assert!(status.success() && marker.exists());
+}
+
+#[test]
+fn elect_prints_the_next_leader_when_the_first_one_dies() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader();
+    let e = endpoint(&cluster, 1);
+    let mut first = Running::start(&e, &["elect", "boss", "alpha", "--ttl", "1"]);
+    assert_eq!(first.lines(1, "the first campaigner leads"), ["alpha"]);
+    let mut second = Running::start(&e, &["elect", "boss", "beta", "--ttl", "1"]);
+    assert_eq!(second.lines(1, "the second sees the first lead"), ["alpha"]);
+    let mut listener = Running::start(&e, &["elect", "boss", "--listen"]);
+    assert_eq!(listener.lines(1, "the listener"), ["alpha"]);
+
+    // Killed, the first campaigner stops renewing its lease, which expires with its key.
+    first.child.kill().expect("kill the first campaigner");
+    assert_eq!(second.lines(2, "the second takes over"), ["alpha", "beta"]);
+    assert_eq!(listener.lines(2, "the listener"), ["alpha", "beta"]);
 }

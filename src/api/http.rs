@@ -17,6 +17,14 @@
 //! | `/v1/leases/ID` | GET | | `LeaseTimeToLiveResponse`; `?keys=true` |
 //! | `/v1/leases/ID` | DELETE | | `LeaseRevokeResponse` |
 //! | `/v1/leases/ID/keep-alive` | POST | | `LeaseKeepAliveResponse` |
+//! | `/v1/members` | GET | | [`MembersAnswer`] |
+//! | `/v1/members` | POST | [`AddMemberRequest`] | 204 |
+//! | `/v1/members/ID` | DELETE | | 204 |
+//! | `/v1/transfer-leader` | POST | [`TransferLeaderRequest`] | [`TransferLeaderAnswer`] |
+//! | `/v1/snapshot` | POST | | [`SnapshotAnswer`] |
+//! | `/v1/backup` | GET | | the snapshot stream; its log id in [`header::BACKUP_INDEX`], [`header::BACKUP_TERM`] |
+//! | `/v1/status` | GET | | [`StatusAnswer`] |
+//! | `/health` | GET | | [`HealthAnswer`], 200 or 503 |
 //!
 //! Every error is a JSON [`ErrorBody`] with a status code: 400 a malformed request, 404 a key or
 //! lease not found, 410 a compacted revision, 413 too large, 503 no quorum in time (with
@@ -34,12 +42,23 @@ pub const COMPACT: &str = "/v1/compact";
 /// The watch route: `WATCH` followed by the percent-encoded key (or prefix, with `prefix=true`).
 pub const WATCH: &str = "/v1/watch/";
 pub const LEASES: &str = "/v1/leases";
+pub const MEMBERS: &str = "/v1/members";
+pub const TRANSFER_LEADER: &str = "/v1/transfer-leader";
+pub const SNAPSHOT: &str = "/v1/snapshot";
+pub const BACKUP: &str = "/v1/backup";
+pub const STATUS: &str = "/v1/status";
+pub const HEALTH: &str = "/health";
 /// The last segment of a lease's keep-alive route.
 pub const KEEP_ALIVE: &str = "keep-alive";
 
 /// The route of lease `id`.
 pub fn lease(id: i64) -> String {
     format!("{LEASES}/{id}")
+}
+
+/// The route of member `id` (to remove it).
+pub fn member(id: u64) -> String {
+    format!("{MEMBERS}/{id}")
 }
 
 /// The keep-alive route of lease `id`.
@@ -100,6 +119,143 @@ pub struct ErrorBody {
     /// For a compacted revision: the revision the history starts at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compact_revision: Option<i64>,
+}
+
+/// The answer to a compare-and-swap put (`?prev_value=`, `?prev_exist=false`) whose condition
+/// failed (412): what the key holds instead, so the client can decide again without a read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreconditionFailed {
+    /// Always [`PreconditionFailed::ERROR`], so the body reads as an [`ErrorBody`] too.
+    pub error: String,
+    /// The key's current value; `null` when it is absent.
+    pub current: Option<EncodedValue>,
+}
+
+impl PreconditionFailed {
+    pub const ERROR: &'static str = "precondition failed";
+
+    pub fn new(current: Option<&[u8]>) -> Self {
+        PreconditionFailed {
+            error: Self::ERROR.into(),
+            current: current.map(EncodedValue::new),
+        }
+    }
+}
+
+/// A value written as [`Encoding`] says, with the encoding named, for answers where a reader
+/// shows the value as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncodedValue {
+    pub value: String,
+    pub encoding: Encoding,
+}
+
+impl EncodedValue {
+    pub fn new(bytes: &[u8]) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => EncodedValue {
+                value: text.into(),
+                encoding: Encoding::Utf8,
+            },
+            Err(_) => EncodedValue {
+                value: base64::engine::general_purpose::STANDARD.encode(bytes),
+                encoding: Encoding::Base64,
+            },
+        }
+    }
+}
+
+/// One member of the cluster, as `GET /v1/members` and `GET /v1/status` list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: u64,
+    /// Where its peers reach it (its `-addr`).
+    pub raft_addr: String,
+    /// Its HTTP API, empty when it has not recorded one.
+    pub http_addr: String,
+    /// A voter, or a learner that does not vote.
+    pub voter: bool,
+    /// Whether the answering node believes it leads.
+    pub leader: bool,
+}
+
+/// The answer to `GET /v1/members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersAnswer {
+    /// The leader the answering node knows of, if any.
+    pub leader: Option<u64>,
+    /// The log index of the entry that set this membership: what `prev_index` must name.
+    pub membership_index: u64,
+    pub members: Vec<Member>,
+}
+
+/// The body of `POST /v1/members`: adds a voter or a learner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberRequest {
+    pub id: u64,
+    /// The new node's raft address, HOST:PORT.
+    pub addr: String,
+    /// `voter` (the default: a learner until caught up, then promoted) or `learner`.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Refuse unless the membership was last set at this log index.
+    #[serde(default)]
+    pub prev_index: Option<u64>,
+}
+
+/// The body of `POST /v1/transfer-leader`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLeaderRequest {
+    /// The voter to lead.
+    pub to: u64,
+}
+
+/// The answer to `POST /v1/transfer-leader`, once the answering node sees the new leader lead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferLeaderAnswer {
+    pub leader: u64,
+}
+
+/// The answer to `POST /v1/snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotAnswer {
+    /// The log index the snapshot covers.
+    pub index: u64,
+}
+
+/// The answer to `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthAnswer {
+    /// Whether the node can serve a linearizable read now.
+    pub health: bool,
+    /// Why not, when it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The answer to `GET /v1/status`: the answering node's Raft and storage state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusAnswer {
+    pub id: u64,
+    /// `Leader`, `Follower`, `Candidate` or `Learner`.
+    pub state: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub committed: Option<u64>,
+    pub last_applied: Option<u64>,
+    /// Entries applied since the process started.
+    pub applied_this_run: u64,
+    pub last_snapshot_index: Option<u64>,
+    /// The last log index compacted away, if any.
+    pub purged: Option<u64>,
+    pub first_log_index: u64,
+    pub snapshots_built: u64,
+    pub snapshots_sent: u64,
+    pub snapshots_installed: u64,
+    pub members: Vec<Member>,
 }
 
 /// The largest `limit` a scan accepts; pages are bounded by bytes as well, so a client paging

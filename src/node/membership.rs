@@ -48,7 +48,7 @@ const REMOVAL_NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
 const REMOVAL_CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// One member as the REPL's `members` and the HTTP API list it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberInfo {
     pub id: NodeId,
     pub raft_addr: String,

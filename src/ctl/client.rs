@@ -1,0 +1,231 @@
+//! The HTTP side of `ondisk ctl`: requests to the first reachable endpoint, answers read into the
+//! contract's types (`crate::api`, `crate::api::http`), and a node's error answers turned into
+//! [`CtlError`]s that keep what a command may act on (a lease or key not found, a compacted
+//! revision).
+
+use std::io;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::http::ErrorBody;
+use crate::api::http::PreconditionFailed;
+
+use super::CtlError;
+use super::Result;
+
+/// How long connecting to one endpoint may take before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A complete answer.
+pub(super) struct Answer {
+    pub(super) endpoint: String,
+    pub(super) body: Vec<u8>,
+}
+
+impl Answer {
+    /// The body as the JSON document `T`.
+    pub(super) fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body).map_err(|e| CtlError::BadAnswer {
+            endpoint: self.endpoint.clone(),
+            reason: format!("not the JSON expected: {e}"),
+        })
+    }
+}
+
+/// A response whose body is still to be read (a backup, a watch stream).
+pub(super) type Streaming = ureq::http::Response<ureq::Body>;
+
+/// Talks to the cluster through the first endpoint that accepts a connection. Cheap to clone, so
+/// a background thread (a lease's keep-alive) can have its own.
+#[derive(Clone)]
+pub(super) struct Client {
+    pub(super) endpoints: Vec<String>,
+    agent: ureq::Agent,
+    /// For streams: no limit on the whole transfer, only on waiting for the answer to start.
+    streaming_agent: ureq::Agent,
+}
+
+impl Client {
+    pub(super) fn new(endpoints: &[String], timeout: Duration) -> Self {
+        let endpoints = endpoints
+            .iter()
+            .map(|e| {
+                let e = e.trim();
+                e.strip_prefix("http://")
+                    .unwrap_or(e)
+                    .trim_end_matches('/')
+                    .to_string()
+            })
+            .filter(|e| !e.is_empty())
+            .collect();
+        let agent = |global: Option<Duration>| -> ureq::Agent {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(CONNECT_TIMEOUT))
+                .timeout_global(global)
+                .timeout_recv_response(Some(timeout))
+                .max_redirects(0)
+                .build()
+                .into()
+        };
+        Client {
+            endpoints,
+            agent: agent(Some(timeout)),
+            streaming_agent: agent(None),
+        }
+    }
+
+    /// Sends a request to the first endpoint that can be connected to, and fails with the node's
+    /// error message unless the answer is a success.
+    pub(super) fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<Answer> {
+        let mut down = Vec::new();
+        for endpoint in &self.endpoints {
+            match self.send(&self.agent, endpoint, method, path, body) {
+                Ok(response) => return complete(endpoint, response),
+                Err(Attempt::Down(reason)) => down.push(format!("{endpoint}: {reason}")),
+                Err(Attempt::Failed(e)) => return Err(e),
+            }
+        }
+        Err(CtlError::Unreachable(down.join("; ")))
+    }
+
+    /// `GET path`, its answer read as `T`.
+    pub(super) fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call("GET", path, b"")?.parse()
+    }
+
+    /// `method path` with `request` as its JSON body, the answer read as `T`.
+    pub(super) fn send_json<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        request: &impl Serialize,
+    ) -> Result<T> {
+        let body = serde_json::to_vec(request)
+            .map_err(|e| CtlError::Refused(format!("cannot encode the request: {e}")))?;
+        self.call(method, path, &body)?.parse()
+    }
+
+    /// Sends a request to `endpoint` alone.
+    pub(super) fn call_one(
+        &self,
+        endpoint: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Answer> {
+        match self.send(&self.agent, endpoint, method, path, body) {
+            Ok(response) => complete(endpoint, response),
+            Err(Attempt::Down(reason)) => Err(CtlError::Unreachable(reason)),
+            Err(Attempt::Failed(e)) => Err(e),
+        }
+    }
+
+    /// Starts a `GET` whose body is to be streamed, on the first endpoint from position `first`
+    /// on (wrapping around) that answers with a success; returns that endpoint's position.
+    pub(super) fn open_from(&self, first: usize, path: &str) -> Result<(usize, Streaming)> {
+        let mut down = Vec::new();
+        let count = self.endpoints.len();
+        for position in (0..count).map(|i| (first + i) % count) {
+            let endpoint = &self.endpoints[position];
+            match self.send(&self.streaming_agent, endpoint, "GET", path, b"") {
+                Ok(response) if response.status().is_success() => return Ok((position, response)),
+                Ok(response) => return Err(failure(endpoint, response)),
+                Err(Attempt::Down(reason)) => down.push(format!("{endpoint}: {reason}")),
+                Err(Attempt::Failed(e)) => return Err(e),
+            }
+        }
+        Err(CtlError::Unreachable(down.join("; ")))
+    }
+
+    fn send(
+        &self,
+        agent: &ureq::Agent,
+        endpoint: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> std::result::Result<Streaming, Attempt> {
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("http://{endpoint}{path}"))
+            .body(body.to_vec())
+            .map_err(|e| {
+                Attempt::Failed(CtlError::Refused(format!(
+                    "invalid endpoint {endpoint:?}: {e}"
+                )))
+            })?;
+        agent.run(request).map_err(|e| match e {
+            // Nothing reached the node: the next endpoint may be asked instead.
+            ureq::Error::ConnectionFailed
+            | ureq::Error::HostNotFound
+            | ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
+                Attempt::Down(e.to_string())
+            }
+            ureq::Error::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused => {
+                Attempt::Down(io.to_string())
+            }
+            other => Attempt::Failed(CtlError::Refused(format!(
+                "request to {endpoint} failed (its outcome is unknown): {other}"
+            ))),
+        })
+    }
+}
+
+/// How one endpoint's attempt ended short of an answer.
+enum Attempt {
+    /// It could not be connected to; nothing was sent.
+    Down(String),
+    /// It failed in a way another endpoint would not fix.
+    Failed(CtlError),
+}
+
+/// Reads a response's body; a status other than success becomes the node's error.
+fn complete(endpoint: &str, mut response: Streaming) -> Result<Answer> {
+    if !response.status().is_success() {
+        return Err(failure(endpoint, response));
+    }
+    let body = response
+        .body_mut()
+        .with_config()
+        .read_to_vec()
+        .map_err(|e| CtlError::BadAnswer {
+            endpoint: endpoint.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(Answer {
+        endpoint: endpoint.to_string(),
+        body,
+    })
+}
+
+/// The error a node's unsuccessful answer carries, in the words of its [`ErrorBody`].
+fn failure(endpoint: &str, mut response: Streaming) -> CtlError {
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_vec().unwrap_or_default();
+    if status == 412 {
+        if let Ok(refusal) = serde_json::from_slice::<PreconditionFailed>(&body) {
+            let current = match refusal.current {
+                Some(current) => match current.encoding {
+                    crate::api::http::Encoding::Base64 => format!("{} (base64)", current.value),
+                    crate::api::http::Encoding::Utf8 => format!("{:?}", current.value),
+                },
+                None => "absent".to_string(),
+            };
+            return CtlError::Refused(format!("{}: the current value is {current}", refusal.error));
+        }
+    }
+    let Ok(error) = serde_json::from_slice::<ErrorBody>(&body) else {
+        return CtlError::Refused(format!("{endpoint} answered {}", response.status()));
+    };
+    match (status, error.compact_revision) {
+        (404, _) => CtlError::NotFound(error.error),
+        (410, Some(compact_revision)) => CtlError::Compacted {
+            reason: error.error,
+            compact_revision,
+        },
+        _ => CtlError::Refused(error.error),
+    }
+}
