@@ -289,6 +289,16 @@ fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// The answer to a write on the versioned API: no body, and the revision the write left the
+/// store at (a client orders its writes by it, or reads at it).
+fn written_at(revision: i64) -> Response {
+    let mut response = no_content();
+    response
+        .headers_mut()
+        .insert(api_header::REVISION, revision.into());
+    response
+}
+
 /// The key addressed by `path` after `prefix`, percent-decoded to bytes.
 fn key_from_path(path: &str, prefix: &str) -> Result<Vec<u8>, ApiError> {
     let raw = path.strip_prefix(prefix).unwrap_or("");
@@ -479,8 +489,8 @@ async fn v1_put(
                     lease,
                     ..put_request(key, body.to_vec())
                 };
-                api.node.put(put).await?;
-                return Ok(no_content());
+                let written = api.node.put(put).await?;
+                return Ok(written_at(written.header.revision));
             }
             _ if lease != 0 => {
                 return Err(ApiError::BadRequest(
@@ -510,7 +520,7 @@ async fn v1_put(
             .txn(compare_and_swap(key, expected, body.to_vec()))
             .await?;
         if answer.succeeded {
-            return Ok(no_content());
+            return Ok(written_at(answer.header.revision));
         }
         let current = match answer.responses.into_iter().next() {
             Some(ResponseOp::Range(range)) => range.kvs.into_iter().next().map(|kv| kv.value),
@@ -528,8 +538,8 @@ async fn v1_delete(State(api): State<ApiState>, uri: Uri) -> Response {
             key,
             ..crate::api::DeleteRangeRequest::default()
         };
-        api.node.delete_range(delete).await?;
-        Ok(no_content())
+        let deleted = api.node.delete_range(delete).await?;
+        Ok(written_at(deleted.header.revision))
     })
     .await
 }

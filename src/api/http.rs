@@ -97,7 +97,8 @@ pub mod param {
 
 /// Headers of a single key's answer (`GET /v1/kv/KEY`), whose body is the raw value.
 pub mod header {
-    /// The store's revision when the read was served.
+    /// The store's revision when the read was served; on the answer to a put or delete
+    /// (`/v1/kv/KEY`), the revision the write left the store at.
     pub const REVISION: &str = "x-ondisk-revision";
     pub const CREATE_REVISION: &str = "x-ondisk-create-revision";
     pub const MOD_REVISION: &str = "x-ondisk-mod-revision";
