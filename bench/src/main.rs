@@ -122,8 +122,8 @@ enum Command {
         /// How long after the last put the watchers may take to receive everything.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         drain: Duration,
-        /// Put tasks, each with one put in flight.
-        #[arg(long, default_value_t = 256)]
+        /// Put tasks, each with one put in flight: the most puts in flight at once.
+        #[arg(long, default_value_t = 1000)]
         senders: usize,
         /// Bytes per value (the first 20 are the send time).
         #[arg(long = "value-size", default_value_t = 128)]

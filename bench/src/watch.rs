@@ -81,6 +81,8 @@ pub struct Outcome {
     pub put_errors: u64,
     /// Puts sent more than [`LATE`] after their due time: the senders could not keep up.
     pub puts_late: u64,
+    /// Puts acknowledged a second, from the first put due until the last answer.
+    pub puts_per_sec: f64,
     pub put_p50_us: u64,
     pub put_p99_us: u64,
     /// Events received (each watcher counts its own), without duplicates.
@@ -97,6 +99,9 @@ pub struct Outcome {
     /// From the end of the put window until every watcher had every acknowledged put (or the
     /// drain limit).
     pub drain_secs: f64,
+    /// Whether every watcher had every acknowledged put within the drain limit; if not, `lost`
+    /// counts what had not arrived yet.
+    pub drained: bool,
     /// The members' resident sets added up: before any watcher, with the watchers idle, and the
     /// largest seen from the first put until the end of the drain.
     pub rss_before_bytes: u64,
@@ -171,11 +176,8 @@ async fn run_system(plan: &Plan, system: System) -> anyhow::Result<Outcome> {
     let puts = send_puts(target, plan, &shared).await?;
     let window_end = Instant::now();
     let expected = puts.acked_count * plan.watchers as u64;
-    let drain_deadline = window_end + plan.drain;
-    while shared.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
-        tokio::time::sleep(POLL).await;
-    }
-    let drained = Instant::now();
+    let complete = drain(&shared, expected, window_end + plan.drain).await;
+    let drain_end = Instant::now();
     let server_cpu = cpu_seconds_of(&pids) - server_cpu_before;
     let client_cpu = cpu_seconds_self() - client_cpu_before;
     stop.send_replace(true);
@@ -183,7 +185,7 @@ async fn run_system(plan: &Plan, system: System) -> anyhow::Result<Outcome> {
 
     let received = gather(watchers, &puts.acked).await?;
     cluster.stop()?;
-    let seconds = (drained - began).as_secs_f64();
+    let seconds = (drain_end - began).as_secs_f64();
     Ok(Outcome {
         system,
         watchers: plan.watchers,
@@ -191,6 +193,7 @@ async fn run_system(plan: &Plan, system: System) -> anyhow::Result<Outcome> {
         puts_acked: puts.acked_count,
         put_errors: puts.errors,
         puts_late: puts.late,
+        puts_per_sec: puts.acked_count as f64 / (window_end - began).as_secs_f64(),
         put_p50_us: puts.latencies.value_at_quantile(0.50),
         put_p99_us: puts.latencies.value_at_quantile(0.99),
         delivered: received.latencies.len(),
@@ -200,7 +203,8 @@ async fn run_system(plan: &Plan, system: System) -> anyhow::Result<Outcome> {
         lost: received.lost,
         duplicates: received.duplicates,
         out_of_order: received.out_of_order,
-        drain_secs: (drained - window_end).as_secs_f64(),
+        drain_secs: (drain_end - window_end).as_secs_f64(),
+        drained: complete,
         rss_before_bytes,
         rss_idle_bytes,
         rss_peak_bytes,
@@ -208,6 +212,20 @@ async fn run_system(plan: &Plan, system: System) -> anyhow::Result<Outcome> {
         client_cores: client_cpu / seconds,
         first_error: puts.first_error.or(received.first_error),
     })
+}
+
+/// Waits until the watchers have received `expected` events in all, or `deadline`; true if they
+/// have.
+async fn drain(shared: &Shared, expected: u64, deadline: Instant) -> bool {
+    loop {
+        if shared.delivered.load(Ordering::Relaxed) >= expected {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// What every watcher received, added up.
@@ -632,13 +650,14 @@ fn print_table(plan: &Plan, outcomes: &[Outcome]) {
     let header: Vec<String> = outcomes.iter().map(|o| o.system.to_string()).collect();
     println!("| | {} |", header.join(" | "));
     println!("|---|{}", "---:|".repeat(outcomes.len()));
-    let rows: [(&str, Cell); 12] = [
+    let rows: [(&str, Cell); 13] = [
         ("puts due / acked / errors / sent late", |o| {
             format!(
                 "{} / {} / {} / {}",
                 o.puts_due, o.puts_acked, o.put_errors, o.puts_late
             )
         }),
+        ("puts acked/s", |o| format!("{:.0}", o.puts_per_sec)),
         ("put p50 / p99 ms", |o| {
             format!("{} / {}", ms(o.put_p50_us), ms(o.put_p99_us))
         }),
@@ -651,11 +670,16 @@ fn print_table(plan: &Plan, outcomes: &[Outcome]) {
                 ms(o.delivery_max_us)
             )
         }),
-        ("lost / duplicated / out of order", |o| {
+        ("acked puts not received / duplicated / out of order", |o| {
             format!("{} / {} / {}", o.lost, o.duplicates, o.out_of_order)
         }),
         ("drain after the last put, s", |o| {
-            format!("{:.2}", o.drain_secs)
+            let limit = if o.drained {
+                ""
+            } else {
+                " (limit: not all received)"
+            };
+            format!("{:.2}{limit}", o.drain_secs)
         }),
         ("RSS of the 3 members, no watchers, MiB", |o| {
             (o.rss_before_bytes >> 20).to_string()
