@@ -48,6 +48,8 @@ pub struct Plan {
 
 /// Concurrent grants while creating the leases.
 const GRANTERS: usize = 64;
+/// Tries per lease grant before the run fails.
+const GRANT_ATTEMPTS: usize = 3;
 /// How long the servers are watched idle, with every lease granted, before the window.
 const IDLE: Duration = Duration::from_secs(3);
 /// How long one keep-alive may take before it counts as an error.
@@ -301,7 +303,8 @@ async fn etcd_renewers(cluster: &Cluster, plan: &Plan) -> anyhow::Result<Vec<Ren
     futures::future::try_join_all(opening).await
 }
 
-/// Grants `leases` leases with `grant(i)`, [`GRANTERS`] at a time, and returns their ids in order.
+/// Grants `leases` leases with `grant(i)`, [`GRANTERS`] at a time (each tried up to
+/// [`GRANT_ATTEMPTS`] times), and returns their ids in order.
 async fn grant_all<F, Fut>(leases: usize, grant: F) -> anyhow::Result<Vec<i64>>
 where
     F: Fn(usize) -> Fut,
@@ -310,8 +313,22 @@ where
     use futures::StreamExt;
     futures::stream::iter(0..leases)
         .map(|i| {
-            let granted = grant(i);
-            async move { granted.await.with_context(|| format!("granting lease {i}")) }
+            let grant = &grant;
+            async move {
+                // A grant that timed out may still have been applied; granting again leaves at
+                // most an extra lease nobody keeps alive, which expires by itself.
+                let mut attempt = 1;
+                loop {
+                    match grant(i).await {
+                        Ok(id) => return Ok(id),
+                        Err(e) if attempt >= GRANT_ATTEMPTS => {
+                            return Err(e.context(format!("granting lease {i}")))
+                        }
+                        Err(e) => eprintln!("granting lease {i} (attempt {attempt}): {e:#}"),
+                    }
+                    attempt += 1;
+                }
+            }
         })
         .buffered(GRANTERS)
         .collect::<Vec<_>>()

@@ -96,11 +96,11 @@ pub struct Outcome {
     pub duplicates: u64,
     /// Events whose revision was not above the watcher's previous one.
     pub out_of_order: u64,
-    /// From the end of the put window until every watcher had every acknowledged put (or the
-    /// drain limit).
+    /// From the end of the put window until every watcher had every put sent (or the drain
+    /// limit).
     pub drain_secs: f64,
-    /// Whether every watcher had every acknowledged put within the drain limit; if not, `lost`
-    /// counts what had not arrived yet.
+    /// Whether every watcher had received every put sent (acknowledged or not) within the drain
+    /// limit; if not, `lost` counts the acknowledged ones that had not arrived yet.
     pub drained: bool,
     /// The members' resident sets added up: before any watcher, with the watchers idle, and the
     /// largest seen from the first put until the end of the drain.
@@ -175,7 +175,9 @@ async fn run_system(plan: &Plan, system: System) -> anyhow::Result<Outcome> {
     let began = Instant::now();
     let puts = send_puts(target, plan, &shared).await?;
     let window_end = Instant::now();
-    let expected = puts.acked_count * plan.watchers as u64;
+    // A put that failed with an unknown outcome may still have been applied, so the drain waits
+    // for every put sent; the ones never applied keep it waiting until its limit.
+    let expected = shared.puts * plan.watchers as u64;
     let complete = drain(&shared, expected, window_end + plan.drain).await;
     let drain_end = Instant::now();
     let server_cpu = cpu_seconds_of(&pids) - server_cpu_before;
