@@ -8,7 +8,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/ondisk-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: ondisk deps test lint chaos bench-compare bench-failover etcd cluster cluster-stop node-stop node-start clean-data
+.PHONY: ondisk deps test lint chaos bench-compare bench-failover bench-watch bench-lease etcd cluster cluster-stop node-stop node-start clean-data
 
 ## Build ./ondisk at the repository root.
 ondisk: deps
@@ -64,6 +64,29 @@ bench-failover: deps etcd
 	$(CARGO) build --release --locked --workspace --bins
 	"$(CARGO_TARGET_DIR)/release/ondisk-bench" failover \
 		--ondisk "$(CARGO_TARGET_DIR)/release/ondisk" --etcd "$$(command -v etcd)" --kills $(KILLS)
+
+## Watch fan-out, ondisk and etcd in turn (see BENCHMARKS.md): W watchers on one prefix while puts
+## arrive at RATE a second for WATCH_DURATION. Example: make bench-watch WATCHERS=1000 RATE=5000
+WATCHERS ?= 1000
+RATE ?= 5000
+WATCH_DURATION ?= 10s
+bench-watch: deps etcd
+	$(CARGO) build --release --locked --workspace --bins
+	"$(CARGO_TARGET_DIR)/release/ondisk-bench" watch \
+		--ondisk "$(CARGO_TARGET_DIR)/release/ondisk" --etcd "$$(command -v etcd)" \
+		--watchers $(WATCHERS) --rate $(RATE) --duration $(WATCH_DURATION) $(BENCH_ARGS)
+
+## Lease keep-alive cost, ondisk and etcd in turn (see BENCHMARKS.md): LEASES leases with a TTL of
+## LEASE_TTL seconds, each kept alive once per TTL/3 for LEASE_DURATION (BENCH_ARGS=--flat-out:
+## as fast as possible). Example: make bench-lease LEASES=10000
+LEASES ?= 10000
+LEASE_TTL ?= 30
+LEASE_DURATION ?= 10s
+bench-lease: deps etcd
+	$(CARGO) build --release --locked --workspace --bins
+	"$(CARGO_TARGET_DIR)/release/ondisk-bench" lease \
+		--ondisk "$(CARGO_TARGET_DIR)/release/ondisk" --etcd "$$(command -v etcd)" \
+		--leases $(LEASES) --ttl $(LEASE_TTL) --duration $(LEASE_DURATION) $(BENCH_ARGS)
 
 ## Three nodes in the background (kv-db layout, HTTP on 12380/22380/32380); waits for a leader.
 cluster: ondisk

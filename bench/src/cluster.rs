@@ -173,6 +173,11 @@ impl Cluster {
             .unwrap_or(0)
     }
 
+    /// The resident sets of every member added up, in bytes.
+    pub fn total_rss(&self) -> u64 {
+        self.servers.iter().map(Server::rss_bytes).sum()
+    }
+
     /// Bytes on disk of the whole cluster divided by its members.
     pub fn disk_per_member(&self) -> u64 {
         disk_bytes(&self.dir) / MEMBERS as u64

@@ -182,11 +182,11 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
 
 /// How long after a start the cluster served linearizable reads.
 #[derive(Debug, Clone, Copy)]
-struct Serving {
+pub struct Serving {
     /// Until the first member answered one: the cluster is available.
     first: Duration,
     /// Until every member had answered one: each has applied everything committed before.
-    all: Duration,
+    pub all: Duration,
 }
 
 /// Waits until every member has applied everything committed so far, then stops every member,
@@ -202,7 +202,7 @@ async fn restart(cluster: &mut Cluster) -> anyhow::Result<Serving> {
 }
 
 /// Polls every member at once with linearizable reads until each has answered one.
-async fn wait_serving(cluster: &Cluster, began: Instant) -> anyhow::Result<Serving> {
+pub async fn wait_serving(cluster: &Cluster, began: Instant) -> anyhow::Result<Serving> {
     let deadline = began + START_DEADLINE;
     let members = cluster.endpoints.iter().map(|endpoint| async move {
         let target = loop {

@@ -1,12 +1,16 @@
 //! `ondisk-bench`: closed-loop load against ondisk (native protocol) or etcd (gRPC), the
-//! side-by-side comparison that `make bench-compare` runs, and the leader failover comparison.
-//! See BENCHMARKS.md for the method.
+//! side-by-side comparison that `make bench-compare` runs, the leader failover comparison, and
+//! the watch fan-out and lease keep-alive comparisons. See BENCHMARKS.md for the method.
 
 mod cluster;
 mod compare;
 mod failover;
+mod http;
+mod lease;
+mod pace;
 mod process;
 mod target;
+mod watch;
 mod workload;
 
 use std::path::Path;
@@ -98,6 +102,78 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Watch fan-out: start each system's 3-member cluster in turn, open W watchers on one
+    /// prefix, send puts under it at a fixed rate, and report each put's delivery latency to every
+    /// watcher, lost or duplicated events, and the servers' memory and CPU.
+    Watch {
+        #[command(flatten)]
+        systems: Systems,
+        #[command(flatten)]
+        only: Only,
+        /// Watchers, spread over the members.
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        /// Puts a second, sent on schedule (open loop).
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        /// How long puts are sent.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// How long after the last put the watchers may take to receive everything.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        drain: Duration,
+        /// Put tasks, each with one put in flight: the most puts in flight at once.
+        #[arg(long, default_value_t = 1000)]
+        senders: usize,
+        /// Bytes per value (the first 20 are the send time).
+        #[arg(long = "value-size", default_value_t = 128)]
+        value_size: usize,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Lease keep-alive cost: start each system's 3-member cluster in turn, grant L leases, keep
+    /// them alive for a window, and report keep-alives a second and server CPU per keep-alive.
+    Lease {
+        #[command(flatten)]
+        systems: Systems,
+        #[command(flatten)]
+        only: Only,
+        /// Leases granted and kept alive.
+        #[arg(long, default_value_t = 10_000)]
+        leases: usize,
+        /// Each lease's TTL, in seconds.
+        #[arg(long, default_value_t = 30)]
+        ttl: i64,
+        /// How long the leases are kept alive.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Keep-alives a second overall, on schedule (default: each lease once per TTL/3).
+        #[arg(long, conflicts_with = "flat_out")]
+        rate: Option<f64>,
+        /// Send keep-alives as fast as the clients can instead of on schedule.
+        #[arg(long = "flat-out")]
+        flat_out: bool,
+        /// Client tasks, each with one keep-alive in flight.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+/// Which systems a one-at-a-time benchmark runs on.
+#[derive(Debug, clap::Args)]
+struct Only {
+    /// Systems to run, in this order, comma-separated.
+    #[arg(
+        long = "system",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ondisk,etcd"
+    )]
+    systems: Vec<System>,
 }
 
 /// What every measured run shares.
@@ -216,6 +292,67 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 write_timeout,
             };
             finish(failover::run(&plan), &dir, systems.keep, json).await
+        }
+        Command::Watch {
+            systems,
+            only,
+            watchers,
+            rate,
+            duration,
+            drain,
+            senders,
+            value_size,
+            json,
+        } => {
+            let limit = process::raise_open_files_limit()?;
+            // Each watcher holds a socket here and one in a server; keep room for the rest.
+            let needed = u64::try_from(watchers)?.saturating_add(1024);
+            if limit < needed {
+                anyhow::bail!("{watchers} watchers need {needed} open files; the limit is {limit}");
+            }
+            let dir = fresh_dir(systems.dir)?;
+            let plan = watch::Plan {
+                ondisk_bin: systems.ondisk,
+                etcd_bin: systems.etcd,
+                dir: dir.clone(),
+                systems: only.systems,
+                watchers: watchers.max(1),
+                rate,
+                duration,
+                drain,
+                senders,
+                value_size,
+            };
+            finish(watch::run(&plan), &dir, systems.keep, json).await
+        }
+        Command::Lease {
+            systems,
+            only,
+            leases,
+            ttl,
+            duration,
+            rate,
+            flat_out,
+            clients,
+            json,
+        } => {
+            let dir = fresh_dir(systems.dir)?;
+            let plan = lease::Plan {
+                ondisk_bin: systems.ondisk,
+                etcd_bin: systems.etcd,
+                dir: dir.clone(),
+                systems: only.systems,
+                leases,
+                ttl,
+                duration,
+                rate: if flat_out {
+                    None
+                } else {
+                    Some(rate.unwrap_or_else(|| lease::scheduled_rate(leases, ttl)))
+                },
+                clients: clients.max(1),
+            };
+            finish(lease::run(&plan), &dir, systems.keep, json).await
         }
     }
 }

@@ -71,6 +71,23 @@ pub struct Outcome {
 /// The largest latency the histograms hold; a slower request is recorded as this.
 const MAX_LATENCY_US: u64 = 600_000_000;
 
+/// An empty latency histogram, in microseconds: 1 µs to 10 min at 3 significant digits, exact
+/// enough for p99.9. Every histogram has the same bounds, so merging two cannot fail.
+pub fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?)
+}
+
+/// A latency in microseconds as milliseconds with two decimals, as the tables print them.
+pub fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+/// Adds one latency to `histogram`; anything beyond its bounds counts as the bound.
+pub fn record_latency(histogram: &mut Histogram<u64>, latency: Duration) {
+    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    histogram.saturating_record(micros.clamp(1, MAX_LATENCY_US));
+}
+
 /// The key a random draw maps to; fixed width so every key costs the same.
 pub fn key(n: u64) -> Vec<u8> {
     format!("key-{n:08}").into_bytes()
@@ -82,9 +99,7 @@ pub async fn run<T: KvTarget>(
     spec: &Spec,
     server_pids: &[u32],
 ) -> anyhow::Result<Outcome> {
-    // 1 µs to 10 min at 3 significant digits: exact enough for p99.9; every client's histogram has
-    // the same bounds, so merging them cannot fail.
-    let empty = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)?;
+    let empty = latency_histogram()?;
     let start = Instant::now() + spec.warmup;
     let end = start + spec.duration;
     let stop = Arc::new(AtomicBool::new(false));
@@ -176,11 +191,7 @@ impl ClientCounts {
 
     fn record(&mut self, latency: Duration, error: Option<anyhow::Error>) {
         match error {
-            None => {
-                let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-                self.latencies
-                    .saturating_record(micros.clamp(1, MAX_LATENCY_US));
-            }
+            None => record_latency(&mut self.latencies, latency),
             Some(e) => self.record_error(format!("{e:#}")),
         }
     }
