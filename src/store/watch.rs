@@ -40,6 +40,11 @@ const SUBSCRIBER_QUEUE: usize = 256;
 const CATCH_UP_CHANGES: usize = 1000;
 /// Responses waiting for a watch's client before the watch stops reading.
 pub const WATCH_QUEUE: usize = 64;
+/// History reads for catching up that run at once on a member; the others wait their turn.
+/// The reads run on the blocking pool, which also carries the state machine's and the log's
+/// writes when those must wait for the disk, and reads of the key space: a thousand watchers
+/// dropped together for being slow must not fill it and stall the writes behind them.
+const CONCURRENT_CATCH_UPS: usize = 2;
 
 /// Where applied changes are handed to live watchers.
 #[derive(Debug)]
@@ -50,6 +55,8 @@ pub struct WatchHub {
     subscribers: AtomicUsize,
     /// Watches running, live or catching up: for the node's metrics.
     watches: AtomicUsize,
+    /// Turns to read the history (see [`CONCURRENT_CATCH_UPS`]).
+    catch_ups: tokio::sync::Semaphore,
 }
 
 #[derive(Debug)]
@@ -90,6 +97,7 @@ impl WatchHub {
             }),
             subscribers: AtomicUsize::new(0),
             watches: AtomicUsize::new(0),
+            catch_ups: tokio::sync::Semaphore::new(CONCURRENT_CATCH_UPS),
         }
     }
 
@@ -314,6 +322,12 @@ async fn catch_up(
             request.range_end.clone(),
             request.prev_kv,
         );
+        let hub = reader.watch_hub();
+        let turn = hub
+            .catch_ups
+            .acquire()
+            .await
+            .map_err(|e| End::Failed(format!("reading the history failed: {e}")))?;
         let reader = reader.clone();
         let read = tokio::task::spawn_blocking(move || {
             reader.changes_since(&span_key, &range_end, from, to, CATCH_UP_CHANGES, prev_kv)
@@ -321,6 +335,7 @@ async fn catch_up(
         .await
         .map_err(|e| End::Failed(format!("reading the history failed: {e}")))?
         .map_err(|e| End::Failed(format!("reading the history failed: {e}")))?;
+        drop(turn);
         let (changes, read_to) = match read {
             Ok(read) => read,
             Err(compact_revision) => return Err(End::Compacted(compact_revision)),
