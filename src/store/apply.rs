@@ -70,6 +70,9 @@ pub(super) struct Applier<'db> {
 /// The changes one write request makes, numbered in order within its revision.
 #[derive(Default)]
 struct Pending {
+    /// Changes so far: the next one's number, and whether the request takes a revision.
+    changes: u32,
+    /// The changes as watchers see them, kept only while some are watching.
     events: Vec<Event>,
 }
 
@@ -121,10 +124,10 @@ impl<'db> Applier<'db> {
         let result = work(self, next, &mut pending)?;
         if result.is_err() {
             self.overlay.rollback();
-            pending.events.clear();
+            pending = Pending::default();
         }
         self.overlay.release();
-        if !pending.events.is_empty() {
+        if pending.changes > 0 {
             self.revision = next;
             if self.collect_events {
                 self.changes.push(Arc::new(RevisionChanges {
@@ -192,16 +195,11 @@ impl<'db> Applier<'db> {
                 Vec::new(),
             )?;
         }
-        self.record_change(&put.key, Some(&record), next, pending)?;
-        if self.collect_events {
-            pending.events.push(Event {
-                kind: EventKind::Put,
-                kv: record.clone().into_key_value(put.key.clone()),
-                prev_kv: previous.clone().map(|p| p.into_key_value(put.key.clone())),
-            });
-        } else {
-            pending.events.push(Event::default());
-        }
+        self.record_change(&put.key, Some(&record), next, pending, || Event {
+            kind: EventKind::Put,
+            kv: record.clone().into_key_value(put.key.clone()),
+            prev_kv: previous.clone().map(|p| p.into_key_value(put.key.clone())),
+        })?;
         self.overlay.put(CF_DATA, &put.key, encode(&record)?)?;
         Ok(Ok(PutResponse {
             header: self.header(next),
@@ -244,33 +242,35 @@ impl<'db> Applier<'db> {
             self.overlay
                 .delete(CF_LEASE_KEYS, &mvcc::lease_key_entry(previous.lease, key))?;
         }
-        self.record_change(key, None, next, pending)?;
-        pending.events.push(if self.collect_events {
-            Event {
-                kind: EventKind::Delete,
-                kv: api::KeyValue {
-                    key: key.to_vec(),
-                    mod_revision: next,
-                    ..api::KeyValue::default()
-                },
-                prev_kv: Some(previous.clone().into_key_value(key.to_vec())),
-            }
-        } else {
-            Event::default()
-        });
+        self.record_change(key, None, next, pending, || Event {
+            kind: EventKind::Delete,
+            kv: api::KeyValue {
+                key: key.to_vec(),
+                mod_revision: next,
+                ..api::KeyValue::default()
+            },
+            prev_kv: Some(previous.clone().into_key_value(key.to_vec())),
+        })?;
         self.overlay.delete(CF_DATA, key)
     }
 
-    /// Records a change of `key` in the history and events of revision `next`.
+    /// Records a change of `key` in the history and events of revision `next`, and, while
+    /// someone watches, the event `event` makes (built only then: it copies the value).
     fn record_change(
         &mut self,
         key: &[u8],
         version: Option<&Record>,
         next: i64,
-        pending: &Pending,
+        pending: &mut Pending,
+        event: impl FnOnce() -> Event,
     ) -> io::Result<()> {
-        let change = u32::try_from(pending.events.len())
-            .map_err(|_| io::Error::other("too many changes in one revision"))?;
+        let change = pending.changes;
+        pending.changes = change
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("too many changes in one revision"))?;
+        if self.collect_events {
+            pending.events.push(event());
+        }
         self.overlay
             .put(CF_HISTORY, &mvcc::history_key(key, next), encode(&version)?)?;
         self.overlay
@@ -330,7 +330,7 @@ impl<'db> Applier<'db> {
         next: i64,
         pending: &Pending,
     ) -> io::Result<Result<RangeResponse, ApplyError>> {
-        let current = if pending.events.is_empty() {
+        let current = if pending.changes == 0 {
             self.revision
         } else {
             next
