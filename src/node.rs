@@ -598,6 +598,23 @@ impl Node {
         }
     }
 
+    /// Confirms this node's leadership with a quorum (a read index) and waits until it has applied
+    /// everything committed before. What a leader answers from applied state (the membership
+    /// rules' removed ids and kept learners, the lease table) must include every entry an earlier
+    /// leader committed, and a newly elected leader may still be applying them.
+    async fn applied_up_to_read_index(
+        &self,
+        what: &'static str,
+    ) -> std::result::Result<(), RemoteError> {
+        let index = self.read_index_locally().await?;
+        self.raft
+            .wait(None)
+            .applied_index_at_least(Some(index), what)
+            .await
+            .map(drop)
+            .map_err(|e| RemoteError::Refused(format!("raft stopped: {e}")))
+    }
+
     /// The current leader and its addresses, waiting for one to be known.
     async fn wait_for_leader(&self) -> Result<(NodeId, Member)> {
         let mut metrics = self.raft.metrics();

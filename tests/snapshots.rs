@@ -198,9 +198,11 @@ fn the_log_stays_bounded_under_a_steady_write_load() {
     for id in cluster.ids() {
         let status = status(&cluster, id);
         let retained = field(&status, "last_log_index") - field(&status, "first_log_index");
-        // At most one snapshot interval, the overhead kept behind it, and one append batch.
+        // At most one snapshot interval, the overhead kept behind it, and what was appended
+        // while the next snapshot was being built (writes do not wait for it; under this load
+        // that is up to about one more interval).
         assert!(
-            retained <= ENTRIES + OVERHEAD + 64,
+            retained <= 2 * ENTRIES + OVERHEAD,
             "node {id} retains {retained} log entries: {status}"
         );
     }

@@ -147,11 +147,16 @@ impl Node {
         &self,
         id: i64,
     ) -> std::result::Result<Response, RemoteError> {
-        let ttl = self
-            .state
-            .leases()
-            .renew(id)
-            .ok_or(RemoteError::Request(ApplyError::LeaseNotFound(id)))?;
+        let not_found = || RemoteError::Request(ApplyError::LeaseNotFound(id));
+        let ttl = match self.state.leases().renew(id) {
+            Some(ttl) => ttl,
+            // A leader elected moments ago may not have applied the grant yet: only a lease
+            // missing once it has applied everything committed is unknown.
+            None => {
+                self.applied_up_to_read_index("lease keep-alive").await?;
+                self.state.leases().renew(id).ok_or_else(not_found)?
+            }
+        };
         self.read_index_locally().await?;
         Ok(Response::LeaseKeepAlive(api::LeaseKeepAliveResponse {
             header: self.header(self.revision().map_err(super::read_error)?),
@@ -166,12 +171,12 @@ impl Node {
         id: i64,
         keys: bool,
     ) -> std::result::Result<Response, RemoteError> {
-        let index = self.read_index_locally().await?;
-        self.raft
-            .wait(Some(self.timeout))
-            .applied_index_at_least(Some(index), "lease time-to-live")
-            .await
-            .map_err(|_| RemoteError::TimedOut)?;
+        tokio::time::timeout(
+            self.timeout,
+            self.applied_up_to_read_index("lease time-to-live"),
+        )
+        .await
+        .map_err(|_| RemoteError::TimedOut)??;
         let (granted_ttl, ttl) = self
             .state
             .leases()

@@ -295,7 +295,7 @@ impl Node {
         loop {
             let one_at_a_time = self.membership_change.lock().await;
             let barrier = if reads_applied_state {
-                self.applied_up_to_read_index().await
+                self.applied_up_to_read_index("membership rules").await
             } else {
                 self.read_index_locally().await.map(drop)
             };
@@ -394,19 +394,6 @@ impl Node {
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Confirms this node's leadership with a quorum (a read index) and waits until it has applied
-    /// everything committed before. The membership rules read applied state (removed ids, kept
-    /// learners), and a newly elected leader may still be applying the entries that changed it.
-    async fn applied_up_to_read_index(&self) -> std::result::Result<(), RemoteError> {
-        let index = self.read_index_locally().await?;
-        self.raft
-            .wait(None)
-            .applied_index_at_least(Some(index), "membership rules")
-            .await
-            .map(drop)
-            .map_err(|e| RemoteError::Refused(format!("raft stopped: {e}")))
     }
 
     /// Records through the log whether learner `id` stays a learner (`keep`), unless that is
@@ -632,7 +619,11 @@ impl Node {
     async fn promote(&self, id: NodeId) {
         let _one_at_a_time = self.membership_change.lock().await;
         // Whether the learner is kept one is applied state, complete only up to the read index.
-        let caught_up = tokio::time::timeout(self.timeout, self.applied_up_to_read_index()).await;
+        let caught_up = tokio::time::timeout(
+            self.timeout,
+            self.applied_up_to_read_index("membership rules"),
+        )
+        .await;
         if !matches!(caught_up, Ok(Ok(()))) {
             tracing::debug!(
                 "not promoting node {id} yet: this node's applied state is not known to be current"

@@ -312,7 +312,7 @@ fn read_i64(
     options: &impl Fn() -> ReadOptions,
 ) -> io::Result<Option<i64>> {
     db.get_pinned_cf_opt(meta, key, &options())
-        .map_err(io_err)?
+        .map_err(mvcc::read_err)?
         .map(|bytes| decode(&bytes))
         .transpose()
 }
@@ -390,10 +390,36 @@ impl StateReader {
         request: &api::RangeRequest,
         max_bytes: usize,
     ) -> io::Result<Result<api::RangeResponse, ApplyError>> {
+        self.range_reading(request, max_bytes, ReadOptions::default)
+    }
+
+    /// [`StateReader::range`] of one key as it is now, from memory only (memtables and block
+    /// cache), so that it can run on an async worker: fails with `WouldBlock` when it would need
+    /// the disk, and with `Unsupported` for any other range, which may read far more.
+    pub fn key_in_memory(
+        &self,
+        request: &api::RangeRequest,
+    ) -> io::Result<Result<api::RangeResponse, ApplyError>> {
+        let one_current_key = request.range_end.is_empty() && request.revision == 0;
+        if !one_current_key {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "only a single key as it is now is read from memory",
+            ));
+        }
+        self.range_reading(request, usize::MAX, memory_only)
+    }
+
+    fn range_reading(
+        &self,
+        request: &api::RangeRequest,
+        max_bytes: usize,
+        base_options: fn() -> ReadOptions,
+    ) -> io::Result<Result<api::RangeResponse, ApplyError>> {
         let db = self.state.current();
         let snapshot = db.snapshot();
         let options = || {
-            let mut options = ReadOptions::default();
+            let mut options = base_options();
             options.set_snapshot(&snapshot);
             options
         };
@@ -422,7 +448,7 @@ impl StateReader {
             let data = column_family(&db, CF_DATA)?;
             let found = db
                 .get_pinned_cf_opt(data, key, &options())
-                .map_err(io_err)?;
+                .map_err(mvcc::read_err)?;
             if let Some(bytes) = found {
                 collector.add(key.to_vec(), decode(&bytes)?);
             }

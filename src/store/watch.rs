@@ -15,6 +15,7 @@
 //! only its own task, never the node or other watchers, and every watcher sees exactly the
 //! changes the history holds for each revision, however it received them.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
@@ -38,6 +39,9 @@ use crate::api::WatchResponse;
 const SUBSCRIBER_QUEUE: usize = 256;
 /// Changes read from the history per step while catching up (a revision is never split).
 const CATCH_UP_CHANGES: usize = 1000;
+/// Revisions one response carries at most (each whole): a watcher with a backlog gets it in
+/// batches.
+const BATCH_REVISIONS: usize = 64;
 /// Responses waiting for a watch's client before the watch stops reading.
 pub const WATCH_QUEUE: usize = 64;
 /// History reads for catching up that run at once on a member; the others wait their turn.
@@ -340,8 +344,8 @@ async fn catch_up(
             Ok(read) => read,
             Err(compact_revision) => return Err(End::Compacted(compact_revision)),
         };
-        for revision_changes in changes {
-            send_selected(request, out, &revision_changes).await?;
+        for batch in changes.chunks(BATCH_REVISIONS) {
+            send_selected(request, out, batch).await?;
         }
         *next = read_to + 1;
     }
@@ -362,13 +366,16 @@ async fn forward_live(
         let idle = tokio::time::sleep(progress_every);
         tokio::select! {
             received = subscription.receiver.recv() => match received {
-                Some(changes) if changes.revision >= *next => {
-                    if let Err(end) = send_selected(request, out, &changes).await {
+                Some(changes) => {
+                    let batch = queued_after(changes, &mut subscription.receiver, *next);
+                    let Some(last) = batch.last().map(|changes| changes.revision) else {
+                        continue;
+                    };
+                    if let Err(end) = send_selected(request, out, &batch).await {
                         return Some(end);
                     }
-                    *next = changes.revision + 1;
+                    *next = last + 1;
                 }
-                Some(_) => {}
                 None => return None,
             },
             () = idle, if request.progress_notify => {
@@ -384,27 +391,52 @@ async fn forward_live(
     }
 }
 
-/// Sends the events of one revision that `request` selects, if any, in one response.
-async fn send_selected(
+/// `first` and whatever else is already queued behind it, up to [`BATCH_REVISIONS`], without the
+/// revisions before `next` (already sent from the history). A watcher that fell behind gets its
+/// backlog in a few responses rather than one per revision: the cost of a response (a wake-up, a
+/// line, a write) is paid per batch, so a crowd of watchers catches up instead of falling
+/// further behind.
+fn queued_after(
+    first: Arc<RevisionChanges>,
+    queue: &mut mpsc::Receiver<Arc<RevisionChanges>>,
+    next: i64,
+) -> Vec<Arc<RevisionChanges>> {
+    let mut batch = Vec::new();
+    let mut received = Some(first);
+    while let Some(changes) = received {
+        if changes.revision >= next {
+            batch.push(changes);
+        }
+        if batch.len() >= BATCH_REVISIONS {
+            break;
+        }
+        received = queue.try_recv().ok();
+    }
+    batch
+}
+
+/// Sends the events that `request` selects from `revisions` (whole revisions, in order) in one
+/// response, if there are any.
+async fn send_selected<C: Borrow<RevisionChanges>>(
     request: &WatchRequest,
     out: &mpsc::Sender<WatchResponse>,
-    changes: &RevisionChanges,
+    revisions: &[C],
 ) -> Result<(), End> {
     let span = KeySpan::new(&request.key, &request.range_end);
-    let events: Vec<Event> = changes
-        .events
+    let events: Vec<Event> = revisions
         .iter()
+        .flat_map(|changes| changes.borrow().events.iter())
         .filter(|event| span.contains(&event.kv.key) && wanted(request, event))
         .map(|event| Event {
             prev_kv: event.prev_kv.clone().filter(|_| request.prev_kv),
             ..event.clone()
         })
         .collect();
-    if events.is_empty() {
+    let Some(last) = events.last().map(|event| event.kv.mod_revision) else {
         return Ok(());
-    }
+    };
     let response = WatchResponse {
-        header: header(changes.revision),
+        header: header(last),
         events,
         ..WatchResponse::default()
     };
