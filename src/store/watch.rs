@@ -43,7 +43,7 @@ const CATCH_UP_CHANGES: usize = 1000;
 /// batches.
 const BATCH_REVISIONS: usize = 64;
 /// Responses waiting for a watch's client before the watch stops reading.
-pub const WATCH_QUEUE: usize = 64;
+pub const WATCH_QUEUE: usize = 8;
 /// History reads for catching up that run at once on a member; the others wait their turn.
 /// The reads run on the blocking pool, which also carries the state machine's and the log's
 /// writes when those must wait for the disk, and reads of the key space: a thousand watchers
