@@ -159,7 +159,13 @@ impl<'db> Applier<'db> {
         next: i64,
         pending: &mut Pending,
     ) -> io::Result<Result<PutResponse, ApplyError>> {
-        let previous = self.overlay.record(&put.key)?;
+        // The previous value is read only when something uses it: most puts need only the
+        // previous version's revisions and lease.
+        let previous = if put.ignore_value || put.prev_kv || self.collect_events {
+            self.overlay.record(&put.key)?
+        } else {
+            self.overlay.record_without_value(&put.key)?
+        };
         if (put.ignore_value || put.ignore_lease) && previous.is_none() {
             return Ok(Err(ApplyError::KeyNotFound));
         }

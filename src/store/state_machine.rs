@@ -55,9 +55,11 @@ use super::encode;
 use super::io_err;
 use super::lease::LeaseTable;
 use super::mvcc;
+use super::mvcc::KnownKeys;
 use super::mvcc::LeaseRecord;
 use super::mvcc::Overlay;
 use super::mvcc::Record;
+use super::mvcc::RecordMeta;
 use super::mvcc::Revisions;
 use super::mvcc::CF_DATA;
 use super::mvcc::CF_EVENTS;
@@ -186,6 +188,9 @@ pub struct StateMachineStore {
     shared: Arc<Shared>,
     /// Deletes compacted history in the background (see `mvcc::trim_history`).
     history_trimmer: Arc<Worker<()>>,
+    /// Recently written keys as applied so far (see [`KnownKeys`]); shared only with the
+    /// blocking task that rebuilds a batch needing the disk.
+    known: Arc<Mutex<KnownKeys>>,
 }
 
 /// What the state machine shares with its readers.
@@ -258,6 +263,7 @@ impl StateMachineStore {
                 leases: LeaseTable::with(leases),
             }),
             history_trimmer,
+            known: Arc::default(),
         })
     }
 
@@ -538,7 +544,8 @@ impl StateReader {
     /// The keys attached to lease `id`, as applied so far.
     pub fn lease_keys(&self, id: i64) -> io::Result<Vec<Vec<u8>>> {
         let db = self.state.current();
-        super::apply::attached_keys(&Overlay::new(&db, ReadOptions::default), id)
+        let nothing_known = KnownKeys::default();
+        super::apply::attached_keys(&Overlay::new(&db, ReadOptions::default, &nothing_known), id)
     }
 
     /// The revision counters as applied so far.
@@ -607,6 +614,8 @@ struct Applied {
     revisions: Revisions,
     changes: Vec<Arc<RevisionChanges>>,
     lease_changes: Vec<LeaseChange>,
+    /// What the batch does to the current keys, for [`KnownKeys`] once it is written.
+    key_changes: Vec<(Vec<u8>, Option<RecordMeta>)>,
 }
 
 /// What a batch of entries records beside the key space.
@@ -624,9 +633,10 @@ fn build_batch(
     read_options: fn() -> ReadOptions,
     commands: &[Option<Command>],
     meta: &BatchMeta,
+    known: &KnownKeys,
 ) -> io::Result<(WriteBatch, Applied)> {
     let mut applier = Applier {
-        overlay: Overlay::new(db, read_options),
+        overlay: Overlay::new(db, read_options, known),
         revision: meta.revisions_before.current,
         compact_revision: meta.revisions_before.compacted,
         collect_events: meta.collect_events,
@@ -650,6 +660,7 @@ fn build_batch(
         lease_changes,
         ..
     } = applier;
+    let key_changes = overlay.key_changes()?;
     let mut batch = overlay.into_batch()?;
     let meta_cf = column_family(db, CF_META)?;
     batch.put_cf(meta_cf, KEY_APPLIED, encode(&Some(meta.last))?);
@@ -670,6 +681,7 @@ fn build_batch(
         revisions,
         changes,
         lease_changes,
+        key_changes,
     };
     Ok((batch, applied))
 }
@@ -734,22 +746,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // and written here (see `write_soon`); one that needs the disk is rebuilt on the blocking
         // pool.
         let collected = meta.collect_events;
-        let built = match build_batch(&db, memory_only, &commands, &meta) {
-            Ok((batch, applied)) => {
-                write_soon("state machine", &db, batch).await?;
-                applied
-            }
+        let built_in_memory = build_batch(&db, memory_only, &commands, &meta, &lock(&self.known));
+        let written = match built_in_memory {
+            Ok((batch, applied)) => write_soon("state machine", &db, batch)
+                .await
+                .map(|()| applied),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let known = self.known.clone();
                 blocking(move || {
                     let (batch, applied) =
-                        build_batch(&db, ReadOptions::default, &commands, &meta)?;
+                        build_batch(&db, ReadOptions::default, &commands, &meta, &lock(&known))?;
                     write_until_space("state machine", &db, batch, &WriteOptions::default())?;
                     Ok(applied)
                 })
-                .await?
+                .await
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
         };
+        let mut built = written.inspect_err(|_| lock(&self.known).clear())?;
+        lock(&self.known).written(std::mem::take(&mut built.key_changes));
         self.applied = Some(last);
         if let Some(membership) = membership {
             self.membership = membership;
@@ -819,6 +834,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         *lock(&self.shared.records) = records;
+        lock(&self.known).clear();
         let db = self.state.current();
         self.revisions = read_revisions(&db, &ReadOptions::default)?;
         self.shared.leases.replace(read_leases(&db)?);
@@ -990,6 +1006,7 @@ impl StateMachineStore {
             Ok(backup)
         })
         .await
+        .inspect(|_| lock(&self.known).clear())
     }
 }
 
@@ -1252,12 +1269,16 @@ mod tests {
                 revisions_before: self.store.revisions,
                 membership: None,
                 records: None,
-                collect_events: true,
+                // Every other batch as if someone watched: a put then reads the whole previous
+                // version, otherwise only its metadata (from the known keys when they hold it).
+                collect_events: self.index.is_multiple_of(2),
             };
             let commands: Vec<Option<Command>> = commands.into_iter().map(Some).collect();
-            let (batch, applied) =
-                build_batch(&db, ReadOptions::default, &commands, &meta).unwrap();
+            let known = &self.store.known;
+            let (batch, mut applied) =
+                build_batch(&db, ReadOptions::default, &commands, &meta, &lock(known)).unwrap();
             db.write(batch).unwrap();
+            lock(known).written(std::mem::take(&mut applied.key_changes));
             self.store.revisions = applied.revisions;
             self.store.shared.leases.apply(&applied.lease_changes);
             applied.results
