@@ -2,6 +2,8 @@
 //! (put, delete-range, txn, compaction), each checked here before it is proposed, so a malformed
 //! request never takes a log entry.
 
+use std::io::ErrorKind;
+
 use openraft::async_runtime::WatchReceiver;
 
 use crate::api;
@@ -51,10 +53,11 @@ impl Node {
         // to the blocking pool costs more than the read.
         let mut response = match self.state.key_in_memory(&request) {
             Ok(answer) => answer?,
-            Err(_) => {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Unsupported) => {
                 self.read_state(move |state| state.range(&request, max_bytes))
                     .await??
             }
+            Err(e) => return Err(e.into()),
         };
         response.header = self.header(response.header.revision);
         Ok(response)

@@ -407,21 +407,17 @@ impl<'db> Overlay<'db> {
     /// [`Overlay::record`] with an empty value, for a caller that does not use it: answered from
     /// [`KnownKeys`] when it holds the key.
     pub fn record_without_value(&self, key: &[u8]) -> io::Result<Option<Record>> {
-        let pending = self.pending.get(CF_DATA).and_then(|p| p.get(key));
-        let meta = match (pending, self.known.get(key)) {
-            (Some(pending), _) => pending.as_deref().map(decode).transpose()?,
-            (None, Some(known)) => Some(known),
-            (None, None) => self
-                .db
-                .get_pinned_cf_opt(
-                    column_family(self.db, CF_DATA)?,
-                    key,
-                    &(self.read_options)(),
-                )
-                .map_err(read_err)?
-                .map(|bytes| decode(&bytes))
-                .transpose()?,
-        };
+        let pending = self
+            .pending
+            .get(CF_DATA)
+            .is_some_and(|pending| pending.contains_key(key));
+        if let (false, Some(known)) = (pending, self.known.get(key)) {
+            return Ok(Some(known.without_value()));
+        }
+        let meta: Option<RecordMeta> = self
+            .get(CF_DATA, key)?
+            .map(|bytes| decode(&bytes))
+            .transpose()?;
         Ok(meta.map(RecordMeta::without_value))
     }
 
