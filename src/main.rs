@@ -28,6 +28,12 @@ use tokio::signal::unix::signal;
 use tokio::signal::unix::SignalKind;
 use tokio::sync::mpsc;
 
+/// mimalloc instead of glibc's malloc: a put allocates and frees many small buffers across
+/// threads (requests, encoded entries, batches), and glibc's allocator was about a tenth of the
+/// servers' CPU under write load (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// What a node says when it stops because it was removed from the cluster.
 const REMOVED_MESSAGE: &str = "I've been removed from the cluster! Shutting down.";
 

@@ -225,8 +225,11 @@ impl Node {
             // term, so coming back never deposes a leader the others still follow.
             enable_pre_vote: Some(true),
             install_snapshot_timeout: millis(config.election_timeout).max(1000),
-            // Entries per append batch; the log store's replication reads bound a batch by bytes too.
-            max_payload_entries: 64,
+            // Entries per append batch; the log store's replication reads bound a batch by bytes
+            // too. openraft keeps one batch in flight per follower, so under load a larger batch
+            // means fewer appends, fsyncs and wake-ups per entry on every member (64 → 256: about
+            // a tenth less server CPU per put at 256 clients, see BENCHMARKS.md).
+            max_payload_entries: 256,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
             max_in_snapshot_log_to_keep: config.compaction_overhead,
             // A follower further behind than one snapshot interval catches up from a snapshot.

@@ -114,7 +114,9 @@ async fn serve_connection<H: RpcHandler>(
         let handler = handler.clone();
         let answers = answers.clone();
         tokio::spawn(async move {
-            let response = handler.handle(request).await;
+            // Boxed: the handler's future is several KiB (it can await any request kind), and
+            // a task holding it inline is copied whole when spawned and when first polled.
+            let response = Box::pin(handler.handle(request)).await;
             drop(unserved);
             match encode_frame(&ResponseFrame { id, response }) {
                 Ok(frame) => {
