@@ -36,7 +36,8 @@ pub fn record_request(op: &'static str, status: u16, elapsed: Duration) {
 
 /// Counts leader changes as this node observes them, for as long as the node runs.
 pub fn watch_leader_changes(node: &Arc<Node>) {
-    let mut metrics = node.raft().metrics();
+    // The server metrics change with the leader and the membership, not with every commit.
+    let mut metrics = node.raft().server_metrics();
     tokio::spawn(async move {
         let mut leader = metrics.borrow_watched().current_leader;
         while metrics.changed().await.is_ok() {

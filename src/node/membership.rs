@@ -540,7 +540,9 @@ impl Node {
     pub(super) fn keep_own_address_current(self: &Arc<Self>) {
         let node = self.clone();
         tokio::spawn(async move {
-            let mut metrics = node.raft.metrics();
+            // The server metrics change with the leader and the membership only, not with every
+            // commit as the full metrics do, so this task wakes only when it may have work.
+            let mut metrics = node.raft.server_metrics();
             loop {
                 let outdated = {
                     let m = metrics.borrow_watched();
