@@ -567,6 +567,8 @@ impl Node {
                                 "recording this node's addresses failed, will retry: {e}"
                             );
                             tokio::time::sleep(RETRY_PAUSE * 10).await;
+                            // Try again now: the server metrics may not change for a long time.
+                            continue;
                         }
                     }
                 }
