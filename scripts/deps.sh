@@ -2,8 +2,9 @@
 # Installs, with apt-get, what building and testing ondisk needs and this machine lacks:
 #   - libclang, which bindgen loads at build time to generate RocksDB's bindings;
 #   - a C++ compiler for RocksDB itself;
-#   - protoc, for the benchmark's etcd client (generated from etcd's .proto files);
-#   - fuse3 (fusermount3), for the power-cut file system the tests mount.
+#   - protoc, for etcd's API (server and the benchmark's client, generated from etcd's .proto files);
+#   - fuse3 (fusermount3), for the power-cut file system the tests mount;
+#   - etcdctl (Debian's etcd-client), the real etcd client the tests drive ondisk's etcd API with.
 # `scripts/deps.sh --find-libclang ROOT` only prints the libclang that a build would load, looking
 # under ROOT instead of / (the test in scripts/test-deps.sh uses it with a fake directory layout).
 set -euo pipefail
@@ -43,6 +44,7 @@ fi
 command -v c++ >/dev/null || missing+=(g++)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v fusermount3 >/dev/null || missing+=(fuse3)
+command -v etcdctl >/dev/null || missing+=(etcd-client)
 
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} (needed to build and test ondisk)"

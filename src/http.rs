@@ -177,9 +177,10 @@ impl IntoResponse for ApiError {
                     ApplyError::LeaseNotFound(_) | ApplyError::KeyNotFound => StatusCode::NOT_FOUND,
                     ApplyError::LeaseExists(_) => StatusCode::CONFLICT,
                     ApplyError::Compacted { .. } => StatusCode::GONE,
-                    ApplyError::FutureRevision { .. } | ApplyError::InvalidRequest(_) => {
-                        StatusCode::BAD_REQUEST
-                    }
+                    ApplyError::FutureRevision { .. }
+                    | ApplyError::InvalidRequest(_)
+                    | ApplyError::TooManyTxnOps { .. }
+                    | ApplyError::DuplicateKeyInTxn => StatusCode::BAD_REQUEST,
                 };
                 let compact_revision = match &refusal {
                     ApplyError::Compacted { compact_revision } => Some(*compact_revision),

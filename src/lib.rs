@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod ctl;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod logging;
 pub mod network;

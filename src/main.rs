@@ -12,6 +12,7 @@ use ondisk::cli::Args;
 use ondisk::cli::Invocation;
 use ondisk::cli::RestoreArgs;
 use ondisk::ctl;
+use ondisk::grpc;
 use ondisk::http;
 use ondisk::node::listen;
 use ondisk::node::AutoCompaction;
@@ -151,7 +152,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         telemetry::watch_leader_changes(&node);
 
         let (stop, mut stopped) = mpsc::channel::<StopReason>(4);
-        let api = http::router(node.clone(), Some(metrics));
+        // etcd's gRPC API shares the client port with the HTTP API, as in etcd.
+        let api = grpc::beside(
+            grpc::router(node.clone()),
+            http::router(node.clone(), Some(metrics)),
+        );
         let http_stop = stop.clone();
         let mut http_done = tokio::spawn(async move {
             let result = http::serve(http_listener, api, async move {

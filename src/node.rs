@@ -59,15 +59,20 @@ use crate::types::TypeConfig;
 mod compaction;
 mod kv;
 mod lease;
+mod maintenance;
 mod membership;
+mod recipes;
 mod watch;
 
 pub use compaction::AutoCompaction;
+pub use maintenance::KeySpaceHash;
 pub use watch::StoreFigures;
 pub use watch::WatchStream;
 
 pub use membership::MemberInfo;
 pub use membership::Role;
+pub use recipes::LeaderKey;
+pub use recipes::RecipeError;
 
 /// Bytes of keys and values a native client's range answer holds at most (past its first key):
 /// an answer is one frame.

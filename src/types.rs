@@ -147,6 +147,20 @@ pub enum ApplyError {
     FutureRevision { revision: i64 },
     #[error("{0}")]
     InvalidRequest(String),
+    #[error("too many operations in txn request (at most {max} comparisons and {max} operations per branch)")]
+    TooManyTxnOps { max: usize },
+    #[error("duplicate key given in txn request")]
+    DuplicateKeyInTxn,
+}
+
+impl From<api::InvalidTxn> for ApplyError {
+    fn from(invalid: api::InvalidTxn) -> Self {
+        match invalid {
+            api::InvalidTxn::TooManyOps { max } => ApplyError::TooManyTxnOps { max },
+            api::InvalidTxn::DuplicateKey => ApplyError::DuplicateKeyInTxn,
+            api::InvalidTxn::Malformed(reason) => ApplyError::InvalidRequest(reason),
+        }
+    }
 }
 
 /// What applying a [`Command`] produced, returned to the proposer once the entry is applied.

@@ -311,18 +311,31 @@ pub fn validate_span(key: &[u8], range_end: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a transaction is refused before it runs. The first two are etcd's own refusals, which its
+/// clients tell apart.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidTxn {
+    #[error(
+        "too many operations in txn request (at most {max} comparisons and {max} operations per \
+         branch)"
+    )]
+    TooManyOps { max: usize },
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
+    /// A malformed range in a comparison or an operation.
+    #[error("{0}")]
+    Malformed(String),
+}
+
 /// Refuses a transaction with more than `max_ops` comparisons or operations in a branch, with two
 /// changes of one key in a branch (etcd's "duplicate key given in txn request": the outcome would
 /// depend on their order), or with a malformed range.
-pub fn validate_txn(txn: &TxnRequest, max_ops: usize) -> Result<(), String> {
+pub fn validate_txn(txn: &TxnRequest, max_ops: usize) -> Result<(), InvalidTxn> {
     if txn.compare.len() > max_ops || txn.success.len() > max_ops || txn.failure.len() > max_ops {
-        return Err(format!(
-            "too many operations in txn request (at most {max_ops} comparisons and {max_ops} \
-             operations per branch)"
-        ));
+        return Err(InvalidTxn::TooManyOps { max: max_ops });
     }
     for compare in &txn.compare {
-        validate_span(&compare.key, &compare.range_end)?;
+        validate_span(&compare.key, &compare.range_end).map_err(InvalidTxn::Malformed)?;
     }
     for branch in [&txn.success, &txn.failure] {
         let mut puts = Vec::new();
@@ -330,12 +343,12 @@ pub fn validate_txn(txn: &TxnRequest, max_ops: usize) -> Result<(), String> {
         collect_changes(branch, &mut puts, &mut deletes, max_ops)?;
         puts.sort();
         if puts.windows(2).any(|pair| pair[0] == pair[1]) {
-            return Err("duplicate key given in txn request".into());
+            return Err(InvalidTxn::DuplicateKey);
         }
         for (key, range_end) in &deletes {
             let span = KeySpan::new(key, range_end);
             if puts.iter().any(|put| span.contains(put)) {
-                return Err("duplicate key given in txn request".into());
+                return Err(InvalidTxn::DuplicateKey);
             }
         }
     }
@@ -349,13 +362,13 @@ fn collect_changes<'a>(
     puts: &mut Vec<&'a [u8]>,
     deletes: &mut Vec<(&'a [u8], &'a [u8])>,
     max_ops: usize,
-) -> Result<(), String> {
+) -> Result<(), InvalidTxn> {
     for op in ops {
         match op {
-            RequestOp::Range(range) => validate_range(range)?,
+            RequestOp::Range(range) => validate_range(range).map_err(InvalidTxn::Malformed)?,
             RequestOp::Put(put) => puts.push(&put.key),
             RequestOp::DeleteRange(delete) => {
-                validate_span(&delete.key, &delete.range_end)?;
+                validate_span(&delete.key, &delete.range_end).map_err(InvalidTxn::Malformed)?;
                 deletes.push((&delete.key, &delete.range_end));
             }
             RequestOp::Txn(inner) => {
@@ -421,10 +434,7 @@ mod tests {
             success: vec![put("a"), put("a")],
             ..TxnRequest::default()
         };
-        assert_eq!(
-            validate_txn(&twice, 128),
-            Err("duplicate key given in txn request".into())
-        );
+        assert_eq!(validate_txn(&twice, 128), Err(InvalidTxn::DuplicateKey));
         let put_in_delete = TxnRequest {
             failure: vec![
                 RequestOp::DeleteRange(DeleteRangeRequest {
@@ -447,8 +457,9 @@ mod tests {
             success: (0..129).map(|i| put(&i.to_string())).collect(),
             ..TxnRequest::default()
         };
-        assert!(validate_txn(&many, 128)
-            .unwrap_err()
-            .starts_with("too many operations"));
+        assert_eq!(
+            validate_txn(&many, 128),
+            Err(InvalidTxn::TooManyOps { max: 128 })
+        );
     }
 }

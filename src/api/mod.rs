@@ -11,6 +11,7 @@
 //! (JSON); [`bytes`] makes keys and values readable text in JSON whenever they are UTF-8.
 
 pub mod bytes;
+pub mod etcdpb;
 pub mod http;
 mod kv;
 mod lease;

@@ -144,7 +144,7 @@ impl Node {
                 Ok(Command::DeleteRange(delete))
             }
             Command::Txn(txn) => {
-                api::validate_txn(&txn, self.max_txn_ops).map_err(ApplyError::InvalidRequest)?;
+                api::validate_txn(&txn, self.max_txn_ops)?;
                 Ok(Command::Txn(txn))
             }
             Command::Compact(compact) if compact.revision <= 0 => Err(ApplyError::InvalidRequest(

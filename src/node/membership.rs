@@ -98,6 +98,51 @@ impl Node {
             .map(drop)
     }
 
+    /// An id no member has and none ever had (removed ids are never used again): one above every
+    /// id in the membership and among the removed, for a member added without naming its id.
+    pub fn unused_member_id(&self) -> NodeId {
+        let members = self.members().into_iter().map(|member| member.id);
+        let removed = self.state.removed_ids().into_iter();
+        members.chain(removed).max().unwrap_or(0) + 1
+    }
+
+    /// Records `raft_addr` as member `id`'s raft address (etcd's member update), keeping its HTTP
+    /// address. A running member records its own addresses again when they differ from what it
+    /// listens on, so this is for a member about to be restarted at the new address.
+    pub async fn update_member_address(&self, id: NodeId, raft_addr: String) -> Result<()> {
+        let http_addr = self
+            .members()
+            .into_iter()
+            .find(|member| member.id == id)
+            .map(|member| member.http_addr)
+            .ok_or_else(|| Error::Refused(format!("node {id} is not a member")))?;
+        let member = Member {
+            raft_addr,
+            http_addr,
+        };
+        let change = MembershipChange::UpdateAddresses { id, member };
+        self.submit_to_leader("update", Request::Membership(change))
+            .await
+            .map(drop)
+    }
+
+    /// Waits, up to the node's `-timeout`, until `id` is a voter; false if it is not by then.
+    pub async fn wait_voter(&self, id: NodeId) -> bool {
+        self.raft
+            .wait(Some(self.timeout))
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .any(|voter| voter == id)
+                },
+                "promotion",
+            )
+            .await
+            .is_ok()
+    }
+
     /// The log index of the entry that set the membership in force, as `--prev-index` expects.
     pub fn membership_index(&self) -> u64 {
         let metrics = self.raft.metrics();

@@ -92,8 +92,8 @@ impl<'db> Applier<'db> {
                     .map(|response| Ok(CommandResult::DeleteRange(response)))
             }),
             Command::Txn(txn) => {
-                if let Err(reason) = api::validate_txn(txn, usize::MAX) {
-                    return Ok(CommandResult::Refused(ApplyError::InvalidRequest(reason)));
+                if let Err(invalid) = api::validate_txn(txn, usize::MAX) {
+                    return Ok(CommandResult::Refused(invalid.into()));
                 }
                 self.write(|applier, next, pending| {
                     applier

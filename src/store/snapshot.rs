@@ -126,6 +126,36 @@ pub fn verify(path: &Path) -> io::Result<SnapshotMeta> {
     Ok(reader.meta)
 }
 
+/// etcd's snapshot files are whole 512-byte blocks followed by a SHA-256 of them, and etcdctl
+/// refuses to save a snapshot of any other length.
+const ETCD_BLOCK: usize = 512;
+const ETCD_DIGEST: usize = 32;
+
+/// Seals a snapshot stream as etcd seals its snapshots, so that `etcdctl snapshot save` accepts
+/// it: fed the stream, it ends it with zeros up to a whole number of 512-byte blocks and the
+/// SHA-256 of all that. A reader of the stream skips the seal.
+#[derive(Default)]
+pub struct EtcdSeal {
+    sha: sha2::Sha256,
+    len: u64,
+}
+
+impl EtcdSeal {
+    pub fn update(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.sha, bytes);
+        self.len += bytes.len() as u64;
+    }
+
+    /// The bytes that end the sealed stream.
+    pub fn finish(mut self) -> Vec<u8> {
+        let used = usize::try_from(self.len % ETCD_BLOCK as u64).unwrap_or(0);
+        let mut tail = vec![0u8; (ETCD_BLOCK - used) % ETCD_BLOCK];
+        sha2::Digest::update(&mut self.sha, &tail);
+        tail.extend_from_slice(&sha2::Digest::finalize(self.sha));
+        tail
+    }
+}
+
 /// The directory name of a checkpoint at `meta`, so the newest one sorts last.
 pub(super) fn checkpoint_name(meta: &SnapshotMeta) -> String {
     let (index, term) = meta
@@ -342,9 +372,27 @@ impl<R: Read> SnapshotReader<R> {
                 if u32::from_be_bytes(crc) != expected_crc {
                     return Err(invalid("snapshot checksum mismatch"));
                 }
+                self.check_tail()?;
                 Ok(None)
             }
             other => Err(invalid(&format!("unknown snapshot record tag {other}"))),
+        }
+    }
+
+    /// Accepts nothing after the end, or the seal of a snapshot saved through etcd's API
+    /// ([`EtcdSeal`]): zeros, then a SHA-256 (the stream itself is already verified by its CRC).
+    fn check_tail(&mut self) -> io::Result<()> {
+        let mut tail = Vec::new();
+        (&mut self.input)
+            .take((ETCD_BLOCK + ETCD_DIGEST + 1) as u64)
+            .read_to_end(&mut tail)?;
+        let sealed = tail.len() >= ETCD_DIGEST
+            && tail.len() < ETCD_BLOCK + ETCD_DIGEST
+            && tail[..tail.len() - ETCD_DIGEST].iter().all(|&b| b == 0);
+        if tail.is_empty() || sealed {
+            Ok(())
+        } else {
+            Err(invalid("unexpected data after the end of the snapshot"))
         }
     }
 
@@ -459,6 +507,31 @@ mod tests {
         let in_the_value = bytes.len() - 40;
         bytes[in_the_value] ^= 0x20;
         assert!(decode_all(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_stream_sealed_as_etcd_seals_snapshots_reads_as_itself() {
+        let pairs: [(&[u8], &[u8]); 1] = [(b"key", b"value")];
+        let mut bytes = encode_sample(&pairs);
+        let mut seal = EtcdSeal::default();
+        seal.update(&bytes);
+        let tail = seal.finish();
+        let digest = tail[tail.len() - ETCD_DIGEST..].to_vec();
+        bytes.extend_from_slice(&tail);
+        // etcdctl's test: whole 512-byte blocks, then the SHA-256 of them.
+        assert_eq!(bytes.len() % ETCD_BLOCK, ETCD_DIGEST);
+        let blocks = &bytes[..bytes.len() - ETCD_DIGEST];
+        assert_eq!(
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(blocks))
+                .to_vec(),
+            digest
+        );
+        assert_eq!(decode_all(&bytes).unwrap().0.len(), 1);
+        bytes.push(0);
+        assert!(
+            decode_all(&bytes).is_err(),
+            "anything else after the end is refused"
+        );
     }
 
     #[test]

@@ -83,6 +83,7 @@ use super::watch::WatchHub;
 use super::worker::Worker;
 use super::write_soon;
 use super::write_until_space;
+use super::SPACE_RESERVE;
 use crate::api;
 use crate::api::KeySpan;
 use crate::error::Error;
@@ -208,6 +209,15 @@ struct Counters {
     applied_this_run: AtomicU64,
     snapshots_built: AtomicU64,
     snapshots_installed: AtomicU64,
+}
+
+/// What the state machine database takes on disk, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Every file of the database.
+    pub files: u64,
+    /// RocksDB's estimate of the live data among them.
+    pub live: u64,
 }
 
 /// A read-only view of the state machine for serving reads without going through Raft's task.
@@ -566,6 +576,50 @@ impl StateReader {
     /// The directory of the state machine database in service.
     pub fn dir(&self) -> PathBuf {
         self.state.current().path().to_path_buf()
+    }
+
+    /// Bytes the state machine database takes on disk (its files), and RocksDB's estimate of the
+    /// live data among them.
+    pub fn disk_usage(&self) -> io::Result<DiskUsage> {
+        let db = self.state.current();
+        let mut files = 0;
+        for entry in std::fs::read_dir(db.path())? {
+            let metadata = entry?.metadata()?;
+            if metadata.is_file() {
+                files += metadata.len();
+            }
+        }
+        let mut live = 0;
+        for name in COLUMN_FAMILIES {
+            let cf = column_family(&db, name)?;
+            live += db
+                .property_int_value_cf(cf, "rocksdb.estimate-live-data-size")
+                .map_err(io_err)?
+                .unwrap_or(0);
+        }
+        Ok(DiskUsage { files, live })
+    }
+
+    /// Compacts every column family of the state machine database whole, so the space of
+    /// overwritten, deleted and compacted versions goes back to the file system (what etcd's
+    /// defragment does for its database). Blocking, and long on a large state. Refused unless the
+    /// disk has room for a full copy beside the reserve: RocksDB that runs out of space while
+    /// compacting refuses every later write.
+    pub fn compact_all(&self) -> io::Result<()> {
+        let db = self.state.current();
+        let needed = self.disk_usage()?.files + SPACE_RESERVE;
+        let free = fs4::available_space(db.path())?;
+        if free < needed {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("a full compaction needs {needed} bytes free, and {free} are"),
+            ));
+        }
+        for name in COLUMN_FAMILIES {
+            let cf = column_family(&db, name)?;
+            db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
     }
 
     /// Ids removed from the cluster, as applied so far.

@@ -1,0 +1,150 @@
+//! etcd's Lease service: grant and revoke go through the log, keep-alives and time-to-live are
+//! answered by the leader (forwarded from any member), as `node::lease` does them.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tonic::codegen::BoxStream;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+use tonic::Streaming;
+
+use crate::api;
+use crate::api::etcdpb::etcdserverpb as pb;
+use crate::api::etcdpb::etcdserverpb::lease_server::Lease;
+use crate::error::Error;
+use crate::node::Node;
+use crate::types::ApplyError;
+
+use super::convert;
+use super::status::status;
+
+/// Keep-alives of one stream answered at once at most: the Go client sends every lease's
+/// keep-alives on one stream, so one slow answer (a leader change) must not hold up the others,
+/// yet a client cannot make the node run an unbounded number of them.
+const KEEP_ALIVES_IN_FLIGHT: usize = 64;
+/// etcd's error for a TTL over its maximum.
+const TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
+
+pub struct LeaseService {
+    node: Arc<Node>,
+}
+
+impl LeaseService {
+    pub fn new(node: Arc<Node>) -> Self {
+        LeaseService { node }
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let request = request.into_inner();
+        if request.ttl > api::MAX_LEASE_TTL {
+            return Err(Status::out_of_range(TTL_TOO_LARGE));
+        }
+        // etcd raises any shorter TTL, zero and below included, to its minimum.
+        let grant = api::LeaseGrantRequest {
+            ttl: request.ttl.max(1),
+            id: request.id,
+        };
+        let response = self.node.lease_grant(grant).await.map_err(status)?;
+        Ok(Response::new(pb::LeaseGrantResponse {
+            header: convert::header(response.header),
+            id: response.id,
+            ttl: response.ttl,
+            error: String::new(),
+        }))
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let response = self
+            .node
+            .lease_revoke(request.into_inner().id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::LeaseRevokeResponse {
+            header: convert::header(response.header),
+        }))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<BoxStream<pb::LeaseKeepAliveResponse>>, Status> {
+        let node = self.node.clone();
+        let answers = request
+            .into_inner()
+            .map(move |request| {
+                let node = node.clone();
+                async move { keep_alive(&node, request?.id).await }
+            })
+            .buffer_unordered(KEEP_ALIVES_IN_FLIGHT);
+        Ok(Response::new(Box::pin(answers)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let request = request.into_inner();
+        let response = match self.node.lease_time_to_live(request.id, request.keys).await {
+            Ok(response) => pb::LeaseTimeToLiveResponse {
+                header: convert::header(response.header),
+                id: response.id,
+                ttl: response.ttl,
+                granted_ttl: response.granted_ttl,
+                keys: response.keys,
+            },
+            // etcd answers an unknown lease with a TTL of -1 rather than an error.
+            Err(Error::Request(ApplyError::LeaseNotFound(_))) => pb::LeaseTimeToLiveResponse {
+                header: convert::header(self.node.header(self.node.store_figures().revision)),
+                id: request.id,
+                ttl: -1,
+                ..pb::LeaseTimeToLiveResponse::default()
+            },
+            Err(e) => return Err(status(e)),
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        let response = self.node.leases().await.map_err(status)?;
+        Ok(Response::new(pb::LeaseLeasesResponse {
+            header: convert::header(response.header),
+            leases: response
+                .leases
+                .into_iter()
+                .map(|lease| pb::LeaseStatus { id: lease.id })
+                .collect(),
+        }))
+    }
+}
+
+/// One keep-alive. etcd answers a lease that is gone with a TTL of 0 (the client then stops
+/// keeping it alive), not with an error that would end the stream for every lease on it.
+async fn keep_alive(node: &Node, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
+    match node.lease_keep_alive(id).await {
+        Ok(response) => Ok(pb::LeaseKeepAliveResponse {
+            header: convert::header(response.header),
+            id: response.id,
+            ttl: response.ttl,
+        }),
+        Err(Error::Request(ApplyError::LeaseNotFound(_))) => Ok(pb::LeaseKeepAliveResponse {
+            header: convert::header(node.header(node.store_figures().revision)),
+            id,
+            ttl: 0,
+        }),
+        Err(e) => Err(status(e)),
+    }
+}

@@ -1,0 +1,120 @@
+//! etcd's v3 gRPC API, so that etcdctl and etcd's client libraries work against ondisk unchanged.
+//!
+//! The services (KV, Watch, Lease, Cluster, Maintenance, Auth, and the Lock and Election
+//! recipes) are generated from etcd's protobuf definitions (`api::etcdpb`) and answered by the
+//! node, as every other front end is. They share the client port with the HTTP API, as etcd
+//! serves gRPC and its JSON gateway on one port: [`beside`] sends a request with the
+//! `application/grpc` content type here and any other to the HTTP router. Whatever is not
+//! implemented answers UNIMPLEMENTED (the README lists it).
+
+mod auth;
+mod cluster;
+mod convert;
+mod kv;
+mod lease;
+mod maintenance;
+mod recipes;
+mod status;
+mod watch;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::Context;
+use std::task::Poll;
+
+use axum::extract::Request;
+use axum::http::header;
+use axum::response::Response;
+use axum::Router;
+use tonic::codegen::Service;
+use tonic::service::Routes;
+
+use crate::api::etcdpb::etcdserverpb::auth_server::AuthServer;
+use crate::api::etcdpb::etcdserverpb::cluster_server::ClusterServer;
+use crate::api::etcdpb::etcdserverpb::kv_server::KvServer;
+use crate::api::etcdpb::etcdserverpb::lease_server::LeaseServer;
+use crate::api::etcdpb::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::api::etcdpb::etcdserverpb::watch_server::WatchServer;
+use crate::api::etcdpb::v3electionpb::election_server::ElectionServer;
+use crate::api::etcdpb::v3lockpb::lock_server::LockServer;
+use crate::node::Node;
+
+pub use maintenance::ETCD_VERSION;
+pub use watch::MAX_WATCHES_PER_STREAM;
+
+/// Room for a message's protobuf framing beyond `-max-request-bytes` (etcd's gRPC overhead
+/// allowance), so a request at the limit decodes and is then judged by the node's own check,
+/// which answers etcd's "request is too large". A larger message is refused by gRPC's decoder
+/// from its length prefix, before it is buffered.
+const GRPC_OVERHEAD_BYTES: usize = 512 << 10;
+
+/// The gRPC services of `node`, as a router.
+pub fn router(node: Arc<Node>) -> Router {
+    let max_message = usize::try_from(node.max_request_bytes())
+        .unwrap_or(usize::MAX)
+        .saturating_add(GRPC_OVERHEAD_BYTES);
+    Routes::new(
+        KvServer::new(kv::KvService::new(node.clone())).max_decoding_message_size(max_message),
+    )
+    .add_service(
+        WatchServer::new(watch::WatchService::new(node.clone()))
+            .max_decoding_message_size(max_message),
+    )
+    .add_service(
+        LeaseServer::new(lease::LeaseService::new(node.clone()))
+            .max_decoding_message_size(max_message),
+    )
+    .add_service(
+        ClusterServer::new(cluster::ClusterService::new(node.clone()))
+            .max_decoding_message_size(max_message),
+    )
+    .add_service(
+        MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))
+            .max_decoding_message_size(max_message),
+    )
+    .add_service(AuthServer::new(auth::AuthService).max_decoding_message_size(max_message))
+    .add_service(
+        LockServer::new(recipes::LockService::new(node.clone()))
+            .max_decoding_message_size(max_message),
+    )
+    .add_service(
+        ElectionServer::new(recipes::ElectionService::new(node))
+            .max_decoding_message_size(max_message),
+    )
+    .into_axum_router()
+}
+
+/// One router for the client port: gRPC requests (content type `application/grpc`, with any
+/// suffix such as `+proto`) to `grpc`, everything else to `http`.
+pub fn beside(grpc: Router, http: Router) -> Router {
+    Router::new().fallback_service(ByContentType { grpc, http })
+}
+
+#[derive(Clone)]
+struct ByContentType {
+    grpc: Router,
+    http: Router,
+}
+
+impl Service<Request> for ByContentType {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = <Router as Service<Request>>::Future;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Both routers are always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let is_grpc = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|content_type| content_type.as_bytes().starts_with(b"application/grpc"));
+        if is_grpc {
+            self.grpc.call(request)
+        } else {
+            self.http.call(request)
+        }
+    }
+}

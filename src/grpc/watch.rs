@@ -1,0 +1,405 @@
+//! etcd's Watch service: one bidirectional stream carries any number of watches. The client
+//! creates and cancels watches and asks for progress on it; each watch is a `Node::watch` whose
+//! responses a task forwards, tagged with the watch's id, into the stream's one outgoing queue.
+//!
+//! Memory stays bounded whatever the client does: the outgoing queue is bounded, so a client
+//! that never reads stops its forwarders, whose node watches then fall behind and are dropped
+//! from the watch hub (to catch up from disk later, see `store::watch`), never buffered.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicI64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::BoxStream;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+use tonic::Streaming;
+
+use crate::api;
+use crate::api::etcdpb::etcdserverpb as pb;
+use crate::api::etcdpb::etcdserverpb::watch_request::RequestUnion;
+use crate::api::etcdpb::etcdserverpb::watch_server::Watch;
+use crate::node::Node;
+use crate::node::WatchStream;
+
+use super::convert;
+use super::status::status;
+use super::status::COMPACTED;
+
+/// Responses queued for a stream's client before its watches wait.
+const STREAM_QUEUE: usize = 64;
+/// The most watches one stream may hold: a client cannot make the node run an unbounded number
+/// of tasks through one stream (it can open more streams, each bounded by HTTP/2's own limit).
+pub const MAX_WATCHES_PER_STREAM: usize = 10_000;
+/// etcd's watch id for a response that belongs to no single watch (a progress answer).
+const NO_WATCH: i64 = -1;
+/// etcd's error for a watch id already in use on the stream.
+const DUPLICATE_WATCH_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+
+type Outgoing = mpsc::Sender<Result<pb::WatchResponse, Status>>;
+
+pub struct WatchService {
+    node: Arc<Node>,
+}
+
+impl WatchService {
+    pub fn new(node: Arc<Node>) -> Self {
+        WatchService { node }
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<BoxStream<pb::WatchResponse>>, Status> {
+        let (outgoing, received) = mpsc::channel(STREAM_QUEUE);
+        let session = Session {
+            node: self.node.clone(),
+            outgoing,
+            watches: HashMap::new(),
+            forwarders: JoinSet::new(),
+            next_id: 0,
+        };
+        tokio::spawn(session.run(request.into_inner()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(received))))
+    }
+}
+
+/// One watch of a stream.
+struct ActiveWatch {
+    forwarder: AbortHandle,
+    /// How far the client has been told everything this watch selects: the last revision sent
+    /// whole, or the last progress answer. A progress request is answered with the lowest of
+    /// these, so no event at or below it can follow (etcd's "bookmarkable" rule).
+    progress: Arc<AtomicI64>,
+}
+
+/// The state of one Watch stream.
+struct Session {
+    node: Arc<Node>,
+    outgoing: Outgoing,
+    watches: HashMap<i64, ActiveWatch>,
+    /// Each returns its watch id when its watch ends.
+    forwarders: JoinSet<i64>,
+    /// The next id handed out when the client lets the server choose.
+    next_id: i64,
+}
+
+impl Session {
+    /// Serves the stream until the client closes it or stops listening; dropping the session
+    /// ends every watch it holds.
+    async fn run(mut self, mut incoming: Streaming<pb::WatchRequest>) {
+        loop {
+            tokio::select! {
+                message = incoming.message() => match message {
+                    Ok(Some(request)) => {
+                        if self.handle(request).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(malformed) => {
+                        let _ = self.outgoing.send(Err(malformed)).await;
+                        return;
+                    }
+                },
+                Some(Ok((task, id))) = self.forwarders.join_next_with_id() => {
+                    if self.watches.get(&id).is_some_and(|w| w.forwarder.id() == task) {
+                        self.watches.remove(&id);
+                    }
+                }
+                () = self.outgoing.closed() => return,
+            }
+        }
+    }
+
+    /// Acts on one request; fails once the client no longer reads.
+    async fn handle(&mut self, request: pb::WatchRequest) -> Result<(), Closed> {
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                let Some(watch) = self.watches.remove(&cancel.watch_id) else {
+                    return Ok(());
+                };
+                watch.forwarder.abort();
+                let response = pb::WatchResponse {
+                    header: convert::header(self.node.header(self.current_revision())),
+                    watch_id: cancel.watch_id,
+                    canceled: true,
+                    ..pb::WatchResponse::default()
+                };
+                self.send(response).await
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                let revision = self
+                    .watches
+                    .values()
+                    .map(|watch| watch.progress.load(Ordering::Acquire))
+                    .min()
+                    .unwrap_or_else(|| self.current_revision());
+                let response = pb::WatchResponse {
+                    header: convert::header(self.node.header(revision)),
+                    watch_id: NO_WATCH,
+                    ..pb::WatchResponse::default()
+                };
+                self.send(response).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Starts a watch. A watch that cannot start is answered, as etcd does, with a response
+    /// both created and canceled, saying why.
+    async fn create(&mut self, create: pb::WatchCreateRequest) -> Result<(), Closed> {
+        let id = match create.watch_id {
+            0 => self.free_id(),
+            id if self.watches.contains_key(&id) => {
+                return self.refuse(id, DUPLICATE_WATCH_ID.to_string()).await
+            }
+            id => id,
+        };
+        if self.watches.len() >= MAX_WATCHES_PER_STREAM {
+            let reason = format!(
+                "etcdserver: too many watches on one stream (at most {MAX_WATCHES_PER_STREAM})"
+            );
+            return self.refuse(id, reason).await;
+        }
+        let request = match convert::watch_request(&create) {
+            Ok(request) => request,
+            Err(refused) => return self.refuse(id, refused.message().to_string()).await,
+        };
+        // Everything up to the revision applied now, or before the start, is already known
+        // not to be owed to the client.
+        let now = self.current_revision();
+        let known = match request.start_revision {
+            0 => now,
+            start => (start - 1).min(now),
+        };
+        let stream = match self.node.watch(request) {
+            Ok(stream) => stream,
+            Err(e) => return self.refuse(id, status(e).message().to_string()).await,
+        };
+        let progress = Arc::new(AtomicI64::new(known));
+        let fragment_bytes = if create.fragment {
+            usize::try_from(self.node.max_request_bytes()).unwrap_or(usize::MAX)
+        } else {
+            usize::MAX
+        };
+        let forwarder = Forwarder {
+            id,
+            outgoing: self.outgoing.clone(),
+            fragment_bytes,
+            progress: progress.clone(),
+        };
+        let handle = self.forwarders.spawn(forwarder.run(stream));
+        self.watches.insert(
+            id,
+            ActiveWatch {
+                forwarder: handle,
+                progress,
+            },
+        );
+        Ok(())
+    }
+
+    fn free_id(&mut self) -> i64 {
+        while self.watches.contains_key(&self.next_id) {
+            self.next_id += 1;
+        }
+        self.next_id += 1;
+        self.next_id - 1
+    }
+
+    async fn refuse(&self, id: i64, reason: String) -> Result<(), Closed> {
+        let response = pb::WatchResponse {
+            header: convert::header(self.node.header(self.current_revision())),
+            watch_id: id,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..pb::WatchResponse::default()
+        };
+        self.send(response).await
+    }
+
+    fn current_revision(&self) -> i64 {
+        self.node.store_figures().revision
+    }
+
+    async fn send(&self, response: pb::WatchResponse) -> Result<(), Closed> {
+        self.outgoing.send(Ok(response)).await.map_err(|_| Closed)
+    }
+}
+
+/// The client stopped reading the stream.
+struct Closed;
+
+/// Hands one watch's responses to the stream.
+struct Forwarder {
+    id: i64,
+    outgoing: Outgoing,
+    /// Responses larger than this are split into fragments (when the watch asked for them).
+    fragment_bytes: usize,
+    progress: Arc<AtomicI64>,
+}
+
+impl Forwarder {
+    async fn run(self, mut stream: WatchStream) -> i64 {
+        while let Some(response) = stream.next().await {
+            let ends = response.canceled;
+            let seen = match response.events.last() {
+                Some(event) => Some(event.kv.mod_revision),
+                None if !response.created && !ends => Some(response.header.revision),
+                None => None,
+            };
+            for message in self.messages(response) {
+                if self.outgoing.send(Ok(message)).await.is_err() {
+                    return self.id;
+                }
+            }
+            if let Some(seen) = seen {
+                self.progress.fetch_max(seen, Ordering::AcqRel);
+            }
+            if ends {
+                break;
+            }
+        }
+        self.id
+    }
+
+    /// One node response as etcd's: tagged with the watch id, a compaction reported with etcd's
+    /// reason, and split into fragments of at most `fragment_bytes` when it is larger (every
+    /// fragment but the last marked as such; each carries at least one event).
+    fn messages(&self, response: api::WatchResponse) -> Vec<pb::WatchResponse> {
+        let cancel_reason = if response.compact_revision != 0 {
+            COMPACTED.to_string()
+        } else {
+            response.cancel_reason
+        };
+        let mut whole = pb::WatchResponse {
+            header: convert::header(response.header),
+            watch_id: self.id,
+            created: response.created,
+            canceled: response.canceled,
+            compact_revision: response.compact_revision,
+            cancel_reason,
+            fragment: false,
+            events: response.events.into_iter().map(convert::event).collect(),
+        };
+        if whole.encoded_len() <= self.fragment_bytes {
+            return vec![whole];
+        }
+        let events = std::mem::take(&mut whole.events);
+        whole.fragment = true;
+        let mut pieces: Vec<pb::WatchResponse> = Vec::new();
+        let mut size = 0;
+        for event in events {
+            let len = event.encoded_len();
+            match pieces.last_mut() {
+                Some(piece) if size + len <= self.fragment_bytes => piece.events.push(event),
+                _ => {
+                    let mut piece = whole.clone();
+                    piece.events.push(event);
+                    pieces.push(piece);
+                    size = 0;
+                }
+            }
+            size += len;
+        }
+        if let Some(last) = pieces.last_mut() {
+            last.fragment = false;
+        }
+        pieces
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarder(fragment_bytes: usize) -> Forwarder {
+        let (outgoing, _received) = mpsc::channel(1);
+        Forwarder {
+            id: 7,
+            outgoing,
+            fragment_bytes,
+            progress: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    fn revision_of(events: usize, value_len: usize) -> api::WatchResponse {
+        api::WatchResponse {
+            header: api::ResponseHeader {
+                revision: 5,
+                ..api::ResponseHeader::default()
+            },
+            events: (0..events)
+                .map(|i| api::Event {
+                    kv: api::KeyValue {
+                        key: format!("k{i}").into_bytes(),
+                        value: vec![b'v'; value_len],
+                        mod_revision: 5,
+                        ..api::KeyValue::default()
+                    },
+                    ..api::Event::default()
+                })
+                .collect(),
+            ..api::WatchResponse::default()
+        }
+    }
+
+    #[test]
+    fn a_response_within_the_limit_is_sent_whole() {
+        let messages = forwarder(usize::MAX).messages(revision_of(3, 100));
+        assert_eq!(messages.len(), 1);
+        assert_eq!((messages[0].watch_id, messages[0].fragment), (7, false));
+        assert_eq!(messages[0].events.len(), 3);
+    }
+
+    #[test]
+    fn a_large_response_is_split_in_order_and_every_fragment_but_the_last_says_so() {
+        let messages = forwarder(2_500).messages(revision_of(10, 1_000));
+        assert!(messages.len() >= 4, "{} fragments", messages.len());
+        let (last, rest) = messages.split_last().expect("fragments");
+        assert!(rest.iter().all(|m| m.fragment) && !last.fragment);
+        assert!(messages
+            .iter()
+            .all(|m| !m.events.is_empty() && m.watch_id == 7));
+        let keys: Vec<Vec<u8>> = messages
+            .iter()
+            .flat_map(|m| m.events.iter())
+            .filter_map(|e| e.kv.as_ref().map(|kv| kv.key.clone()))
+            .collect();
+        let expected: Vec<Vec<u8>> = (0..10).map(|i| format!("k{i}").into_bytes()).collect();
+        assert_eq!(keys, expected);
+    }
+
+    #[test]
+    fn an_event_larger_than_the_limit_still_travels_alone() {
+        let messages = forwarder(100).messages(revision_of(2, 1_000));
+        assert_eq!(messages.len(), 2);
+        assert!(messages.iter().all(|m| m.events.len() == 1));
+    }
+
+    #[test]
+    fn a_compacted_watch_ends_with_etcds_reason() {
+        let compacted = api::WatchResponse {
+            canceled: true,
+            compact_revision: 9,
+            cancel_reason: "compacted at 9".into(),
+            ..api::WatchResponse::default()
+        };
+        let messages = forwarder(usize::MAX).messages(compacted);
+        assert_eq!(messages[0].cancel_reason, COMPACTED);
+        assert_eq!(messages[0].compact_revision, 9);
+    }
+}
