@@ -1,6 +1,6 @@
 //! Bad input of every kind a node can meet, each answered without a panic and without losing
-//! anything: garbage on the raft port, malformed and oversized HTTP requests, damaged data
-//! directories, and a disk that fills up.
+//! anything: garbage on the raft port, malformed and oversized HTTP requests and gRPC messages,
+//! damaged data directories, and a disk that fills up.
 
 mod common;
 
@@ -960,4 +960,69 @@ fn a_node_whose_raft_core_stops_on_a_storage_error_exits_with_a_failure_status()
     cluster.restart(1);
     cluster.wait_for_leader();
     cluster.assert_get(1, "before", Some(b"1"));
+}
+
+/// The `grpc-status` a node answers to one gRPC call of `method` carrying `message` (the bytes
+/// after the 5-byte length prefix, which `announced_len` may misstate), sent with curl over
+/// HTTP/2 as any gRPC client sends it. `curl -i` prints the headers, where an error's status is
+/// ("trailers-only"), and the trailers.
+fn grpc_status(addr: SocketAddr, method: &str, message: &[u8], announced_len: u32) -> String {
+    let mut body = vec![0u8];
+    body.extend_from_slice(&announced_len.to_be_bytes());
+    body.extend_from_slice(message);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("body");
+    fs::write(&path, &body).expect("write the request body");
+    let output = std::process::Command::new("curl")
+        .args(["-sS", "-i", "--http2-prior-knowledge", "--max-time", "10"])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg("--data-binary")
+        .arg(format!("@{}", path.display()))
+        .arg(format!("http://{addr}/{method}"))
+        .output()
+        .expect("run curl");
+    let answer = String::from_utf8_lossy(&output.stdout).to_string();
+    // A success's status is in the trailers, printed right after the binary message.
+    answer
+        .split("grpc-status: ")
+        .nth(1)
+        .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect())
+        .unwrap_or_else(|| {
+            panic!(
+                "no grpc-status in the answer to {method} ({}): {answer}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+}
+
+#[test]
+fn malformed_grpc_messages_get_grpc_errors_and_change_nothing() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader();
+    let addr = cluster.http_addr(1);
+    let before = api_state(&cluster, 1);
+    let put = "etcdserverpb.KV/Put";
+    let garbage = Garbage(0x6772).bytes(64);
+    // INTERNAL (13) for a message that does not decode, as grpc-go answers.
+    assert_eq!(grpc_status(addr, put, &[0xff; 10], 10), "13");
+    assert_eq!(grpc_status(addr, put, &garbage, 64), "13");
+    // OUT_OF_RANGE (11) for a message announcing 100 MiB, refused from its prefix alone.
+    assert_eq!(grpc_status(addr, put, b"short", 100 << 20), "11");
+    // UNIMPLEMENTED (12) for a method not served yet.
+    assert_eq!(grpc_status(addr, "etcdserverpb.Auth/UserAdd", b"", 0), "12");
+    // INVALID_ARGUMENT (3) for a put without a key, with etcd's message.
+    assert_eq!(grpc_status(addr, put, b"", 0), "3");
+    assert_eq!(
+        api_state(&cluster, 1),
+        before,
+        "a refused call changed the store"
+    );
+
+    // Unknown fields are skipped, as protobuf requires: key "k", value "v", field 99 = 1.
+    let with_unknown_field = [0x0a, 1, b'k', 0x12, 1, b'v', 0x98, 0x06, 0x01];
+    assert_eq!(grpc_status(addr, put, &with_unknown_field, 9), "0");
+    let got = http("GET", &format!("http://{addr}/v1/kv/k"), b"");
+    assert_eq!(got.body, b"v", "{}", got.text());
+    assert_cluster_serves(&mut cluster, "after-grpc-garbage");
 }

@@ -10,7 +10,9 @@ use anyhow::Context;
 use crate::process::disk_bytes;
 use crate::process::free_port;
 use crate::process::Server;
+use crate::target::Protocol;
 use crate::target::System;
+use crate::target::Target;
 
 /// How many members each cluster has.
 pub const MEMBERS: usize = 3;
@@ -21,19 +23,22 @@ const ETCD_ELECTION_TIMEOUT_MS: u64 = 1000;
 /// One cluster: how to start each member, and the members running now.
 pub struct Cluster {
     pub system: System,
+    /// What the load generator speaks to the members: always gRPC for etcd.
+    pub protocol: Protocol,
     dir: PathBuf,
     commands: Vec<(String, Vec<String>)>,
     bin: PathBuf,
     servers: Vec<Server>,
-    /// Where clients connect: ondisk's raft addresses, etcd's client addresses.
+    /// Where clients speaking `protocol` connect: ondisk's raft addresses (native) or HTTP
+    /// addresses (gRPC), etcd's client addresses.
     pub endpoints: Vec<String>,
     /// ondisk's HTTP API addresses, in member order (empty for etcd).
     pub http: Vec<String>,
 }
 
 impl Cluster {
-    /// A 3-node ondisk cluster under `dir`; not started yet.
-    pub fn ondisk(bin: &Path, dir: &Path) -> anyhow::Result<Cluster> {
+    /// A 3-node ondisk cluster under `dir`, to be driven with `protocol`; not started yet.
+    pub fn ondisk(bin: &Path, dir: &Path, protocol: Protocol) -> anyhow::Result<Cluster> {
         let raft: Vec<String> = (0..MEMBERS)
             .map(|_| free_port().map(|port| format!("127.0.0.1:{port}")))
             .collect::<anyhow::Result<_>>()?;
@@ -53,13 +58,19 @@ impl Cluster {
                 (format!("ondisk-{}", i + 1), args)
             })
             .collect();
+        // ondisk serves etcd's gRPC API on the HTTP port (HTTP/2 cleartext next to HTTP/1.1).
+        let endpoints = match protocol {
+            Protocol::Native => raft,
+            Protocol::Grpc => http.clone(),
+        };
         Ok(Cluster {
             system: System::Ondisk,
+            protocol,
             dir: data_dir,
             commands,
             bin: bin.to_path_buf(),
             servers: Vec::new(),
-            endpoints: raft,
+            endpoints,
             http,
         })
     }
@@ -105,6 +116,7 @@ impl Cluster {
             .collect();
         Ok(Cluster {
             system: System::Etcd,
+            protocol: Protocol::Grpc,
             dir: data_dir,
             commands,
             bin: bin.to_path_buf(),
@@ -112,6 +124,11 @@ impl Cluster {
             endpoints: client_addrs,
             http: Vec::new(),
         })
+    }
+
+    /// A client of every member, speaking the cluster's protocol.
+    pub async fn connect(&self) -> anyhow::Result<Target> {
+        Target::connect(self.protocol, self.endpoints.clone()).await
     }
 
     /// Starts every member (they find each other by themselves).

@@ -1,6 +1,8 @@
 //! `ondisk-bench compare`: both systems side by side on this machine, each workload run on each
 //! system in turn (the order alternating between rounds, so neither always runs on a warmer
-//! machine), and one table of medians with ratios ondisk/etcd.
+//! machine), and one table of medians with ratios ondisk/etcd. ondisk is driven through its
+//! native protocol, or through etcd's gRPC API by the same client code as etcd
+//! ([`Protocol::Grpc`]), which leaves only the servers different.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::target::KvTarget;
+use crate::target::Protocol;
 use crate::target::System;
 use crate::target::Target;
 use crate::workload;
@@ -27,6 +30,8 @@ pub struct Plan {
     pub ondisk_bin: PathBuf,
     pub etcd_bin: PathBuf,
     pub dir: PathBuf,
+    /// What the load generator speaks to ondisk.
+    pub ondisk_protocol: Protocol,
     pub rounds: usize,
     pub workloads: Vec<Workload>,
     pub clients: Vec<usize>,
@@ -63,7 +68,7 @@ struct Capacity {
 /// Runs the whole comparison and prints the tables; returns the results as JSON.
 pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
     let mut clusters = [
-        Cluster::ondisk(&plan.ondisk_bin, &plan.dir)?,
+        Cluster::ondisk(&plan.ondisk_bin, &plan.dir, plan.ondisk_protocol)?,
         Cluster::etcd(&plan.etcd_bin, &plan.dir)?,
     ];
     let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
@@ -72,7 +77,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         let waited = wait_serving(cluster, Instant::now()).await;
         let waited = waited.with_context(|| format!("{} did not start", cluster.system))?;
         eprintln!("{} serving after {:.2?}", cluster.system, waited.all);
-        let target = Target::connect(cluster.system, cluster.endpoints.clone()).await?;
+        let target = cluster.connect().await?;
         load(&target, 0..SMALL_RESTART_KEYS, plan.value_size).await?;
         drop(target);
         let restart = restart(cluster).await?;
@@ -83,14 +88,14 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         let entry = capacity.entry(cluster.system.to_string()).or_default();
         entry.restart_small_first_secs = restart.first.as_secs_f64();
         entry.restart_small_all_secs = restart.all.as_secs_f64();
-        let target = Target::connect(cluster.system, cluster.endpoints.clone()).await?;
+        let target = cluster.connect().await?;
         load(&target, SMALL_RESTART_KEYS..plan.keys, plan.value_size).await?;
     }
 
     let mut outcomes: BTreeMap<(Workload, usize, System), Vec<Outcome>> = BTreeMap::new();
     let targets = [
-        Arc::new(Target::connect(System::Ondisk, clusters[0].endpoints.clone()).await?),
-        Arc::new(Target::connect(System::Etcd, clusters[1].endpoints.clone()).await?),
+        Arc::new(clusters[0].connect().await?),
+        Arc::new(clusters[1].connect().await?),
     ];
     for round in 0..plan.rounds {
         for &workload in &plan.workloads {
@@ -129,7 +134,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
     if plan.big_keys > plan.keys {
         for cluster in &mut clusters {
             let entry = capacity.entry(cluster.system.to_string()).or_default();
-            let target = Target::connect(cluster.system, cluster.endpoints.clone()).await?;
+            let target = cluster.connect().await?;
             let began = Instant::now();
             load(&target, plan.keys..plan.big_keys, plan.value_size).await?;
             entry.load_big_secs = began.elapsed().as_secs_f64();
@@ -170,6 +175,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         .collect();
     print_table(plan, &medians, &capacity);
     Ok(serde_json::json!({
+        "ondisk_protocol": plan.ondisk_protocol,
         "rounds": plan.rounds,
         "duration_secs": plan.duration.as_secs_f64(),
         "keys": plan.keys,
@@ -206,7 +212,7 @@ pub async fn wait_serving(cluster: &Cluster, began: Instant) -> anyhow::Result<S
     let deadline = began + START_DEADLINE;
     let members = cluster.endpoints.iter().map(|endpoint| async move {
         let target = loop {
-            match Target::connect(cluster.system, vec![endpoint.clone()]).await {
+            match Target::connect(cluster.protocol, vec![endpoint.clone()]).await {
                 Ok(target) => break target,
                 Err(e) if Instant::now() >= deadline => return Err(e),
                 Err(_) => tokio::time::sleep(POLL).await,
@@ -288,12 +294,13 @@ fn median(runs: &[Outcome]) -> Outcome {
 
 fn print_table(plan: &Plan, rows: &[Row], capacity: &BTreeMap<String, Capacity>) {
     println!(
-        "\nMedians of {} alternating rounds, {} s each after {} s warm-up, {} keys, {}-byte values.\n",
+        "\nMedians of {} alternating rounds, {} s each after {} s warm-up, {} keys, {}-byte values; {}.\n",
         plan.rounds,
         plan.duration.as_secs_f64(),
         plan.warmup.as_secs_f64(),
         plan.keys,
-        plan.value_size
+        plan.value_size,
+        plan.ondisk_protocol.ondisk_caption()
     );
     println!("| workload | clients | ondisk ops/s | etcd ops/s | ratio | ondisk p50 / p99 / p99.9 ms | etcd p50 / p99 / p99.9 ms | p99 ratio | errors o/e | client cores o/e | server CPU µs/op o/e |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");

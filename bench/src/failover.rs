@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use crate::cluster::Cluster;
 use crate::cluster::MEMBERS;
 use crate::process::load_average;
+use crate::target::Protocol;
 use crate::target::System;
 
 /// Everything the failover benchmark is told.
@@ -71,7 +72,8 @@ pub struct Kill {
 pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
     let load_before = load_average();
     let mut clusters = [
-        Cluster::ondisk(&plan.ondisk_bin, &plan.dir)?,
+        // Views and writes go through ondisk's HTTP API, so its client protocol does not matter.
+        Cluster::ondisk(&plan.ondisk_bin, &plan.dir, Protocol::Native)?,
         Cluster::etcd(&plan.etcd_bin, &plan.dir)?,
     ];
     for cluster in &mut clusters {

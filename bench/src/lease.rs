@@ -24,6 +24,7 @@ use crate::http::HttpClient;
 use crate::pace::Pace;
 use crate::process::cpu_seconds_of;
 use crate::process::cpu_seconds_self;
+use crate::target::Protocol;
 use crate::target::System;
 use crate::workload::latency_histogram;
 use crate::workload::ms;
@@ -116,7 +117,8 @@ pub fn scheduled_rate(leases: usize, ttl: i64) -> f64 {
 /// Starts `system`'s cluster, grants the leases, keeps them alive for the window and stops it.
 async fn run_system(plan: &Plan, system: System) -> anyhow::Result<Outcome> {
     let mut cluster = match system {
-        System::Ondisk => Cluster::ondisk(&plan.ondisk_bin, &plan.dir)?,
+        // Leases go through ondisk's HTTP API; the native client only probes for readiness.
+        System::Ondisk => Cluster::ondisk(&plan.ondisk_bin, &plan.dir, Protocol::Native)?,
         System::Etcd => Cluster::etcd(&plan.etcd_bin, &plan.dir)?,
     };
     cluster.start()?;

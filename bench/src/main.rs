@@ -1,6 +1,7 @@
-//! `ondisk-bench`: closed-loop load against ondisk (native protocol) or etcd (gRPC), the
-//! side-by-side comparison that `make bench-compare` runs, the leader failover comparison, and
-//! the watch fan-out and lease keep-alive comparisons. See BENCHMARKS.md for the method.
+//! `ondisk-bench`: closed-loop load against ondisk (native protocol, or etcd's gRPC API) or etcd
+//! (gRPC), the side-by-side comparison that `make bench-compare` runs, the leader failover
+//! comparison, and the watch fan-out and lease keep-alive comparisons. See BENCHMARKS.md for the
+//! method.
 
 mod cluster;
 mod compare;
@@ -23,6 +24,7 @@ use anyhow::Context;
 use clap::Parser;
 use clap::Subcommand;
 
+use crate::target::Protocol;
 use crate::target::System;
 use crate::target::Target;
 use crate::workload::Spec;
@@ -43,7 +45,12 @@ enum Command {
         /// Which system the endpoints belong to.
         #[arg(long, value_enum)]
         system: System,
-        /// ondisk: the nodes' raft addresses; etcd: the members' client addresses (HOST:PORT,...).
+        /// What to speak to the endpoints: ondisk serves both (default native), etcd only grpc
+        /// (its default).
+        #[arg(long, value_enum)]
+        protocol: Option<Protocol>,
+        /// ondisk: the nodes' raft addresses (native) or HTTP addresses (grpc); etcd: the
+        /// members' client addresses (HOST:PORT,...).
         #[arg(long, value_delimiter = ',', required = true)]
         endpoints: Vec<String>,
         #[command(flatten)]
@@ -60,6 +67,8 @@ enum Command {
     Compare {
         #[command(flatten)]
         systems: Systems,
+        #[command(flatten)]
+        ondisk_client: OndiskClient,
         /// Rounds; each runs every workload on both systems.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
@@ -108,6 +117,8 @@ enum Command {
     Watch {
         #[command(flatten)]
         systems: Systems,
+        #[command(flatten)]
+        ondisk_client: OndiskClient,
         #[command(flatten)]
         only: Only,
         /// Watchers, spread over the members.
@@ -176,7 +187,6 @@ struct Only {
     systems: Vec<System>,
 }
 
-/// What every measured run shares.
 /// The two systems a side-by-side benchmark starts, and where they keep their data.
 #[derive(Debug, clap::Args)]
 struct Systems {
@@ -194,6 +204,16 @@ struct Systems {
     keep: bool,
 }
 
+/// How a benchmark that can drive ondisk either way talks to it (etcd always gets gRPC).
+#[derive(Debug, clap::Args)]
+struct OndiskClient {
+    /// What the load generator speaks to ondisk (etcd always gets gRPC); with grpc, ondisk is
+    /// driven by the same etcd-client code as etcd, so only the servers differ.
+    #[arg(long = "ondisk-protocol", value_enum, default_value_t = Protocol::Native)]
+    protocol: Protocol,
+}
+
+/// What every measured run shares.
 #[derive(Debug, clap::Args)]
 struct LoadArgs {
     /// Untimed warm-up before each measured window.
@@ -232,12 +252,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Run {
             system,
+            protocol,
             endpoints,
             load,
             workload,
             clients,
         } => {
-            let target = Arc::new(Target::connect(system, endpoints).await?);
+            let protocol = match (system, protocol) {
+                (System::Ondisk, protocol) => protocol.unwrap_or(Protocol::Native),
+                (System::Etcd, None | Some(Protocol::Grpc)) => Protocol::Grpc,
+                (System::Etcd, Some(Protocol::Native)) => {
+                    anyhow::bail!("etcd speaks only gRPC: --protocol grpc, or leave it out")
+                }
+            };
+            let target = Arc::new(Target::connect(protocol, endpoints).await?);
             let spec = Spec {
                 workload,
                 clients,
@@ -252,6 +280,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Compare {
             systems,
+            ondisk_client,
             rounds,
             workloads,
             clients,
@@ -264,6 +293,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 ondisk_bin: systems.ondisk,
                 etcd_bin: systems.etcd,
                 dir: dir.clone(),
+                ondisk_protocol: ondisk_client.protocol,
                 rounds: rounds.max(1),
                 workloads,
                 clients,
@@ -295,6 +325,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Watch {
             systems,
+            ondisk_client,
             only,
             watchers,
             rate,
@@ -315,6 +346,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 ondisk_bin: systems.ondisk,
                 etcd_bin: systems.etcd,
                 dir: dir.clone(),
+                ondisk_protocol: ondisk_client.protocol,
                 systems: only.systems,
                 watchers: watchers.max(1),
                 rate,

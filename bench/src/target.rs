@@ -1,6 +1,7 @@
 //! The two systems under test behind one interface: ondisk through its native client, etcd
 //! through its gRPC API. Each is what that system's own users would pick for speed, so neither
-//! side pays for a gateway.
+//! side pays for a gateway. ondisk also serves etcd's gRPC API, so it can be driven by the very
+//! client code that drives etcd ([`Protocol::Grpc`]): that isolates the servers from the clients.
 
 use std::future::Future;
 use std::time::Duration;
@@ -22,6 +23,37 @@ impl std::fmt::Display for System {
         f.write_str(match self {
             System::Ondisk => "ondisk",
             System::Etcd => "etcd",
+        })
+    }
+}
+
+/// What the load generator speaks to a system. etcd speaks only gRPC; ondisk speaks both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// ondisk's binary frames on its raft port (`ondisk::client`).
+    Native,
+    /// etcd's v3 gRPC API through the etcd-client crate: etcd's client port, ondisk's HTTP port.
+    Grpc,
+}
+
+impl Protocol {
+    /// How ondisk is driven with this protocol, for the tables' captions.
+    pub fn ondisk_caption(self) -> &'static str {
+        match self {
+            Protocol::Native => "ondisk driven through its native protocol (raft port)",
+            Protocol::Grpc => {
+                "ondisk driven through etcd's gRPC API (HTTP port), by the same etcd-client code as etcd"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Native => "native",
+            Protocol::Grpc => "grpc",
         })
     }
 }
@@ -71,21 +103,22 @@ impl KvTarget for OndiskTarget {
     }
 }
 
-/// etcd over gRPC, with the etcd-client crate's channel balanced over every endpoint (HTTP/2, one
-/// connection per member), as etcd's own clients do.
+/// etcd's gRPC API, with the etcd-client crate's channel balanced over every endpoint (HTTP/2,
+/// one connection per member), as etcd's own clients do. Serves etcd, and ondisk with
+/// [`Protocol::Grpc`].
 pub struct EtcdTarget {
     kv: etcd_client::KvClient,
 }
 
 impl EtcdTarget {
-    /// `endpoints` are the members' client URLs' HOST:PORT.
+    /// `endpoints` are HOST:PORT: etcd's client addresses, or ondisk's HTTP addresses.
     pub async fn connect(endpoints: Vec<String>) -> anyhow::Result<Self> {
         let options = etcd_client::ConnectOptions::new()
             .with_timeout(REQUEST_TIMEOUT)
             .with_connect_timeout(REQUEST_TIMEOUT);
         let client = etcd_client::Client::connect(&endpoints, Some(options))
             .await
-            .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))?;
+            .with_context(|| format!("cannot connect over gRPC to {}", endpoints.join(",")))?;
         Ok(EtcdTarget {
             kv: client.kv_client(),
         })
@@ -107,18 +140,19 @@ impl KvTarget for EtcdTarget {
     }
 }
 
-/// Either system, chosen at run time.
+/// Either client, chosen at run time by the protocol (not the system: etcd's gRPC client drives
+/// ondisk too).
 pub enum Target {
-    Ondisk(OndiskTarget),
-    Etcd(EtcdTarget),
+    Native(OndiskTarget),
+    Grpc(EtcdTarget),
 }
 
 impl Target {
-    /// A client of `system` at `endpoints`.
-    pub async fn connect(system: System, endpoints: Vec<String>) -> anyhow::Result<Target> {
-        Ok(match system {
-            System::Ondisk => Target::Ondisk(OndiskTarget::new(endpoints)?),
-            System::Etcd => Target::Etcd(EtcdTarget::connect(endpoints).await?),
+    /// A client speaking `protocol` to `endpoints` (addresses that serve that protocol).
+    pub async fn connect(protocol: Protocol, endpoints: Vec<String>) -> anyhow::Result<Target> {
+        Ok(match protocol {
+            Protocol::Native => Target::Native(OndiskTarget::new(endpoints)?),
+            Protocol::Grpc => Target::Grpc(EtcdTarget::connect(endpoints).await?),
         })
     }
 }
@@ -126,15 +160,15 @@ impl Target {
 impl KvTarget for Target {
     async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
         match self {
-            Target::Ondisk(target) => target.put(key, value).await,
-            Target::Etcd(target) => target.put(key, value).await,
+            Target::Native(target) => target.put(key, value).await,
+            Target::Grpc(target) => target.put(key, value).await,
         }
     }
 
     async fn get(&self, key: Vec<u8>, consistency: Consistency) -> anyhow::Result<()> {
         match self {
-            Target::Ondisk(target) => target.get(key, consistency).await,
-            Target::Etcd(target) => target.get(key, consistency).await,
+            Target::Native(target) => target.get(key, consistency).await,
+            Target::Grpc(target) => target.get(key, consistency).await,
         }
     }
 }

@@ -3,11 +3,13 @@
 //! receives every acknowledged put exactly once, in revision order, and how long after the put
 //! was sent. The put's value carries its send time, so each watcher measures on receipt.
 //!
-//! ondisk's watchers are HTTP streams (`GET /v1/watch/PREFIX?prefix=true`), one connection each,
-//! spread over the three nodes; etcd's are gRPC watches, multiplexed as etcd's own clients do:
-//! one connection per member, one watch stream on it carrying that member's share of the
-//! watches. Puts go through each system's fastest client (ondisk's native protocol, etcd's gRPC).
-//! One system runs at a time, alone on the machine.
+//! With [`Protocol::Native`], ondisk's watchers are HTTP streams (`GET
+//! /v1/watch/PREFIX?prefix=true`), one connection each, spread over the three nodes, and its puts
+//! go through its native client. etcd's watchers are gRPC watches, multiplexed as etcd's own
+//! clients do: one connection per member, one watch stream on it carrying that member's share of
+//! the watches; its puts go through its gRPC KV API. With [`Protocol::Grpc`], ondisk is driven by
+//! that same gRPC code at its HTTP addresses, so only the servers differ. One system runs at a
+//! time, alone on the machine.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,6 +33,7 @@ use crate::process::cpu_seconds_of;
 use crate::process::cpu_seconds_self;
 use crate::process::rss_bytes_of;
 use crate::target::KvTarget;
+use crate::target::Protocol;
 use crate::target::System;
 use crate::target::Target;
 use crate::workload::latency_histogram;
@@ -43,6 +46,8 @@ pub struct Plan {
     pub ondisk_bin: PathBuf,
     pub etcd_bin: PathBuf,
     pub dir: PathBuf,
+    /// What the load generator speaks to ondisk, for its watches and its puts.
+    pub ondisk_protocol: Protocol,
     pub systems: Vec<System>,
     pub watchers: usize,
     /// Puts a second, sent on schedule whatever the answers' pace.
@@ -132,6 +137,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
     }
     print_table(plan, &outcomes);
     Ok(serde_json::json!({
+        "ondisk_protocol": plan.ondisk_protocol,
         "watchers": plan.watchers,
         "rate": plan.rate,
         "duration_secs": plan.duration.as_secs_f64(),
@@ -143,14 +149,14 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
 /// Starts `system`'s cluster, runs the fan-out on it and stops it.
 async fn run_system(plan: &Plan, system: System) -> anyhow::Result<Outcome> {
     let mut cluster = match system {
-        System::Ondisk => Cluster::ondisk(&plan.ondisk_bin, &plan.dir)?,
+        System::Ondisk => Cluster::ondisk(&plan.ondisk_bin, &plan.dir, plan.ondisk_protocol)?,
         System::Etcd => Cluster::etcd(&plan.etcd_bin, &plan.dir)?,
     };
     cluster.start()?;
     wait_serving(&cluster, Instant::now())
         .await
         .with_context(|| format!("{system} did not start"))?;
-    let target = Arc::new(Target::connect(system, cluster.endpoints.clone()).await?);
+    let target = Arc::new(cluster.connect().await?);
     let puts_due = Pace::new(Instant::now(), plan.rate).count(plan.duration);
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
@@ -160,9 +166,9 @@ async fn run_system(plan: &Plan, system: System) -> anyhow::Result<Outcome> {
     });
     let rss_before_bytes = cluster.total_rss();
     let (stop, stopped) = watch::channel(false);
-    let watchers = match system {
-        System::Ondisk => start_ondisk_watchers(&cluster, plan.watchers, &shared, &stopped)?,
-        System::Etcd => start_etcd_watchers(&cluster, plan.watchers, &shared, &stopped)?,
+    let watchers = match cluster.protocol {
+        Protocol::Native => start_http_watchers(&cluster, plan.watchers, &shared, &stopped)?,
+        Protocol::Grpc => start_grpc_watchers(&cluster, plan.watchers, &shared, &stopped)?,
     };
     wait_ready(&shared, plan.watchers, &watchers).await?;
     tokio::time::sleep(SETTLE).await;
@@ -376,8 +382,8 @@ fn sent_us_of(value: &[u8]) -> Option<u64> {
         .ok()
 }
 
-/// One HTTP stream per watcher, watcher `i` on node `i % 3`.
-fn start_ondisk_watchers(
+/// One stream of ondisk's HTTP watch API per watcher, watcher `i` on node `i % 3`.
+fn start_http_watchers(
     cluster: &Cluster,
     watchers: usize,
     shared: &Arc<Shared>,
@@ -397,7 +403,7 @@ fn start_ondisk_watchers(
                 ondisk::api::http::param::PREFIX
             );
             let tally = Tally::new(shared.puts)?;
-            Ok(tokio::spawn(ondisk_watcher(
+            Ok(tokio::spawn(http_watcher(
                 http.clone(),
                 url,
                 tally,
@@ -408,8 +414,8 @@ fn start_ondisk_watchers(
         .collect()
 }
 
-/// Reads one ondisk watch stream until told to stop.
-async fn ondisk_watcher(
+/// Reads one ondisk HTTP watch stream until told to stop.
+async fn http_watcher(
     http: HttpClient,
     url: String,
     mut tally: Tally,
@@ -449,8 +455,9 @@ async fn ondisk_watcher(
     }
 }
 
-/// One gRPC connection per member, each with one watch stream carrying its share of watches.
-fn start_etcd_watchers(
+/// One gRPC connection per member (etcd's, or ondisk's at its HTTP address), each with one watch
+/// stream carrying its share of watches.
+fn start_grpc_watchers(
     cluster: &Cluster,
     watchers: usize,
     shared: &Arc<Shared>,
@@ -462,12 +469,12 @@ fn start_etcd_watchers(
         .iter()
         .enumerate()
         .map(|(member, endpoint)| {
-            // Watcher i on member i % members, as on ondisk.
+            // Watcher i on member i % members, as with the HTTP watchers.
             let share = (member..watchers).step_by(members).count();
             let tallies = (0..share)
                 .map(|_| Tally::new(shared.puts))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            Ok(tokio::spawn(etcd_stream(
+            Ok(tokio::spawn(grpc_watch_stream(
                 endpoint.clone(),
                 tallies,
                 shared.clone(),
@@ -477,8 +484,8 @@ fn start_etcd_watchers(
         .collect()
 }
 
-/// Creates one watch per tally on one stream to `endpoint` and reads it until told to stop.
-async fn etcd_stream(
+/// Creates one watch per tally on one gRPC stream to `endpoint` and reads it until told to stop.
+async fn grpc_watch_stream(
     endpoint: String,
     tallies: Vec<Tally>,
     shared: Arc<Shared>,
@@ -489,7 +496,7 @@ async fn etcd_stream(
     }
     let client = etcd_client::Client::connect([endpoint.as_str()], None)
         .await
-        .with_context(|| format!("cannot connect to etcd at {endpoint}"))?;
+        .with_context(|| format!("cannot connect over gRPC to {endpoint}"))?;
     let options = etcd_client::WatchOptions::new().with_prefix();
     let (mut watcher, mut stream) = client
         .watch_client()
@@ -642,8 +649,13 @@ type Cell = fn(&Outcome) -> String;
 
 /// Prints the systems side by side, one column each, as BENCHMARKS.md shows them.
 fn print_table(plan: &Plan, outcomes: &[Outcome]) {
+    let ondisk_caption = if outcomes.iter().any(|o| o.system == System::Ondisk) {
+        format!("; {}", plan.ondisk_protocol.ondisk_caption())
+    } else {
+        String::new()
+    };
     println!(
-        "\n{} watchers on one prefix, {} puts/s for {} s ({}-byte values), open loop.\n",
+        "\n{} watchers on one prefix, {} puts/s for {} s ({}-byte values), open loop{ondisk_caption}.\n",
         plan.watchers,
         plan.rate,
         plan.duration.as_secs_f64(),
