@@ -33,7 +33,6 @@ use axum::routing::post;
 use axum::Json;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 
 use crate::api;
 use crate::api::http::header as api_header;
@@ -116,17 +115,6 @@ pub fn router(node: Arc<Node>, metrics: Option<PrometheusHandle>) -> Router {
         .fallback(kvdb)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(ApiState { node, metrics })
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// Every way a request can fail, and the one place that turns each into a response.

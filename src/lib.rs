@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod client_port;
 pub mod ctl;
 pub mod error;
 pub mod grpc;

@@ -11,6 +11,7 @@ use anyhow::Context;
 use ondisk::cli::Args;
 use ondisk::cli::Invocation;
 use ondisk::cli::RestoreArgs;
+use ondisk::client_port;
 use ondisk::ctl;
 use ondisk::grpc;
 use ondisk::http;
@@ -159,7 +160,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
         let http_stop = stop.clone();
         let mut http_done = tokio::spawn(async move {
-            let result = http::serve(http_listener, api, async move {
+            let result = client_port::serve(http_listener, api, async move {
                 http_stop.closed().await;
             })
             .await;

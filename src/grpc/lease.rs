@@ -19,6 +19,7 @@ use crate::types::ApplyError;
 
 use super::convert;
 use super::status::status;
+use super::StreamBudget;
 
 /// Keep-alives of one stream answered at once at most: the Go client sends every lease's
 /// keep-alives on one stream, so one slow answer (a leader change) must not hold up the others,
@@ -29,11 +30,12 @@ const TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
 
 pub struct LeaseService {
     node: Arc<Node>,
+    streams: StreamBudget,
 }
 
 impl LeaseService {
-    pub fn new(node: Arc<Node>) -> Self {
-        LeaseService { node }
+    pub fn new(node: Arc<Node>, streams: StreamBudget) -> Self {
+        LeaseService { node, streams }
     }
 }
 
@@ -79,10 +81,13 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<BoxStream<pb::LeaseKeepAliveResponse>>, Status> {
+        let place = self.streams.open()?;
         let node = self.node.clone();
         let answers = request
             .into_inner()
             .map(move |request| {
+                // The stream's place in the budget lives as long as the stream.
+                let _place = &place;
                 let node = node.clone();
                 async move { keep_alive(&node, request?.id).await }
             })

@@ -26,8 +26,11 @@ use axum::extract::Request;
 use axum::http::header;
 use axum::response::Response;
 use axum::Router;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::Semaphore;
 use tonic::codegen::Service;
 use tonic::service::Routes;
+use tonic::Status;
 
 use crate::api::etcdpb::etcdserverpb::auth_server::AuthServer;
 use crate::api::etcdpb::etcdserverpb::cluster_server::ClusterServer;
@@ -42,6 +45,31 @@ use crate::node::Node;
 pub use maintenance::ETCD_VERSION;
 pub use watch::MAX_WATCHES_PER_STREAM;
 
+/// Streams (watch, lease keep-alive, election observe) open at once on one member, whatever the
+/// number of clients and connections: each holds tasks and bounded queues, so this bounds the
+/// memory clients can make a member spend on them. One past it is refused with
+/// RESOURCE_EXHAUSTED, and the client can use another member.
+pub const MAX_OPEN_STREAMS: usize = 4096;
+
+/// The member's budget of open streams ([`MAX_OPEN_STREAMS`]), shared by every service.
+#[derive(Clone)]
+struct StreamBudget(Arc<Semaphore>);
+
+impl StreamBudget {
+    fn new() -> Self {
+        StreamBudget(Arc::new(Semaphore::new(MAX_OPEN_STREAMS)))
+    }
+
+    /// A place for one more stream, held for as long as the stream is open.
+    fn open(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.0.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "etcdserver: too many open streams on this member (at most {MAX_OPEN_STREAMS})"
+            ))
+        })
+    }
+}
+
 /// Room for a message's protobuf framing beyond `-max-request-bytes` (etcd's gRPC overhead
 /// allowance), so a request at the limit decodes and is then judged by the node's own check,
 /// which answers etcd's "request is too large". A larger message is refused by gRPC's decoder
@@ -53,15 +81,16 @@ pub fn router(node: Arc<Node>) -> Router {
     let max_message = usize::try_from(node.max_request_bytes())
         .unwrap_or(usize::MAX)
         .saturating_add(GRPC_OVERHEAD_BYTES);
+    let streams = StreamBudget::new();
     Routes::new(
         KvServer::new(kv::KvService::new(node.clone())).max_decoding_message_size(max_message),
     )
     .add_service(
-        WatchServer::new(watch::WatchService::new(node.clone()))
+        WatchServer::new(watch::WatchService::new(node.clone(), streams.clone()))
             .max_decoding_message_size(max_message),
     )
     .add_service(
-        LeaseServer::new(lease::LeaseService::new(node.clone()))
+        LeaseServer::new(lease::LeaseService::new(node.clone(), streams.clone()))
             .max_decoding_message_size(max_message),
     )
     .add_service(
@@ -78,7 +107,7 @@ pub fn router(node: Arc<Node>) -> Router {
             .max_decoding_message_size(max_message),
     )
     .add_service(
-        ElectionServer::new(recipes::ElectionService::new(node))
+        ElectionServer::new(recipes::ElectionService::new(node, streams))
             .max_decoding_message_size(max_message),
     )
     .into_axum_router()

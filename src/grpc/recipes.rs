@@ -20,6 +20,7 @@ use crate::node::RecipeError;
 
 use super::convert;
 use super::status::status;
+use super::StreamBudget;
 
 /// etcd's error for proclaim or resign without a leader key.
 const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
@@ -69,11 +70,12 @@ impl Lock for LockService {
 
 pub struct ElectionService {
     node: Arc<Node>,
+    streams: StreamBudget,
 }
 
 impl ElectionService {
-    pub fn new(node: Arc<Node>) -> Self {
-        ElectionService { node }
+    pub fn new(node: Arc<Node>, streams: StreamBudget) -> Self {
+        ElectionService { node, streams }
     }
 }
 
@@ -130,8 +132,11 @@ impl Election for ElectionService {
         &self,
         request: Request<electionpb::LeaderRequest>,
     ) -> Result<Response<BoxStream<electionpb::LeaderResponse>>, Status> {
+        let place = self.streams.open()?;
         let leaders = self.node.observe(&request.into_inner().name);
-        let responses = ReceiverStream::new(leaders).map(|leader| {
+        let responses = ReceiverStream::new(leaders).map(move |leader| {
+            // The stream's place in the budget lives as long as the stream.
+            let _place = &place;
             let (header, kv) = leader.map_err(recipe_status)?;
             Ok(electionpb::LeaderResponse {
                 header: convert::header(header),

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use prost::Message;
 use tokio::sync::mpsc;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,9 +33,11 @@ use crate::node::WatchStream;
 use super::convert;
 use super::status::status;
 use super::status::COMPACTED;
+use super::StreamBudget;
 
-/// Responses queued for a stream's client before its watches wait.
-const STREAM_QUEUE: usize = 64;
+/// Responses queued for a stream's client before its watches wait (each response may carry many
+/// revisions, so this is kept small: it is what an unread stream holds).
+const STREAM_QUEUE: usize = 16;
 /// The most watches one stream may hold: a client cannot make the node run an unbounded number
 /// of tasks through one stream (it can open more streams, each bounded by HTTP/2's own limit).
 pub const MAX_WATCHES_PER_STREAM: usize = 10_000;
@@ -47,11 +50,12 @@ type Outgoing = mpsc::Sender<Result<pb::WatchResponse, Status>>;
 
 pub struct WatchService {
     node: Arc<Node>,
+    streams: StreamBudget,
 }
 
 impl WatchService {
-    pub fn new(node: Arc<Node>) -> Self {
-        WatchService { node }
+    pub fn new(node: Arc<Node>, streams: StreamBudget) -> Self {
+        WatchService { node, streams }
     }
 }
 
@@ -61,8 +65,10 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<BoxStream<pb::WatchResponse>>, Status> {
+        let place = self.streams.open()?;
         let (outgoing, received) = mpsc::channel(STREAM_QUEUE);
         let session = Session {
+            _place: place,
             node: self.node.clone(),
             outgoing,
             watches: HashMap::new(),
@@ -85,6 +91,8 @@ struct ActiveWatch {
 
 /// The state of one Watch stream.
 struct Session {
+    /// Its place in the member's stream budget, given back when the session ends.
+    _place: OwnedSemaphorePermit,
     node: Arc<Node>,
     outgoing: Outgoing,
     watches: HashMap<i64, ActiveWatch>,
