@@ -220,6 +220,36 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// The key a participant of etcd's lock and election recipes holds under `prefix`: the prefix
+/// and its lease id in hex, as etcd's own recipes name it.
+pub fn participant_key(prefix: &[u8], lease: i64) -> Vec<u8> {
+    [prefix, format!("{lease:x}").as_bytes()].concat()
+}
+
+/// The transaction a participant of etcd's recipes joins with: create `key` with `value` under
+/// `lease` unless it exists, and read it otherwise. Either way the answer tells the revision that
+/// created the key, which orders the participants.
+pub fn create_unless_exists(key: &[u8], value: Vec<u8>, lease: i64) -> TxnRequest {
+    TxnRequest {
+        compare: vec![Compare {
+            key: key.to_vec(),
+            range_end: Vec::new(),
+            target: CompareTarget::CreateRevision(0),
+            result: CompareResult::Equal,
+        }],
+        success: vec![RequestOp::Put(PutRequest {
+            key: key.to_vec(),
+            value,
+            lease,
+            ..PutRequest::default()
+        })],
+        failure: vec![RequestOp::Range(RangeRequest {
+            key: key.to_vec(),
+            ..RangeRequest::default()
+        })],
+    }
+}
+
 /// The keys a request with `key` and `range_end` selects, in etcd's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySpan<'a> {

@@ -23,12 +23,8 @@ use std::time::Duration;
 use std::time::Instant;
 
 use crate::api;
-use crate::api::Compare;
-use crate::api::CompareResult;
-use crate::api::CompareTarget;
 use crate::api::EventKind;
 use crate::api::KeyValue;
-use crate::api::RequestOp;
 use crate::api::ResponseOp;
 
 use super::lease;
@@ -90,7 +86,7 @@ impl Session {
 
     /// This participant's key under `prefix`.
     fn key(&self, prefix: &[u8]) -> Vec<u8> {
-        [prefix, format!("{:x}", self.lease).as_bytes()].concat()
+        api::participant_key(prefix, self.lease)
     }
 
     /// Stops renewing and revokes the lease, deleting the participant's key.
@@ -223,24 +219,7 @@ fn exit_status(status: &std::process::ExitStatus) -> u8 {
 /// Creates `key` with `value` under `lease` unless it exists, and returns the revision that
 /// created it.
 fn create_key(client: &Client, key: &[u8], value: &[u8], lease: i64) -> Result<i64> {
-    let request = api::TxnRequest {
-        compare: vec![Compare {
-            key: key.to_vec(),
-            range_end: Vec::new(),
-            target: CompareTarget::CreateRevision(0),
-            result: CompareResult::Equal,
-        }],
-        success: vec![RequestOp::Put(api::PutRequest {
-            key: key.to_vec(),
-            value: value.to_vec(),
-            lease,
-            ..api::PutRequest::default()
-        })],
-        failure: vec![RequestOp::Range(api::RangeRequest {
-            key: key.to_vec(),
-            ..api::RangeRequest::default()
-        })],
-    };
+    let request = api::create_unless_exists(key, value.to_vec(), lease);
     let answer: api::TxnResponse = client.send_json("POST", api::http::TXN, &request)?;
     if answer.succeeded {
         return Ok(answer.header.revision);

@@ -68,6 +68,10 @@ impl Cluster for ClusterService {
             .add_node(id, raft_addr.clone(), role, None)
             .await
             .map_err(status)?;
+        // etcd answers once the member asked has the change, so its member list shows it.
+        self.node
+            .wait_membership(move |members, _| members.contains(&id))
+            .await;
         Ok(Response::new(pb::MemberAddResponse {
             header: self.header(),
             member: Some(pb::Member {
@@ -87,6 +91,9 @@ impl Cluster for ClusterService {
         let id = request.into_inner().id;
         self.existing(id)?;
         self.node.remove_member(id).await.map_err(status)?;
+        self.node
+            .wait_membership(move |members, _| !members.contains(&id))
+            .await;
         Ok(Response::new(pb::MemberRemoveResponse {
             header: self.header(),
             members: self.members(),
@@ -137,7 +144,11 @@ impl Cluster for ClusterService {
             .add_node(id, learner.raft_addr, Role::Voter, None)
             .await
             .map_err(status)?;
-        if !self.node.wait_voter(id).await {
+        let promoted = self
+            .node
+            .wait_membership(move |_, voters| voters.contains(&id))
+            .await;
+        if !promoted {
             return Err(Status::failed_precondition(LEARNER_NOT_READY));
         }
         Ok(Response::new(pb::MemberPromoteResponse {

@@ -14,6 +14,9 @@ use crate::api::etcdpb::etcdserverpb::request_op::Request as PbRequest;
 use crate::api::etcdpb::etcdserverpb::response_op::Response as PbResponse;
 use crate::api::etcdpb::mvccpb;
 
+use super::shape::OpShape;
+use super::shape::RangeShape;
+use super::shape::TxnShape;
 use super::status::EMPTY_KEY;
 use super::status::LEASE_PROVIDED;
 use super::status::VALUE_PROVIDED;
@@ -39,7 +42,7 @@ pub fn key_value(kv: api::KeyValue) -> mvccpb::KeyValue {
 }
 
 /// The part of a range etcd's storage answers; sorting and the revision filters are applied to
-/// its answer by `kv::range`.
+/// its answer (`shape`).
 pub fn range_request(request: &pb::RangeRequest) -> Result<api::RangeRequest, Status> {
     non_empty_key(&request.key)?;
     Ok(api::RangeRequest {
@@ -104,37 +107,62 @@ pub fn delete_response(response: api::DeleteRangeResponse) -> pb::DeleteRangeRes
     }
 }
 
-/// A transaction, with every nested operation and comparison checked. A range inside a
-/// transaction is answered by the transaction itself, so etcd's sort and revision filters, which
-/// it does not apply there either (it refuses nothing, but storage ignores them), are dropped.
-pub fn txn_request(request: pb::TxnRequest) -> Result<api::TxnRequest, Status> {
-    Ok(api::TxnRequest {
+/// A transaction, with every nested operation and comparison checked, and the shapes of its
+/// ranges (see `shape`), which it reads whole when they sort or filter: its answer is shaped
+/// once it has run.
+pub fn txn_request(request: pb::TxnRequest) -> Result<(api::TxnRequest, TxnShape), Status> {
+    let (success, success_shapes) = request_ops(request.success)?;
+    let (failure, failure_shapes) = request_ops(request.failure)?;
+    let txn = api::TxnRequest {
         compare: request
             .compare
             .into_iter()
             .map(compare)
             .collect::<Result<_, _>>()?,
-        success: request_ops(request.success)?,
-        failure: request_ops(request.failure)?,
-    })
+        success,
+        failure,
+    };
+    let shape = TxnShape {
+        success: success_shapes,
+        failure: failure_shapes,
+    };
+    Ok((txn, shape))
 }
 
-fn request_ops(ops: Vec<pb::RequestOp>) -> Result<Vec<api::RequestOp>, Status> {
-    ops.into_iter()
-        .map(|op| match op.request {
+fn request_ops(ops: Vec<pb::RequestOp>) -> Result<(Vec<api::RequestOp>, Vec<OpShape>), Status> {
+    let mut requests = Vec::with_capacity(ops.len());
+    let mut shapes = Vec::with_capacity(ops.len());
+    for op in ops {
+        let (request, shape) = match op.request {
             Some(PbRequest::RequestRange(range)) => {
-                range_request(&range).map(api::RequestOp::Range)
+                let shape = RangeShape::of(&range)?;
+                let mut request = range_request(&range)?;
+                if shape.reads_all() {
+                    request.limit = 0;
+                }
+                (api::RequestOp::Range(request), OpShape::Range(shape))
             }
-            Some(PbRequest::RequestPut(put)) => put_request(put).map(api::RequestOp::Put),
-            Some(PbRequest::RequestDeleteRange(delete)) => {
-                delete_request(delete).map(api::RequestOp::DeleteRange)
+            Some(PbRequest::RequestPut(put)) => {
+                (api::RequestOp::Put(put_request(put)?), OpShape::Write)
             }
-            Some(PbRequest::RequestTxn(txn)) => txn_request(txn).map(api::RequestOp::Txn),
-            None => Err(Status::invalid_argument(
-                "etcdserver: a transaction operation names no request",
-            )),
-        })
-        .collect()
+            Some(PbRequest::RequestDeleteRange(delete)) => (
+                api::RequestOp::DeleteRange(delete_request(delete)?),
+                OpShape::Write,
+            ),
+            Some(PbRequest::RequestTxn(txn)) => {
+                let (txn, shape) = txn_request(txn)?;
+                (api::RequestOp::Txn(txn), OpShape::Txn(shape))
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "etcdserver: a transaction operation names no request",
+                ))
+            }
+        };
+        requests.push(request);
+        shapes.push(shape);
+    }
+    Ok((requests, shapes))
 }
 
 fn compare(compare: pb::Compare) -> Result<api::Compare, Status> {

@@ -23,6 +23,7 @@ use crate::store::EtcdSeal;
 
 use super::convert;
 use super::status::status;
+use super::status::BAD_TRANSFEREE;
 
 /// The etcd version this API answers as: the release whose v3 API (protobuf definitions and
 /// behaviour) it follows, in the form clients parse.
@@ -214,10 +215,16 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        self.node
-            .transfer_leader(request.into_inner().target_id)
-            .await
-            .map_err(status)?;
+        let target = request.into_inner().target_id;
+        let is_voter = self
+            .node
+            .members()
+            .iter()
+            .any(|member| member.id == target && member.voter);
+        if !is_voter {
+            return Err(Status::failed_precondition(BAD_TRANSFEREE));
+        }
+        self.node.transfer_leader(target).await.map_err(status)?;
         Ok(Response::new(pb::MoveLeaderResponse {
             header: self.header(),
         }))

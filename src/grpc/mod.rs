@@ -14,6 +14,7 @@ mod kv;
 mod lease;
 mod maintenance;
 mod recipes;
+mod shape;
 mod status;
 mod watch;
 

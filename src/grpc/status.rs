@@ -25,6 +25,7 @@ pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
 pub const NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
 pub const LEARNER_NOT_READY: &str =
     "etcdserver: can only promote a learner member which is in sync with leader";
+pub const BAD_TRANSFEREE: &str = "etcdserver: bad leader transferee";
 pub const AUTH_NOT_ENABLED: &str = "etcdserver: authentication is not enabled";
 
 /// The status etcd would answer for `error`. A refusal keeps this crate's own wording where etcd

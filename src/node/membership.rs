@@ -126,18 +126,24 @@ impl Node {
             .map(drop)
     }
 
-    /// Waits, up to the node's `-timeout`, until `id` is a voter; false if it is not by then.
-    pub async fn wait_voter(&self, id: NodeId) -> bool {
+    /// Waits, up to the node's `-timeout`, until this node's view of the membership satisfies
+    /// `holds` (given the member ids and the voter ids); false if it does not by then. A change
+    /// answered by the leader may reach this node a moment later; a client that asks this node
+    /// next expects to see it.
+    pub async fn wait_membership(
+        &self,
+        holds: impl Fn(&BTreeSet<NodeId>, &BTreeSet<NodeId>) -> bool + Send + 'static,
+    ) -> bool {
         self.raft
             .wait(Some(self.timeout))
             .metrics(
-                |m| {
-                    m.membership_config
-                        .membership()
-                        .voter_ids()
-                        .any(|voter| voter == id)
+                move |m| {
+                    let membership = m.membership_config.membership();
+                    let members = membership.nodes().map(|(id, _)| *id).collect();
+                    let voters = membership.voter_ids().collect();
+                    holds(&members, &voters)
                 },
-                "promotion",
+                "membership",
             )
             .await
             .is_ok()

@@ -69,7 +69,7 @@ impl Node {
         lease: i64,
     ) -> Result<(api::ResponseHeader, Vec<u8>)> {
         let prefix = prefix_of(name);
-        let key = participant_key(&prefix, lease);
+        let key = api::participant_key(&prefix, lease);
         let place = self.join(&key, lease, Vec::new()).await?;
         let withdraw = Withdraw::new(self.clone(), key.clone());
         self.wait_turn(&prefix, place.created).await?;
@@ -99,7 +99,7 @@ impl Node {
         value: Vec<u8>,
     ) -> Result<(api::ResponseHeader, LeaderKey)> {
         let prefix = prefix_of(name);
-        let key = participant_key(&prefix, lease);
+        let key = api::participant_key(&prefix, lease);
         let place = self.join(&key, lease, value.clone()).await?;
         let leader = LeaderKey {
             name: name.to_vec(),
@@ -236,24 +236,7 @@ impl Node {
 
     /// Creates `key` with `lease` and `value` unless it exists, in one transaction.
     async fn join(&self, key: &[u8], lease: i64, value: Vec<u8>) -> Result<Place> {
-        let txn = api::TxnRequest {
-            compare: vec![Compare {
-                key: key.to_vec(),
-                range_end: Vec::new(),
-                target: CompareTarget::CreateRevision(0),
-                result: CompareResult::Equal,
-            }],
-            success: vec![RequestOp::Put(api::PutRequest {
-                key: key.to_vec(),
-                value,
-                lease,
-                ..api::PutRequest::default()
-            })],
-            failure: vec![RequestOp::Range(api::RangeRequest {
-                key: key.to_vec(),
-                ..api::RangeRequest::default()
-            })],
-        };
+        let txn = api::create_unless_exists(key, value, lease);
         let response = self.txn(txn).await?;
         if response.succeeded {
             return Ok(Place {
@@ -406,11 +389,6 @@ fn if_created_at(leader: &LeaderKey, op: RequestOp) -> api::TxnRequest {
 /// The prefix of a lock's or an election's keys (etcd's: the name and a slash).
 fn prefix_of(name: &[u8]) -> Vec<u8> {
     [name, b"/"].concat()
-}
-
-/// A participant's key: the prefix and its lease id in hex, as etcd's recipes name it.
-fn participant_key(prefix: &[u8], lease: i64) -> Vec<u8> {
-    [prefix, format!("{lease:x}").as_bytes()].concat()
 }
 
 fn first_created(participants: Vec<KeyValue>) -> Option<KeyValue> {
