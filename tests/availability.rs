@@ -209,11 +209,14 @@ fn request_frame(id: u64, request: &Request) -> Vec<u8> {
 
 #[test]
 fn a_client_flooding_the_raft_port_without_reading_is_held_to_bounded_memory() {
-    // 4000 reads of a 256 KiB value: a node that queued every answer would hold 1 GiB for this
-    // one connection; within bounds it holds a few hundred answers at most.
+    // 4000 reads of a 256 KiB value: a node that queued every answer would hold at least 1 GiB
+    // for this one connection; within bounds it holds at most 256 answers in progress, each
+    // copied up to three times (read, encoded, being written), and the allocator keeps freed
+    // pages a moment before returning them: 120 to 300 MiB measured. The limit sits halfway
+    // between that and the unbounded case.
     const REQUESTS: u64 = 4000;
     const VALUE_BYTES: usize = 256 << 10;
-    const GROWTH_LIMIT: u64 = 300 << 20;
+    const GROWTH_LIMIT: u64 = 512 << 20;
     // How long the node's memory is watched: an unbounded node passes the limit within a fraction
     // of it.
     const WATCH: Duration = Duration::from_secs(5);

@@ -2,6 +2,9 @@
 //! creates and cancels watches and asks for progress on it; each watch is a `Node::watch` whose
 //! responses a task forwards, tagged with the watch's id, into the stream's one outgoing queue.
 //!
+//! A watch that has fallen behind sends the revisions already waiting for it in one message
+//! (`coalesce`), so catching up costs fewer messages than keeping up.
+//!
 //! Memory stays bounded whatever the client does: the outgoing queue is bounded, so a client
 //! that never reads stops its forwarders, whose node watches then fall behind and are dropped
 //! from the watch hub (to catch up from disk later, see `store::watch`), never buffered.
@@ -251,6 +254,56 @@ impl Session {
 /// The client stopped reading the stream.
 struct Closed;
 
+/// Keys, values and previous values a coalesced message carries at most before it is sent: well
+/// under the 4 MiB a gRPC client accepts by default (tonic's limit).
+const COALESCE_BYTES: usize = 256 << 10;
+
+/// Joins to `response` the responses with events that are already waiting behind it, whole
+/// revisions in order, up to [`COALESCE_BYTES`]: a watch that has fallen behind then costs one
+/// gRPC message per batch rather than one per node response. A waiting response of another kind
+/// (progress, the end) is left in `held`, to be sent on its own next.
+fn coalesce(
+    mut response: api::WatchResponse,
+    stream: &mut WatchStream,
+    held: &mut Option<api::WatchResponse>,
+) -> api::WatchResponse {
+    let joinable = |r: &api::WatchResponse| {
+        !r.created && !r.canceled && r.compact_revision == 0 && !r.events.is_empty()
+    };
+    if !joinable(&response) {
+        return response;
+    }
+    let mut bytes = event_bytes(&response);
+    while bytes < COALESCE_BYTES {
+        let Some(next) = stream.try_next() else {
+            break;
+        };
+        if !joinable(&next) {
+            *held = Some(next);
+            break;
+        }
+        bytes += event_bytes(&next);
+        response.header = next.header;
+        response.events.extend(next.events);
+    }
+    response
+}
+
+/// The bytes of keys and values a response's events carry.
+fn event_bytes(response: &api::WatchResponse) -> usize {
+    response
+        .events
+        .iter()
+        .map(|event| {
+            let prev = event
+                .prev_kv
+                .as_ref()
+                .map_or(0, |kv| kv.key.len() + kv.value.len());
+            event.kv.key.len() + event.kv.value.len() + prev
+        })
+        .sum()
+}
+
 /// Hands one watch's responses to the stream.
 struct Forwarder {
     id: i64,
@@ -262,7 +315,17 @@ struct Forwarder {
 
 impl Forwarder {
     async fn run(self, mut stream: WatchStream) -> i64 {
-        while let Some(response) = stream.next().await {
+        // A response taken while coalescing that could not join the message before it.
+        let mut held: Option<api::WatchResponse> = None;
+        loop {
+            let response = match held.take() {
+                Some(response) => response,
+                None => match stream.next().await {
+                    Some(response) => response,
+                    None => break,
+                },
+            };
+            let response = coalesce(response, &mut stream, &mut held);
             let ends = response.canceled;
             let seen = match response.events.last() {
                 Some(event) => Some(event.kv.mod_revision),

@@ -28,11 +28,22 @@ pub struct WatchStream {
 impl WatchStream {
     /// The next response; `None` once the watch has ended (after its canceled response).
     pub async fn next(&mut self) -> Option<api::WatchResponse> {
-        let mut response = self.responses.recv().await?;
+        let response = self.responses.recv().await?;
+        Some(self.stamp(response))
+    }
+
+    /// The next response if one is ready now, without waiting.
+    pub fn try_next(&mut self) -> Option<api::WatchResponse> {
+        let response = self.responses.try_recv().ok()?;
+        Some(self.stamp(response))
+    }
+
+    /// Fills in who answers: the responses come from the store, which does not know.
+    fn stamp(&self, mut response: api::WatchResponse) -> api::WatchResponse {
         response.header.cluster_id = self.cluster_id;
         response.header.member_id = self.member_id;
         response.header.raft_term = self.raft.metrics().borrow_watched().current_term;
-        Some(response)
+        response
     }
 }
 
