@@ -629,20 +629,52 @@ fn a_txn_compares_value_version_and_revisions_and_is_one_revision() {
 // Lock and Election services
 // ---------------------------------------------------------------------------
 
-#[test]
-fn a_lock_passes_to_a_second_holder_only_after_the_first_unlocks() {
-    const NAME: &str = "locks/printer";
-    const UNDER: &[u8] = b"locks/printer/";
+/// The cast of the lock and election tests: two participants, each with its own 30 s lease and
+/// reaching a 3-node cluster through a different follower, and an observer on the leader.
+struct Contenders {
+    _cluster: Cluster,
+    rt: Runtime,
+    first: Client,
+    second: Client,
+    observer: Client,
+    lease1: i64,
+    lease2: i64,
+}
+
+fn contenders() -> Contenders {
     let mut cluster = Cluster::start(3);
     let leader = cluster.wait_for_leader();
     let followers = cluster.followers(leader);
     let rt = runtime();
-    // The two holders reach the cluster through different followers.
     let mut first = connect(&rt, &cluster, followers[0]);
     let mut second = connect(&rt, &cluster, followers[1]);
-    let mut observer = connect(&rt, &cluster, leader);
+    let observer = connect(&rt, &cluster, leader);
     let (lease1, lease2) =
         rt.block_on(async { (grant(&mut first, 30).await, grant(&mut second, 30).await) });
+    Contenders {
+        _cluster: cluster,
+        rt,
+        first,
+        second,
+        observer,
+        lease1,
+        lease2,
+    }
+}
+
+#[test]
+fn a_lock_passes_to_a_second_holder_only_after_the_first_unlocks() {
+    const NAME: &str = "locks/printer";
+    const UNDER: &[u8] = b"locks/printer/";
+    let Contenders {
+        _cluster,
+        rt,
+        mut first,
+        mut second,
+        mut observer,
+        lease1,
+        lease2,
+    } = contenders();
 
     let held = rt
         .block_on(first.lock(NAME, Some(LockOptions::new().with_lease(lease1))))
@@ -729,15 +761,15 @@ async fn current_leader(client: &mut Client, name: &str) -> (String, String) {
 fn an_election_names_its_leader_and_observers_see_a_proclaim_and_the_next_leader() {
     const NAME: &str = "elections/db";
     const UNDER: &[u8] = b"elections/db/";
-    let mut cluster = Cluster::start(3);
-    let leader = cluster.wait_for_leader();
-    let followers = cluster.followers(leader);
-    let rt = runtime();
-    let mut first = connect(&rt, &cluster, followers[0]);
-    let mut second = connect(&rt, &cluster, followers[1]);
-    let mut observer = connect(&rt, &cluster, leader);
-    let (lease1, lease2) =
-        rt.block_on(async { (grant(&mut first, 30).await, grant(&mut second, 30).await) });
+    let Contenders {
+        _cluster,
+        rt,
+        mut first,
+        mut second,
+        mut observer,
+        lease1,
+        lease2,
+    } = contenders();
 
     let (first_key, mut observe) = rt.block_on(async {
         let campaign = first
