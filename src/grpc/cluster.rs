@@ -32,10 +32,6 @@ impl ClusterService {
         ClusterService { node }
     }
 
-    fn header(&self) -> Option<pb::ResponseHeader> {
-        convert::header(self.node.header(self.node.store_figures().revision))
-    }
-
     fn members(&self) -> Vec<pb::Member> {
         self.node.members().iter().map(member).collect()
     }
@@ -73,7 +69,7 @@ impl Cluster for ClusterService {
             .wait_membership(move |members, _| members.contains(&id))
             .await;
         Ok(Response::new(pb::MemberAddResponse {
-            header: self.header(),
+            header: convert::header(self.node.current_header()),
             member: Some(pb::Member {
                 id,
                 peer_ur_ls: request.peer_ur_ls,
@@ -95,7 +91,7 @@ impl Cluster for ClusterService {
             .wait_membership(move |members, _| !members.contains(&id))
             .await;
         Ok(Response::new(pb::MemberRemoveResponse {
-            header: self.header(),
+            header: convert::header(self.node.current_header()),
             members: self.members(),
         }))
     }
@@ -112,7 +108,7 @@ impl Cluster for ClusterService {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::MemberUpdateResponse {
-            header: self.header(),
+            header: convert::header(self.node.current_header()),
             members: self.members(),
         }))
     }
@@ -122,7 +118,7 @@ impl Cluster for ClusterService {
         _request: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         Ok(Response::new(pb::MemberListResponse {
-            header: self.header(),
+            header: convert::header(self.node.current_header()),
             members: self.members(),
         }))
     }
@@ -152,7 +148,7 @@ impl Cluster for ClusterService {
             return Err(Status::failed_precondition(LEARNER_NOT_READY));
         }
         Ok(Response::new(pb::MemberPromoteResponse {
-            header: self.header(),
+            header: convert::header(self.node.current_header()),
             members: self.members(),
         }))
     }

@@ -110,7 +110,7 @@ impl Lease for LeaseService {
             },
             // etcd answers an unknown lease with a TTL of -1 rather than an error.
             Err(Error::Request(ApplyError::LeaseNotFound(_))) => pb::LeaseTimeToLiveResponse {
-                header: convert::header(self.node.header(self.node.store_figures().revision)),
+                header: convert::header(self.node.current_header()),
                 id: request.id,
                 ttl: -1,
                 ..pb::LeaseTimeToLiveResponse::default()
@@ -146,7 +146,7 @@ async fn keep_alive(node: &Node, id: i64) -> Result<pb::LeaseKeepAliveResponse, 
             ttl: response.ttl,
         }),
         Err(Error::Request(ApplyError::LeaseNotFound(_))) => Ok(pb::LeaseKeepAliveResponse {
-            header: convert::header(node.header(node.store_figures().revision)),
+            header: convert::header(node.current_header()),
             id,
             ttl: 0,
         }),

@@ -41,10 +41,6 @@ impl MaintenanceService {
         MaintenanceService { node }
     }
 
-    fn header(&self) -> Option<pb::ResponseHeader> {
-        convert::header(self.node.header(self.node.store_figures().revision))
-    }
-
     /// The alarms in force on this member: NOSPACE while its storage waits for disk space. An
     /// alarm is this member's own state (it clears by itself once space is freed), not a
     /// replicated one as in etcd, so each member reports its own.
@@ -72,7 +68,7 @@ impl Maintenance for MaintenanceService {
         match AlarmAction::try_from(action) {
             Ok(AlarmAction::Get | AlarmAction::Deactivate) => {
                 Ok(Response::new(pb::AlarmResponse {
-                    header: self.header(),
+                    header: convert::header(self.node.current_header()),
                     alarms: self.alarms(),
                 }))
             }
@@ -101,7 +97,7 @@ impl Maintenance for MaintenanceService {
             .map(|_| "NOSPACE: the disk is full; writes wait until space is freed".to_string())
             .collect();
         Ok(Response::new(pb::StatusResponse {
-            header: self.header(),
+            header: convert::header(self.node.current_header()),
             version: ETCD_VERSION.to_string(),
             db_size: i64::try_from(usage.files).unwrap_or(i64::MAX),
             leader: node_status.leader.unwrap_or(0),
@@ -121,7 +117,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         self.node.defragment().await.map_err(status)?;
         Ok(Response::new(pb::DefragmentResponse {
-            header: self.header(),
+            header: convert::header(self.node.current_header()),
         }))
     }
 
@@ -165,7 +161,7 @@ impl Maintenance for MaintenanceService {
         let snapshot = self.node.backup().await.map_err(status)?;
         let mut pieces =
             store::snapshot_chunks(snapshot.snapshot, SNAPSHOT_PIECE_BYTES, SNAPSHOT_AHEAD);
-        let header = self.header();
+        let header = convert::header(self.node.current_header());
         let (messages, received) = mpsc::channel(1);
         tokio::spawn(async move {
             let mut seal = EtcdSeal::default();
@@ -226,7 +222,7 @@ impl Maintenance for MaintenanceService {
         }
         self.node.transfer_leader(target).await.map_err(status)?;
         Ok(Response::new(pb::MoveLeaderResponse {
-            header: self.header(),
+            header: convert::header(self.node.current_header()),
         }))
     }
 }

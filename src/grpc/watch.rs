@@ -242,8 +242,9 @@ impl Session {
         self.send(response).await
     }
 
+    /// The newest revision this member has published to watchers.
     fn current_revision(&self) -> i64 {
-        self.node.store_figures().revision
+        self.node.current_header().revision
     }
 
     async fn send(&self, response: pb::WatchResponse) -> Result<(), Closed> {

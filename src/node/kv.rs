@@ -27,6 +27,12 @@ impl Node {
         }
     }
 
+    /// An answer header at the newest revision this member has applied and published, for
+    /// answers that change nothing. Read from memory (the watch hub's revision), never the disk.
+    pub fn current_header(&self) -> api::ResponseHeader {
+        self.header(self.state.watch_hub().revision())
+    }
+
     /// Reads `request`: after a read barrier (reflecting every write acknowledged before the
     /// call) unless it is `serializable`, from this member's state. At most about `max_bytes` of
     /// keys and values come back (past the first key; `more` says so).
