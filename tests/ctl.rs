@@ -722,12 +722,25 @@ impl Running {
 
     /// Waits until `count` lines in all have been printed, and returns them all.
     fn lines(&mut self, count: usize, what: &str) -> &[String] {
+        self.until(&format!("{what}: {count} lines"), |seen| seen.len() >= count)
+    }
+
+    /// Waits until the `--json watch` lines printed so far hold `count` events in all, and
+    /// returns the lines: one response may carry several events, so lines are not events.
+    fn json_events(&mut self, count: usize, what: &str) -> &[String] {
+        self.until(&format!("{what}: {count} events"), |seen| {
+            watched_events(seen).len() >= count
+        })
+    }
+
+    /// Reads lines until `done` holds for all seen so far, and returns them all.
+    fn until(&mut self, expected: &str, done: impl Fn(&[String]) -> bool) -> &[String] {
         let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
-        while self.seen.len() < count {
+        while !done(&self.seen) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => self.seen.push(line),
-                Err(_) => panic!("{what}: {count} lines expected, got {:?}", self.seen),
+                Err(_) => panic!("{expected} expected, got {:?}", self.seen),
             }
         }
         &self.seen
@@ -954,7 +967,7 @@ fn watch_prints_changes_made_elsewhere_and_survives_its_nodes_death() {
     ok(ctl(&e2, &["put", "w/a", "1"]), "put on node 2");
     ok(ctl(&e3, &["delete", "w/a"]), "delete on node 3");
     ok(ctl(&e3, &["put", "other", "x"]), "put outside the prefix");
-    let lines = watch.lines(3, "two events").to_vec();
+    let lines = watch.json_events(2, "two events").to_vec();
     let expected = |n: usize| -> Vec<(String, String, String)> {
         [
             ("PUT", "w/a", "1"),
@@ -981,7 +994,7 @@ fn watch_prints_changes_made_elsewhere_and_survives_its_nodes_death() {
                 .success()
         });
     }
-    let lines = watch.lines(5, "the events after the failover").to_vec();
+    let lines = watch.json_events(4, "the events after the failover").to_vec();
     let mut all = lines.clone();
     all.extend(watch.extra_lines(Duration::from_millis(500)));
     let events: Vec<_> = watched_events(&all);
