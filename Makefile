@@ -8,7 +8,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/ondisk-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: ondisk deps test lint chaos bench-compare bench-failover bench-watch bench-lease etcd cluster cluster-stop node-stop node-start clean-data
+.PHONY: ondisk deps certs test lint chaos bench-compare bench-failover bench-watch bench-lease etcd cluster cluster-stop node-stop node-start clean-data
 
 ## Build ./ondisk at the repository root.
 ondisk: deps
@@ -18,6 +18,13 @@ ondisk: deps
 ## Install what building and testing need (libclang, a C++ compiler, protoc, fuse3) where missing.
 deps:
 	@scripts/deps.sh
+
+## Certificates for a TLS cluster on this machine in $(CERTS): a CA, nodes 1-3 and a client (see
+## the README's TLS walkthrough). Again with the CA in place: new node and client certificates from
+## it, which running nodes pick up by themselves.
+CERTS ?= certs
+certs: ondisk
+	./ondisk ctl certs $(CERTS)
 
 ## Everything CI checks: formatting, lints, unit and integration tests.
 test: deps lint

@@ -11,6 +11,7 @@ use clap::Parser;
 use crate::error::Error;
 use crate::network::MAX_REQUEST_BYTES_CEILING;
 use crate::node::InjectedFault;
+use crate::tls::TlsFiles;
 use crate::types::Member;
 use crate::types::NodeId;
 
@@ -113,10 +114,108 @@ pub struct Args {
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
 
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
     /// Deliberately break a guarantee, so the fault-injection suite can prove it notices.
     /// Testing only; hidden from the help.
     #[arg(long = "test-fault", hide = true, value_enum)]
     pub test_fault: Option<InjectedFault>,
+}
+
+/// TLS for the raft port (between members, always mutual) and for the client port; etcd's flag
+/// names. Both ports are plaintext when their flags are not given.
+#[derive(Debug, clap::Args)]
+pub struct TlsArgs {
+    /// This member's certificate on the raft port, for accepting and for connecting to peers
+    /// (PEM; it must allow server and client authentication).
+    #[arg(long = "peer-cert-file", value_name = "FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// The private key of -peer-cert-file (PEM).
+    #[arg(long = "peer-key-file", value_name = "FILE")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// The CA that signs every member's certificate: peers are trusted, and accepted, only with
+    /// a certificate it signed (PEM).
+    #[arg(long = "peer-trusted-ca-file", value_name = "FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Require a certificate signed by -peer-trusted-ca-file from whatever connects to the raft
+    /// port, members and native clients alike (default: true).
+    #[arg(long = "peer-client-cert-auth", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true")]
+    pub peer_client_cert_auth: Option<bool>,
+
+    /// The certificate served on the client port (HTTP, gRPC), which then speaks only TLS (PEM).
+    #[arg(long = "cert-file", value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// The private key of -cert-file (PEM).
+    #[arg(long = "key-file", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// The CA that signs client certificates, for -client-cert-auth (PEM).
+    #[arg(long = "trusted-ca-file", value_name = "FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Accept only clients with a certificate signed by -trusted-ca-file on the client port.
+    #[arg(long = "client-cert-auth", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", default_value = "false")]
+    pub client_cert_auth: bool,
+}
+
+impl TlsArgs {
+    /// The raft port's TLS files, or none for plaintext. Mutual TLS needs all three files.
+    pub fn peer(&self) -> Result<Option<TlsFiles>, Error> {
+        let (cert, key, ca) = (
+            &self.peer_cert_file,
+            &self.peer_key_file,
+            &self.peer_trusted_ca_file,
+        );
+        if cert.is_none() && key.is_none() && ca.is_none() {
+            if self.peer_client_cert_auth == Some(true) {
+                return Err(Error::Config(
+                    "-peer-client-cert-auth needs -peer-cert-file, -peer-key-file and -peer-trusted-ca-file".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        match (cert, key, ca) {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                trusted_ca: Some(ca.clone()),
+                client_cert_auth: self.peer_client_cert_auth.unwrap_or(true),
+            })),
+            _ => Err(Error::Config(
+                "TLS between members needs all of -peer-cert-file, -peer-key-file and -peer-trusted-ca-file".into(),
+            )),
+        }
+    }
+
+    /// The client port's TLS files, or none for plaintext.
+    pub fn client(&self) -> Result<Option<TlsFiles>, Error> {
+        match (&self.cert_file, &self.key_file) {
+            (None, None) if self.trusted_ca_file.is_none() && !self.client_cert_auth => Ok(None),
+            (Some(cert), Some(key)) => {
+                if self.client_cert_auth && self.trusted_ca_file.is_none() {
+                    return Err(Error::Config(
+                        "-client-cert-auth needs -trusted-ca-file".into(),
+                    ));
+                }
+                Ok(Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    trusted_ca: self.trusted_ca_file.clone(),
+                    client_cert_auth: self.client_cert_auth,
+                }))
+            }
+            _ => Err(Error::Config(
+                "TLS on the client port needs both -cert-file and -key-file".into(),
+            )),
+        }
+    }
 }
 
 /// The flags that say who a node is and where it and its cluster live. Shared by the node and

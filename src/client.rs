@@ -73,13 +73,29 @@ impl Client {
     /// A client for the nodes at `endpoints` (their raft addresses). Nothing connects until the
     /// first call. Each call gives up after `timeout`.
     pub fn new(endpoints: Vec<String>, timeout: Duration) -> Result<Client> {
+        Client::with_peers(endpoints, timeout, Peers::default())
+    }
+
+    /// A client for nodes whose raft port speaks TLS: the port is shared with the members'
+    /// traffic, so the client presents a certificate the peer CA signed (`files.cert`) and
+    /// trusts only that CA (`files.trusted_ca`).
+    pub fn with_tls(
+        endpoints: Vec<String>,
+        timeout: Duration,
+        files: crate::tls::TlsFiles,
+    ) -> Result<Client> {
+        let tls = crate::tls::peer_client(files).map_err(|e| Error::Config(e.to_string()))?;
+        Client::with_peers(endpoints, timeout, Peers::new(Some(tls)))
+    }
+
+    fn with_peers(endpoints: Vec<String>, timeout: Duration, peers: Peers) -> Result<Client> {
         if endpoints.is_empty() {
             return Err(Error::Config(
                 "the client needs at least one endpoint".into(),
             ));
         }
         Ok(Client {
-            peers: Peers::default(),
+            peers,
             endpoints,
             leader: Mutex::new(None),
             next: AtomicUsize::new(0),
@@ -350,9 +366,16 @@ impl Client {
     ) -> Result<Duration> {
         tracing::debug!("{op} will be retried: {failure}");
         if Instant::now() + pause >= deadline {
-            return Err(Error::Timeout {
-                op,
-                after: self.timeout,
+            return Err(match failure {
+                CallError::Unreachable { .. } => Error::Unreachable {
+                    op,
+                    after: self.timeout,
+                    reason: failure.to_string(),
+                },
+                _ => Error::Timeout {
+                    op,
+                    after: self.timeout,
+                },
             });
         }
         tokio::time::sleep(pause).await;

@@ -77,6 +77,29 @@ pub struct CtlArgs {
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
+    /// Verify TLS endpoints with this CA certificate (PEM); endpoints without a scheme are then
+    /// reached over https.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+
+    /// Present this client certificate to endpoints that ask for one (PEM).
+    #[arg(
+        long = "cert",
+        global = true,
+        value_name = "FILE",
+        requires = "key_file"
+    )]
+    pub cert_file: Option<PathBuf>,
+
+    /// The private key of --cert (PEM).
+    #[arg(
+        long = "key",
+        global = true,
+        value_name = "FILE",
+        requires = "cert_file"
+    )]
+    pub key_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -250,6 +273,32 @@ pub enum CtlCommand {
         /// Where to write the backup; its directory must exist.
         file: PathBuf,
     },
+    /// Make certificates for a TLS cluster in DIR: a CA (unless DIR has one already), and for
+    /// each node and the client a certificate and key signed by it. Running it again re-issues
+    /// the node and client certificates from the same CA, replacing the files atomically:
+    /// running nodes pick them up by themselves (rotation). Needs no cluster.
+    Certs(CertsArgs),
+}
+
+/// `ondisk ctl certs`: what to make.
+#[derive(Debug, clap::Args)]
+pub struct CertsArgs {
+    /// Where the files go (created if missing).
+    pub dir: PathBuf,
+    /// Node ids to make certificates for: nodeID.pem and nodeID-key.pem each, good for the
+    /// raft port's both ends and for the client port.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub nodes: Vec<NodeId>,
+    /// Host names and IP addresses the nodes are reached at; every node certificate names all.
+    #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+    pub hosts: Vec<String>,
+    /// Common name of the client certificate (NAME.pem, NAME-key.pem); empty for none.
+    #[arg(long, default_value = "client")]
+    pub client: String,
+    /// Days the node and client certificates are valid (0: already expired, to see what an
+    /// expired certificate does).
+    #[arg(long, default_value_t = 365)]
+    pub days: u64,
 }
 
 /// Why a ctl command failed; printed as one line.
@@ -286,7 +335,12 @@ type Result<T, E = CtlError> = std::result::Result<T, E>;
 /// Runs one ctl command; the exit status is a success unless the command ran another (`lock`),
 /// whose status it passes on.
 pub fn run(args: CtlArgs) -> Result<ExitCode> {
-    let client = &Client::new(&args.endpoints, args.timeout);
+    let tls = client::TlsFlags {
+        cacert: args.cacert.clone(),
+        cert: args.cert_file.clone(),
+        key: args.key_file.clone(),
+    };
+    let client = &Client::new(&args.endpoints, args.timeout, &tls)?;
     let (json, timeout) = (args.json, args.timeout);
     let outcome = match args.command {
         CtlCommand::Lock { name, ttl, command } => {
@@ -380,6 +434,7 @@ pub fn run(args: CtlArgs) -> Result<ExitCode> {
             done(json, &format!("node {} is now the leader", answer.leader))
         }
         CtlCommand::Backup { file } => backup(client, &file, json),
+        CtlCommand::Certs(request) => certs(&request, json),
     };
     outcome.map(|()| ExitCode::SUCCESS)
 }
@@ -762,4 +817,25 @@ fn backup(client: &Client, file: &Path, json: bool) -> Result<()> {
         file.display()
     );
     Ok(())
+}
+
+/// `certs`: makes the files and lists them.
+fn certs(args: &CertsArgs, json: bool) -> Result<()> {
+    let request = crate::tls::certs::CertRequest {
+        nodes: args.nodes.clone(),
+        hosts: args.hosts.clone(),
+        client: args.client.clone(),
+        validity: Duration::from_secs(args.days.saturating_mul(24 * 3600)),
+    };
+    let written = crate::tls::certs::generate(&args.dir, &request)
+        .map_err(|e| CtlError::Input(e.to_string()))?;
+    let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    if json {
+        print_json(&json!({ "written": names }))
+    } else {
+        for name in names {
+            println!("{name}");
+        }
+        Ok(())
+    }
 }

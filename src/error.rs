@@ -42,6 +42,16 @@ pub enum Error {
     #[error("{op} timed out after {} (is a quorum of nodes up?)", humantime::format_duration(*.after))]
     Timeout { op: &'static str, after: Duration },
 
+    /// A client gave up because no node could be reached at all: `reason` is the last
+    /// attempt's (a refused connection, a TLS handshake a node refused), so the cause is in
+    /// the error rather than a guess about the quorum. Nothing was sent.
+    #[error("{op} failed: no node could be reached within {} (last: {reason})", humantime::format_duration(*.after))]
+    Unreachable {
+        op: &'static str,
+        after: Duration,
+        reason: String,
+    },
+
     /// A proposal or read could not complete in time because storage is waiting for disk space.
     /// Nothing is lost: the node resumes by itself once space is freed, and a write already
     /// proposed (`outcome` unknown) may then still be applied.

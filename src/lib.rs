@@ -15,6 +15,7 @@ pub mod node;
 pub mod repl;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod types;
 
 pub use error::Error;

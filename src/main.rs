@@ -3,6 +3,7 @@
 //! `restore`). All logic lives in the library.
 
 use std::fmt;
+use std::net::ToSocketAddrs;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use ondisk::repl;
 use ondisk::repl::ReplEnd;
 use ondisk::store::DataDir;
 use ondisk::telemetry;
+use ondisk::tls::NodeTls;
 use ondisk::types::Member;
 use ondisk::types::TypeConfig;
 use openraft::error::Fatal;
@@ -120,6 +122,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     let metrics =
         telemetry::install().map_err(|e| anyhow::anyhow!("cannot install metrics: {e}"))?;
 
+    let peer_tls = args.tls.peer()?;
+    let client_tls = args.tls.client()?;
+    warn_if_exposed("raft", &addresses.raft, peer_tls.is_some());
+    warn_if_exposed("client", &addresses.http, client_tls.is_some());
     let auto_compaction =
         AutoCompaction::parse(&args.auto_compaction_mode, &args.auto_compaction_retention)
             .map_err(anyhow::Error::msg)?;
@@ -143,9 +149,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         auto_compaction,
         cluster_id: u64::from(addresses.cluster_id),
         fault: args.test_fault,
+        peer_tls: None,
     };
     let result = runtime.block_on(async {
-        let node = Node::start(config).await?;
+        let tls = NodeTls::load(peer_tls, client_tls)?;
+        let _reloading = tls.keep_current().map(AbortOnDrop);
+        let node = Node::start(NodeConfig {
+            peer_tls: tls.peer.clone(),
+            ..config
+        })
+        .await?;
         let http_listener = listen("http", &addresses.http).await?;
         println!("node address: {}", addresses.raft);
         println!("http address: {}", addresses.http);
@@ -160,7 +173,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
         let http_stop = stop.clone();
         let mut http_done = tokio::spawn(async move {
-            let result = client_port::serve(http_listener, api, async move {
+            let result = client_port::serve(http_listener, api, tls.client, async move {
                 http_stop.closed().await;
             })
             .await;
@@ -219,4 +232,32 @@ fn run(args: Args) -> anyhow::Result<()> {
     // closing, so the runtime is not kept waiting for it.
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
+}
+
+/// Says, on stderr and in the log, that a port reachable from other machines is served without
+/// TLS: fine for a cluster on one machine, not for one across a network.
+fn warn_if_exposed(port: &str, addr: &str, tls: bool) {
+    if tls {
+        return;
+    }
+    let exposed = addr
+        .to_socket_addrs()
+        .map(|mut resolved| resolved.any(|a| !a.ip().is_loopback()))
+        .unwrap_or(false);
+    if exposed {
+        let line = format!(
+            "warning: the {port} port {addr} is reachable beyond this machine and speaks plaintext: anyone who reaches it can read and change the data (see the README's TLS section)"
+        );
+        eprintln!("{line}");
+        tracing::warn!("{line}");
+    }
+}
+
+/// Stops a background task when the value goes out of scope.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -114,6 +114,8 @@ pub struct NodeConfig {
     pub cluster_id: u64,
     /// `None` except in tests of the test suite itself.
     pub fault: Option<InjectedFault>,
+    /// TLS on the raft port, both for accepting and for connecting; plaintext without.
+    pub peer_tls: Option<Arc<crate::tls::PeerTls>>,
 }
 
 /// A deliberate violation of ondisk's guarantees, switched on only by tests (`--test-fault`) to
@@ -153,6 +155,9 @@ pub struct Node {
     removed: Arc<tokio::sync::watch::Sender<bool>>,
     /// Snapshots this node (as leader) has sent and seen installed.
     snapshots_sent: Arc<AtomicU64>,
+    /// `https` when members speak TLS on their raft ports, `http` otherwise: the scheme of the
+    /// peer URLs etcd's API lists (every member of a cluster is set up alike).
+    peer_scheme: &'static str,
     rpc_server: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -248,7 +253,8 @@ impl Node {
         }
         .validate()
         .map_err(|e| Error::Config(format!("invalid raft timing: {e}")))?;
-        let peers = Arc::new(Peers::default());
+        let peer_tls = config.peer_tls.clone();
+        let peers = Arc::new(Peers::new(peer_tls.as_ref().map(|tls| tls.client.clone())));
         let removed = Arc::new(tokio::sync::watch::Sender::new(false));
         let snapshots_sent = Arc::new(AtomicU64::new(0));
         let network = NetworkFactory {
@@ -287,9 +293,10 @@ impl Node {
             user_membership_change: tokio::sync::Mutex::default(),
             removed,
             snapshots_sent,
+            peer_scheme: if peer_tls.is_some() { "https" } else { "http" },
             rpc_server: std::sync::Mutex::default(),
         });
-        let server = tokio::spawn(network::serve(raft_listener, node.clone()));
+        let server = tokio::spawn(network::serve(raft_listener, node.clone(), peer_tls));
         *node.rpc_server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
         if config.join {
             tracing::info!("joining an existing cluster: waiting to be added by its leader");
@@ -349,6 +356,11 @@ impl Node {
     /// The deadline applied to proposals and linearizable reads.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The scheme of members' peer URLs: `https` when the raft ports speak TLS.
+    pub fn peer_scheme(&self) -> &'static str {
+        self.peer_scheme
     }
 
     /// The largest request this node accepts (`-max-request-bytes`); front ends refuse a larger

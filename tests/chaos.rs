@@ -11,9 +11,15 @@
 //! is exactly what every watcher saw. A failing run saves its history, the nodes' logs and the
 //! report in a folder it names, with the seed to replay it.
 //!
+//! A run can also go over mutual TLS (`tls.rs`): each node on its own certificate, made for the
+//! run by `ondisk ctl certs`, on the raft port and the client port, and every client of the
+//! harness on HTTPS with a client certificate. CI runs one shorter seed that way, beside the
+//! plaintext runs.
+//!
 //! Settings come from the environment (see docs/TESTING.md): `ONDISK_CHAOS_SEED`,
 //! `ONDISK_CHAOS_DURATION`, `ONDISK_CHAOS_RUNS`, `ONDISK_CHAOS_NODES`, `ONDISK_CHAOS_CLIENTS`,
-//! `ONDISK_CHAOS_KEYS`, `ONDISK_CHAOS_WATCHERS`.
+//! `ONDISK_CHAOS_KEYS`, `ONDISK_CHAOS_WATCHERS`; `ONDISK_CHAOS_TLS=1` runs over mutual TLS, and
+//! `ONDISK_CHAOS_FAULTS` (fault names, comma-separated) limits the kinds the nemesis deals.
 
 #[path = "chaos/checker.rs"]
 mod checker;
@@ -32,6 +38,8 @@ mod report;
 mod revisions;
 #[path = "chaos/rng.rs"]
 mod rng;
+#[path = "chaos/tls.rs"]
+mod tls;
 #[path = "chaos/watchers.rs"]
 mod watchers;
 #[path = "chaos/workload.rs"]
@@ -47,6 +55,7 @@ use history::{Call, Op, Outcome, Recorder};
 use nemesis::{Fault, Nemesis};
 use report::CheckLine;
 use revisions::Committed;
+use tls::Security;
 use watchers::{WatcherLog, Watchers};
 use workload::{Clients, Workload, TXN_GROUP, TXN_KEYS};
 
@@ -67,6 +76,24 @@ const OVERRUN: Duration = Duration::from_secs(300);
 const CATCH_BUDGET: Duration = Duration::from_secs(120);
 /// Client ids from here on are the final readers (one per node).
 const FINAL_READER: usize = 10_000;
+/// The fault kinds of the bounded TLS run. Each breaks the members' connections another way, so
+/// every path by which the TLS transport must recover is taken: a peer's process gone and a new
+/// one to handshake with (kill-node, kill-leader), a peer that stops reading mid-stream
+/// (pause-leader), and connections that stall on links cut both ways or one way, then heal
+/// (isolate-leader, split-minority, one-way-cut); and one deck of them fits in about 20 s. The
+/// other kinds test storage and the same handshakes again; the plaintext runs and
+/// `ONDISK_CHAOS_TLS=1 make chaos` deal them all.
+const TLS_RUN_FAULTS: [Fault; 6] = [
+    Fault::KillNode,
+    Fault::KillLeader,
+    Fault::PauseLeader,
+    Fault::IsolateLeader,
+    Fault::SplitMinority,
+    Fault::OneWayCut,
+];
+/// Planned length of the bounded TLS run: about what one deck of [`TLS_RUN_FAULTS`] takes, so
+/// it adds little to the suite's time.
+const TLS_RUN_DURATION: Duration = Duration::from_secs(20);
 
 /// A run's settings, from the environment with defaults fit for CI.
 #[derive(Debug, Clone)]
@@ -78,11 +105,16 @@ struct Settings {
     clients: usize,
     keys: usize,
     watchers: usize,
+    /// Plaintext, or mutual TLS on both ports.
+    security: Security,
+    /// The kinds the nemesis deals (those needing the power-cut fixture are left out where it is
+    /// not available).
+    faults: Vec<Fault>,
 }
 
 impl Settings {
-    /// Reads the settings; `duration` is the default run length.
-    fn from_env(duration: Duration) -> Settings {
+    /// Reads the settings; `duration` is the default run length, `faults` the default kinds.
+    fn from_env(duration: Duration, faults: &[Fault]) -> Settings {
         let seed = env("ONDISK_CHAOS_SEED").map_or_else(fresh_seed, |s| {
             s.parse()
                 .unwrap_or_else(|_| panic!("ONDISK_CHAOS_SEED must be a number, not {s:?}"))
@@ -105,6 +137,15 @@ impl Settings {
             clients: number("ONDISK_CHAOS_CLIENTS", 6) as usize,
             keys: number("ONDISK_CHAOS_KEYS", 4) as usize,
             watchers: number("ONDISK_CHAOS_WATCHERS", 3) as usize,
+            security: env("ONDISK_CHAOS_TLS").map_or(Security::Plaintext, |v| {
+                match v.trim().to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" => Security::MutualTls,
+                    "0" | "false" | "no" => Security::Plaintext,
+                    _ => panic!("ONDISK_CHAOS_TLS must be 1 or 0, not {v:?}"),
+                }
+            }),
+            faults: env("ONDISK_CHAOS_FAULTS")
+                .map_or_else(|| faults.to_vec(), |v| parse_faults(&v)),
         }
     }
 
@@ -117,8 +158,58 @@ impl Settings {
                 .into_iter()
                 .map(|id| cluster.base_url(id))
                 .collect(),
+            transport: cluster.transport().clone(),
         }
     }
+
+    /// What runs are called in messages and reports.
+    fn run_name(&self) -> &'static str {
+        match self.security {
+            Security::Plaintext => "chaos run",
+            Security::MutualTls => "chaos run over mutual TLS",
+        }
+    }
+
+    /// The command that replays the run with `seed`: `make chaos` with every setting the
+    /// schedule depends on.
+    fn replay(&self, seed: u64) -> String {
+        let mut command = Vec::new();
+        if self.security == Security::MutualTls {
+            command.push("ONDISK_CHAOS_TLS=1".to_string());
+        }
+        if self.faults != Fault::ALL {
+            let names: Vec<&str> = self.faults.iter().map(|f| f.name()).collect();
+            command.push(format!("ONDISK_CHAOS_FAULTS={}", names.join(",")));
+        }
+        command.push(format!(
+            "make chaos SEED={seed} DURATION={}",
+            humantime::format_duration(self.duration)
+        ));
+        command.join(" ")
+    }
+}
+
+/// The fault kinds named in `list` (comma-separated, as the report names them).
+fn parse_faults(list: &str) -> Vec<Fault> {
+    let faults: Vec<Fault> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            Fault::ALL
+                .into_iter()
+                .find(|f| f.name() == name)
+                .unwrap_or_else(|| {
+                    let known: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+                    panic!("ONDISK_CHAOS_FAULTS: no fault kind {name:?} (known: {known:?})")
+                })
+        })
+        .collect();
+    assert!(
+        !faults.is_empty(),
+        "ONDISK_CHAOS_FAULTS names no fault kind"
+    );
+    faults
 }
 
 /// A non-empty environment variable.
@@ -137,7 +228,7 @@ fn fresh_seed() -> u64 {
 /// The bounded run `make test` includes: several seeds, each covering every fault kind.
 #[test]
 fn ci_bounded_runs_keep_every_promise() {
-    let settings = Settings::from_env(Duration::from_secs(40));
+    let settings = Settings::from_env(Duration::from_secs(40), &Fault::ALL);
     let mut seed = settings.seed;
     for _ in 0..settings.runs {
         chaos_run(&settings, seed);
@@ -145,11 +236,24 @@ fn ci_bounded_runs_keep_every_promise() {
     }
 }
 
-/// The long run for people: `make chaos DURATION=30m [SEED=N]`.
+/// The bounded run over mutual TLS that `make test` includes: one seed (`ONDISK_CHAOS_RUNS`
+/// does not apply, `ONDISK_CHAOS_TLS` cannot turn TLS off), shorter than the plaintext runs, over
+/// [`TLS_RUN_FAULTS`], with every check of a plaintext run.
+#[test]
+fn a_bounded_run_over_mutual_tls_keeps_every_promise() {
+    let settings = Settings {
+        security: Security::MutualTls,
+        ..Settings::from_env(TLS_RUN_DURATION, &TLS_RUN_FAULTS)
+    };
+    chaos_run(&settings, settings.seed);
+}
+
+/// The long run for people: `make chaos DURATION=30m [SEED=N]`, over mutual TLS with
+/// `ONDISK_CHAOS_TLS=1`.
 #[test]
 #[ignore = "long; run with `make chaos DURATION=30m`"]
 fn long_run() {
-    let settings = Settings::from_env(Duration::from_secs(30 * 60));
+    let settings = Settings::from_env(Duration::from_secs(30 * 60), &Fault::ALL);
     chaos_run(&settings, settings.seed);
 }
 
@@ -180,14 +284,14 @@ fn a_build_acknowledging_writes_before_commit_is_caught() {
 /// load around a leader isolation or pause, checking the history after each round, until the
 /// checker reports a violation; fails if none is found within [`CATCH_BUDGET`].
 fn assert_caught(test_fault: &str) {
-    let settings = Settings::from_env(CATCH_BUDGET);
+    let settings = Settings::from_env(CATCH_BUDGET, &Fault::ALL);
     eprintln!(
         "catching --test-fault {test_fault} with seed {}",
         settings.seed
     );
     let mut args = NODE_ARGS.to_vec();
     args.extend(["--test-fault", test_fault]);
-    let mut cluster = ChaosCluster::start(settings.nodes, &args);
+    let mut cluster = ChaosCluster::start(settings.nodes, &args, settings.security);
     if cluster.wait_for_leader(FIRST_LEADER_TIMEOUT).is_none() {
         panic!("no leader elected\n{}", cluster.diagnostics());
     }
@@ -229,18 +333,18 @@ fn assert_caught(test_fault: &str) {
 /// One chaos run with `seed`: load, faults, healing, checks, report. Panics, after saving the
 /// evidence, if any check fails.
 fn chaos_run(settings: &Settings, seed: u64) {
-    let replay = format!(
-        "make chaos SEED={seed} DURATION={}",
-        humantime::format_duration(settings.duration)
-    );
+    let name = settings.run_name();
+    let replay = settings.replay(seed);
     eprintln!(
-        "chaos run: seed {seed}, {:?}, {} nodes, {} clients, {} keys (replay: {replay})",
+        "{name}: seed {seed}, {:?}, {} nodes, {} clients, {} keys (replay: {replay})",
         settings.duration, settings.nodes, settings.clients, settings.keys
     );
-    let mut cluster = ChaosCluster::start(settings.nodes, &NODE_ARGS);
+    let mut cluster = ChaosCluster::start(settings.nodes, &NODE_ARGS, settings.security);
     let recorder = Recorder::new();
-    let kinds: Vec<Fault> = Fault::ALL
-        .into_iter()
+    let kinds: Vec<Fault> = settings
+        .faults
+        .iter()
+        .copied()
         .filter(|kind| cluster.can_cut_power() || !Fault::POWER_CUTS.contains(kind))
         .collect();
     let mut nemesis = Nemesis::new(seed, &kinds);
@@ -255,7 +359,13 @@ fn chaos_run(settings: &Settings, seed: u64) {
         });
     }
     let workload = settings.workload(&cluster);
-    let watchers = Watchers::start(&workload.nodes, settings.watchers, seed, &recorder);
+    let watchers = Watchers::start(
+        &workload.nodes,
+        &workload.transport,
+        settings.watchers,
+        seed,
+        &recorder,
+    );
     let faults_survived = first_leader && {
         let clients = Clients::start(&workload, seed, 0, &recorder);
         let deadline = recorder.start() + settings.duration;
@@ -299,7 +409,7 @@ fn chaos_run(settings: &Settings, seed: u64) {
     });
 
     let ops = recorder.ops();
-    let header = format!("chaos run, seed {seed}, {:?}", settings.duration);
+    let header = format!("{name}, seed {seed}, {:?}", settings.duration);
     let report = report::render(&header, &ops, &nemesis.events, &checks);
     eprintln!("{report}");
     let failed: Vec<&str> = checks
@@ -318,7 +428,7 @@ fn chaos_run(settings: &Settings, seed: u64) {
         .map(|c| format!("{}: {}\n", c.name, c.detail))
         .collect();
     panic!(
-        "chaos run with seed {seed} failed: {failed:?}\n{details}evidence (history.jsonl, \
+        "{name} with seed {seed} failed: {failed:?}\n{details}evidence (history.jsonl, \
          faults.txt, report.txt, node logs): {} {saved}\nreplay: {replay}\nrecheck the history: \
          ONDISK_CHAOS_HISTORY={}/history.jsonl cargo test --release --test chaos -- --ignored \
          recheck_saved_history",
@@ -400,7 +510,7 @@ fn healed_checks(
 /// time.
 fn check_liveness(cluster: &ChaosCluster) -> CheckLine {
     let started = Instant::now();
-    let agent = common::http::agent(Duration::from_secs(5));
+    let agent = cluster.agent(Duration::from_secs(5));
     let mut written = cluster.ids();
     let done = common::poll_until(HEALED_TIMEOUT, || {
         written.retain(|&id| {
@@ -433,7 +543,7 @@ fn check_liveness(cluster: &ChaosCluster) -> CheckLine {
 /// history as the final operations; the highest revision they were read at (the final revision:
 /// the clients have stopped), or `Err` if some node never answered.
 fn final_reads(cluster: &ChaosCluster, keys: usize, recorder: &Recorder) -> Result<i64, String> {
-    let agent = common::http::agent(Duration::from_secs(5));
+    let agent = cluster.agent(Duration::from_secs(5));
     let mut final_revision = 0;
     for id in cluster.ids() {
         let call = Call::TxnRead {
@@ -506,9 +616,13 @@ fn check_revisions(
     final_revision: i64,
 ) -> Vec<CheckLine> {
     let node = cluster.leader().unwrap_or(1);
-    let committed =
-        watchers::committed_history(&cluster.base_url(node), final_revision, HEALED_TIMEOUT)
-            .and_then(|events| Committed::new(events, final_revision));
+    let committed = watchers::committed_history(
+        &cluster.base_url(node),
+        cluster.transport(),
+        final_revision,
+        HEALED_TIMEOUT,
+    )
+    .and_then(|events| Committed::new(events, final_revision));
     let committed = match committed {
         Ok(committed) => committed,
         Err(why) => {

@@ -13,6 +13,9 @@ mod common;
 #[allow(dead_code)]
 #[path = "chaos/netns.rs"]
 mod netns;
+#[allow(dead_code)]
+#[path = "chaos/tls.rs"]
+mod tls;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -111,7 +114,7 @@ fn statuses(cluster: &ChaosCluster) -> String {
 
 /// A started 3-node cluster with its leader and term.
 fn started() -> (ChaosCluster, usize, u64) {
-    let cluster = ChaosCluster::start(3, &[]);
+    let cluster = ChaosCluster::start(3, &[], tls::Security::Plaintext);
     let (leader, term) = agreed(&cluster, &cluster.ids(), LEADER_TIMEOUT, "at start");
     (cluster, leader, term)
 }

@@ -13,6 +13,8 @@ use crate::process::Server;
 use crate::target::Protocol;
 use crate::target::System;
 use crate::target::Target;
+use crate::tls::Certs;
+use crate::tls::ClientTls;
 
 /// How many members each cluster has.
 pub const MEMBERS: usize = 3;
@@ -34,11 +36,19 @@ pub struct Cluster {
     pub endpoints: Vec<String>,
     /// ondisk's HTTP API addresses, in member order (empty for etcd).
     pub http: Vec<String>,
+    /// What clients present and trust when the members speak TLS; `None` for plaintext.
+    pub tls: Option<ClientTls>,
 }
 
 impl Cluster {
-    /// A 3-node ondisk cluster under `dir`, to be driven with `protocol`; not started yet.
-    pub fn ondisk(bin: &Path, dir: &Path, protocol: Protocol) -> anyhow::Result<Cluster> {
+    /// A 3-node ondisk cluster under `dir`, to be driven with `protocol`; not started yet. With
+    /// `certs`, both ports of every node speak TLS and demand a client certificate.
+    pub fn ondisk(
+        bin: &Path,
+        dir: &Path,
+        protocol: Protocol,
+        certs: Option<&Certs>,
+    ) -> anyhow::Result<Cluster> {
         let raft: Vec<String> = (0..MEMBERS)
             .map(|_| free_port().map(|port| format!("127.0.0.1:{port}")))
             .collect::<anyhow::Result<_>>()?;
@@ -48,17 +58,19 @@ impl Cluster {
         let data_dir = dir.join("ondisk");
         let commands = (0..MEMBERS)
             .map(|i| {
-                let args = vec![
+                let mut args = vec![
                     format!("--nodeid={}", i + 1),
                     format!("--cluster={}", raft.join(",")),
                     format!("--http={}", http[i]),
                     format!("--data-dir={}", data_dir.display()),
                     "--no-repl".to_string(),
                 ];
+                args.extend(certs.map_or_else(Vec::new, |certs| tls_args(certs, i + 1)));
                 (format!("ondisk-{}", i + 1), args)
             })
             .collect();
-        // ondisk serves etcd's gRPC API on the HTTP port (HTTP/2 cleartext next to HTTP/1.1).
+        // ondisk serves etcd's gRPC API on the HTTP port (HTTP/2 cleartext next to HTTP/1.1, or
+        // both over TLS).
         let endpoints = match protocol {
             Protocol::Native => raft,
             Protocol::Grpc => http.clone(),
@@ -72,15 +84,18 @@ impl Cluster {
             servers: Vec::new(),
             endpoints,
             http,
+            tls: certs.map(Certs::client),
         })
     }
 
-    /// A 3-member etcd cluster under `dir`; not started yet.
-    pub fn etcd(bin: &Path, dir: &Path) -> anyhow::Result<Cluster> {
+    /// A 3-member etcd cluster under `dir`; not started yet. With `certs`, every peer and client
+    /// URL is https:// and both demand a client certificate.
+    pub fn etcd(bin: &Path, dir: &Path, certs: Option<&Certs>) -> anyhow::Result<Cluster> {
+        let scheme = if certs.is_some() { "https" } else { "http" };
         let mut peer_urls = Vec::new();
         let mut client_addrs = Vec::new();
         for _ in 0..MEMBERS {
-            peer_urls.push(format!("http://127.0.0.1:{}", free_port()?));
+            peer_urls.push(format!("{scheme}://127.0.0.1:{}", free_port()?));
             client_addrs.push(format!("127.0.0.1:{}", free_port()?));
         }
         let initial_cluster = peer_urls
@@ -93,8 +108,8 @@ impl Cluster {
         let commands = (0..MEMBERS)
             .map(|i| {
                 let name = format!("etcd-{}", i + 1);
-                let client_url = format!("http://{}", client_addrs[i]);
-                let args = vec![
+                let client_url = format!("{scheme}://{}", client_addrs[i]);
+                let mut args = vec![
                     format!("--name={name}"),
                     format!("--data-dir={}", data_dir.join(&name).display()),
                     format!("--listen-client-urls={client_url}"),
@@ -111,6 +126,7 @@ impl Cluster {
                     "--log-outputs=stderr".to_string(),
                     "--log-level=warn".to_string(),
                 ];
+                args.extend(certs.map_or_else(Vec::new, |certs| tls_args(certs, i + 1)));
                 (name, args)
             })
             .collect();
@@ -123,12 +139,19 @@ impl Cluster {
             servers: Vec::new(),
             endpoints: client_addrs,
             http: Vec::new(),
+            tls: certs.map(Certs::client),
         })
     }
 
     /// A client of every member, speaking the cluster's protocol.
     pub async fn connect(&self) -> anyhow::Result<Target> {
-        Target::connect(self.protocol, self.endpoints.clone()).await
+        self.connect_to(self.endpoints.clone()).await
+    }
+
+    /// A client of `endpoints` (some of [`Cluster::endpoints`]), speaking the cluster's protocol,
+    /// over TLS if the cluster speaks it.
+    pub async fn connect_to(&self, endpoints: Vec<String>) -> anyhow::Result<Target> {
+        Target::connect(self.protocol, endpoints, self.tls.as_ref()).await
     }
 
     /// Starts every member (they find each other by themselves).
@@ -199,4 +222,24 @@ impl Cluster {
     pub fn disk_per_member(&self) -> u64 {
         disk_bytes(&self.dir) / MEMBERS as u64
     }
+}
+
+/// Member `member`'s (1-based) TLS flags, under the names ondisk and etcd share: mutual TLS on
+/// the peer (raft) port, where members and ondisk's native clients alike must present a
+/// certificate the CA signed, and TLS with client certificates required on the client port
+/// (ondisk's HTTP and gRPC, etcd's gRPC). Client authentication on the peer port is ondisk's
+/// default but not etcd's, so it is spelled out for both.
+fn tls_args(certs: &Certs, member: usize) -> Vec<String> {
+    let (cert, key) = certs.member(member);
+    let ca = certs.ca();
+    vec![
+        format!("--peer-cert-file={}", cert.display()),
+        format!("--peer-key-file={}", key.display()),
+        format!("--peer-trusted-ca-file={}", ca.display()),
+        "--peer-client-cert-auth=true".to_string(),
+        format!("--cert-file={}", cert.display()),
+        format!("--key-file={}", key.display()),
+        format!("--trusted-ca-file={}", ca.display()),
+        "--client-cert-auth=true".to_string(),
+    ]
 }

@@ -14,10 +14,12 @@ use ondisk::client::Consistency;
 use tokio::time::Instant;
 
 use crate::cluster::Cluster;
+use crate::cluster::MEMBERS;
 use crate::target::KvTarget;
 use crate::target::Protocol;
 use crate::target::System;
 use crate::target::Target;
+use crate::tls::Certs;
 use crate::workload;
 use crate::workload::key;
 use crate::workload::Outcome;
@@ -41,6 +43,9 @@ pub struct Plan {
     pub value_size: usize,
     /// Keys loaded for the memory and restart measurements (0 skips them).
     pub big_keys: u64,
+    /// Run both systems with TLS on every connection (members' and clients'), with certificates
+    /// made for this comparison in `dir`, so the figures include what encryption costs each.
+    pub tls: bool,
 }
 
 /// Keys present when the small restart is timed.
@@ -51,6 +56,8 @@ const LOAD_CLIENTS: usize = 256;
 const START_DEADLINE: Duration = Duration::from_secs(120);
 /// Pause between readiness probes.
 const POLL: Duration = Duration::from_millis(10);
+/// What the tables' caption adds when the comparison runs with TLS.
+const TLS_CAPTION: &str = "; TLS everywhere on both systems: mutual TLS between members, and every client presents a certificate";
 
 /// Per system, what the memory and restart phase measured.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -67,9 +74,19 @@ struct Capacity {
 
 /// Runs the whole comparison and prints the tables; returns the results as JSON.
 pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
+    let certs = if plan.tls {
+        Some(Certs::generate(&plan.dir.join("certs"), MEMBERS)?)
+    } else {
+        None
+    };
     let mut clusters = [
-        Cluster::ondisk(&plan.ondisk_bin, &plan.dir, plan.ondisk_protocol)?,
-        Cluster::etcd(&plan.etcd_bin, &plan.dir)?,
+        Cluster::ondisk(
+            &plan.ondisk_bin,
+            &plan.dir,
+            plan.ondisk_protocol,
+            certs.as_ref(),
+        )?,
+        Cluster::etcd(&plan.etcd_bin, &plan.dir, certs.as_ref())?,
     ];
     let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
     for cluster in &mut clusters {
@@ -174,7 +191,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         })
         .collect();
     print_table(plan, &medians, &capacity);
-    Ok(serde_json::json!({
+    let mut results = serde_json::json!({
         "ondisk_protocol": plan.ondisk_protocol,
         "rounds": plan.rounds,
         "duration_secs": plan.duration.as_secs_f64(),
@@ -183,7 +200,12 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         "big_keys": plan.big_keys,
         "medians": medians,
         "capacity": capacity,
-    }))
+    });
+    // Only a TLS run says so: a plaintext run's JSON stays what it always was.
+    if plan.tls {
+        results["tls"] = serde_json::Value::Bool(true);
+    }
+    Ok(results)
 }
 
 /// How long after a start the cluster served linearizable reads.
@@ -212,7 +234,7 @@ pub async fn wait_serving(cluster: &Cluster, began: Instant) -> anyhow::Result<S
     let deadline = began + START_DEADLINE;
     let members = cluster.endpoints.iter().map(|endpoint| async move {
         let target = loop {
-            match Target::connect(cluster.protocol, vec![endpoint.clone()]).await {
+            match cluster.connect_to(vec![endpoint.clone()]).await {
                 Ok(target) => break target,
                 Err(e) if Instant::now() >= deadline => return Err(e),
                 Err(_) => tokio::time::sleep(POLL).await,
@@ -294,13 +316,14 @@ fn median(runs: &[Outcome]) -> Outcome {
 
 fn print_table(plan: &Plan, rows: &[Row], capacity: &BTreeMap<String, Capacity>) {
     println!(
-        "\nMedians of {} alternating rounds, {} s each after {} s warm-up, {} keys, {}-byte values; {}.\n",
+        "\nMedians of {} alternating rounds, {} s each after {} s warm-up, {} keys, {}-byte values; {}{}.\n",
         plan.rounds,
         plan.duration.as_secs_f64(),
         plan.warmup.as_secs_f64(),
         plan.keys,
         plan.value_size,
-        plan.ondisk_protocol.ondisk_caption()
+        plan.ondisk_protocol.ondisk_caption(),
+        if plan.tls { TLS_CAPTION } else { "" }
     );
     println!("| workload | clients | ondisk ops/s | etcd ops/s | ratio | ondisk p50 / p99 / p99.9 ms | etcd p50 / p99 / p99.9 ms | p99 ratio | errors o/e | client cores o/e | server CPU µs/op o/e |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");

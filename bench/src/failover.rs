@@ -73,8 +73,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
     let load_before = load_average();
     let mut clusters = [
         // Views and writes go through ondisk's HTTP API, so its client protocol does not matter.
-        Cluster::ondisk(&plan.ondisk_bin, &plan.dir, Protocol::Native)?,
-        Cluster::etcd(&plan.etcd_bin, &plan.dir)?,
+        Cluster::ondisk(&plan.ondisk_bin, &plan.dir, Protocol::Native, None)?,
+        Cluster::etcd(&plan.etcd_bin, &plan.dir, None)?,
     ];
     for cluster in &mut clusters {
         cluster.start()?;

@@ -118,8 +118,8 @@ pub fn scheduled_rate(leases: usize, ttl: i64) -> f64 {
 async fn run_system(plan: &Plan, system: System) -> anyhow::Result<Outcome> {
     let mut cluster = match system {
         // Leases go through ondisk's HTTP API; the native client only probes for readiness.
-        System::Ondisk => Cluster::ondisk(&plan.ondisk_bin, &plan.dir, Protocol::Native)?,
-        System::Etcd => Cluster::etcd(&plan.etcd_bin, &plan.dir)?,
+        System::Ondisk => Cluster::ondisk(&plan.ondisk_bin, &plan.dir, Protocol::Native, None)?,
+        System::Etcd => Cluster::etcd(&plan.etcd_bin, &plan.dir, None)?,
     };
     cluster.start()?;
     wait_serving(&cluster, Instant::now())

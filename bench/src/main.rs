@@ -11,6 +11,7 @@ mod lease;
 mod pace;
 mod process;
 mod target;
+mod tls;
 mod watch;
 mod workload;
 
@@ -27,6 +28,7 @@ use clap::Subcommand;
 use crate::target::Protocol;
 use crate::target::System;
 use crate::target::Target;
+use crate::tls::ClientTls;
 use crate::workload::Spec;
 use crate::workload::Workload;
 
@@ -61,6 +63,8 @@ enum Command {
         /// Concurrent clients, each with one request in flight.
         #[arg(long, default_value_t = 64)]
         clients: usize,
+        #[command(flatten)]
+        tls: RunTls,
     },
     /// Start a 3-node ondisk and a 3-member etcd cluster on loopback, run every workload on each
     /// in alternation, print one table of medians with ratios ondisk/etcd, and stop both.
@@ -91,6 +95,11 @@ enum Command {
         json: Option<PathBuf>,
         #[command(flatten)]
         load: LoadArgs,
+        /// Run both systems with TLS everywhere: mutual TLS between members, TLS with client
+        /// certificates required on client ports, every load-generator client presenting one
+        /// (certificates made for the run in its directory).
+        #[arg(long)]
+        tls: bool,
     },
     /// Start a 3-node ondisk and a 3-member etcd cluster on loopback (100 ms heartbeat, 1 s
     /// election timeout on both), SIGKILL the leader of each in turn, time how long until a
@@ -213,6 +222,32 @@ struct OndiskClient {
     protocol: Protocol,
 }
 
+/// TLS for `run` against a cluster that speaks it, etcdctl's flags: all three or none (plaintext).
+/// The same files serve both systems and both protocols (ondisk's raft port for native, the
+/// client port for grpc).
+#[derive(Debug, clap::Args)]
+struct RunTls {
+    /// The CA that signs the servers' certificates (PEM); connects over TLS.
+    #[arg(long, value_name = "FILE", requires_all = ["cert", "key"])]
+    cacert: Option<PathBuf>,
+    /// The client certificate to present (PEM), signed by a CA the servers trust.
+    #[arg(long, value_name = "FILE", requires_all = ["cacert", "key"])]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["cacert", "cert"])]
+    key: Option<PathBuf>,
+}
+
+impl RunTls {
+    /// The client's TLS files, or none for plaintext (clap has checked they come together).
+    fn client(self) -> Option<ClientTls> {
+        match (self.cacert, self.cert, self.key) {
+            (Some(cacert), Some(cert), Some(key)) => Some(ClientTls { cacert, cert, key }),
+            _ => None,
+        }
+    }
+}
+
 /// What every measured run shares.
 #[derive(Debug, clap::Args)]
 struct LoadArgs {
@@ -257,6 +292,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             load,
             workload,
             clients,
+            tls,
         } => {
             let protocol = match (system, protocol) {
                 (System::Ondisk, protocol) => protocol.unwrap_or(Protocol::Native),
@@ -265,7 +301,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     anyhow::bail!("etcd speaks only gRPC: --protocol grpc, or leave it out")
                 }
             };
-            let target = Arc::new(Target::connect(protocol, endpoints).await?);
+            let tls = tls.client();
+            let target = Arc::new(Target::connect(protocol, endpoints, tls.as_ref()).await?);
             let spec = Spec {
                 workload,
                 clients,
@@ -287,6 +324,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             big_keys,
             json,
             load,
+            tls,
         } => {
             let dir = fresh_dir(systems.dir)?;
             let plan = compare::Plan {
@@ -302,6 +340,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 keys: load.keys.max(compare::SMALL_RESTART_KEYS),
                 value_size: load.value_size,
                 big_keys,
+                tls,
             };
             finish(compare::run(&plan), &dir, systems.keep, json).await
         }

@@ -10,6 +10,8 @@ use anyhow::Context;
 use ondisk::client::Client;
 use ondisk::client::Consistency;
 
+use crate::tls::ClientTls;
+
 /// Which system a run drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -78,11 +80,15 @@ pub struct OndiskTarget {
 }
 
 impl OndiskTarget {
-    /// `endpoints` are the nodes' raft addresses.
-    pub fn new(endpoints: Vec<String>) -> anyhow::Result<Self> {
-        Ok(OndiskTarget {
-            client: Client::new(endpoints, REQUEST_TIMEOUT)?,
-        })
+    /// `endpoints` are the nodes' raft addresses; with `tls`, the raft port speaks mutual TLS
+    /// and the client presents `tls`'s certificate.
+    pub fn new(endpoints: Vec<String>, tls: Option<&ClientTls>) -> anyhow::Result<Self> {
+        let client = match tls {
+            None => Client::new(endpoints, REQUEST_TIMEOUT)?,
+            Some(tls) => Client::with_tls(endpoints, REQUEST_TIMEOUT, tls.ondisk_files())
+                .context("cannot set up TLS for ondisk's native client")?,
+        };
+        Ok(OndiskTarget { client })
     }
 }
 
@@ -111,11 +117,15 @@ pub struct EtcdTarget {
 }
 
 impl EtcdTarget {
-    /// `endpoints` are HOST:PORT: etcd's client addresses, or ondisk's HTTP addresses.
-    pub async fn connect(endpoints: Vec<String>) -> anyhow::Result<Self> {
-        let options = etcd_client::ConnectOptions::new()
+    /// `endpoints` are HOST:PORT: etcd's client addresses, or ondisk's HTTP addresses. With
+    /// `tls`, etcd-client dials them as https:// and presents `tls`'s certificate.
+    pub async fn connect(endpoints: Vec<String>, tls: Option<&ClientTls>) -> anyhow::Result<Self> {
+        let mut options = etcd_client::ConnectOptions::new()
             .with_timeout(REQUEST_TIMEOUT)
             .with_connect_timeout(REQUEST_TIMEOUT);
+        if let Some(tls) = tls {
+            options = options.with_tls(tls.etcd_options()?);
+        }
         let client = etcd_client::Client::connect(&endpoints, Some(options))
             .await
             .with_context(|| format!("cannot connect over gRPC to {}", endpoints.join(",")))?;
@@ -148,11 +158,16 @@ pub enum Target {
 }
 
 impl Target {
-    /// A client speaking `protocol` to `endpoints` (addresses that serve that protocol).
-    pub async fn connect(protocol: Protocol, endpoints: Vec<String>) -> anyhow::Result<Target> {
+    /// A client speaking `protocol` to `endpoints` (addresses that serve that protocol), over
+    /// TLS with `tls`'s files if given, in plaintext otherwise.
+    pub async fn connect(
+        protocol: Protocol,
+        endpoints: Vec<String>,
+        tls: Option<&ClientTls>,
+    ) -> anyhow::Result<Target> {
         Ok(match protocol {
-            Protocol::Native => Target::Native(OndiskTarget::new(endpoints)?),
-            Protocol::Grpc => Target::Grpc(EtcdTarget::connect(endpoints).await?),
+            Protocol::Native => Target::Native(OndiskTarget::new(endpoints, tls)?),
+            Protocol::Grpc => Target::Grpc(EtcdTarget::connect(endpoints, tls).await?),
         })
     }
 }

@@ -149,8 +149,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
 /// Starts `system`'s cluster, runs the fan-out on it and stops it.
 async fn run_system(plan: &Plan, system: System) -> anyhow::Result<Outcome> {
     let mut cluster = match system {
-        System::Ondisk => Cluster::ondisk(&plan.ondisk_bin, &plan.dir, plan.ondisk_protocol)?,
-        System::Etcd => Cluster::etcd(&plan.etcd_bin, &plan.dir)?,
+        System::Ondisk => Cluster::ondisk(&plan.ondisk_bin, &plan.dir, plan.ondisk_protocol, None)?,
+        System::Etcd => Cluster::etcd(&plan.etcd_bin, &plan.dir, None)?,
     };
     cluster.start()?;
     wait_serving(&cluster, Instant::now())

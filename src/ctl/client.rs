@@ -4,6 +4,8 @@
 //! revision).
 
 use std::io;
+use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -37,31 +39,79 @@ impl Answer {
 /// A response whose body is still to be read (a backup, a watch stream).
 pub(super) type Streaming = ureq::http::Response<ureq::Body>;
 
+/// `--cacert`, `--cert` and `--key`: how endpoints are reached over TLS.
+#[derive(Debug, Default)]
+pub(super) struct TlsFlags {
+    pub(super) cacert: Option<PathBuf>,
+    pub(super) cert: Option<PathBuf>,
+    pub(super) key: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    /// ureq's TLS settings: trust only `--cacert` when given, present `--cert` when given.
+    fn config(&self) -> Result<ureq::tls::TlsConfig> {
+        let mut config = ureq::tls::TlsConfig::builder();
+        if let Some(cacert) = &self.cacert {
+            let roots = read_pem("--cacert", cacert, |pem| {
+                ureq::tls::Certificate::from_pem(pem)
+            })?;
+            config = config.root_certs(ureq::tls::RootCerts::new_with_certs(&[roots]));
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            let chain = read_pem("--cert", cert, |pem| ureq::tls::Certificate::from_pem(pem))?;
+            let key = read_pem("--key", key, |pem| ureq::tls::PrivateKey::from_pem(pem))?;
+            config = config.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&[chain], key)));
+        }
+        Ok(config.build())
+    }
+
+    fn any(&self) -> bool {
+        self.cacert.is_some() || self.cert.is_some()
+    }
+}
+
+/// One PEM object from the file a flag names.
+fn read_pem<T>(
+    flag: &str,
+    path: &Path,
+    parse: impl FnOnce(&[u8]) -> std::result::Result<T, ureq::Error>,
+) -> Result<T> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| CtlError::Input(format!("cannot read {flag} {}: {e}", path.display())))?;
+    parse(&bytes).map_err(|e| CtlError::Input(format!("{flag} {}: {e}", path.display())))
+}
+
 /// Talks to the cluster through the first endpoint that accepts a connection. Cheap to clone, so
 /// a background thread (a lease's keep-alive) can have its own.
 #[derive(Clone)]
 pub(super) struct Client {
     pub(super) endpoints: Vec<String>,
+    /// `https` when TLS flags are given or an endpoint says `https://`, `http` otherwise.
+    scheme: &'static str,
     agent: ureq::Agent,
     /// For streams: no limit on the whole transfer, only on waiting for the answer to start.
     streaming_agent: ureq::Agent,
 }
 
 impl Client {
-    pub(super) fn new(endpoints: &[String], timeout: Duration) -> Self {
+    pub(super) fn new(endpoints: &[String], timeout: Duration, tls: &TlsFlags) -> Result<Self> {
+        let secure = tls.any() || endpoints.iter().any(|e| e.trim().starts_with("https://"));
         let endpoints = endpoints
             .iter()
             .map(|e| {
                 let e = e.trim();
                 e.strip_prefix("http://")
+                    .or_else(|| e.strip_prefix("https://"))
                     .unwrap_or(e)
                     .trim_end_matches('/')
                     .to_string()
             })
             .filter(|e| !e.is_empty())
             .collect();
+        let tls_config = tls.config()?;
         let agent = |global: Option<Duration>| -> ureq::Agent {
             ureq::Agent::config_builder()
+                .tls_config(tls_config.clone())
                 .http_status_as_error(false)
                 .timeout_connect(Some(CONNECT_TIMEOUT))
                 .timeout_global(global)
@@ -70,11 +120,12 @@ impl Client {
                 .build()
                 .into()
         };
-        Client {
+        Ok(Client {
             endpoints,
+            scheme: if secure { "https" } else { "http" },
             agent: agent(Some(timeout)),
             streaming_agent: agent(None),
-        }
+        })
     }
 
     /// Sends a request to the first endpoint that can be connected to, and fails with the node's
@@ -150,7 +201,7 @@ impl Client {
     ) -> std::result::Result<Streaming, Attempt> {
         let request = ureq::http::Request::builder()
             .method(method)
-            .uri(format!("http://{endpoint}{path}"))
+            .uri(format!("{}://{endpoint}{path}", self.scheme))
             .body(body.to_vec())
             .map_err(|e| {
                 Attempt::Failed(CtlError::Refused(format!(
@@ -166,6 +217,19 @@ impl Client {
             }
             ureq::Error::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused => {
                 Attempt::Down(io.to_string())
+            }
+            // A handshake that failed sent no request.
+            ureq::Error::Rustls(tls) => Attempt::Down(format!(
+                "TLS handshake failed: {}",
+                crate::tls::explain(&io::Error::other(tls))
+            )),
+            ureq::Error::Io(io) if crate::tls::is_handshake_failure(&io) => Attempt::Down(
+                format!("TLS handshake failed: {}", crate::tls::explain(&io)),
+            ),
+            ureq::Error::Io(io) if self.scheme == "https" && io.kind() == io::ErrorKind::UnexpectedEof => {
+                Attempt::Failed(CtlError::Refused(format!(
+                    "{endpoint} closed the connection: if it is a plaintext port, connect without --cacert/--cert and with http:// (a request sent may have taken effect)"
+                )))
             }
             other => Attempt::Failed(CtlError::Refused(format!(
                 "request to {endpoint} failed (its outcome is unknown): {other}"
@@ -218,7 +282,15 @@ fn failure(endpoint: &str, mut response: Streaming) -> CtlError {
         }
     }
     let Ok(error) = serde_json::from_slice::<ErrorBody>(&body) else {
-        return CtlError::Refused(format!("{endpoint} answered {}", response.status()));
+        // Not the API's error document: what answered is not the API (a TLS port reached in
+        // plaintext says so in words).
+        let text = String::from_utf8_lossy(&body);
+        let text = text.trim();
+        return if text.is_empty() || text.len() > 200 {
+            CtlError::Refused(format!("{endpoint} answered {}", response.status()))
+        } else {
+            CtlError::Refused(format!("{endpoint} answered {}: {text}", response.status()))
+        };
     };
     match (status, error.compact_revision) {
         (404, _) => CtlError::NotFound(error.error),

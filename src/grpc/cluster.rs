@@ -33,7 +33,12 @@ impl ClusterService {
     }
 
     fn members(&self) -> Vec<pb::Member> {
-        self.node.members().iter().map(member).collect()
+        let scheme = self.node.peer_scheme();
+        self.node
+            .members()
+            .iter()
+            .map(|info| member(info, scheme))
+            .collect()
     }
 
     /// The member `id`, or etcd's "member not found".
@@ -156,8 +161,8 @@ impl Cluster for ClusterService {
 
 /// A member as etcd lists it. A member that has never started has no client URL yet, and etcd
 /// lists such a member without a name (etcdctl shows it "unstarted"); a started one is named
-/// `node<ID>`.
-fn member(info: &MemberInfo) -> pb::Member {
+/// `node<ID>`. Peer URLs carry `peer_scheme` (`https` when the raft ports speak TLS).
+fn member(info: &MemberInfo, peer_scheme: &str) -> pb::Member {
     let started = !info.http_addr.is_empty();
     pb::Member {
         id: info.id,
@@ -166,7 +171,7 @@ fn member(info: &MemberInfo) -> pb::Member {
         } else {
             String::new()
         },
-        peer_ur_ls: vec![format!("http://{}", info.raft_addr)],
+        peer_ur_ls: vec![format!("{peer_scheme}://{}", info.raft_addr)],
         // Without a scheme: etcdctl 3.4's `--cluster` hands a client URL to gRPC as the
         // HTTP/2 authority, and `http://host:port` is not one (grpc-go's server lets it pass,
         // other HTTP/2 servers refuse the request). Every etcd client accepts `host:port`.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use rustls::ClientConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::io::BufWriter;
 use tokio::net::TcpStream;
@@ -21,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::duplex::Duplex;
 use super::wire::encode_frame;
 use super::wire::read_frame;
 use super::wire::RemoteError;
@@ -28,6 +30,7 @@ use super::wire::Request;
 use super::wire::RequestFrame;
 use super::wire::Response;
 use super::wire::ResponseFrame;
+use crate::tls::Reloading;
 
 /// First pause after a failed connect; doubles per failure up to [`MAX_BACKOFF`], which stays
 /// short because openraft paces its own retries and a restarted peer should be reached at once.
@@ -67,19 +70,32 @@ impl CallError {
     }
 }
 
+/// How connections to peers are made secure: the TLS client configuration, kept current with
+/// its certificate files, or none for plaintext.
+pub type PeerTlsClient = Option<Arc<Reloading<ClientConfig>>>;
+
 /// The registry of peer connections, keyed by address.
 #[derive(Default)]
 pub struct Peers {
     by_addr: Mutex<HashMap<String, Arc<Peer>>>,
+    tls: PeerTlsClient,
 }
 
 impl Peers {
+    /// Peers reached over TLS with `tls`, or in plaintext without.
+    pub fn new(tls: PeerTlsClient) -> Peers {
+        Peers {
+            by_addr: Mutex::default(),
+            tls,
+        }
+    }
+
     /// The peer at `addr`, created on first use. Connecting is lazy.
     pub fn get(&self, addr: &str) -> Arc<Peer> {
         let mut by_addr = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
         by_addr
             .entry(addr.to_string())
-            .or_insert_with(|| Arc::new(Peer::new(addr.to_string())))
+            .or_insert_with(|| Arc::new(Peer::new(addr.to_string(), self.tls.clone())))
             .clone()
     }
 
@@ -97,6 +113,7 @@ impl Peers {
 /// One remote node: its current connection, if any, and the reconnect backoff.
 pub struct Peer {
     addr: String,
+    tls: PeerTlsClient,
     state: tokio::sync::Mutex<PeerState>,
 }
 
@@ -118,9 +135,10 @@ struct Connection {
 type Waiting = HashMap<u64, oneshot::Sender<Result<Response, RemoteError>>>;
 
 impl Peer {
-    fn new(addr: String) -> Self {
+    fn new(addr: String, tls: PeerTlsClient) -> Self {
         Peer {
             addr,
+            tls,
             state: tokio::sync::Mutex::default(),
         }
     }
@@ -183,23 +201,44 @@ impl Peer {
                 return Err(self.unreachable("backing off after failed connection attempts"));
             }
         }
-        match TcpStream::connect(&self.addr).await {
-            Ok(stream) => {
+        match self.connect().await {
+            Ok(connection) => {
                 state.failures = 0;
                 state.retry_at = None;
-                let connection = Arc::new(Connection::start(stream, self.addr.clone()));
+                let connection = Arc::new(connection);
                 state.connection = Some(connection.clone());
                 Ok(connection)
             }
-            Err(e) => {
+            Err(reason) => {
+                if state.failures == 0 && self.tls.is_some() {
+                    // Once per run of failures: a refused certificate does not fix itself, and
+                    // openraft retries every few milliseconds.
+                    tracing::warn!("cannot connect to {}: {reason}", self.addr);
+                }
                 state.failures = state.failures.saturating_add(1);
                 let backoff = MIN_BACKOFF
                     .saturating_mul(1 << state.failures.min(8))
                     .min(MAX_BACKOFF);
                 state.retry_at = Some(Instant::now() + backoff);
-                Err(self.unreachable(&e.to_string()))
+                Err(self.unreachable(&reason))
             }
         }
+    }
+
+    /// Opens a connection, with a TLS handshake when peers are reached over TLS.
+    async fn connect(&self) -> Result<Connection, String> {
+        let stream = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Raft messages are small and latency-bound; Nagle's algorithm would only delay them.
+        let _ = stream.set_nodelay(true);
+        Ok(match &self.tls {
+            Some(tls) => Connection::start(
+                crate::tls::connect(tls, &self.addr, stream).await?,
+                self.addr.clone(),
+            ),
+            None => Connection::start(stream, self.addr.clone()),
+        })
     }
 }
 
@@ -210,10 +249,8 @@ fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
 impl Connection {
     /// Splits the stream into a writer task (draining queued frames, flushing when the queue is
     /// empty, so bursts share syscalls) and a reader task (routing answers by id).
-    fn start(stream: TcpStream, addr: String) -> Self {
-        // Raft messages are small and latency-bound; Nagle's algorithm would only delay them.
-        let _ = stream.set_nodelay(true);
-        let (read_half, write_half) = stream.into_split();
+    fn start(stream: impl Duplex, addr: String) -> Self {
+        let (read_half, write_half) = stream.into_halves();
         let (outgoing, mut queued) = mpsc::channel::<Vec<u8>>(OUTGOING_QUEUE);
         let waiting: Arc<Mutex<Waiting>> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
@@ -251,6 +288,12 @@ impl Connection {
                         }
                     }
                     Ok(None) => break,
+                    // A TLS peer that stops (or is killed) closes without TLS's goodbye, which
+                    // is no more worth a warning than a plaintext connection closing.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        tracing::debug!("connection to {addr} closed: {e}");
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!("closing connection to {addr}: {e}");
                         break;

@@ -1,4 +1,5 @@
-//! The node-to-node transport: length-prefixed bincode frames over persistent TCP connections.
+//! The node-to-node transport: length-prefixed bincode frames over persistent TCP connections,
+//! inside mutual TLS when the node has peer certificates (`crate::tls`).
 //!
 //! One connection per peer carries every kind of traffic (Raft's append, vote and snapshot RPCs and
 //! the client requests followers forward to the leader). Clients of the native protocol
@@ -7,16 +8,19 @@
 //!
 //! - `wire`: the frame format and the messages.
 //! - `client`: connections to peers, with per-call timeouts and reconnect backoff.
+//! - `duplex`: splitting a plaintext or TLS connection into its reader's and writer's halves.
 //! - `server`: the listener that decodes frames and hands requests to a [`RpcHandler`].
 //! - `raft_network`: openraft's network traits on top of `client`.
 
 mod client;
+mod duplex;
 mod raft_network;
 mod server;
 mod wire;
 
 pub use client::CallError;
 pub use client::Peer;
+pub use client::PeerTlsClient;
 pub use client::Peers;
 pub use raft_network::NetworkFactory;
 pub use server::serve;

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 
+use super::duplex::Duplex;
 use super::wire::encode_frame;
 use super::wire::read_frame_body;
 use super::wire::read_frame_len;
@@ -25,6 +26,9 @@ use super::wire::Request;
 use super::wire::RequestFrame;
 use super::wire::Response;
 use super::wire::ResponseFrame;
+use crate::tls::PeerTls;
+use crate::tls::Refusal;
+use crate::tls::RefusalLog;
 
 /// Requests one connection may have in progress, from reading to writing the answer, before its
 /// reader pauses. As many as the benchmark's most concurrent clients keep on one connection, so
@@ -44,15 +48,57 @@ pub trait RpcHandler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Response, RemoteError>> + Send;
 }
 
-/// Accepts peer connections on `listener` until the task is dropped.
-pub async fn serve<H: RpcHandler>(listener: TcpListener, handler: Arc<H>) {
+/// Refused raft-port connections, logged at most once a second.
+static REFUSALS: RefusalLog = RefusalLog::new("raft port");
+
+/// Accepts peer connections on `listener` until the task is dropped; with `tls`, only those
+/// that complete a handshake with a certificate the peer CA signed.
+pub async fn serve<H: RpcHandler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    tls: Option<Arc<PeerTls>>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let handler = handler.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, handler).await {
-                        tracing::warn!("closing raft connection from {peer}: {e}");
+                    // Raft messages are small and latency-bound; Nagle's algorithm would only
+                    // delay them.
+                    let _ = stream.set_nodelay(true);
+                    let refused = match tls {
+                        Some(tls) => match crate::tls::accept(&tls.server, stream).await {
+                            Ok(stream) => Ok(serve_connection(stream, handler).await),
+                            Err(refused) => Err(refused),
+                        },
+                        None => match crate::tls::check_plaintext(stream).await {
+                            Ok(stream) => Ok(serve_connection(stream, handler).await),
+                            Err(refused) => Err(refused),
+                        },
+                    };
+                    let served = match refused {
+                        Ok(served) => served,
+                        Err((why, stream)) => {
+                            REFUSALS.refused(peer, &why);
+                            if let Some(stream) = stream {
+                                if matches!(why, Refusal::NotTls) {
+                                    refuse_plaintext_request(stream).await;
+                                } else {
+                                    crate::tls::close_gently(stream).await;
+                                }
+                            }
+                            return;
+                        }
+                    };
+                    match served {
+                        // A TLS peer that stops closes without TLS's goodbye: no warning, as
+                        // for a plaintext connection that closes.
+                        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                            tracing::debug!("raft connection from {peer} closed: {e}")
+                        }
+                        Err(e) => tracing::warn!("closing raft connection from {peer}: {e}"),
+                        Ok(()) => {}
                     }
                 });
             }
@@ -65,14 +111,42 @@ pub async fn serve<H: RpcHandler>(listener: TcpListener, handler: Arc<H>) {
     }
 }
 
+/// The answer to a request sent in plaintext to a TLS raft port.
+const PLAINTEXT_REFUSAL: &str = "this raft port speaks TLS: start the node with -peer-cert-file, \
+    -peer-key-file and -peer-trusted-ca-file (a native client needs a certificate from the peer CA)";
+/// The largest plaintext request answered with [`PLAINTEXT_REFUSAL`]; a larger one is not read.
+const PLAINTEXT_REQUEST_READ_LIMIT: u32 = 64 << 10;
+
+/// Answers the first request of a plaintext connection to a TLS raft port with a refusal that
+/// says why, so a node or native client without TLS settings reports the cause instead of a
+/// lost connection; then closes it.
+async fn refuse_plaintext_request(mut stream: TcpStream) {
+    let answered = tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, async {
+        let len = read_frame_len(&mut stream).await.ok().flatten()?;
+        if len > PLAINTEXT_REQUEST_READ_LIMIT {
+            return None;
+        }
+        let RequestFrame { id, .. } = read_frame_body(&mut stream, len).await.ok()?;
+        let refusal = ResponseFrame {
+            id,
+            response: Err(RemoteError::Refused(PLAINTEXT_REFUSAL.into())),
+        };
+        stream.write_all(&encode_frame(&refusal).ok()?).await.ok()
+    })
+    .await;
+    if answered.is_err() {
+        tracing::debug!("a plaintext connection to the TLS raft port sent no request in time");
+    }
+    crate::tls::close_gently(stream).await;
+}
+
 /// Serves one connection: reads requests while the connection is within its bounds, serves each
 /// on its own task (a slow one never holds up the others), and writes answers as they finish.
 async fn serve_connection<H: RpcHandler>(
-    stream: TcpStream,
+    stream: impl Duplex,
     handler: Arc<H>,
 ) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let (read_half, write_half) = stream.into_split();
+    let (read_half, write_half) = stream.into_halves();
     // Each answer travels with its request's permit, released once the writer has handed the
     // answer to the socket: a client that does not read its answers stops its own requests.
     let (answers, mut to_write) =

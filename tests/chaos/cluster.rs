@@ -1,6 +1,7 @@
 //! A cluster of real `ondisk` processes, each in its own network namespace (see `netns`) and with
 //! its data directory on its own power-cut fixture, that the nemesis can kill, restart, pause,
-//! partition and cut the power of, and that the final checks can question over HTTP.
+//! partition and cut the power of, and that the final checks can question over HTTP (HTTPS when
+//! the run is over TLS).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -13,7 +14,8 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use super::netns::Network;
-use crate::common::http::{agent, request};
+use super::tls::{Certs, Security, Transport};
+use crate::common::http::request;
 use crate::common::power_cut::PowerCutFs;
 use crate::common::{poll_until, Node, NodeSpec, STARTUP_TIMEOUT};
 
@@ -34,14 +36,18 @@ pub struct ChaosCluster {
     /// Node `id`'s file system at index `id - 1`; empty where FUSE is not available (then the
     /// nodes share a plain data directory and power cuts are not possible).
     fixtures: Vec<PowerCutFs>,
-    /// The plain data directory, and the node logs kept across power cuts; removed last.
+    /// How the harness's clients reach the nodes' HTTP API.
+    transport: Transport,
+    /// The plain data directory, the node logs kept across power cuts and the certificates of a
+    /// TLS run; removed last.
     root: TempDir,
 }
 
 impl ChaosCluster {
-    /// Starts `n` nodes, each with `extra_args` added to the usual command line, and waits until
-    /// each answers on its REPL.
-    pub fn start(n: usize, extra_args: &[&str]) -> ChaosCluster {
+    /// Starts `n` nodes, each with `extra_args` added to the usual command line (and, over mutual
+    /// TLS, the flags of its own certificate, made for this cluster), and waits until each
+    /// answers on its REPL.
+    pub fn start(n: usize, extra_args: &[&str], security: Security) -> ChaosCluster {
         let network = Network::create(n).unwrap_or_else(|e| {
             panic!(
                 "the fault-injection suite needs network namespaces (run it as root, or with \
@@ -60,6 +66,13 @@ impl ChaosCluster {
         let cluster: Vec<SocketAddr> = (1..=n)
             .map(|id| SocketAddr::from((network.node_ip(id), RAFT_PORT)))
             .collect();
+        let certs = match security {
+            Security::Plaintext => None,
+            Security::MutualTls => {
+                let ips: Vec<_> = (1..=n).map(|id| network.node_ip(id)).collect();
+                Some(Certs::make(&root.path().join("certs"), &ips))
+            }
+        };
         let specs: Vec<NodeSpec> = (1..=n)
             .map(|id| NodeSpec {
                 id,
@@ -68,7 +81,11 @@ impl ChaosCluster {
                 data_dir: fixtures
                     .get(id - 1)
                     .map_or_else(|| root.path().join("data"), PowerCutFs::data_dir),
-                extra_args: extra_args.iter().map(OsString::from).collect(),
+                extra_args: extra_args
+                    .iter()
+                    .map(OsString::from)
+                    .chain(certs.iter().flat_map(|certs| certs.node_args(id)))
+                    .collect(),
             })
             .collect();
         let nodes = specs
@@ -81,6 +98,7 @@ impl ChaosCluster {
             network,
             specs,
             fixtures,
+            transport: certs.map_or_else(Transport::plaintext, |certs| certs.transport()),
             root,
         };
         cluster.await_started(&cluster.ids());
@@ -99,9 +117,19 @@ impl ChaosCluster {
         &mut self.network
     }
 
+    /// How the harness's clients reach the nodes.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// An agent for the nodes' HTTP API that gives up after `timeout`.
+    pub fn agent(&self, timeout: Duration) -> ureq::Agent {
+        self.transport.agent(timeout)
+    }
+
     /// Base URL of node `id`'s HTTP API.
     pub fn base_url(&self, id: usize) -> String {
-        format!("http://{}", self.specs[id - 1].http)
+        self.transport.base_url(self.specs[id - 1].http)
     }
 
     /// SIGKILLs node `id`.
@@ -230,7 +258,7 @@ impl ChaosCluster {
     /// `GET /v1/status` of node `id`, or `None` if it does not answer in time.
     pub fn status(&self, id: usize) -> Option<serde_json::Value> {
         let url = format!("{}/v1/status", self.base_url(id));
-        let answer = request(&agent(PROBE_TIMEOUT), "GET", &url, b"").ok()?;
+        let answer = request(&self.agent(PROBE_TIMEOUT), "GET", &url, b"").ok()?;
         (answer.status == 200)
             .then(|| serde_json::from_slice(&answer.body).ok())
             .flatten()
@@ -268,7 +296,7 @@ impl ChaosCluster {
             "{}/v1/kv/?prefix=&limit=100000&consistency=stale",
             self.base_url(id)
         );
-        let answer = request(&agent(PROBE_TIMEOUT), "GET", &url, b"").ok()?;
+        let answer = request(&self.agent(PROBE_TIMEOUT), "GET", &url, b"").ok()?;
         if answer.status != 200 {
             return None;
         }

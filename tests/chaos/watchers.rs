@@ -15,7 +15,7 @@ use ondisk::api::{EventKind, WatchResponse};
 
 use super::history::Recorder;
 use super::rng::Rng;
-use crate::common::http::agent;
+use super::tls::Transport;
 
 /// Bounds of one watch connection's life, drawn anew for each.
 const CONNECTION_LIFE: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(6));
@@ -69,9 +69,15 @@ pub struct Watchers {
 }
 
 impl Watchers {
-    /// Starts `count` watchers over the nodes at `nodes` (base URLs, index `id - 1`), each from
-    /// revision 1, drawing from streams of `seed`.
-    pub fn start(nodes: &[String], count: usize, seed: u64, recorder: &Recorder) -> Watchers {
+    /// Starts `count` watchers over the nodes at `nodes` (base URLs, index `id - 1`, reached
+    /// through `transport`), each from revision 1, drawing from streams of `seed`.
+    pub fn start(
+        nodes: &[String],
+        transport: &Transport,
+        count: usize,
+        seed: u64,
+        recorder: &Recorder,
+    ) -> Watchers {
         let finish = Arc::new(Mutex::new(None));
         let threads = (0..count)
             .map(|id| {
@@ -85,6 +91,7 @@ impl Watchers {
                     },
                     rng: Rng::new(seed ^ (id as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03)),
                     nodes: nodes.to_vec(),
+                    transport: transport.clone(),
                     recorder: recorder.clone(),
                     finish: finish.clone(),
                 };
@@ -119,6 +126,7 @@ struct Watcher {
     log: WatcherLog,
     rng: Rng,
     nodes: Vec<String>,
+    transport: Transport,
     recorder: Recorder,
     finish: Arc<Mutex<Option<Finish>>>,
 }
@@ -134,7 +142,7 @@ impl Watcher {
                 .rng
                 .duration_between(CONNECTION_LIFE.0, CONNECTION_LIFE.1);
             let url = watch_url(&self.nodes[node - 1], self.log.next_revision);
-            match open(&url, life) {
+            match open(&self.transport, &url, life) {
                 Ok(lines) => self.follow(node, lines),
                 Err(refusal) => {
                     if let Some(anomaly) = refusal.undocumented {
@@ -220,14 +228,15 @@ struct Refusal {
     undocumented: Option<String>,
 }
 
-/// Opens a watch that the client abandons after `life`; its lines as they come.
-fn open(url: &str, life: Duration) -> Result<impl BufRead, Refusal> {
+/// Opens a watch through `transport` that the client abandons after `life`; its lines as they
+/// come.
+fn open(transport: &Transport, url: &str, life: Duration) -> Result<impl BufRead, Refusal> {
     let request = ureq::http::Request::builder()
         .method("GET")
         .uri(url)
         .body(Vec::new())
         .expect("valid request");
-    let response = agent(life).run(request).map_err(|e| Refusal {
+    let response = transport.agent(life).run(request).map_err(|e| Refusal {
         reason: e.to_string(),
         undocumented: None,
     })?;
@@ -245,14 +254,16 @@ fn open(url: &str, life: Duration) -> Result<impl BufRead, Refusal> {
 }
 
 /// The committed history: every event from revision 1 up to `revision`, read with one watch of
-/// every key on the node at `base`, which must deliver them all within `timeout`.
+/// every key on the node at `base` (through `transport`), which must deliver them all within
+/// `timeout`.
 pub fn committed_history(
     base: &str,
+    transport: &Transport,
     revision: i64,
     timeout: Duration,
 ) -> Result<Vec<Seen>, String> {
     let url = watch_url(base, 1);
-    let lines = open(&url, timeout).map_err(|refusal| refusal.reason)?;
+    let lines = open(transport, &url, timeout).map_err(|refusal| refusal.reason)?;
     let mut events = Vec::new();
     for line in lines.lines() {
         let line =

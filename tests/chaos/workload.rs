@@ -15,7 +15,8 @@ use ondisk::api::{
 
 use super::history::{Call, Guard, Op, Outcome, ReadAt, ReadKv, Recorder};
 use super::rng::Rng;
-use crate::common::http::{agent, request, Answer};
+use super::tls::Transport;
+use crate::common::http::{request, Answer};
 
 /// How long a client waits for an answer: above the nodes' own 2 s timeout, so a node that is up
 /// answers (perhaps with 503) before the client gives up; a paused node makes it give up.
@@ -35,6 +36,8 @@ pub struct Workload {
     pub keys: usize,
     /// Base URL of each node's HTTP API, index `id - 1`.
     pub nodes: Vec<String>,
+    /// How to reach them.
+    pub transport: Transport,
 }
 
 /// Running clients; [`Clients::stop`] waits until each has finished its current operation.
@@ -60,7 +63,7 @@ impl Clients {
                     rng: Rng::new(seed ^ (client as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
                     workload: workload.clone(),
                     recorder: recorder.clone(),
-                    agent: agent(CLIENT_TIMEOUT),
+                    agent: workload.transport.agent(CLIENT_TIMEOUT),
                     seq: 0,
                     last_seen: vec![None; workload.keys],
                     last_txn_seen: None,

@@ -55,14 +55,17 @@ impl Answer {
 /// An agent that gives up on a request after `timeout` (connecting after at most `timeout` too),
 /// never pools connections and reports every status as an answer.
 pub fn agent(timeout: Duration) -> ureq::Agent {
+    agent_config(timeout).build().into()
+}
+
+/// [`agent`]'s settings, for agents that add their own (see [`tls_agent`]).
+fn agent_config(timeout: Duration) -> ureq::config::ConfigBuilder<ureq::typestate::AgentScope> {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
         .max_idle_connections(0)
         .max_idle_connections_per_host(0)
         .max_redirects(0)
-        .build()
-        .into()
 }
 
 /// Sends `method url` with `body`; `Err` only when no complete answer arrived (connection refused
@@ -299,4 +302,10 @@ impl Watch {
 /// Every event of `responses`, in order.
 pub fn events(responses: &[WatchResponse]) -> Vec<&Event> {
     responses.iter().flat_map(|r| &r.events).collect()
+}
+
+/// An [`agent`] that also speaks TLS with `tls` (the CA to trust, the client certificate to
+/// show) to `https://` URLs: for suites whose nodes serve their client port over TLS.
+pub fn tls_agent(timeout: Duration, tls: ureq::tls::TlsConfig) -> ureq::Agent {
+    agent_config(timeout).tls_config(tls).build().into()
 }

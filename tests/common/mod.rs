@@ -1419,3 +1419,22 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+// ---------------------------------------------------------------------------
+// Nodes with command lines of their own
+// ---------------------------------------------------------------------------
+
+impl Cluster {
+    /// Starts one node per spec (ids `1..=specs.len()`, in order), each with its own command line
+    /// (e.g. its own certificate files), owning `root` as its scratch directory, and waits until
+    /// each answers `status`; it does not wait for a leader. `Err` with the first node that
+    /// failed to start (the others are killed); the caller may retry with fresh ports when that
+    /// failure is [`StartFailure::port_in_use`].
+    pub fn start_specs(root: TempDir, specs: Vec<NodeSpec>) -> Result<Cluster, StartFailure> {
+        let mut nodes: Vec<Node> = specs.iter().map(Node::launch).collect();
+        for node in nodes.iter_mut() {
+            node.wait_ready(STARTUP_TIMEOUT)?;
+        }
+        Ok(Cluster { specs, nodes, root })
+    }
+}
