@@ -494,6 +494,7 @@ pub fn is_handshake_failure(error: &io::Error) -> bool {
 pub fn explain(error: &io::Error) -> String {
     use rustls::AlertDescription;
     use rustls::CertificateError;
+    use rustls::InvalidMessage;
     let Some(tls) = error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -506,8 +507,11 @@ pub fn explain(error: &io::Error) -> String {
         };
     };
     match tls {
+        rustls::Error::InvalidMessage(
+            InvalidMessage::InvalidContentType | InvalidMessage::UnknownProtocolVersion,
+        ) => format!("the other side does not speak TLS ({tls})"),
         rustls::Error::InvalidMessage(_) => {
-            format!("the other side does not speak TLS ({tls})")
+            format!("the other side sent a TLS message this side refuses ({tls})")
         }
         // A certificate from another CA with the same name as the trusted one fails on its
         // signature rather than its issuer.

@@ -122,6 +122,10 @@ struct PeerState {
     connection: Option<Arc<Connection>>,
     failures: u32,
     retry_at: Option<Instant>,
+    /// A TLS failure with this peer was logged and no connection to it has been answered since:
+    /// more failures in a row are not logged again (openraft retries every few milliseconds,
+    /// and a refused certificate does not fix itself).
+    tls_failure_logged: bool,
 }
 
 /// A live connection: where to queue frames and who is waiting for which answer.
@@ -130,6 +134,20 @@ struct Connection {
     waiting: Arc<Mutex<Waiting>>,
     next_id: AtomicU64,
     closed: Arc<AtomicBool>,
+    /// How the connection ended, once it has: set by the reader before `closed`.
+    ending: Arc<Mutex<Option<Ending>>>,
+}
+
+/// How a connection ended, as far as connecting again is concerned.
+#[derive(Debug, Clone)]
+enum Ending {
+    /// It carried at least one answer: the peer accepts this node.
+    Answered,
+    /// The peer refused this node's certificate after the handshake seemed done (TLS 1.3 sends
+    /// that verdict after the client's last handshake message), or the session broke: `reason`.
+    TlsFailure(String),
+    /// It closed or failed before any answer, for a reason other than TLS.
+    Unanswered,
 }
 
 type Waiting = HashMap<u64, oneshot::Sender<Result<Response, RemoteError>>>;
@@ -190,12 +208,17 @@ impl Peer {
     /// The live connection, connecting if there is none and the backoff allows it.
     async fn connection(&self) -> Result<Arc<Connection>, CallError> {
         let mut state = self.state.lock().await;
-        if let Some(connection) = &state.connection {
+        if let Some(connection) = state.connection.take() {
             if !connection.closed.load(Ordering::Acquire) {
-                return Ok(connection.clone());
+                state.connection = Some(connection.clone());
+                return Ok(connection);
+            }
+            match connection.ending() {
+                Some(Ending::Answered) => state.tls_failure_logged = false,
+                Some(Ending::TlsFailure(reason)) => return Err(self.failed(&mut state, reason)),
+                Some(Ending::Unanswered) | None => {}
             }
         }
-        state.connection = None;
         if let Some(retry_at) = state.retry_at {
             if Instant::now() < retry_at {
                 return Err(self.unreachable("backing off after failed connection attempts"));
@@ -209,20 +232,23 @@ impl Peer {
                 state.connection = Some(connection.clone());
                 Ok(connection)
             }
-            Err(reason) => {
-                if state.failures == 0 && self.tls.is_some() {
-                    // Once per run of failures: a refused certificate does not fix itself, and
-                    // openraft retries every few milliseconds.
-                    tracing::warn!("cannot connect to {}: {reason}", self.addr);
-                }
-                state.failures = state.failures.saturating_add(1);
-                let backoff = MIN_BACKOFF
-                    .saturating_mul(1 << state.failures.min(8))
-                    .min(MAX_BACKOFF);
-                state.retry_at = Some(Instant::now() + backoff);
-                Err(self.unreachable(&reason))
-            }
+            Err(reason) => Err(self.failed(&mut state, reason)),
         }
+    }
+
+    /// Records a failed attempt to connect: the backoff grows, and a TLS failure is logged once
+    /// per run of them.
+    fn failed(&self, state: &mut PeerState, reason: String) -> CallError {
+        if self.tls.is_some() && !state.tls_failure_logged {
+            tracing::warn!("cannot connect to {}: {reason}", self.addr);
+            state.tls_failure_logged = true;
+        }
+        state.failures = state.failures.saturating_add(1);
+        let backoff = MIN_BACKOFF
+            .saturating_mul(1 << state.failures.min(8))
+            .min(MAX_BACKOFF);
+        state.retry_at = Some(Instant::now() + backoff);
+        self.unreachable(&reason)
     }
 
     /// Opens a connection, with a TLS handshake when peers are reached over TLS.
@@ -278,31 +304,13 @@ impl Connection {
 
         let reader_waiting = waiting.clone();
         let reader_closed = closed.clone();
+        let ending: Arc<Mutex<Option<Ending>>> = Arc::default();
+        let reader_ending = ending.clone();
         tokio::spawn(async move {
-            let mut input = tokio::io::BufReader::new(read_half);
-            loop {
-                match read_frame::<_, ResponseFrame>(&mut input).await {
-                    Ok(Some(frame)) => {
-                        if let Some(waiter) = lock(&reader_waiting).remove(&frame.id) {
-                            let _ = waiter.send(frame.response);
-                        }
-                    }
-                    Ok(None) => break,
-                    // A TLS peer that stops (or is killed) closes without TLS's goodbye, which
-                    // is no more worth a warning than a plaintext connection closing.
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        tracing::debug!("connection to {addr} closed: {e}");
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!("closing connection to {addr}: {e}");
-                        break;
-                    }
-                }
-            }
+            let input = tokio::io::BufReader::new(read_half);
+            let end = read_answers(input, &reader_waiting, &addr).await;
+            *reader_ending.lock().unwrap_or_else(|e| e.into_inner()) = Some(end);
             reader_closed.store(true, Ordering::Release);
-            // Dropping the senders wakes every waiting call with "connection lost".
-            lock(&reader_waiting).clear();
         });
 
         Connection {
@@ -310,6 +318,63 @@ impl Connection {
             waiting,
             next_id: AtomicU64::new(1),
             closed,
+            ending,
         }
+    }
+
+    fn ending(&self) -> Option<Ending> {
+        self.ending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Routes answers to the calls waiting for them until the connection ends, then fails the calls
+/// still waiting: with the refusal when TLS failed (the request never reached the peer's
+/// handler, so the caller may say so), with "connection lost" otherwise.
+async fn read_answers(
+    mut input: impl tokio::io::AsyncRead + Unpin,
+    waiting: &Mutex<Waiting>,
+    addr: &str,
+) -> Ending {
+    let mut answered = false;
+    let ending = loop {
+        match read_frame::<_, ResponseFrame>(&mut input).await {
+            Ok(Some(frame)) => {
+                answered = true;
+                if let Some(waiter) = lock(waiting).remove(&frame.id) {
+                    let _ = waiter.send(frame.response);
+                }
+            }
+            Ok(None) => break None,
+            // A TLS peer that stops (or is killed) closes without TLS's goodbye, which is no
+            // more worth a warning than a plaintext connection closing.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                tracing::debug!("connection to {addr} closed: {e}");
+                break None;
+            }
+            // Logged by the peer's connection state, once per run of failures.
+            Err(e) if crate::tls::is_handshake_failure(&e) => {
+                break Some(format!("TLS handshake failed: {}", crate::tls::explain(&e)));
+            }
+            Err(e) => {
+                tracing::warn!("closing connection to {addr}: {e}");
+                break None;
+            }
+        }
+    };
+    let mut waiters = std::mem::take(&mut *lock(waiting));
+    match ending {
+        Some(reason) if !answered => {
+            for (_, waiter) in waiters.drain() {
+                let refusal = format!("{addr} refused this node: {reason}");
+                let _ = waiter.send(Err(RemoteError::Refused(refusal)));
+            }
+            Ending::TlsFailure(reason)
+        }
+        // Dropping the senders wakes every waiting call with "connection lost".
+        _ if answered => Ending::Answered,
+        _ => Ending::Unanswered,
     }
 }

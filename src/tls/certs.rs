@@ -32,6 +32,9 @@ const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// certificate at once.
 const CLOCK_SKEW: Duration = Duration::from_secs(3600);
 
+/// How long ago a certificate made with no validity expired.
+const EXPIRED_AGO: Duration = Duration::from_secs(60);
+
 /// What to make.
 #[derive(Debug, Clone)]
 pub struct CertRequest {
@@ -162,7 +165,13 @@ fn leaf(
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.not_before = now - CLOCK_SKEW;
-    params.not_after = now + validity;
+    // Certificate times are whole seconds and a certificate is valid through its last one, so
+    // "expired" has to lie in the past.
+    params.not_after = if validity.is_zero() {
+        now - EXPIRED_AGO
+    } else {
+        now + validity
+    };
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, issuer)?;
     // The key first: a node reloading between the two renames sees a key that does not match
