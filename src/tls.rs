@@ -158,13 +158,7 @@ fn server_config(files: &TlsFiles, alpn: &[&[u8]]) -> Result<ServerConfig, TlsEr
             read_certs("certificate", &files.cert)?,
             read_key(&files.key)?,
         )
-        .map_err(|e| {
-            TlsError::Invalid(format!(
-                "{} and {} do not make a certificate and its key: {e}",
-                files.cert.display(),
-                files.key.display()
-            ))
-        })?;
+        .map_err(|e| not_a_pair(files, e))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
@@ -186,13 +180,16 @@ fn client_config(files: &TlsFiles) -> Result<ClientConfig, TlsError> {
             read_certs("certificate", &files.cert)?,
             read_key(&files.key)?,
         )
-        .map_err(|e| {
-            TlsError::Invalid(format!(
-                "{} and {} do not make a certificate and its key: {e}",
-                files.cert.display(),
-                files.key.display()
-            ))
-        })
+        .map_err(|e| not_a_pair(files, e))
+}
+
+/// rustls refusing `files`' certificate and key together (most often: the key is another's).
+fn not_a_pair(files: &TlsFiles, error: rustls::Error) -> TlsError {
+    TlsError::Invalid(format!(
+        "{} and {} do not make a certificate and its key: {error}",
+        files.cert.display(),
+        files.key.display()
+    ))
 }
 
 /// What identifies one version of a file: a rename or a rewrite changes it.
