@@ -722,7 +722,9 @@ impl Running {
 
     /// Waits until `count` lines in all have been printed, and returns them all.
     fn lines(&mut self, count: usize, what: &str) -> &[String] {
-        self.until(&format!("{what}: {count} lines"), |seen| seen.len() >= count)
+        self.until(&format!("{what}: {count} lines"), |seen| {
+            seen.len() >= count
+        })
     }
 
     /// Waits until the `--json watch` lines printed so far hold `count` events in all, and
@@ -994,7 +996,9 @@ fn watch_prints_changes_made_elsewhere_and_survives_its_nodes_death() {
                 .success()
         });
     }
-    let lines = watch.json_events(4, "the events after the failover").to_vec();
+    let lines = watch
+        .json_events(4, "the events after the failover")
+        .to_vec();
     let mut all = lines.clone();
     all.extend(watch.extra_lines(Duration::from_millis(500)));
     let events: Vec<_> = watched_events(&all);
