@@ -38,6 +38,9 @@ pub fn record_request(op: &'static str, status: u16, elapsed: Duration) {
 pub fn watch_leader_changes(node: &Arc<Node>) {
     // The server metrics change with the leader and the membership, not with every commit.
     let mut metrics = node.raft().server_metrics();
+    // Registered at once, so the series exists (at 0) even when the first leader was elected
+    // before this watch began and no change has been seen yet.
+    metrics::counter!("ondisk_leader_changes_total").increment(0);
     tokio::spawn(async move {
         let mut leader = metrics.borrow_watched().current_leader;
         while metrics.changed().await.is_ok() {
