@@ -122,10 +122,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let metrics =
         telemetry::install().map_err(|e| anyhow::anyhow!("cannot install metrics: {e}"))?;
 
-    let peer_tls = args.tls.peer()?;
-    let client_tls = args.tls.client()?;
-    warn_if_exposed("raft", &addresses.raft, peer_tls.is_some());
-    warn_if_exposed("client", &addresses.http, client_tls.is_some());
+    let tls = NodeTls::load(args.tls.peer()?, args.tls.client()?)?;
+    warn_if_exposed("raft", &addresses.raft, tls.peer.is_some());
+    warn_if_exposed("client", &addresses.http, tls.client.is_some());
     let auto_compaction =
         AutoCompaction::parse(&args.auto_compaction_mode, &args.auto_compaction_retention)
             .map_err(anyhow::Error::msg)?;
@@ -149,16 +148,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         auto_compaction,
         cluster_id: u64::from(addresses.cluster_id),
         fault: args.test_fault,
-        peer_tls: None,
+        peer_tls: tls.peer.clone(),
     };
     let result = runtime.block_on(async {
-        let tls = NodeTls::load(peer_tls, client_tls)?;
         let _reloading = tls.keep_current().map(AbortOnDrop);
-        let node = Node::start(NodeConfig {
-            peer_tls: tls.peer.clone(),
-            ..config
-        })
-        .await?;
+        let node = Node::start(config).await?;
         let http_listener = listen("http", &addresses.http).await?;
         println!("node address: {}", addresses.raft);
         println!("http address: {}", addresses.http);

@@ -365,12 +365,19 @@ impl NodeTls {
                         }
                     } => true,
                 };
-                if let Some(peer) = &peer {
-                    peer.server.reload(force);
-                    peer.client.reload(force);
-                }
-                if let Some(client) = &client {
-                    client.reload(force);
+                // Looking at files and reading them blocks: off the async workers.
+                let (peer, client) = (peer.clone(), client.clone());
+                let checked = tokio::task::spawn_blocking(move || {
+                    if let Some(peer) = &peer {
+                        peer.server.reload(force);
+                        peer.client.reload(force);
+                    }
+                    if let Some(client) = &client {
+                        client.reload(force);
+                    }
+                });
+                if let Err(e) = checked.await {
+                    tracing::warn!("checking the TLS certificate files failed: {e}");
                 }
             }
         }))

@@ -26,6 +26,8 @@ use std::thread;
 use std::time::Duration;
 
 use common::http::http;
+use common::lossy as text;
+use common::succeeded as ok;
 use common::Cluster;
 use common::Node;
 use common::NodeSpec;
@@ -61,22 +63,6 @@ fn ctl_with_stdin(endpoints: &str, args: &[&str], stdin: &[u8]) -> Output {
     let mut all = vec!["ctl", "--endpoints", endpoints, "--timeout", CTL_TIMEOUT];
     all.extend_from_slice(args);
     ondisk(&all, stdin)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Asserts success and returns stdout.
-fn ok(output: Output, what: &str) -> Vec<u8> {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}): stdout {:?} stderr {:?}",
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-    output.stdout
 }
 
 /// Asserts a failure reported as one `error: ` line containing `reason`.

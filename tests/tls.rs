@@ -42,6 +42,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tempfile::TempDir;
 
 use common::http::{request, tls_agent, Answer};
+use common::lossy as text;
 use common::native::{put_request, runtime};
 use common::{free_addr, poll_until, Cluster, Node, NodeSpec, BIN};
 
@@ -92,10 +93,6 @@ fn scratch_dir() -> TempDir {
         .prefix("ondisk-tls-")
         .tempdir()
         .expect("create a temporary directory")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 // ---------------------------------------------------------------------------
@@ -149,14 +146,7 @@ fn run(mut command: Command) -> Output {
 
 /// Asserts success and returns stdout.
 fn ok(output: Output, what: &str) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}): stdout {:?} stderr {:?}",
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-    text(&output.stdout)
+    text(&common::succeeded(output, what))
 }
 
 /// Asserts ctl's failure contract: exit status 1 and exactly one stderr line, `error: ...`,

@@ -7,6 +7,7 @@
 //! so a client that floods requests (or never reads its answers) waits in TCP, not in memory.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
@@ -67,29 +68,15 @@ pub async fn serve<H: RpcHandler>(
                     // Raft messages are small and latency-bound; Nagle's algorithm would only
                     // delay them.
                     let _ = stream.set_nodelay(true);
-                    let refused = match tls {
+                    let served = match tls {
                         Some(tls) => match crate::tls::accept(&tls.server, stream).await {
-                            Ok(stream) => Ok(serve_connection(stream, handler).await),
-                            Err(refused) => Err(refused),
+                            Ok(stream) => serve_connection(stream, handler).await,
+                            Err((why, stream)) => return refuse(peer, why, stream).await,
                         },
                         None => match crate::tls::check_plaintext(stream).await {
-                            Ok(stream) => Ok(serve_connection(stream, handler).await),
-                            Err(refused) => Err(refused),
+                            Ok(stream) => serve_connection(stream, handler).await,
+                            Err((why, stream)) => return refuse(peer, why, stream).await,
                         },
-                    };
-                    let served = match refused {
-                        Ok(served) => served,
-                        Err((why, stream)) => {
-                            REFUSALS.refused(peer, &why);
-                            if let Some(stream) = stream {
-                                if matches!(why, Refusal::NotTls) {
-                                    refuse_plaintext_request(stream).await;
-                                } else {
-                                    crate::tls::close_gently(stream).await;
-                                }
-                            }
-                            return;
-                        }
                     };
                     match served {
                         // A TLS peer that stops closes without TLS's goodbye: no warning, as
@@ -108,6 +95,16 @@ pub async fn serve<H: RpcHandler>(
                 tokio::task::yield_now().await;
             }
         }
+    }
+}
+
+/// Logs a refused connection, and answers a plaintext request on the TLS port with the reason.
+async fn refuse(peer: SocketAddr, why: Refusal, stream: Option<TcpStream>) {
+    REFUSALS.refused(peer, &why);
+    match stream {
+        Some(stream) if matches!(why, Refusal::NotTls) => refuse_plaintext_request(stream).await,
+        Some(stream) => crate::tls::close_gently(stream).await,
+        None => {}
     }
 }
 

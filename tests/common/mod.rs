@@ -144,6 +144,19 @@ pub fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Asserts that a finished helper process (ctl, etcdctl) succeeded, showing its output if not,
+/// and returns its stdout.
+pub fn succeeded(output: std::process::Output, what: &str) -> Vec<u8> {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): stdout {:?} stderr {:?}",
+        output.status,
+        lossy(&output.stdout),
+        lossy(&output.stderr)
+    );
+    output.stdout
+}
+
 /// The last `n` lines of `lines`, rendered one per line for diagnostics.
 fn tail_lines(lines: &[Vec<u8>], n: usize) -> String {
     let start = lines.len().saturating_sub(n);
