@@ -42,10 +42,10 @@ pub enum Error {
     #[error("{op} timed out after {} (is a quorum of nodes up?)", humantime::format_duration(*.after))]
     Timeout { op: &'static str, after: Duration },
 
-    /// A client gave up because no node could be reached at all: `reason` is the last
-    /// attempt's (a refused connection, a TLS handshake a node refused), so the cause is in
-    /// the error rather than a guess about the quorum. Nothing was sent.
-    #[error("{op} failed: no node could be reached within {} (last: {reason})", humantime::format_duration(*.after))]
+    /// A client reached its deadline while its last attempt could not reach a node at all:
+    /// `reason` is that attempt's (a refused connection, a TLS handshake a node refused), so
+    /// the cause is in the error rather than a guess about the quorum.
+    #[error("{op} timed out after {}: no node could be reached (last: {reason})", humantime::format_duration(*.after))]
     Unreachable {
         op: &'static str,
         after: Duration,
