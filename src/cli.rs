@@ -101,6 +101,10 @@ pub struct Args {
           value_parser = humantime::parse_duration)]
     pub watch_progress_notify_interval: Duration,
 
+    /// How long an authentication token stays good, in seconds (etcd's flag).
+    #[arg(long = "auth-token-ttl", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+
     /// Join an existing cluster (after `add ADDR ID` on one of its members) instead of
     /// bootstrapping one.
     #[arg(long)]

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::api;
+use crate::api::AuthError;
 use crate::error::Error;
 use crate::error::Result;
 use crate::network::CallError;
@@ -27,6 +28,7 @@ use crate::network::Peers;
 use crate::network::RemoteError;
 use crate::network::Request;
 use crate::network::Response;
+use crate::types::ApplyError;
 use crate::types::Command;
 use crate::types::CommandResult;
 
@@ -67,6 +69,27 @@ pub struct Client {
     /// Round-robin position for reads and for finding a leader.
     next: AtomicUsize,
     timeout: Duration,
+    /// Who the client acts as on a cluster with authentication on (see [`Client::as_user`]).
+    login: Option<Login>,
+}
+
+/// A user's name and password, and the token they last got.
+struct Login {
+    name: String,
+    password: api::Password,
+    token: Mutex<Option<String>>,
+}
+
+impl Login {
+    fn token(&self) -> Option<String> {
+        lock(&self.token).clone()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Client {
@@ -100,7 +123,20 @@ impl Client {
             leader: Mutex::new(None),
             next: AtomicUsize::new(0),
             timeout,
+            login: None,
         })
+    }
+
+    /// This client acting as user `name` (authenticated with `password`) on a cluster with
+    /// authentication on: each request carries the user's token and is checked against the
+    /// user's permissions. The token is fetched on first use and again when it has expired.
+    pub fn as_user(mut self, name: &str, password: &str) -> Client {
+        self.login = Some(Login {
+            name: name.to_string(),
+            password: api::Password(password.to_string()),
+            token: Mutex::new(None),
+        });
+        self
     }
 
     /// The keys of `request`'s range, from the next endpoint in turn: linearizable unless the
@@ -352,7 +388,61 @@ impl Client {
         deadline: Instant,
     ) -> std::result::Result<Response, CallError> {
         let left = deadline.saturating_duration_since(Instant::now());
-        self.peers.call(addr, request, left).await
+        self.call_within(addr, request, left).await
+    }
+
+    /// Sends `request` to `addr`, as the client's user when it has one: logs in first if it
+    /// has no token, and once more if the token has expired.
+    pub(crate) async fn call_within(
+        &self,
+        addr: &str,
+        request: Request,
+        within: Duration,
+    ) -> std::result::Result<Response, CallError> {
+        let Some(login) = &self.login else {
+            return self.peers.call(addr, request, within).await;
+        };
+        let mut logged_in_now = false;
+        loop {
+            let token = match login.token() {
+                Some(token) => token,
+                None => {
+                    logged_in_now = true;
+                    self.log_in(addr, login, within).await?
+                }
+            };
+            let as_user = Request::AsUser {
+                token,
+                request: Box::new(request.clone()),
+            };
+            match self.peers.call(addr, as_user, within).await {
+                Err(CallError::Remote(RemoteError::Request(ApplyError::Auth(
+                    AuthError::InvalidToken,
+                )))) if !logged_in_now => *lock(&login.token) = None,
+                answer => return answer,
+            }
+        }
+    }
+
+    async fn log_in(
+        &self,
+        addr: &str,
+        login: &Login,
+        within: Duration,
+    ) -> std::result::Result<String, CallError> {
+        let request = Request::Authenticate {
+            name: login.name.clone(),
+            password: login.password.clone(),
+        };
+        match self.peers.call(addr, request, within).await? {
+            Response::Token(issued) => {
+                *lock(&login.token) = Some(issued.token.clone());
+                Ok(issued.token)
+            }
+            other => Err(CallError::Remote(RemoteError::Refused(format!(
+                "unexpected answer to a login: {other:?}"
+            )))),
+        }
     }
 
     /// Waits `pause` before the next attempt, or fails with `Timeout` when that would pass the

@@ -77,6 +77,11 @@ pub struct CtlArgs {
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
+    /// Act as this user on a cluster with authentication on (etcdctl's flag); the password is
+    /// asked for when it is left out.
+    #[arg(long, global = true, value_name = "NAME[:PASSWORD]")]
+    pub user: Option<String>,
+
     /// Verify TLS endpoints with this CA certificate (PEM); endpoints without a scheme are then
     /// reached over https.
     #[arg(long, global = true, value_name = "FILE")]
@@ -332,6 +337,21 @@ pub enum CtlError {
 
 type Result<T, E = CtlError> = std::result::Result<T, E>;
 
+/// The `Authorization` header for `--user NAME[:PASSWORD]`, asking for the password on the
+/// terminal (without echo) when it is left out. Sent with every request: the node checks a
+/// name and password once and remembers the pair while the password stands.
+fn user_authorization(user: &str) -> Result<String> {
+    let (name, password) = match user.split_once(':') {
+        Some((name, password)) => (name.to_string(), password.to_string()),
+        None => {
+            let password = rpassword::prompt_password(format!("Password for {user}: "))
+                .map_err(|e| CtlError::Input(format!("cannot read the password: {e}")))?;
+            (user.to_string(), password)
+        }
+    };
+    Ok(api::http::basic_authorization(&name, &password))
+}
+
 /// Runs one ctl command; the exit status is a success unless the command ran another (`lock`),
 /// whose status it passes on.
 pub fn run(args: CtlArgs) -> Result<ExitCode> {
@@ -340,7 +360,8 @@ pub fn run(args: CtlArgs) -> Result<ExitCode> {
         cert: args.cert_file.clone(),
         key: args.key_file.clone(),
     };
-    let client = &Client::new(&args.endpoints, args.timeout, &tls)?;
+    let authorization = args.user.as_deref().map(user_authorization).transpose()?;
+    let client = &Client::new(&args.endpoints, args.timeout, &tls, authorization)?;
     let (json, timeout) = (args.json, args.timeout);
     let outcome = match args.command {
         CtlCommand::Lock { name, ttl, command } => {

@@ -183,3 +183,10 @@ impl Error {
         }
     }
 }
+
+impl From<crate::api::AuthError> for Error {
+    /// An authentication or authorization refusal: a refusal of the request, like any other.
+    fn from(refusal: crate::api::AuthError) -> Self {
+        Error::Request(refusal.into())
+    }
+}

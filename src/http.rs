@@ -17,10 +17,13 @@ use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::FromRequest;
+use axum::extract::FromRequestParts;
+use axum::extract::Path;
 use axum::extract::RawQuery;
 use axum::extract::Request;
 use axum::extract::State;
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::http::HeaderValue;
 use axum::http::Method;
 use axum::http::StatusCode;
@@ -32,6 +35,7 @@ use axum::routing::get;
 use axum::routing::post;
 use axum::Json;
 use axum::Router;
+use base64::Engine;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::api;
@@ -51,6 +55,7 @@ use crate::api::http::StatusAnswer;
 use crate::api::http::TransferLeaderAnswer;
 use crate::api::http::TransferLeaderRequest;
 use crate::api::http::MAX_SCAN_LIMIT;
+use crate::api::AuthError;
 use crate::api::Compare;
 use crate::api::CompareResult;
 use crate::api::CompareTarget;
@@ -61,6 +66,8 @@ use crate::api::ResponseOp;
 use crate::api::TxnRequest;
 use crate::cli::split_host_port;
 use crate::error::Error;
+use crate::node::Caller;
+use crate::node::Credentials;
 use crate::node::MemberInfo;
 use crate::node::Node;
 use crate::node::Role;
@@ -111,6 +118,12 @@ pub fn router(node: Arc<Node>, metrics: Option<PrometheusHandle>) -> Router {
         .route(api::http::BACKUP, get(backup))
         .route(api::http::STATUS, get(status))
         .route(api::http::HEALTH, get(health))
+        .route(api::http::AUTHENTICATE, post(authenticate))
+        .route(api::http::AUTH, post(change_auth))
+        .route(api::http::AUTH_USERS, get(users))
+        .route("/v1/auth/users/{name}", get(user))
+        .route(api::http::AUTH_ROLES, get(roles))
+        .route("/v1/auth/roles/{name}", get(role))
         .route("/metrics", get(render_metrics))
         .fallback(kvdb)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -160,6 +173,25 @@ impl IntoResponse for ApiError {
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
                 response
             }
+            ApiError::Node(Error::Request(ApplyError::Auth(refusal))) => {
+                let status = if refusal.is_unauthenticated() {
+                    StatusCode::UNAUTHORIZED
+                } else if refusal == AuthError::PermissionDenied {
+                    StatusCode::FORBIDDEN
+                } else if refusal == AuthError::TooManyAttempts {
+                    StatusCode::TOO_MANY_REQUESTS
+                } else {
+                    StatusCode::PRECONDITION_FAILED
+                };
+                let mut response = body(status, refusal.to_string());
+                if status == StatusCode::UNAUTHORIZED {
+                    response.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"ondisk\""),
+                    );
+                }
+                response
+            }
             ApiError::Node(Error::Request(refusal)) => {
                 let status = match &refusal {
                     ApplyError::LeaseNotFound(_) | ApplyError::KeyNotFound => StatusCode::NOT_FOUND,
@@ -169,6 +201,7 @@ impl IntoResponse for ApiError {
                     | ApplyError::InvalidRequest(_)
                     | ApplyError::TooManyTxnOps { .. }
                     | ApplyError::DuplicateKeyInTxn => StatusCode::BAD_REQUEST,
+                    ApplyError::Auth(_) => StatusCode::FORBIDDEN,
                 };
                 let compact_revision = match &refusal {
                     ApplyError::Compacted { compact_revision } => Some(*compact_revision),
@@ -205,6 +238,47 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult = Result<Response, ApiError>;
+
+/// Who sent a request, from its `Authorization` header: a token (`Bearer`) or a name and
+/// password (`Basic`); anonymous without one. Bad credentials are refused with 401 before the
+/// handler runs.
+struct Who(Caller);
+
+impl FromRequestParts<ApiState> for Who {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, api: &ApiState) -> Result<Self, Response> {
+        let credentials = match parts.headers.get(header::AUTHORIZATION) {
+            None => Credentials::None,
+            Some(value) => credentials(value).map_err(IntoResponse::into_response)?,
+        };
+        let caller = api.node.caller(credentials).await.map_err(ApiError::Node);
+        caller.map(Who).map_err(IntoResponse::into_response)
+    }
+}
+
+/// The credentials an `Authorization` header carries.
+fn credentials(value: &HeaderValue) -> Result<Credentials, ApiError> {
+    let malformed = || ApiError::Node(AuthError::InvalidToken.into());
+    let value = value.to_str().map_err(|_| malformed())?;
+    if let Some(token) = value.strip_prefix(api::http::BEARER) {
+        return Ok(Credentials::Token(token.trim().to_string()));
+    }
+    let pair = value
+        .strip_prefix(api::http::BASIC)
+        .and_then(|encoded| {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+        })
+        .and_then(|decoded| String::from_utf8(decoded).ok())
+        .ok_or_else(malformed)?;
+    let (name, password) = pair.split_once(':').ok_or_else(malformed)?;
+    Ok(Credentials::Password {
+        name: name.to_string(),
+        password: password.to_string(),
+    })
+}
 
 /// A request body. One over the node's `-max-request-bytes` is refused with the same error as
 /// any other request over the limit, rather than with the framework's own wording.
@@ -377,6 +451,7 @@ impl Query {
 /// The kv-db / raftexample interface: everything not matched by a more specific route.
 async fn kvdb(
     State(api): State<ApiState>,
+    Who(caller): Who,
     method: Method,
     uri: Uri,
     RequestBody(body): RequestBody,
@@ -393,14 +468,16 @@ async fn kvdb(
             Method::GET => {
                 let key = key_from_path(uri.path(), "/")?;
                 api.node
-                    .get(&key)
+                    .get(&caller, &key)
                     .await?
                     .map(raw_value)
                     .ok_or(ApiError::NotFound)
             }
             Method::PUT => {
                 let key = key_from_path(uri.path(), "/")?;
-                api.node.put(put_request(key, body.to_vec())).await?;
+                api.node
+                    .put(&caller, put_request(key, body.to_vec()))
+                    .await?;
                 Ok(no_content())
             }
             Method::POST | Method::DELETE => {
@@ -417,9 +494,9 @@ async fn kvdb(
                         .unwrap_or(url)
                         .trim_end_matches('/');
                     split_host_port(addr).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-                    api.node.add_member(id, addr.to_string()).await?;
+                    api.node.add_member(&caller, id, addr.to_string()).await?;
                 } else {
-                    api.node.remove_member(id).await?;
+                    api.node.remove_member(&caller, id).await?;
                 }
                 Ok(no_content())
             }
@@ -431,7 +508,12 @@ async fn kvdb(
 
 /// `GET /v1/kv/KEY`: the value as the body, the key's revisions and the store's revision in
 /// headers (`crate::api::http::header`); `?revision=R` reads the key as it was at R.
-async fn v1_get(State(api): State<ApiState>, uri: Uri, RawQuery(query): RawQuery) -> Response {
+async fn v1_get(
+    State(api): State<ApiState>,
+    Who(caller): Who,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Response {
     timed("get", async move {
         let key = key_from_path(uri.path(), api::http::KV)?;
         let query = Query::parse(query, &[param::CONSISTENCY, param::REVISION])?;
@@ -441,7 +523,7 @@ async fn v1_get(State(api): State<ApiState>, uri: Uri, RawQuery(query): RawQuery
             serializable: query.stale()?,
             ..api::RangeRequest::default()
         };
-        let answer = api.node.range(request, usize::MAX).await?;
+        let answer = api.node.range(&caller, request, usize::MAX).await?;
         let revision = answer.header.revision;
         let kv = answer.kvs.into_iter().next().ok_or(ApiError::NotFound)?;
         let mut response = raw_value(kv.value);
@@ -462,6 +544,7 @@ async fn v1_get(State(api): State<ApiState>, uri: Uri, RawQuery(query): RawQuery
 
 async fn v1_put(
     State(api): State<ApiState>,
+    Who(caller): Who,
     uri: Uri,
     RawQuery(query): RawQuery,
     RequestBody(body): RequestBody,
@@ -478,7 +561,7 @@ async fn v1_put(
                     lease,
                     ..put_request(key, body.to_vec())
                 };
-                let written = api.node.put(put).await?;
+                let written = api.node.put(&caller, put).await?;
                 return Ok(written_at(written.header.revision));
             }
             _ if lease != 0 => {
@@ -506,7 +589,7 @@ async fn v1_put(
         };
         let answer = api
             .node
-            .txn(compare_and_swap(key, expected, body.to_vec()))
+            .txn(&caller, compare_and_swap(key, expected, body.to_vec()))
             .await?;
         if answer.succeeded {
             return Ok(written_at(answer.header.revision));
@@ -520,14 +603,14 @@ async fn v1_put(
     .await
 }
 
-async fn v1_delete(State(api): State<ApiState>, uri: Uri) -> Response {
+async fn v1_delete(State(api): State<ApiState>, Who(caller): Who, uri: Uri) -> Response {
     timed("delete", async move {
         let key = key_from_path(uri.path(), api::http::KV)?;
         let delete = crate::api::DeleteRangeRequest {
             key,
             ..crate::api::DeleteRangeRequest::default()
         };
-        let deleted = api.node.delete_range(delete).await?;
+        let deleted = api.node.delete_range(&caller, delete).await?;
         Ok(written_at(deleted.header.revision))
     })
     .await
@@ -537,7 +620,11 @@ async fn v1_delete(State(api): State<ApiState>, uri: Uri) -> Response {
 /// on, in key order, bounded by count and by [`SCAN_PAGE_BYTES`], with `next` naming where the
 /// next page starts and `revision` the revision it was read at (pass it back to read every page
 /// at that revision). Each page is read on its own (linearizably unless `consistency=stale`).
-async fn scan(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Response {
+async fn scan(
+    State(api): State<ApiState>,
+    Who(caller): Who,
+    RawQuery(query): RawQuery,
+) -> Response {
     timed("scan", async move {
         let query = Query::parse(
             query,
@@ -570,7 +657,7 @@ async fn scan(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Respons
             ..api::RangeRequest::default()
         };
         let read_at = request.revision;
-        let answer = api.node.range(request, SCAN_PAGE_BYTES).await?;
+        let answer = api.node.range(&caller, request, SCAN_PAGE_BYTES).await?;
         // The answer's header holds the store's current revision (etcd's rule), which is not the
         // one a page read at a past revision reflects.
         let revision = if read_at > 0 {
@@ -602,28 +689,40 @@ async fn scan(State(api): State<ApiState>, RawQuery(query): RawQuery) -> Respons
 
 /// `POST /v1/range` with a `RangeRequest`: the keys (at most [`SCAN_PAGE_BYTES`] of them past
 /// the first; `more` says when there are more).
-async fn range(State(api): State<ApiState>, RequestBody(body): RequestBody) -> Response {
+async fn range(
+    State(api): State<ApiState>,
+    Who(caller): Who,
+    RequestBody(body): RequestBody,
+) -> Response {
     timed("range", async move {
         let request: api::RangeRequest = json_body(&body)?;
-        Ok(Json(api.node.range(request, SCAN_PAGE_BYTES).await?).into_response())
+        Ok(Json(api.node.range(&caller, request, SCAN_PAGE_BYTES).await?).into_response())
     })
     .await
 }
 
 /// `POST /v1/txn` with a `TxnRequest`.
-async fn txn(State(api): State<ApiState>, RequestBody(body): RequestBody) -> Response {
+async fn txn(
+    State(api): State<ApiState>,
+    Who(caller): Who,
+    RequestBody(body): RequestBody,
+) -> Response {
     timed("txn", async move {
         let request: TxnRequest = json_body(&body)?;
-        Ok(Json(api.node.txn(request).await?).into_response())
+        Ok(Json(api.node.txn(&caller, request).await?).into_response())
     })
     .await
 }
 
 /// `POST /v1/compact` with a `CompactionRequest`.
-async fn compact(State(api): State<ApiState>, RequestBody(body): RequestBody) -> Response {
+async fn compact(
+    State(api): State<ApiState>,
+    Who(caller): Who,
+    RequestBody(body): RequestBody,
+) -> Response {
     timed("compact", async move {
         let request: api::CompactionRequest = json_body(&body)?;
-        Ok(Json(api.node.compact(request).await?).into_response())
+        Ok(Json(api.node.compact(&caller, request).await?).into_response())
     })
     .await
 }
@@ -631,7 +730,12 @@ async fn compact(State(api): State<ApiState>, RequestBody(body): RequestBody) ->
 /// `GET /v1/watch/KEY`: the watch's responses as newline-delimited JSON, as they happen, until the
 /// client disconnects (or the watch ends, its last line `canceled`). `?prefix=true` watches every
 /// key under KEY (an empty KEY: every key).
-async fn watch(State(api): State<ApiState>, uri: Uri, RawQuery(query): RawQuery) -> Response {
+async fn watch(
+    State(api): State<ApiState>,
+    Who(caller): Who,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+) -> Response {
     timed("watch", async move {
         let key: Vec<u8> = percent_encoding::percent_decode_str(
             uri.path().strip_prefix(api::http::WATCH).unwrap_or(""),
@@ -665,7 +769,7 @@ async fn watch(State(api): State<ApiState>, uri: Uri, RawQuery(query): RawQuery)
             filters: watch_filters(query.text(param::FILTERS)?)?,
             prev_kv: query.flag(param::PREV_KV)?,
         };
-        let stream = api.node.watch(request)?;
+        let stream = api.node.watch(&caller, request)?;
         let lines = futures::stream::unfold(stream, |mut stream| async move {
             let response = stream.next().await?;
             let mut line = serde_json::to_vec(&response).unwrap_or_default();
@@ -695,18 +799,22 @@ fn watch_filters(text: Option<&str>) -> Result<Vec<api::WatchFilter>, ApiError> 
 }
 
 /// `POST /v1/leases` with a `LeaseGrantRequest`.
-async fn lease_grant(State(api): State<ApiState>, RequestBody(body): RequestBody) -> Response {
+async fn lease_grant(
+    State(api): State<ApiState>,
+    Who(caller): Who,
+    RequestBody(body): RequestBody,
+) -> Response {
     timed("lease_grant", async move {
         let request: api::LeaseGrantRequest = json_body(&body)?;
-        Ok(Json(api.node.lease_grant(request).await?).into_response())
+        Ok(Json(api.node.lease_grant(&caller, request).await?).into_response())
     })
     .await
 }
 
 /// `GET /v1/leases`: every lease in force.
-async fn leases(State(api): State<ApiState>) -> Response {
+async fn leases(State(api): State<ApiState>, Who(caller): Who) -> Response {
     timed("leases", async move {
-        Ok(Json(api.node.leases().await?).into_response())
+        Ok(Json(api.node.leases(&caller).await?).into_response())
     })
     .await
 }
@@ -714,31 +822,32 @@ async fn leases(State(api): State<ApiState>) -> Response {
 /// `GET /v1/leases/ID[?keys=true]`: a lease's time left (and keys).
 async fn lease_time_to_live(
     State(api): State<ApiState>,
+    Who(caller): Who,
     uri: Uri,
     RawQuery(query): RawQuery,
 ) -> Response {
     timed("lease_time_to_live", async move {
         let id = lease_id_from_path(uri.path())?;
         let keys = Query::parse(query, &[param::KEYS])?.flag(param::KEYS)?;
-        Ok(Json(api.node.lease_time_to_live(id, keys).await?).into_response())
+        Ok(Json(api.node.lease_time_to_live(&caller, id, keys).await?).into_response())
     })
     .await
 }
 
 /// `DELETE /v1/leases/ID`: ends the lease and deletes its keys.
-async fn lease_revoke(State(api): State<ApiState>, uri: Uri) -> Response {
+async fn lease_revoke(State(api): State<ApiState>, Who(caller): Who, uri: Uri) -> Response {
     timed("lease_revoke", async move {
         let id = lease_id_from_path(uri.path())?;
-        Ok(Json(api.node.lease_revoke(id).await?).into_response())
+        Ok(Json(api.node.lease_revoke(&caller, id).await?).into_response())
     })
     .await
 }
 
 /// `POST /v1/leases/ID/keep-alive`: the lease's full TTL again.
-async fn lease_keep_alive(State(api): State<ApiState>, uri: Uri) -> Response {
+async fn lease_keep_alive(State(api): State<ApiState>, Who(caller): Who, uri: Uri) -> Response {
     timed("lease_keep_alive", async move {
         let id = lease_id_from_path(uri.path())?;
-        Ok(Json(api.node.lease_keep_alive(id).await?).into_response())
+        Ok(Json(api.node.lease_keep_alive(&caller, id).await?).into_response())
     })
     .await
 }
@@ -787,7 +896,11 @@ fn member(info: MemberInfo) -> Member {
 }
 
 /// `POST /v1/members` with `{"id", "addr", "role", "prev_index"}`: adds a voter or a learner.
-async fn add_member(State(api): State<ApiState>, RequestBody(body): RequestBody) -> Response {
+async fn add_member(
+    State(api): State<ApiState>,
+    Who(caller): Who,
+    RequestBody(body): RequestBody,
+) -> Response {
     timed("add_member", async move {
         let add: AddMemberRequest = json_body(&body)?;
         let role = match add.role.as_deref() {
@@ -801,7 +914,7 @@ async fn add_member(State(api): State<ApiState>, RequestBody(body): RequestBody)
         };
         split_host_port(&add.addr).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         api.node
-            .add_node(add.id, add.addr, role, add.prev_index)
+            .add_node(&caller, add.id, add.addr, role, add.prev_index)
             .await?;
         Ok(no_content())
     })
@@ -809,10 +922,10 @@ async fn add_member(State(api): State<ApiState>, RequestBody(body): RequestBody)
 }
 
 /// `DELETE /v1/members/ID`: removes a voter or a learner.
-async fn remove_member(State(api): State<ApiState>, uri: Uri) -> Response {
+async fn remove_member(State(api): State<ApiState>, Who(caller): Who, uri: Uri) -> Response {
     timed("remove_member", async move {
         let id = node_id_from_path(uri.path(), "/v1/members/")?;
-        api.node.remove_member(id).await?;
+        api.node.remove_member(&caller, id).await?;
         Ok(no_content())
     })
     .await
@@ -829,19 +942,23 @@ fn node_id_from_path(path: &str, prefix: &str) -> Result<u64, ApiError> {
 }
 
 /// `POST /v1/transfer-leader` with `{"to": ID}`: answers once this node sees `ID` lead.
-async fn transfer_leader(State(api): State<ApiState>, RequestBody(body): RequestBody) -> Response {
+async fn transfer_leader(
+    State(api): State<ApiState>,
+    Who(caller): Who,
+    RequestBody(body): RequestBody,
+) -> Response {
     timed("transfer_leader", async move {
         let TransferLeaderRequest { to } = json_body(&body)?;
-        api.node.transfer_leader(to).await?;
+        api.node.transfer_leader(&caller, to).await?;
         Ok(Json(TransferLeaderAnswer { leader: to }).into_response())
     })
     .await
 }
 
 /// `POST /v1/snapshot`: takes a snapshot on this node now and answers with the index it covers.
-async fn snapshot(State(api): State<ApiState>) -> Response {
+async fn snapshot(State(api): State<ApiState>, Who(caller): Who) -> Response {
     timed("snapshot", async move {
-        let index = api.node.snapshot().await?;
+        let index = api.node.snapshot(&caller).await?;
         Ok(Json(SnapshotAnswer { index }).into_response())
     })
     .await
@@ -856,9 +973,9 @@ const BACKUP_PIECE_BYTES: usize = 256 << 10;
 /// (header with log id and membership, pairs, checksum trailer), streamed as it is read, so memory
 /// stays flat whatever the state's size. A failure midway cuts the stream short, which the
 /// client's checksum check catches.
-async fn backup(State(api): State<ApiState>) -> Response {
+async fn backup(State(api): State<ApiState>, Who(caller): Who) -> Response {
     timed("backup", async move {
-        let snapshot = api.node.backup().await?;
+        let snapshot = api.node.backup(&caller).await?;
         let log_id = snapshot.meta.last_log_id;
         let received = store::snapshot_chunks(snapshot.snapshot, BACKUP_PIECE_BYTES, BACKUP_QUEUE);
         let body = Body::from_stream(tokio_stream_of(received));
@@ -946,4 +1063,62 @@ async fn render_metrics(State(api): State<ApiState>) -> Response {
         None => ApiError::NotImplemented("metrics are not enabled in this process".into())
             .into_response(),
     }
+}
+
+/// `POST /v1/auth/authenticate`: a token for a name and password.
+async fn authenticate(State(api): State<ApiState>, RequestBody(body): RequestBody) -> Response {
+    timed("authenticate", async move {
+        let request: api::http::AuthenticateRequest = json_body(&body)?;
+        let issued = api
+            .node
+            .authenticate(&request.name, &request.password)
+            .await?;
+        Ok(Json(issued).into_response())
+    })
+    .await
+}
+
+/// `POST /v1/auth`: a change to users, roles or the switch.
+async fn change_auth(
+    State(api): State<ApiState>,
+    Who(caller): Who,
+    RequestBody(body): RequestBody,
+) -> Response {
+    timed("auth", async move {
+        let request: api::AuthRequest = json_body(&body)?;
+        Ok(Json(api.node.change_auth(&caller, request).await?).into_response())
+    })
+    .await
+}
+
+/// `GET /v1/auth/users`: every user's name.
+async fn users(State(api): State<ApiState>, Who(caller): Who) -> Response {
+    timed("auth", async move {
+        Ok(Json(api.node.users(&caller).await?).into_response())
+    })
+    .await
+}
+
+/// `GET /v1/auth/users/NAME`: a user's roles.
+async fn user(State(api): State<ApiState>, Who(caller): Who, Path(name): Path<String>) -> Response {
+    timed("auth", async move {
+        Ok(Json(api.node.user(&caller, &name).await?).into_response())
+    })
+    .await
+}
+
+/// `GET /v1/auth/roles`: every role's name.
+async fn roles(State(api): State<ApiState>, Who(caller): Who) -> Response {
+    timed("auth", async move {
+        Ok(Json(api.node.roles(&caller).await?).into_response())
+    })
+    .await
+}
+
+/// `GET /v1/auth/roles/NAME`: a role's permissions.
+async fn role(State(api): State<ApiState>, Who(caller): Who, Path(name): Path<String>) -> Response {
+    timed("auth", async move {
+        Ok(Json(api.node.role(&caller, &name).await?).into_response())
+    })
+    .await
 }

@@ -149,6 +149,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         cluster_id: u64::from(addresses.cluster_id),
         fault: args.test_fault,
         peer_tls: tls.peer.clone(),
+        auth_token_ttl: Duration::from_secs(args.auth_token_ttl),
     };
     let result = runtime.block_on(async {
         let _reloading = tls.keep_current().map(AbortOnDrop);

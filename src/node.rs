@@ -56,6 +56,7 @@ use crate::types::Raft;
 use crate::types::SnapshotMeta;
 use crate::types::TypeConfig;
 
+mod auth;
 mod compaction;
 mod kv;
 mod lease;
@@ -64,6 +65,10 @@ mod membership;
 mod recipes;
 mod watch;
 
+pub use auth::Caller;
+pub use auth::Credentials;
+pub use auth::Need;
+pub use auth::DEFAULT_TOKEN_TTL;
 pub use compaction::AutoCompaction;
 pub use maintenance::KeySpaceHash;
 pub use watch::StoreFigures;
@@ -116,6 +121,8 @@ pub struct NodeConfig {
     pub fault: Option<InjectedFault>,
     /// TLS on the raft port, both for accepting and for connecting; plaintext without.
     pub peer_tls: Option<Arc<crate::tls::PeerTls>>,
+    /// How long a token from `authenticate` is good for (`-auth-token-ttl`).
+    pub auth_token_ttl: Duration,
 }
 
 /// A deliberate violation of ondisk's guarantees, switched on only by tests (`--test-fault`) to
@@ -158,6 +165,7 @@ pub struct Node {
     /// `https` when members speak TLS on their raft ports, `http` otherwise: the scheme of the
     /// peer URLs etcd's API lists (every member of a cluster is set up alike).
     peer_scheme: &'static str,
+    authenticator: auth::Authenticator,
     rpc_server: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -294,6 +302,7 @@ impl Node {
             removed,
             snapshots_sent,
             peer_scheme: if peer_tls.is_some() { "https" } else { "http" },
+            authenticator: auth::Authenticator::new(config.auth_token_ttl),
             rpc_server: std::sync::Mutex::default(),
         });
         let server = tokio::spawn(network::serve(raft_listener, node.clone(), peer_tls));
@@ -384,6 +393,18 @@ impl Node {
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!("ondisk_proposals_total", "result" => outcome).increment(1);
         result
+    }
+
+    /// [`Node::propose`] for `caller`, refused here unless the caller may make the write (see
+    /// [`Node::command_for`] for the check made again when it is applied).
+    pub async fn propose_as(
+        &self,
+        caller: &Caller,
+        op: &'static str,
+        command: Command,
+    ) -> Result<CommandResult> {
+        let command = self.command_for(caller, command)?;
+        self.propose(op, command).await
     }
 
     /// Runs a leader-only `request` (a proposal or a membership change) on the leader: here if
@@ -682,7 +703,8 @@ impl Node {
 
     /// Takes a snapshot now (a checkpoint of the state machine, which also lets the log be
     /// compacted) and returns the log index it covers.
-    pub async fn snapshot(&self) -> Result<u64> {
+    pub async fn snapshot(&self, caller: &Caller) -> Result<u64> {
+        self.authorize(caller, Need::Admin)?;
         let target = self
             .raft
             .metrics()
@@ -708,8 +730,8 @@ impl Node {
 
     /// A consistent snapshot of the state machine covering at least everything this node had
     /// applied when called (a fresh checkpoint), to be streamed as a backup.
-    pub async fn backup(&self) -> Result<crate::types::Snapshot> {
-        self.snapshot().await?;
+    pub async fn backup(&self, caller: &Caller) -> Result<crate::types::Snapshot> {
+        self.snapshot(caller).await?;
         self.raft
             .get_snapshot()
             .await
@@ -963,6 +985,13 @@ fn read_error(error: Error) -> RemoteError {
     }
 }
 
+/// Who asks on the raft port: a member, or a native client holding a certificate from the
+/// members' CA on a TLS cluster. The port authenticates by that certificate (mutual TLS) and
+/// its holders are trusted as members are (they could append entries), so their requests are
+/// not checked against users and roles; without peer TLS the port is open to whoever reaches
+/// it, as etcd's peer port is.
+const RAFT_PORT: Caller = Caller::Operator;
+
 impl RpcHandler for Node {
     async fn handle(&self, request: Request) -> std::result::Result<Response, RemoteError> {
         let raft_failed = |e: RaftError<TypeConfig>| RemoteError::Refused(e.to_string());
@@ -1000,43 +1029,77 @@ impl RpcHandler for Node {
                 .map(Response::TransferLeader)
                 .map_err(|e| RemoteError::Refused(e.to_string())),
             Request::SnapshotChunk(chunk) => self.receive_snapshot_chunk(chunk).await,
+            request @ Request::Membership(_) => {
+                self.submit_locally(request).await.map(Response::Proposed)
+            }
+            Request::ReadIndex => self.read_index_locally().await.map(Response::ReadIndex),
+            Request::Authenticate { name, password } => self
+                .authenticate(&name, &password.0)
+                .await
+                .map(Response::Token)
+                .map_err(read_error),
+            Request::AsUser { token, request } => {
+                let caller = self
+                    .caller(Credentials::Token(token))
+                    .await
+                    .map_err(read_error)?;
+                self.handle_client(&caller, *request).await
+            }
+            client_request => self.handle_client(&RAFT_PORT, client_request).await,
+        }
+    }
+}
+
+impl Node {
+    /// Serves a native client's request (or a member's forwarded write) for `caller`.
+    async fn handle_client(
+        &self,
+        caller: &Caller,
+        request: Request,
+    ) -> std::result::Result<Response, RemoteError> {
+        match request {
             Request::Propose(command) => {
                 self.check_size(&command)?;
+                let command = self.command_for(caller, command).map_err(read_error)?;
                 let command = self.prepare(command).map_err(RemoteError::Request)?;
                 self.submit_locally(Request::Propose(command))
                     .await
                     .map(Response::Proposed)
             }
-            request @ Request::Membership(_) => {
-                self.submit_locally(request).await.map(Response::Proposed)
-            }
-            Request::ReadIndex => self.read_index_locally().await.map(Response::ReadIndex),
             Request::Get { key, linearizable } => {
                 let value = if linearizable {
-                    self.get(&key).await
+                    self.get(caller, &key).await
                 } else {
+                    self.authorize(caller, Need::Read(crate::api::KeySpan::One(&key)))
+                        .map_err(read_error)?;
                     self.get_stale(&key).await
                 };
                 value.map(Response::Value).map_err(read_error)
             }
             Request::Range(range) => self
-                .range(range, MAX_NATIVE_RANGE_BYTES)
+                .range(caller, range, MAX_NATIVE_RANGE_BYTES)
                 .await
                 .map(Response::Range)
                 .map_err(read_error),
             request @ (Request::LeaseKeepAlive { .. } | Request::LeaseTimeToLive { .. }) => {
+                self.authorize(caller, Need::Authenticated)
+                    .map_err(read_error)?;
                 self.answer_as_leader(request).await
             }
             Request::Leases => self
-                .leases()
+                .leases(caller)
                 .await
                 .map(Response::Leases)
                 .map_err(read_error),
             Request::WatchPoll { request, wait_ms } => self
-                .watch_poll(request, Duration::from_millis(wait_ms))
+                .watch_poll(caller, request, Duration::from_millis(wait_ms))
                 .await
                 .map(Response::Watch)
                 .map_err(read_error),
+            _ => Err(RemoteError::Refused(
+                "only a client's request (a write, a read, a lease or a watch poll) can be made as a user"
+                    .into(),
+            )),
         }
     }
 }

@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::api;
 use crate::cli::split_host_port;
+use crate::node::Caller;
 use crate::node::Node;
 use crate::node::WatchStream;
 use crate::types::NodeId;
@@ -417,7 +418,7 @@ impl<'a> Session<'a> {
         let mut out = io::stdout().lock();
         // Inside the runtime: the watch runs as a task of the node's.
         let started = self.runtime.block_on(async {
-            let mut stream = self.node.watch(request)?;
+            let mut stream = self.node.watch(&Caller::Operator, request)?;
             let created = stream
                 .next()
                 .await
@@ -457,7 +458,7 @@ fn execute(node: &Node, runtime: &Handle, command: ReplCommand) {
             let leader = if m.leader { ", leader" } else { "" };
             writeln!(out, "member {}: {} ({role}{leader})", m.id, m.raft_addr)
         }),
-        ReplCommand::Snapshot => match runtime.block_on(node.snapshot()) {
+        ReplCommand::Snapshot => match runtime.block_on(node.snapshot(&Caller::Operator)) {
             Ok(index) => writeln!(out, "snapshot captured at index {index}"),
             Err(e) => report(e),
         },
@@ -465,19 +466,21 @@ fn execute(node: &Node, runtime: &Handle, command: ReplCommand) {
             Some((id, member)) => writeln!(out, "leader: {id} {}", member.raft_addr),
             None => writeln!(out, "leader: unknown (no leader elected yet)"),
         },
-        ReplCommand::Add { addr, id } => {
-            membership_outcome(&mut out, runtime.block_on(node.add_member(id, addr)))
-        }
-        ReplCommand::Remove { id } => {
-            membership_outcome(&mut out, runtime.block_on(node.remove_member(id)))
-        }
+        ReplCommand::Add { addr, id } => membership_outcome(
+            &mut out,
+            runtime.block_on(node.add_member(&Caller::Operator, id, addr)),
+        ),
+        ReplCommand::Remove { id } => membership_outcome(
+            &mut out,
+            runtime.block_on(node.remove_member(&Caller::Operator, id)),
+        ),
         ReplCommand::Put { key, value } => {
             let put = api::PutRequest {
                 key,
                 value,
                 ..api::PutRequest::default()
             };
-            match runtime.block_on(node.put(put)) {
+            match runtime.block_on(node.put(&Caller::Operator, put)) {
                 Ok(_) => writeln!(out, "OK"),
                 Err(e) => report(e),
             }
@@ -487,7 +490,7 @@ fn execute(node: &Node, runtime: &Handle, command: ReplCommand) {
                 key,
                 ..api::DeleteRangeRequest::default()
             };
-            match runtime.block_on(node.delete_range(delete)) {
+            match runtime.block_on(node.delete_range(&Caller::Operator, delete)) {
                 Ok(_) => writeln!(out, "OK"),
                 Err(e) => report(e),
             }
@@ -507,14 +510,14 @@ async fn read(
     revision: Option<i64>,
 ) -> crate::error::Result<Option<Vec<u8>>> {
     let Some(revision) = revision else {
-        return node.get(key).await;
+        return node.get(&Caller::Operator, key).await;
     };
     let request = api::RangeRequest {
         key: key.to_vec(),
         revision,
         ..api::RangeRequest::default()
     };
-    let response = node.range(request, usize::MAX).await?;
+    let response = node.range(&Caller::Operator, request, usize::MAX).await?;
     Ok(response.kvs.into_iter().next().map(|kv| kv.value))
 }
 

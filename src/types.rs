@@ -50,6 +50,81 @@ pub enum Command {
         id: NodeId,
         keep: bool,
     },
+    /// A change to users, roles or the authentication switch.
+    Auth(AuthChange),
+    /// `command` as asked by `user` while authentication is on, checked by the proposer against
+    /// auth revision `auth_revision`. Applying checks it again if the auth state has changed
+    /// since, so a permission revoked before the command committed is honoured on every member.
+    AsUser {
+        user: String,
+        auth_revision: u64,
+        command: Box<Command>,
+    },
+}
+
+/// A change to the replicated auth state, as applied: passwords only as argon2 hashes (the
+/// proposer hashed them), and the enabling carries the key tokens will be signed with, so every
+/// member signs and checks with the same one.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthChange {
+    Enable {
+        token_key: Vec<u8>,
+    },
+    Disable,
+    UserAdd {
+        name: String,
+        password_hash: Option<String>,
+    },
+    UserDelete {
+        name: String,
+    },
+    UserChangePassword {
+        name: String,
+        password_hash: String,
+    },
+    UserGrantRole {
+        user: String,
+        role: String,
+    },
+    UserRevokeRole {
+        user: String,
+        role: String,
+    },
+    RoleAdd {
+        name: String,
+    },
+    RoleDelete {
+        name: String,
+    },
+    RoleGrantPermission {
+        role: String,
+        permission: api::Permission,
+    },
+    RoleRevokePermission {
+        role: String,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+    },
+}
+
+impl fmt::Debug for AuthChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The log's debug lines show which change, never a hash or the token key.
+        let what = match self {
+            AuthChange::Enable { .. } => "enable",
+            AuthChange::Disable => "disable",
+            AuthChange::UserAdd { .. } => "user add",
+            AuthChange::UserDelete { .. } => "user delete",
+            AuthChange::UserChangePassword { .. } => "user change password",
+            AuthChange::UserGrantRole { .. } => "user grant role",
+            AuthChange::UserRevokeRole { .. } => "user revoke role",
+            AuthChange::RoleAdd { .. } => "role add",
+            AuthChange::RoleDelete { .. } => "role delete",
+            AuthChange::RoleGrantPermission { .. } => "role grant permission",
+            AuthChange::RoleRevokePermission { .. } => "role revoke permission",
+        };
+        write!(f, "AuthChange({what})")
+    }
 }
 
 impl Command {
@@ -61,10 +136,12 @@ impl Command {
             Command::Put(put) => put_bytes(put),
             Command::DeleteRange(delete) => len(&delete.key) + len(&delete.range_end),
             Command::Txn(txn) => txn_bytes(txn),
+            Command::AsUser { command, .. } => command.request_bytes(),
             Command::Compact(_)
             | Command::LeaseGrant(_)
             | Command::LeaseRevoke { .. }
-            | Command::KeepLearner { .. } => 0,
+            | Command::KeepLearner { .. }
+            | Command::Auth(_) => 0,
         }
     }
 }
@@ -127,6 +204,8 @@ impl fmt::Display for Command {
             Command::LeaseGrant(grant) => write!(f, "lease_grant({}, {}s)", grant.id, grant.ttl),
             Command::LeaseRevoke { id } => write!(f, "lease_revoke({id})"),
             Command::KeepLearner { id, keep } => write!(f, "keep_learner({id}, {keep})"),
+            Command::Auth(change) => write!(f, "{change:?}"),
+            Command::AsUser { user, command, .. } => write!(f, "{command} as {user}"),
         }
     }
 }
@@ -151,6 +230,8 @@ pub enum ApplyError {
     TooManyTxnOps { max: usize },
     #[error("duplicate key given in txn request")]
     DuplicateKeyInTxn,
+    #[error(transparent)]
+    Auth(#[from] api::AuthError),
 }
 
 impl From<api::InvalidTxn> for ApplyError {
@@ -175,6 +256,8 @@ pub enum CommandResult {
     Compacted(api::CompactionResponse),
     LeaseGranted(api::LeaseGrantResponse),
     LeaseRevoked,
+    /// A change to users, roles or the authentication switch was applied.
+    AuthChanged,
     Refused(ApplyError),
 }
 
@@ -190,9 +273,10 @@ impl CommandResult {
             }
             CommandResult::Compacted(compacted) => &mut compacted.header,
             CommandResult::LeaseGranted(granted) => &mut granted.header,
-            CommandResult::Applied | CommandResult::LeaseRevoked | CommandResult::Refused(_) => {
-                return
-            }
+            CommandResult::Applied
+            | CommandResult::LeaseRevoked
+            | CommandResult::AuthChanged
+            | CommandResult::Refused(_) => return,
         };
         header.revision = revision;
     }

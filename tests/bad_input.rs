@@ -1009,8 +1009,6 @@ fn malformed_grpc_messages_get_grpc_errors_and_change_nothing() {
     assert_eq!(grpc_status(addr, put, &garbage, 64), "13");
     // OUT_OF_RANGE (11) for a message announcing 100 MiB, refused from its prefix alone.
     assert_eq!(grpc_status(addr, put, b"short", 100 << 20), "11");
-    // UNIMPLEMENTED (12) for a method not served yet.
-    assert_eq!(grpc_status(addr, "etcdserverpb.Auth/UserAdd", b"", 0), "12");
     // INVALID_ARGUMENT (3) for a put without a key, with etcd's message.
     assert_eq!(grpc_status(addr, put, b"", 0), "3");
     assert_eq!(

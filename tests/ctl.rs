@@ -434,6 +434,23 @@ fn new_cluster_spec(
     }
 }
 
+/// Runs `ondisk restore FILE` into `data_dir` for node 1 of a new single-node cluster: that
+/// node's spec, and what the restore printed.
+fn restore(file: &str, data_dir: &Path) -> (NodeSpec, String) {
+    let first = new_cluster_spec(1, vec![common::free_addr()], data_dir, &[]);
+    let mut args: Vec<String> = vec!["restore".into(), file.into()];
+    args.extend(
+        first
+            .args()
+            .iter()
+            .take(8)
+            .map(|a| a.to_string_lossy().into_owned()),
+    );
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let printed = text(&ok(ondisk(&arg_refs, b""), "restore"));
+    (first, printed)
+}
+
 fn launch(spec: &NodeSpec) -> Node {
     let mut node = Node::launch(spec);
     if let Err(f) = node.wait_ready(common::STARTUP_TIMEOUT) {
@@ -488,17 +505,7 @@ fn a_backup_taken_under_write_load_restores_to_a_new_cluster_that_serves_it_and_
     assert!(!work.path().join("backup.snap.partial").exists());
 
     let data_dir = work.path().join("restored");
-    let first = new_cluster_spec(1, vec![common::free_addr()], &data_dir, &[]);
-    let mut args: Vec<String> = vec!["restore".into(), file_arg.into()];
-    args.extend(
-        first
-            .args()
-            .iter()
-            .take(8)
-            .map(|a| a.to_string_lossy().into_owned()),
-    );
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let restored = text(&ok(ondisk(&arg_refs, b""), "restore"));
+    let (first, restored) = restore(file_arg, &data_dir);
     assert!(
         restored.contains(&format!("at log index {index} ")),
         "{restored}"
@@ -1092,4 +1099,155 @@ fn elect_prints_the_next_leader_when_the_first_one_dies() {
     first.child.kill().expect("kill the first campaigner");
     assert_eq!(second.lines(2, "the second takes over"), ["alpha", "beta"]);
     assert_eq!(listener.lines(2, "the listener"), ["alpha", "beta"]);
+}
+
+/// `method url` with an `Authorization` header when given: (status, body).
+fn http_as(method: &str, url: &str, authorization: Option<&str>, body: &[u8]) -> (u16, String) {
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let request = request.body(body.to_vec()).expect("valid request");
+    let agent = common::http::agent(Duration::from_secs(20));
+    let mut response = agent
+        .run(request)
+        .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"));
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    (status, body)
+}
+
+/// Proposes an auth change over HTTP as `authorization` (anyone while authentication is off).
+fn change_auth(base: &str, authorization: Option<&str>, change: serde_json::Value) {
+    let body = change.to_string();
+    let (status, answer) = http_as(
+        "POST",
+        &format!("{base}/v1/auth"),
+        authorization,
+        body.as_bytes(),
+    );
+    assert_eq!(status, 200, "{change}: {answer}");
+}
+
+/// A token for `name` from `POST /v1/auth/authenticate`.
+fn token(base: &str, name: &str, password: &str) -> String {
+    let body = serde_json::json!({ "name": name, "password": password }).to_string();
+    let url = format!("{base}/v1/auth/authenticate");
+    let (status, answer) = http_as("POST", &url, None, body.as_bytes());
+    assert_eq!(status, 200, "authenticate {name}: {answer}");
+    let doc: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+    doc["token"].as_str().expect("a token").to_string()
+}
+
+#[test]
+fn authentication_over_http_and_ctl_with_expiring_tokens_bounded_logins_and_a_backup() {
+    let mut cluster = Cluster::start_with_args(1, &["--auth-token-ttl", "2"]);
+    cluster.wait_for_leader();
+    let e = endpoint(&cluster, 1);
+    let base = format!("http://{e}");
+    for change in [
+        serde_json::json!({"user_add": {"name": "root", "password": "rootpw"}}),
+        serde_json::json!({"role_add": {"name": "root"}}),
+        serde_json::json!({"user_grant_role": {"user": "root", "role": "root"}}),
+        serde_json::json!({"user_add": {"name": "app", "password": "apppw"}}),
+        serde_json::json!({"role_add": {"name": "app"}}),
+        serde_json::json!({"role_grant_permission": {"role": "app", "permission":
+            {"kind": "readwrite", "key": "app/", "range_end": "app0"}}}),
+        serde_json::json!({"user_grant_role": {"user": "app", "role": "app"}}),
+        serde_json::json!("enable"),
+    ] {
+        change_auth(&base, None, change);
+    }
+
+    // ctl: a user in its prefix; nobody without a user; a clear line for a refusal.
+    let app = ["--user", "app:apppw"];
+    ok(
+        ctl(&e, &[&app[..], &["put", "app/a", "1"]].concat()),
+        "put as app",
+    );
+    let got = ok(
+        ctl(&e, &[&app[..], &["get", "app/a"]].concat()),
+        "get as app",
+    );
+    assert_eq!(text(&got).trim(), "1");
+    fails(
+        ctl(&e, &["get", "app/a"]),
+        "user name is empty",
+        "get without a user",
+    );
+    fails(
+        ctl(&e, &[&app[..], &["put", "other", "1"]].concat()),
+        "permission denied",
+        "put outside the prefix",
+    );
+    fails(
+        ctl(&e, &["--user", "app:wrong", "get", "app/a"]),
+        "authentication failed",
+        "a wrong password",
+    );
+
+    // HTTP: 401 without credentials, 403 outside the user's keys, a token that expires.
+    let kv = |key: &str| format!("{base}/v1/kv/{key}");
+    assert_eq!(http_as("GET", &kv("app/a"), None, b"").0, 401);
+    let bearer = format!("Bearer {}", token(&base, "app", "apppw"));
+    assert_eq!(
+        http_as("GET", &kv("app/a"), Some(&bearer), b""),
+        (200, "1".to_string())
+    );
+    assert_eq!(http_as("GET", &kv("other"), Some(&bearer), b"").0, 403);
+    common::wait_until(SETTLE_TIMEOUT, "the 2 s token expires", || {
+        http_as("GET", &kv("app/a"), Some(&bearer), b"").0 == 401
+    });
+
+    // A flood of wrong passwords is answered (refused or turned away) while the node serves.
+    let root_basic = "Basic cm9vdDpyb290cHc="; // root:rootpw
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            let base = base.clone();
+            thread::spawn(move || {
+                let body = serde_json::json!({"name": "root", "password": "guess"}).to_string();
+                let url = format!("{base}/v1/auth/authenticate");
+                (0..25)
+                    .map(|_| http_as("POST", &url, None, body.as_bytes()).0)
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    assert_eq!(http_as("GET", &kv("app/a"), Some(root_basic), b"").0, 200);
+    for statuses in flood.into_iter().map(|t| t.join().expect("flood thread")) {
+        assert!(
+            statuses.iter().all(|s| *s == 401 || *s == 429),
+            "{statuses:?}"
+        );
+    }
+
+    // A backup carries users and roles: the restored cluster checks them as the old one did.
+    let work = tempfile::tempdir().expect("temporary directory");
+    let file = work.path().join("backup.snap");
+    let file_arg = file.to_str().expect("UTF-8 path");
+    ok(
+        ctl(&e, &["--user", "root:rootpw", "backup", file_arg]),
+        "backup as root",
+    );
+    fails(
+        ctl(&e, &[&app[..], &["backup", file_arg]].concat()),
+        "permission denied",
+        "backup as app",
+    );
+    let data_dir = work.path().join("restored");
+    let (first, _) = restore(file_arg, &data_dir);
+    let _restored = launch(&first);
+    let restored = first.http.to_string();
+    let mut last = String::new();
+    common::poll_until(SETTLE_TIMEOUT, || {
+        let output = ctl(&restored, &[&app[..], &["get", "app/a"]].concat());
+        last = format!("{}{}", text(&output.stdout), text(&output.stderr));
+        (text(&output.stdout).trim() == "1").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the restored node does not serve app: {last}"));
+    fails(
+        ctl(&restored, &["get", "app/a"]),
+        "user name is empty",
+        "the restored node without a user",
+    );
 }

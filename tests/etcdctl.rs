@@ -1693,3 +1693,127 @@ fn etcdctl_elect_hands_leadership_on_in_order_and_an_observer_sees_each_leader()
         "observer output"
     );
 }
+
+/// etcdctl's arguments acting as `user` (NAME:PASSWORD) before `args`.
+fn as_user<'a>(user: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["--user", user];
+    all.extend_from_slice(args);
+    all
+}
+
+/// The keys of the events in a JSON watch's output lines.
+fn watched_keys(lines: &[String]) -> Vec<String> {
+    events(lines).into_iter().map(|event| event.key).collect()
+}
+
+#[test]
+fn authentication_through_etcdctl_limits_a_user_to_its_prefix_and_survives_a_restart() {
+    let mut c = Cluster::start3();
+    c.wait_for_leader();
+    let (e1, e2) = (ep(&c, 1), ep(&c, 2));
+    let root = "root:rootpw";
+    let app = "app:apppw";
+    for setup in [
+        &["user", "add", root][..],
+        &["role", "add", "root"],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", app],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "readwrite",
+            "app/",
+            "--prefix=true",
+        ],
+        &["user", "grant-role", "app", "app"],
+        &["auth", "enable"],
+    ] {
+        etcdctl(&e1, setup).ok();
+    }
+
+    // Without a user nothing is allowed; with the wrong password nothing either.
+    etcdctl(&e2, &["put", "app/a", "1"]).fails("etcdserver: user name is empty");
+    etcdctl(&e2, &as_user("app:wrong", &["get", "app/a"])).fails("authentication failed");
+
+    // Inside its prefix the user reads and writes, on any member.
+    etcdctl(&e2, &as_user(app, &["put", "app/a", "1"])).ok();
+    let got = etcdctl(
+        &e1,
+        &as_user(app, &["get", "app/", "--prefix", "-w", "json"]),
+    )
+    .json();
+    assert_eq!(pairs(&got), kv(&[("app/a", "1")]));
+
+    // Outside it, every kind of request is refused.
+    etcdctl(&e1, &as_user(root, &["put", "secret", "s"])).ok();
+    let denied = "etcdserver: permission denied";
+    etcdctl(&e2, &as_user(app, &["put", "secret", "x"])).fails(denied);
+    etcdctl(&e2, &as_user(app, &["get", "secret"])).fails(denied);
+    etcdctl(&e2, &as_user(app, &["get", "", "--prefix"])).fails(denied);
+    etcdctl(&e2, &as_user(app, &["del", "secret"])).fails(denied);
+    let txn = b"\nput app/b 2\n\nput secret 3\n\n";
+    etcdctl_in(&e2, &as_user(app, &["txn"]), txn).fails(denied);
+    etcdctl(&e2, &as_user(app, &["user", "list"])).fails(denied);
+    etcdctl(&e2, &as_user(app, &["member", "remove", "1"])).fails(denied);
+    assert_eq!(
+        pairs(&etcdctl(&e1, &as_user(root, &["get", "secret", "-w", "json"])).json()),
+        kv(&[("secret", "s")]),
+        "a refused request changed nothing"
+    );
+
+    // An open watch follows the user's permissions as they change: narrowed to app/public/,
+    // it no longer delivers the rest of app/.
+    let mut watch = background(
+        &e2,
+        &as_user(app, &["watch", "app/", "--prefix", "-w", "json"]),
+    );
+    common::wait_until(SETTLE, "the watch delivers", || {
+        etcdctl(&e1, &as_user(root, &["put", "app/seen", "1"])).ok();
+        watched_keys(&watch.stdout_lines()).contains(&"app/seen".to_string())
+    });
+    etcdctl(
+        &e1,
+        &as_user(
+            root,
+            &[
+                "role",
+                "grant-permission",
+                "app",
+                "readwrite",
+                "app/public/",
+                "--prefix=true",
+            ],
+        ),
+    )
+    .ok();
+    etcdctl(
+        &e1,
+        &as_user(
+            root,
+            &["role", "revoke-permission", "app", "app/", "--prefix=true"],
+        ),
+    )
+    .ok();
+    etcdctl(&e1, &as_user(root, &["put", "app/private", "p"])).ok();
+    etcdctl(&e1, &as_user(root, &["put", "app/public/1", "q"])).ok();
+    let seen = watch.wait_for(SETTLE, "the public key is delivered", |lines| {
+        let keys = watched_keys(lines);
+        keys.contains(&"app/public/1".to_string()).then_some(keys)
+    });
+    assert!(!seen.contains(&"app/private".to_string()), "{seen:?}");
+    drop(watch);
+    etcdctl(&e2, &as_user(app, &["put", "app/private", "x"])).fails(denied);
+
+    // Users, roles and the switch are replicated state, kept on disk.
+    c.kill_all();
+    c.restart_all();
+    c.wait_for_leader();
+    let e3 = ep(&c, 3);
+    etcdctl(&e3, &["get", "app/public/1"]).fails("etcdserver: user name is empty");
+    let got = etcdctl(&e3, &as_user(app, &["get", "app/public/1", "-w", "json"])).json();
+    assert_eq!(pairs(&got), kv(&[("app/public/1", "q")]));
+    let roles = etcdctl(&e3, &as_user(root, &["user", "get", "app"])).ok();
+    assert!(roles.contains("app"), "{roles}");
+}

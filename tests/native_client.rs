@@ -130,6 +130,14 @@ fn a_client_with_no_reachable_node_gives_up_at_its_deadline() {
     assert!(Client::new(Vec::new(), CLIENT_TIMEOUT).is_err());
 }
 
+/// Why `result` failed; panics if it did not.
+fn refusal<T>(result: Result<T, ondisk::error::Error>) -> String {
+    match result {
+        Ok(_) => panic!("allowed"),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// The events a watch delivers, as (key, revision), until `until` says enough; panics if the
 /// watch fails, ends, or `until` is not reached within [`CLIENT_TIMEOUT`].
 async fn watch_until(
@@ -392,4 +400,57 @@ fn a_lease_kept_alive_by_the_client_outlives_the_leader_and_an_unkept_one_expire
             other => panic!("a keep-alive of an expired lease answered {other:?}"),
         }
     });
+}
+
+#[test]
+fn a_native_client_acting_as_a_user_reaches_only_the_keys_its_roles_cover() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader();
+    let base = format!("http://{}", cluster.http_addr(1));
+    for change in [
+        serde_json::json!({"user_add": {"name": "root", "password": "rootpw"}}),
+        serde_json::json!({"role_add": {"name": "root"}}),
+        serde_json::json!({"user_grant_role": {"user": "root", "role": "root"}}),
+        serde_json::json!({"user_add": {"name": "app", "password": "apppw"}}),
+        serde_json::json!({"role_add": {"name": "app"}}),
+        serde_json::json!({"role_grant_permission": {"role": "app", "permission":
+            {"kind": "readwrite", "key": "app/", "range_end": "app0"}}}),
+        serde_json::json!({"user_grant_role": {"user": "app", "role": "app"}}),
+        serde_json::json!("enable"),
+    ] {
+        let answer = common::http::http_json("POST", &format!("{base}/v1/auth"), &change);
+        assert_eq!(answer.status, 200, "{change}: {}", answer.text());
+    }
+    let runtime = runtime();
+    let app = client_of(&cluster, &cluster.ids()).as_user("app", "apppw");
+    runtime
+        .block_on(app.put(put_request(b"app/a".to_vec(), b"1".to_vec())))
+        .expect("a put inside the user's prefix");
+    let value = runtime
+        .block_on(app.get(b"app/a", Consistency::Linearizable))
+        .expect("a get inside the user's prefix");
+    assert_eq!(value.as_deref(), Some(&b"1"[..]));
+
+    let outside = refusal(runtime.block_on(app.put(put_request(b"x".to_vec(), b"1".to_vec()))));
+    assert!(outside.contains("permission denied"), "{outside}");
+    let outside = refusal(runtime.block_on(app.get(b"x", Consistency::Stale)));
+    assert!(outside.contains("permission denied"), "{outside}");
+    let watch_outside = ondisk::api::WatchRequest {
+        key: b"x".to_vec(),
+        ..ondisk::api::WatchRequest::default()
+    };
+    let outside = runtime.block_on(async {
+        let mut watch = app.watch(watch_outside).await?;
+        watch.next().await
+    });
+    assert!(refusal(outside).contains("permission denied"));
+
+    // Without a user, a raft-port client is trusted as the members it shares the port with
+    // are: the port's authentication is the peer certificate (TLS), not a user.
+    let member = client_of(&cluster, &[2]);
+    let value = runtime.block_on(member.get(b"app/a", Consistency::Linearizable));
+    assert_eq!(value.expect("a member's read").as_deref(), Some(&b"1"[..]));
+    let wrong = client_of(&cluster, &[3]).as_user("app", "wrong");
+    let refused = refusal(runtime.block_on(wrong.get(b"app/a", Consistency::Linearizable)));
+    assert!(refused.contains("authentication failed"), "{refused}");
 }

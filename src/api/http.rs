@@ -48,8 +48,36 @@ pub const SNAPSHOT: &str = "/v1/snapshot";
 pub const BACKUP: &str = "/v1/backup";
 pub const STATUS: &str = "/v1/status";
 pub const HEALTH: &str = "/health";
+/// `POST` an [`AuthenticateRequest`] for a token ([`crate::api::AuthenticateResponse`]).
+pub const AUTHENTICATE: &str = "/v1/auth/authenticate";
+/// `POST` a [`crate::api::AuthRequest`]: a change to users, roles or the switch.
+pub const AUTH: &str = "/v1/auth";
+/// `GET` every user's name; `AUTH_USERS/NAME` a user ([`crate::api::UserInfo`]).
+pub const AUTH_USERS: &str = "/v1/auth/users";
+/// `GET` every role's name; `AUTH_ROLES/NAME` a role ([`crate::api::RoleInfo`]).
+pub const AUTH_ROLES: &str = "/v1/auth/roles";
+/// The scheme of an `Authorization` header carrying a token from [`AUTHENTICATE`]; `Basic`
+/// (a name and password) is accepted as well.
+pub const BEARER: &str = "Bearer ";
+pub const BASIC: &str = "Basic ";
 /// The last segment of a lease's keep-alive route.
 pub const KEEP_ALIVE: &str = "keep-alive";
+
+/// The body of [`AUTHENTICATE`].
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AuthenticateRequest {
+    pub name: String,
+    pub password: String,
+}
+
+/// The value of an `Authorization` header for basic authentication as `name`.
+pub fn basic_authorization(name: &str, password: &str) -> String {
+    let pair = format!("{name}:{password}");
+    format!(
+        "{BASIC}{}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
 
 /// The route of lease `id`.
 pub fn lease(id: i64) -> String {

@@ -1,5 +1,5 @@
 //! The key-value API's one home: the typed requests and answers for range, put, delete, txn,
-//! compaction, watch and leases that every front end (REPL, HTTP, `ondisk ctl`, the native
+//! compaction, watch, leases and authentication that every front end (REPL, HTTP, `ondisk ctl`, the native
 //! client, later gRPC) speaks, and the HTTP contract (route names, query parameters, headers)
 //! that the server and its clients share.
 //!
@@ -10,6 +10,7 @@
 //! The same types travel in Raft log entries and native frames (bincode) and in HTTP bodies
 //! (JSON); [`bytes`] makes keys and values readable text in JSON whenever they are UTF-8.
 
+mod auth;
 pub mod bytes;
 pub mod etcdpb;
 pub mod http;
@@ -17,6 +18,7 @@ mod kv;
 mod lease;
 mod watch;
 
+pub use auth::*;
 pub use kv::*;
 pub use lease::*;
 pub use watch::*;

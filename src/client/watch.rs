@@ -112,8 +112,7 @@ impl<'c> Watch<'c> {
             wait_ms: POLL_WAIT.as_millis() as u64,
         };
         self.client
-            .peers
-            .call(self.endpoint(), request, POLL_WAIT * 2 + POLL_SLACK)
+            .call_within(self.endpoint(), request, POLL_WAIT * 2 + POLL_SLACK)
             .await
     }
 }

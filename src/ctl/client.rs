@@ -91,10 +91,17 @@ pub(super) struct Client {
     agent: ureq::Agent,
     /// For streams: no limit on the whole transfer, only on waiting for the answer to start.
     streaming_agent: ureq::Agent,
+    /// Sent as `Authorization` with every request (`--user`).
+    authorization: Option<String>,
 }
 
 impl Client {
-    pub(super) fn new(endpoints: &[String], timeout: Duration, tls: &TlsFlags) -> Result<Self> {
+    pub(super) fn new(
+        endpoints: &[String],
+        timeout: Duration,
+        tls: &TlsFlags,
+        authorization: Option<String>,
+    ) -> Result<Self> {
         let secure = tls.any() || endpoints.iter().any(|e| e.trim().starts_with("https://"));
         let endpoints = endpoints
             .iter()
@@ -125,6 +132,7 @@ impl Client {
             scheme: if secure { "https" } else { "http" },
             agent: agent(Some(timeout)),
             streaming_agent: agent(None),
+            authorization,
         })
     }
 
@@ -199,15 +207,17 @@ impl Client {
         path: &str,
         body: &[u8],
     ) -> std::result::Result<Streaming, Attempt> {
-        let request = ureq::http::Request::builder()
+        let mut request = ureq::http::Request::builder()
             .method(method)
-            .uri(format!("{}://{endpoint}{path}", self.scheme))
-            .body(body.to_vec())
-            .map_err(|e| {
-                Attempt::Failed(CtlError::Refused(format!(
-                    "invalid endpoint {endpoint:?}: {e}"
-                )))
-            })?;
+            .uri(format!("{}://{endpoint}{path}", self.scheme));
+        if let Some(authorization) = &self.authorization {
+            request = request.header("authorization", authorization);
+        }
+        let request = request.body(body.to_vec()).map_err(|e| {
+            Attempt::Failed(CtlError::Refused(format!(
+                "invalid endpoint {endpoint:?}: {e}"
+            )))
+        })?;
         agent.run(request).map_err(|e| match e {
             // Nothing reached the node: the next endpoint may be asked instead.
             ureq::Error::ConnectionFailed

@@ -17,6 +17,7 @@ use crate::node::Node;
 use crate::node::Role;
 use crate::types::NodeId;
 
+use super::caller;
 use super::convert;
 use super::status::status;
 use super::status::LEARNER_NOT_READY;
@@ -57,6 +58,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let request = request.into_inner();
         let raft_addr = raft_addr_of(&request.peer_ur_ls)?;
         let id = self.node.unused_member_id();
@@ -66,7 +68,7 @@ impl Cluster for ClusterService {
             Role::Voter
         };
         self.node
-            .add_node(id, raft_addr.clone(), role, None)
+            .add_node(&caller, id, raft_addr.clone(), role, None)
             .await
             .map_err(status)?;
         // etcd answers once the member asked has the change, so its member list shows it.
@@ -89,9 +91,10 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let id = request.into_inner().id;
         self.existing(id)?;
-        self.node.remove_member(id).await.map_err(status)?;
+        self.node.remove_member(&caller, id).await.map_err(status)?;
         self.node
             .wait_membership(move |members, _| !members.contains(&id))
             .await;
@@ -105,11 +108,12 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let request = request.into_inner();
         self.existing(request.id)?;
         let raft_addr = raft_addr_of(&request.peer_ur_ls)?;
         self.node
-            .update_member_address(request.id, raft_addr)
+            .update_member_address(&caller, request.id, raft_addr)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::MemberUpdateResponse {
@@ -136,13 +140,14 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let id = request.into_inner().id;
         let learner = self.existing(id)?;
         if learner.voter {
             return Err(Status::failed_precondition(NOT_LEARNER));
         }
         self.node
-            .add_node(id, learner.raft_addr, Role::Voter, None)
+            .add_node(&caller, id, learner.raft_addr, Role::Voter, None)
             .await
             .map_err(status)?;
         let promoted = self

@@ -14,9 +14,11 @@ use crate::api;
 use crate::api::etcdpb::etcdserverpb as pb;
 use crate::api::etcdpb::etcdserverpb::lease_server::Lease;
 use crate::error::Error;
+use crate::node::Caller;
 use crate::node::Node;
 use crate::types::ApplyError;
 
+use super::caller;
 use super::convert;
 use super::status::status;
 use super::StreamBudget;
@@ -45,6 +47,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let request = request.into_inner();
         if request.ttl > api::MAX_LEASE_TTL {
             return Err(Status::out_of_range(TTL_TOO_LARGE));
@@ -54,7 +57,11 @@ impl Lease for LeaseService {
             ttl: request.ttl.max(1),
             id: request.id,
         };
-        let response = self.node.lease_grant(grant).await.map_err(status)?;
+        let response = self
+            .node
+            .lease_grant(&caller, grant)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::LeaseGrantResponse {
             header: convert::header(response.header),
             id: response.id,
@@ -67,9 +74,10 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let response = self
             .node
-            .lease_revoke(request.into_inner().id)
+            .lease_revoke(&caller, request.into_inner().id)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::LeaseRevokeResponse {
@@ -81,6 +89,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<BoxStream<pb::LeaseKeepAliveResponse>>, Status> {
+        let caller = Arc::new(caller(&self.node, &request).await?);
         let place = self.streams.open()?;
         let node = self.node.clone();
         let answers = request
@@ -89,7 +98,8 @@ impl Lease for LeaseService {
                 // The stream's place in the budget lives as long as the stream.
                 let _place = &place;
                 let node = node.clone();
-                async move { keep_alive(&node, request?.id).await }
+                let caller = caller.clone();
+                async move { keep_alive(&node, &caller, request?.id).await }
             })
             .buffer_unordered(KEEP_ALIVES_IN_FLIGHT);
         Ok(Response::new(Box::pin(answers)))
@@ -99,8 +109,13 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let request = request.into_inner();
-        let response = match self.node.lease_time_to_live(request.id, request.keys).await {
+        let answer = self
+            .node
+            .lease_time_to_live(&caller, request.id, request.keys)
+            .await;
+        let response = match answer {
             Ok(response) => pb::LeaseTimeToLiveResponse {
                 header: convert::header(response.header),
                 id: response.id,
@@ -122,9 +137,10 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<pb::LeaseLeasesRequest>,
+        request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
-        let response = self.node.leases().await.map_err(status)?;
+        let caller = caller(&self.node, &request).await?;
+        let response = self.node.leases(&caller).await.map_err(status)?;
         Ok(Response::new(pb::LeaseLeasesResponse {
             header: convert::header(response.header),
             leases: response
@@ -138,8 +154,12 @@ impl Lease for LeaseService {
 
 /// One keep-alive. etcd answers a lease that is gone with a TTL of 0 (the client then stops
 /// keeping it alive), not with an error that would end the stream for every lease on it.
-async fn keep_alive(node: &Node, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
-    match node.lease_keep_alive(id).await {
+async fn keep_alive(
+    node: &Node,
+    caller: &Caller,
+    id: i64,
+) -> Result<pb::LeaseKeepAliveResponse, Status> {
+    match node.lease_keep_alive(caller, id).await {
         Ok(response) => Ok(pb::LeaseKeepAliveResponse {
             header: convert::header(response.header),
             id: response.id,

@@ -21,6 +21,7 @@ use crate::node::Node;
 use crate::store;
 use crate::store::EtcdSeal;
 
+use super::caller;
 use super::convert;
 use super::status::status;
 use super::status::BAD_TRANSFEREE;
@@ -113,9 +114,10 @@ impl Maintenance for MaintenanceService {
     /// A real compaction of the whole state machine database (see `Node::defragment`).
     async fn defragment(
         &self,
-        _request: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        self.node.defragment().await.map_err(status)?;
+        let caller = caller(&self.node, &request).await?;
+        self.node.defragment(&caller).await.map_err(status)?;
         Ok(Response::new(pb::DefragmentResponse {
             header: convert::header(self.node.current_header()),
         }))
@@ -125,9 +127,10 @@ impl Maintenance for MaintenanceService {
     /// key space at the revision each has applied, the same as HashKV at revision 0.
     async fn hash(
         &self,
-        _request: Request<pb::HashRequest>,
+        request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
-        let hashed = self.node.hash_kv(0).await.map_err(status)?;
+        let caller = caller(&self.node, &request).await?;
+        let hashed = self.node.hash_kv(&caller, 0).await.map_err(status)?;
         Ok(Response::new(pb::HashResponse {
             header: convert::header(self.node.header(hashed.revision)),
             hash: hashed.hash,
@@ -138,9 +141,10 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let hashed = self
             .node
-            .hash_kv(request.into_inner().revision)
+            .hash_kv(&caller, request.into_inner().revision)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::HashKvResponse {
@@ -156,9 +160,10 @@ impl Maintenance for MaintenanceService {
     /// ends with etcd's seal ([`EtcdSeal`]), which etcdctl checks and `ondisk restore` skips.
     async fn snapshot(
         &self,
-        _request: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<BoxStream<pb::SnapshotResponse>>, Status> {
-        let snapshot = self.node.backup().await.map_err(status)?;
+        let caller = caller(&self.node, &request).await?;
+        let snapshot = self.node.backup(&caller).await.map_err(status)?;
         let mut pieces =
             store::snapshot_chunks(snapshot.snapshot, SNAPSHOT_PIECE_BYTES, SNAPSHOT_AHEAD);
         let header = convert::header(self.node.current_header());
@@ -211,6 +216,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let target = request.into_inner().target_id;
         let is_voter = self
             .node
@@ -220,7 +226,10 @@ impl Maintenance for MaintenanceService {
         if !is_voter {
             return Err(Status::failed_precondition(BAD_TRANSFEREE));
         }
-        self.node.transfer_leader(target).await.map_err(status)?;
+        self.node
+            .transfer_leader(&caller, target)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::MoveLeaderResponse {
             header: convert::header(self.node.current_header()),
         }))

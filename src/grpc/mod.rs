@@ -41,6 +41,9 @@ use crate::api::etcdpb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::api::etcdpb::etcdserverpb::watch_server::WatchServer;
 use crate::api::etcdpb::v3electionpb::election_server::ElectionServer;
 use crate::api::etcdpb::v3lockpb::lock_server::LockServer;
+use crate::api::AuthError;
+use crate::node::Caller;
+use crate::node::Credentials;
 use crate::node::Node;
 
 pub use maintenance::ETCD_VERSION;
@@ -102,7 +105,10 @@ pub fn router(node: Arc<Node>) -> Router {
         MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))
             .max_decoding_message_size(max_message),
     )
-    .add_service(AuthServer::new(auth::AuthService).max_decoding_message_size(max_message))
+    .add_service(
+        AuthServer::new(auth::AuthService::new(node.clone()))
+            .max_decoding_message_size(max_message),
+    )
     .add_service(
         LockServer::new(recipes::LockService::new(node.clone()))
             .max_decoding_message_size(max_message),
@@ -112,6 +118,25 @@ pub fn router(node: Arc<Node>) -> Router {
             .max_decoding_message_size(max_message),
     )
     .into_axum_router()
+}
+
+/// The metadata key etcd's clients send their token in.
+const TOKEN_METADATA: &str = "token";
+
+/// Who sent `request`: the user its token names, or anonymous without one. A token that is
+/// not good (expired, forged, from before authentication was last enabled) is refused here
+/// with UNAUTHENTICATED, which tells etcd's clients to authenticate again.
+async fn caller<T>(node: &Node, request: &tonic::Request<T>) -> Result<Caller, Status> {
+    let credentials = match request.metadata().get(TOKEN_METADATA) {
+        Some(token) => Credentials::Token(
+            token
+                .to_str()
+                .map_err(|_| status::status(AuthError::InvalidToken.into()))?
+                .to_string(),
+        ),
+        None => Credentials::None,
+    };
+    node.caller(credentials).await.map_err(status::status)
 }
 
 /// One router for the client port: gRPC requests (content type `application/grpc`, with any

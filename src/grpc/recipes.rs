@@ -18,6 +18,7 @@ use crate::node::LeaderKey;
 use crate::node::Node;
 use crate::node::RecipeError;
 
+use super::caller;
 use super::convert;
 use super::status::status;
 use super::StreamBudget;
@@ -41,10 +42,11 @@ impl Lock for LockService {
         &self,
         request: Request<lockpb::LockRequest>,
     ) -> Result<Response<lockpb::LockResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let request = request.into_inner();
         let (header, key) = self
             .node
-            .lock(&request.name, request.lease)
+            .lock(&caller, &request.name, request.lease)
             .await
             .map_err(recipe_status)?;
         Ok(Response::new(lockpb::LockResponse {
@@ -57,9 +59,10 @@ impl Lock for LockService {
         &self,
         request: Request<lockpb::UnlockRequest>,
     ) -> Result<Response<lockpb::UnlockResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let header = self
             .node
-            .unlock(request.into_inner().key)
+            .unlock(&caller, request.into_inner().key)
             .await
             .map_err(recipe_status)?;
         Ok(Response::new(lockpb::UnlockResponse {
@@ -85,10 +88,11 @@ impl Election for ElectionService {
         &self,
         request: Request<electionpb::CampaignRequest>,
     ) -> Result<Response<electionpb::CampaignResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let request = request.into_inner();
         let (header, leader) = self
             .node
-            .campaign(&request.name, request.lease, request.value)
+            .campaign(&caller, &request.name, request.lease, request.value)
             .await
             .map_err(recipe_status)?;
         Ok(Response::new(electionpb::CampaignResponse {
@@ -101,11 +105,12 @@ impl Election for ElectionService {
         &self,
         request: Request<electionpb::ProclaimRequest>,
     ) -> Result<Response<electionpb::ProclaimResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let request = request.into_inner();
         let leader = given_leader(request.leader)?;
         let header = self
             .node
-            .proclaim(&leader, request.value)
+            .proclaim(&caller, &leader, request.value)
             .await
             .map_err(recipe_status)?;
         Ok(Response::new(electionpb::ProclaimResponse {
@@ -117,9 +122,10 @@ impl Election for ElectionService {
         &self,
         request: Request<electionpb::LeaderRequest>,
     ) -> Result<Response<electionpb::LeaderResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let (header, kv) = self
             .node
-            .election_leader(&request.into_inner().name)
+            .election_leader(&caller, &request.into_inner().name)
             .await
             .map_err(recipe_status)?;
         Ok(Response::new(electionpb::LeaderResponse {
@@ -132,8 +138,12 @@ impl Election for ElectionService {
         &self,
         request: Request<electionpb::LeaderRequest>,
     ) -> Result<Response<BoxStream<electionpb::LeaderResponse>>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let place = self.streams.open()?;
-        let leaders = self.node.observe(&request.into_inner().name);
+        let leaders = self
+            .node
+            .observe(&caller, &request.into_inner().name)
+            .map_err(recipe_status)?;
         let responses = ReceiverStream::new(leaders).map(move |leader| {
             // The stream's place in the budget lives as long as the stream.
             let _place = &place;
@@ -150,8 +160,13 @@ impl Election for ElectionService {
         &self,
         request: Request<electionpb::ResignRequest>,
     ) -> Result<Response<electionpb::ResignResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let leader = given_leader(request.into_inner().leader)?;
-        let header = self.node.resign(&leader).await.map_err(recipe_status)?;
+        let header = self
+            .node
+            .resign(&caller, &leader)
+            .await
+            .map_err(recipe_status)?;
         Ok(Response::new(electionpb::ResignResponse {
             header: convert::header(header),
         }))

@@ -3,6 +3,7 @@
 
 use tonic::Status;
 
+use crate::api::AuthError;
 use crate::error::Error;
 use crate::types::ApplyError;
 
@@ -26,7 +27,6 @@ pub const NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
 pub const LEARNER_NOT_READY: &str =
     "etcdserver: can only promote a learner member which is in sync with leader";
 pub const BAD_TRANSFEREE: &str = "etcdserver: bad leader transferee";
-pub const AUTH_NOT_ENABLED: &str = "etcdserver: authentication is not enabled";
 
 /// The status etcd would answer for `error`. A refusal keeps this crate's own wording where etcd
 /// has no message for it (a range end before its key, a negative revision), prefixed as etcd's
@@ -63,5 +63,30 @@ fn refused(refusal: ApplyError) -> Status {
         ApplyError::InvalidRequest(reason) => {
             Status::invalid_argument(format!("etcdserver: {reason}"))
         }
+        ApplyError::Auth(refusal) => auth_refused(refusal),
+    }
+}
+
+/// etcd's codes for its auth errors; the message is already etcd's.
+fn auth_refused(refusal: AuthError) -> Status {
+    let message = refusal.to_string();
+    match refusal {
+        AuthError::InvalidToken => Status::unauthenticated(message),
+        AuthError::PermissionDenied => Status::permission_denied(message),
+        AuthError::Failed | AuthError::UserEmpty | AuthError::RoleEmpty => {
+            Status::invalid_argument(message)
+        }
+        AuthError::TooManyAttempts => Status::resource_exhausted(message),
+        AuthError::NotEnabled
+        | AuthError::RootUserNotExist
+        | AuthError::RootRoleNotExist
+        | AuthError::UserAlreadyExist
+        | AuthError::UserNotFound
+        | AuthError::RoleAlreadyExist
+        | AuthError::RoleNotFound
+        | AuthError::PermissionNotGiven
+        | AuthError::RoleNotGranted
+        | AuthError::PermissionNotGranted
+        | AuthError::InvalidManagement => Status::failed_precondition(message),
     }
 }

@@ -30,9 +30,11 @@ use crate::api;
 use crate::api::etcdpb::etcdserverpb as pb;
 use crate::api::etcdpb::etcdserverpb::watch_request::RequestUnion;
 use crate::api::etcdpb::etcdserverpb::watch_server::Watch;
+use crate::node::Caller;
 use crate::node::Node;
 use crate::node::WatchStream;
 
+use super::caller;
 use super::convert;
 use super::status::status;
 use super::status::COMPACTED;
@@ -68,11 +70,13 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<BoxStream<pb::WatchResponse>>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let place = self.streams.open()?;
         let (outgoing, received) = mpsc::channel(STREAM_QUEUE);
         let session = Session {
             _place: place,
             node: self.node.clone(),
+            caller,
             outgoing,
             watches: HashMap::new(),
             forwarders: JoinSet::new(),
@@ -97,6 +101,8 @@ struct Session {
     /// Its place in the member's stream budget, given back when the session ends.
     _place: OwnedSemaphorePermit,
     node: Arc<Node>,
+    /// Who opened the stream (its token): every watch on it is theirs.
+    caller: Caller,
     outgoing: Outgoing,
     watches: HashMap<i64, ActiveWatch>,
     /// Each returns its watch id when its watch ends.
@@ -195,7 +201,7 @@ impl Session {
             0 => now,
             start => (start - 1).min(now),
         };
-        let stream = match self.node.watch(request) {
+        let stream = match self.node.watch(&self.caller, request) {
             Ok(stream) => stream,
             Err(e) => return self.refuse(id, status(e).message().to_string()).await,
         };

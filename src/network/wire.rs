@@ -91,6 +91,19 @@ pub enum Request {
         request: api::WatchRequest,
         wait_ms: u64,
     },
+    /// A native client logging in: the receiver checks the password and answers a token
+    /// ([`Response::Token`]) that every member accepts.
+    Authenticate {
+        name: String,
+        password: api::Password,
+    },
+    /// A native client's `request` made as the user `token` names, checked against that user's
+    /// permissions as the client port checks its requests. Only the client requests above
+    /// (`Propose`, `Get`, `Range`, the lease requests, `WatchPoll`) may be wrapped.
+    AsUser {
+        token: String,
+        request: Box<Request>,
+    },
 }
 
 /// A membership change as a user asks for it; the leader checks it against the cluster's rules
@@ -160,6 +173,7 @@ pub enum Response {
     LeaseTimeToLive(api::LeaseTimeToLiveResponse),
     Leases(api::LeaseLeasesResponse),
     Watch(api::WatchResponse),
+    Token(api::AuthenticateResponse),
 }
 
 /// Why the remote node did not serve a request.

@@ -14,6 +14,7 @@ use crate::api;
 use crate::error::Error;
 use crate::types::ApplyError;
 
+use super::Caller;
 use super::Node;
 
 /// How often revision-mode compaction looks at the revision.
@@ -114,7 +115,7 @@ impl Node {
                     revision: target,
                     physical: false,
                 };
-                match node.compact(request).await {
+                match node.compact(&Caller::Operator, request).await {
                     Ok(_) => tracing::info!("history compacted to revision {target}"),
                     Err(Error::Request(ApplyError::Compacted { .. })) => {}
                     Err(e) => tracing::warn!("automatic compaction to {target} failed: {e}"),

@@ -13,7 +13,9 @@ use crate::types::ApplyError;
 use crate::types::Command;
 use crate::types::CommandResult;
 
+use super::Caller;
 use super::InjectedFault;
+use super::Need;
 use super::Node;
 
 impl Node {
@@ -38,9 +40,14 @@ impl Node {
     /// keys and values come back (past the first key; `more` says so).
     pub async fn range(
         &self,
+        caller: &Caller,
         request: api::RangeRequest,
         max_bytes: usize,
     ) -> Result<api::RangeResponse> {
+        self.authorize(
+            caller,
+            Need::Read(api::KeySpan::new(&request.key, &request.range_end)),
+        )?;
         self.range_named("range", request, max_bytes).await
     }
 
@@ -70,7 +77,8 @@ impl Node {
     }
 
     /// A linearizable read of `key`'s value.
-    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    pub async fn get(&self, caller: &Caller, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.authorize(caller, Need::Read(api::KeySpan::One(key)))?;
         let request = api::RangeRequest {
             key: key.to_vec(),
             ..api::RangeRequest::default()
@@ -80,8 +88,11 @@ impl Node {
     }
 
     /// Sets a key once committed and applied.
-    pub async fn put(&self, request: api::PutRequest) -> Result<api::PutResponse> {
-        match self.propose("put", Command::Put(request)).await? {
+    pub async fn put(&self, caller: &Caller, request: api::PutRequest) -> Result<api::PutResponse> {
+        match self
+            .propose_as(caller, "put", Command::Put(request))
+            .await?
+        {
             CommandResult::Put(mut response) => {
                 response.header = self.header(response.header.revision);
                 Ok(response)
@@ -93,10 +104,11 @@ impl Node {
     /// Deletes a key or a range once committed and applied.
     pub async fn delete_range(
         &self,
+        caller: &Caller,
         request: api::DeleteRangeRequest,
     ) -> Result<api::DeleteRangeResponse> {
         match self
-            .propose("delete", Command::DeleteRange(request))
+            .propose_as(caller, "delete", Command::DeleteRange(request))
             .await?
         {
             CommandResult::DeleteRange(mut response) => {
@@ -109,8 +121,11 @@ impl Node {
 
     /// Runs a transaction once committed and applied: every comparison checked and one branch
     /// applied at one revision, atomically.
-    pub async fn txn(&self, request: api::TxnRequest) -> Result<api::TxnResponse> {
-        match self.propose("txn", Command::Txn(request)).await? {
+    pub async fn txn(&self, caller: &Caller, request: api::TxnRequest) -> Result<api::TxnResponse> {
+        match self
+            .propose_as(caller, "txn", Command::Txn(request))
+            .await?
+        {
             CommandResult::Txn(mut response) => {
                 fill_txn_headers(self, &mut response);
                 Ok(response)
@@ -122,9 +137,13 @@ impl Node {
     /// Compacts the history up to `request.revision` once committed and applied.
     pub async fn compact(
         &self,
+        caller: &Caller,
         request: api::CompactionRequest,
     ) -> Result<api::CompactionResponse> {
-        match self.propose("compact", Command::Compact(request)).await? {
+        match self
+            .propose_as(caller, "compact", Command::Compact(request))
+            .await?
+        {
             CommandResult::Compacted(mut response) => {
                 response.header = self.header(response.header.revision);
                 Ok(response)
@@ -157,6 +176,15 @@ impl Node {
                 format!("compaction revision {} must be above 0", compact.revision),
             )),
             Command::LeaseGrant(grant) => self.prepare_grant(grant).map(Command::LeaseGrant),
+            Command::AsUser {
+                user,
+                auth_revision,
+                command,
+            } => Ok(Command::AsUser {
+                user,
+                auth_revision,
+                command: Box::new(self.prepare(*command)?),
+            }),
             other => Ok(other),
         }
     }
@@ -166,7 +194,11 @@ impl Node {
     /// What a write whose result does not answer it becomes: a refusal decided while applying is
     /// an error; an acknowledgement without an answer (the `ack-before-commit` test fault, which
     /// acknowledges before anything is applied) is an empty answer, as the fault intends.
-    fn unanswered<T: Default>(&self, op: &'static str, result: CommandResult) -> Result<T> {
+    pub(super) fn unanswered<T: Default>(
+        &self,
+        op: &'static str,
+        result: CommandResult,
+    ) -> Result<T> {
         match result {
             CommandResult::Applied if self.fault == Some(InjectedFault::AckBeforeCommit) => {
                 Ok(T::default())

@@ -18,6 +18,8 @@ use crate::types::ApplyError;
 use crate::types::Command;
 use crate::types::CommandResult;
 
+use super::Caller;
+use super::Need;
 use super::Node;
 
 /// How often the leader looks for expired leases: an expired lease is revoked within this of its
@@ -66,10 +68,11 @@ impl Node {
     /// Creates a lease once committed and applied.
     pub async fn lease_grant(
         &self,
+        caller: &Caller,
         request: api::LeaseGrantRequest,
     ) -> Result<api::LeaseGrantResponse> {
         match self
-            .propose("lease grant", Command::LeaseGrant(request))
+            .propose_as(caller, "lease grant", Command::LeaseGrant(request))
             .await?
         {
             CommandResult::LeaseGranted(mut response) => {
@@ -80,10 +83,16 @@ impl Node {
         }
     }
 
-    /// Ends a lease and deletes its keys, once committed and applied.
-    pub async fn lease_revoke(&self, id: i64) -> Result<api::LeaseRevokeResponse> {
+    /// Ends a lease and deletes its keys, once committed and applied. A user needs write
+    /// permission on every key attached to it (as etcd asks).
+    pub async fn lease_revoke(&self, caller: &Caller, id: i64) -> Result<api::LeaseRevokeResponse> {
+        if matches!(caller, Caller::User(_)) {
+            for key in self.state.lease_keys(id)? {
+                self.authorize(caller, Need::Write(api::KeySpan::One(&key)))?;
+            }
+        }
         match self
-            .propose("lease revoke", Command::LeaseRevoke { id })
+            .propose_as(caller, "lease revoke", Command::LeaseRevoke { id })
             .await?
         {
             CommandResult::LeaseRevoked => Ok(api::LeaseRevokeResponse {
@@ -94,7 +103,12 @@ impl Node {
     }
 
     /// Renews a lease for its full TTL, at the leader.
-    pub async fn lease_keep_alive(&self, id: i64) -> Result<api::LeaseKeepAliveResponse> {
+    pub async fn lease_keep_alive(
+        &self,
+        caller: &Caller,
+        id: i64,
+    ) -> Result<api::LeaseKeepAliveResponse> {
+        self.authorize(caller, Need::Authenticated)?;
         match self
             .ask_leader("lease keep-alive", Request::LeaseKeepAlive { id })
             .await?
@@ -107,9 +121,11 @@ impl Node {
     /// A lease's TTL, the seconds left as the leader counts them, and (with `keys`) its keys.
     pub async fn lease_time_to_live(
         &self,
+        caller: &Caller,
         id: i64,
         keys: bool,
     ) -> Result<api::LeaseTimeToLiveResponse> {
+        self.authorize(caller, Need::Authenticated)?;
         match self
             .ask_leader("lease time-to-live", Request::LeaseTimeToLive { id, keys })
             .await?
@@ -120,7 +136,8 @@ impl Node {
     }
 
     /// Every lease in force (after a read barrier).
-    pub async fn leases(&self) -> Result<api::LeaseLeasesResponse> {
+    pub async fn leases(&self, caller: &Caller) -> Result<api::LeaseLeasesResponse> {
+        self.authorize(caller, Need::Authenticated)?;
         self.read_barrier("leases").await?;
         Ok(api::LeaseLeasesResponse {
             header: self.header(self.revision()?),
@@ -227,7 +244,7 @@ impl Node {
                     continue;
                 }
                 for id in node.state.leases().expired(REVOKES_PER_CHECK) {
-                    match node.lease_revoke(id).await {
+                    match node.lease_revoke(&Caller::Operator, id).await {
                         Ok(_) => tracing::info!("lease {id} expired; its keys are deleted"),
                         Err(Error::Request(ApplyError::LeaseNotFound(_))) => {}
                         Err(e) => {

@@ -7,6 +7,8 @@ use crate::error::Result;
 use crate::store;
 use crate::store::DiskUsage;
 
+use super::Caller;
+use super::Need;
 use super::Node;
 
 /// Bytes of keys and values read per page while hashing, so memory stays flat however large the
@@ -28,7 +30,8 @@ impl Node {
     /// with its revisions, version, lease and value, read from this member's own state. Members
     /// that applied the same log give the same hash for the same revision, so comparing hashes
     /// at one revision checks that they hold the same data (etcd's HashKV).
-    pub async fn hash_kv(&self, revision: i64) -> Result<KeySpaceHash> {
+    pub async fn hash_kv(&self, caller: &Caller, revision: i64) -> Result<KeySpaceHash> {
+        self.authorize(caller, Need::Admin)?;
         let revisions = self.state.revisions()?;
         let revision = if revision == 0 {
             revisions.current
@@ -72,7 +75,8 @@ impl Node {
 
     /// Compacts the state machine database whole, returning the space of old versions to the
     /// file system (see `StateReader::compact_all`).
-    pub async fn defragment(&self) -> Result<()> {
+    pub async fn defragment(&self, caller: &Caller) -> Result<()> {
+        self.authorize(caller, Need::Admin)?;
         self.read_state(|state| state.compact_all()).await
     }
 

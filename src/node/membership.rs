@@ -22,6 +22,8 @@ use openraft::raft::Precondition;
 use openraft::ChangeMembers;
 
 use super::write_error;
+use super::Caller;
+use super::Need;
 use super::Node;
 use super::RETRY_PAUSE;
 
@@ -69,8 +71,9 @@ pub enum Role {
 impl Node {
     /// Adds node `id` at raft address `raft_addr` as a learner; the leader promotes it to voter
     /// on its own once it has caught up. Works from any member.
-    pub async fn add_member(&self, id: NodeId, raft_addr: String) -> Result<()> {
-        self.add_node(id, raft_addr, Role::Voter, None).await
+    pub async fn add_member(&self, caller: &Caller, id: NodeId, raft_addr: String) -> Result<()> {
+        self.add_node(caller, id, raft_addr, Role::Voter, None)
+            .await
     }
 
     /// Adds node `id` at raft address `raft_addr` in `role`. With `prev_index`, the change is
@@ -78,11 +81,13 @@ impl Node {
     /// [`Node::membership_index`]). Works from any member.
     pub async fn add_node(
         &self,
+        caller: &Caller,
         id: NodeId,
         raft_addr: String,
         role: Role,
         prev_index: Option<u64>,
     ) -> Result<()> {
+        self.authorize(caller, Need::Admin)?;
         let member = Member {
             raft_addr,
             http_addr: String::new(),
@@ -109,7 +114,13 @@ impl Node {
     /// Records `raft_addr` as member `id`'s raft address (etcd's member update), keeping its HTTP
     /// address. A running member records its own addresses again when they differ from what it
     /// listens on, so this is for a member about to be restarted at the new address.
-    pub async fn update_member_address(&self, id: NodeId, raft_addr: String) -> Result<()> {
+    pub async fn update_member_address(
+        &self,
+        caller: &Caller,
+        id: NodeId,
+        raft_addr: String,
+    ) -> Result<()> {
+        self.authorize(caller, Need::Admin)?;
         let http_addr = self
             .members()
             .into_iter()
@@ -162,7 +173,8 @@ impl Node {
     /// Makes voter `to` the leader with openraft's leader transfer (the leader stops accepting
     /// writes and tells `to` to campaign at once), and waits until this node sees `to` lead.
     /// Works from any member.
-    pub async fn transfer_leader(&self, to: NodeId) -> Result<()> {
+    pub async fn transfer_leader(&self, caller: &Caller, to: NodeId) -> Result<()> {
+        self.authorize(caller, Need::Admin)?;
         let change = MembershipChange::TransferLeader { to };
         self.submit_to_leader("transfer-leader", Request::Membership(change))
             .await?;
@@ -178,7 +190,8 @@ impl Node {
     }
 
     /// Removes node `id` (voter or learner). Works from any member; a removed node shuts down.
-    pub async fn remove_member(&self, id: NodeId) -> Result<()> {
+    pub async fn remove_member(&self, caller: &Caller, id: NodeId) -> Result<()> {
+        self.authorize(caller, Need::Admin)?;
         let change = MembershipChange::Remove { id };
         self.submit_to_leader("remove", Request::Membership(change))
             .await

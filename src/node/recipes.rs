@@ -21,6 +21,8 @@ use crate::api::RequestOp;
 use crate::api::ResponseOp;
 use crate::error::Error;
 
+use super::Caller;
+use super::Need;
 use super::Node;
 
 /// Why a recipe request failed.
@@ -65,10 +67,12 @@ impl Node {
     /// waiting withdraws its key.
     pub async fn lock(
         self: &Arc<Self>,
+        caller: &Caller,
         name: &[u8],
         lease: i64,
     ) -> Result<(api::ResponseHeader, Vec<u8>)> {
         let prefix = prefix_of(name);
+        self.authorize_recipe(caller, &prefix, true)?;
         let key = api::participant_key(&prefix, lease);
         let place = self.join(&key, lease, Vec::new()).await?;
         let withdraw = Withdraw::new(self.clone(), key.clone());
@@ -79,12 +83,16 @@ impl Node {
     }
 
     /// Releases a lock by deleting the key `lock` answered.
-    pub async fn unlock(&self, key: Vec<u8>) -> Result<api::ResponseHeader> {
+    pub async fn unlock(&self, caller: &Caller, key: Vec<u8>) -> Result<api::ResponseHeader> {
+        self.authorize(caller, Need::Write(api::KeySpan::One(&key)))?;
         let deleted = self
-            .delete_range(api::DeleteRangeRequest {
-                key,
-                ..api::DeleteRangeRequest::default()
-            })
+            .delete_range(
+                &Caller::Operator,
+                api::DeleteRangeRequest {
+                    key,
+                    ..api::DeleteRangeRequest::default()
+                },
+            )
             .await?;
         Ok(deleted.header)
     }
@@ -94,11 +102,13 @@ impl Node {
     /// and updates its value. A request abandoned while waiting withdraws its key.
     pub async fn campaign(
         self: &Arc<Self>,
+        caller: &Caller,
         name: &[u8],
         lease: i64,
         value: Vec<u8>,
     ) -> Result<(api::ResponseHeader, LeaderKey)> {
         let prefix = prefix_of(name);
+        self.authorize_recipe(caller, &prefix, true)?;
         let key = api::participant_key(&prefix, lease);
         let place = self.join(&key, lease, value.clone()).await?;
         let leader = LeaderKey {
@@ -112,7 +122,7 @@ impl Node {
             .existing_value
             .is_some_and(|existing| existing != value)
         {
-            self.proclaim(&leader, value).await?;
+            self.proclaim(&Caller::Operator, &leader, value).await?;
         }
         self.wait_turn(&prefix, place.created).await?;
         self.still_held(&leader.key).await?;
@@ -123,16 +133,20 @@ impl Node {
     /// Sets the leader's value, if `leader` still leads (its key has the same creation revision).
     pub async fn proclaim(
         &self,
+        caller: &Caller,
         leader: &LeaderKey,
         value: Vec<u8>,
     ) -> Result<api::ResponseHeader> {
+        self.authorize_recipe(caller, &leader.key, true)?;
         let put = RequestOp::Put(api::PutRequest {
             key: leader.key.clone(),
             value,
             lease: leader.lease,
             ..api::PutRequest::default()
         });
-        let response = self.txn(if_created_at(leader, put)).await?;
+        let response = self
+            .txn(&Caller::Operator, if_created_at(leader, put))
+            .await?;
         if !response.succeeded {
             return Err(RecipeError::NotLeader);
         }
@@ -141,16 +155,25 @@ impl Node {
 
     /// Gives up leadership (or a place in the queue): deletes the leader key if it is still the
     /// one given. Resigning a key already gone is not an error.
-    pub async fn resign(&self, leader: &LeaderKey) -> Result<api::ResponseHeader> {
+    pub async fn resign(&self, caller: &Caller, leader: &LeaderKey) -> Result<api::ResponseHeader> {
+        self.authorize_recipe(caller, &leader.key, true)?;
         let delete = RequestOp::DeleteRange(api::DeleteRangeRequest {
             key: leader.key.clone(),
             ..api::DeleteRangeRequest::default()
         });
-        Ok(self.txn(if_created_at(leader, delete)).await?.header)
+        Ok(self
+            .txn(&Caller::Operator, if_created_at(leader, delete))
+            .await?
+            .header)
     }
 
     /// The current leader of election `name`: the key under it created first.
-    pub async fn election_leader(&self, name: &[u8]) -> Result<(api::ResponseHeader, KeyValue)> {
+    pub async fn election_leader(
+        &self,
+        caller: &Caller,
+        name: &[u8],
+    ) -> Result<(api::ResponseHeader, KeyValue)> {
+        self.authorize_recipe(caller, &prefix_of(name), false)?;
         let (header, participants) = self.participants(&prefix_of(name), false).await?;
         let first = first_created(participants).ok_or(RecipeError::NoLeader)?;
         Ok((header, first))
@@ -161,8 +184,10 @@ impl Node {
     /// lease ends. Ends when the receiver is dropped or the node stops.
     pub fn observe(
         self: &Arc<Self>,
+        caller: &Caller,
         name: &[u8],
-    ) -> mpsc::Receiver<Result<(api::ResponseHeader, KeyValue)>> {
+    ) -> Result<mpsc::Receiver<Result<(api::ResponseHeader, KeyValue)>>> {
+        self.authorize_recipe(caller, &prefix_of(name), false)?;
         let (leaders, received) = mpsc::channel(16);
         let node = self.clone();
         let prefix = prefix_of(name);
@@ -171,7 +196,19 @@ impl Node {
                 let _ = leaders.send(Err(e)).await;
             }
         });
-        received
+        Ok(received)
+    }
+
+    /// Refuses a recipe call unless `caller` may read (and, for a `write`, write) every key
+    /// under `prefix`: a participant's key, and the others it reads and waits on.
+    fn authorize_recipe(&self, caller: &Caller, prefix: &[u8], write: bool) -> Result<()> {
+        let end = api::prefix_end(prefix);
+        let span = || api::KeySpan::new(prefix, &end);
+        self.authorize(caller, Need::Read(span()))?;
+        if write {
+            self.authorize(caller, Need::Write(span()))?;
+        }
+        Ok(())
     }
 
     async fn follow_leaders(
@@ -189,11 +226,14 @@ impl Node {
             if leaders.send(Ok((header, leader.clone()))).await.is_err() {
                 return Ok(());
             }
-            let mut watch = self.watch(api::WatchRequest {
-                key: leader.key.clone(),
-                start_revision: from,
-                ..api::WatchRequest::default()
-            })?;
+            let mut watch = self.watch(
+                &Caller::Operator,
+                api::WatchRequest {
+                    key: leader.key.clone(),
+                    start_revision: from,
+                    ..api::WatchRequest::default()
+                },
+            )?;
             'leader: while let Some(response) = watch.next().await {
                 if response.canceled {
                     break;
@@ -214,13 +254,16 @@ impl Node {
 
     /// Waits for the first key put under `prefix` from revision `from` on.
     async fn first_put(&self, prefix: &[u8], from: i64) -> Result<(api::ResponseHeader, KeyValue)> {
-        let mut watch = self.watch(api::WatchRequest {
-            key: prefix.to_vec(),
-            range_end: api::prefix_end(prefix),
-            start_revision: from,
-            filters: vec![api::WatchFilter::NoDelete],
-            ..api::WatchRequest::default()
-        })?;
+        let mut watch = self.watch(
+            &Caller::Operator,
+            api::WatchRequest {
+                key: prefix.to_vec(),
+                range_end: api::prefix_end(prefix),
+                start_revision: from,
+                filters: vec![api::WatchFilter::NoDelete],
+                ..api::WatchRequest::default()
+            },
+        )?;
         while let Some(response) = watch.next().await {
             if let Some(event) = response.events.into_iter().next() {
                 let mut header = response.header;
@@ -237,7 +280,7 @@ impl Node {
     /// Creates `key` with `lease` and `value` unless it exists, in one transaction.
     async fn join(&self, key: &[u8], lease: i64, value: Vec<u8>) -> Result<Place> {
         let txn = api::create_unless_exists(key, value, lease);
-        let response = self.txn(txn).await?;
+        let response = self.txn(&Caller::Operator, txn).await?;
         if response.succeeded {
             return Ok(Place {
                 created: response.header.revision,
@@ -277,12 +320,15 @@ impl Node {
     /// Waits for `key` to be deleted at revision `from` or later; returns early if the watch
     /// ends otherwise (the caller reads again).
     async fn wait_deleted(&self, key: Vec<u8>, from: i64) -> Result<()> {
-        let mut watch = self.watch(api::WatchRequest {
-            key,
-            start_revision: from,
-            filters: vec![api::WatchFilter::NoPut],
-            ..api::WatchRequest::default()
-        })?;
+        let mut watch = self.watch(
+            &Caller::Operator,
+            api::WatchRequest {
+                key,
+                start_revision: from,
+                filters: vec![api::WatchFilter::NoPut],
+                ..api::WatchRequest::default()
+            },
+        )?;
         while let Some(response) = watch.next().await {
             if response.canceled || !response.events.is_empty() {
                 return Ok(());
@@ -295,6 +341,7 @@ impl Node {
     async fn still_held(&self, key: &[u8]) -> Result<()> {
         let range = self
             .range(
+                &Caller::Operator,
                 api::RangeRequest {
                     key: key.to_vec(),
                     count_only: true,
@@ -317,6 +364,7 @@ impl Node {
     ) -> Result<(api::ResponseHeader, Vec<KeyValue>)> {
         let range = self
             .range(
+                &Caller::Operator,
                 api::RangeRequest {
                     key: prefix.to_vec(),
                     range_end: api::prefix_end(prefix),
@@ -364,7 +412,7 @@ impl Drop for Withdraw {
                 key,
                 ..api::DeleteRangeRequest::default()
             };
-            if let Err(e) = node.delete_range(delete).await {
+            if let Err(e) = node.delete_range(&Caller::Operator, delete).await {
                 tracing::warn!("could not withdraw an abandoned lock or campaign key: {e}");
             }
         });

@@ -15,6 +15,8 @@ use crate::store;
 use crate::types::ApplyError;
 use crate::types::Raft;
 
+use super::Caller;
+use super::Need;
 use super::Node;
 
 /// The responses of one watch, in order. Dropping it ends the watch.
@@ -23,18 +25,45 @@ pub struct WatchStream {
     cluster_id: u64,
     member_id: u64,
     raft: Raft,
+    /// Whom the events are for: each is checked against the auth state at delivery, so a
+    /// permission revoked while the watch is open hides the keys it covered from then on.
+    reader: Option<(Caller, store::StateReader)>,
 }
 
 impl WatchStream {
     /// The next response; `None` once the watch has ended (after its canceled response).
     pub async fn next(&mut self) -> Option<api::WatchResponse> {
-        let response = self.responses.recv().await?;
-        Some(self.stamp(response))
+        loop {
+            let response = self.responses.recv().await?;
+            if let Some(response) = self.deliverable(response) {
+                return Some(response);
+            }
+        }
     }
 
     /// The next response if one is ready now, without waiting.
     pub fn try_next(&mut self) -> Option<api::WatchResponse> {
-        let response = self.responses.try_recv().ok()?;
+        loop {
+            let response = self.responses.try_recv().ok()?;
+            if let Some(response) = self.deliverable(response) {
+                return Some(response);
+            }
+        }
+    }
+
+    /// `response` stamped, without the events its reader may not see; None when that leaves a
+    /// response of changes with none (it would read as a progress notification).
+    fn deliverable(&self, mut response: api::WatchResponse) -> Option<api::WatchResponse> {
+        if let Some((caller, state)) = &self.reader {
+            if !response.events.is_empty() {
+                response
+                    .events
+                    .retain(|event| super::auth::may_read(state, caller, &event.kv.key));
+                if response.events.is_empty() {
+                    return None;
+                }
+            }
+        }
         Some(self.stamp(response))
     }
 
@@ -72,15 +101,22 @@ impl Node {
     /// Starts a watch of `request`'s keys from its start revision (see `api::watch` for what it
     /// promises). Progress notifications, when asked for, come after the node's
     /// `-watch-progress-notify-interval` without changes.
-    pub fn watch(&self, request: api::WatchRequest) -> Result<WatchStream> {
-        self.watch_with(request, self.watch_progress_interval)
+    /// A user needs read permission on every key watched, and sees each event only while it may
+    /// read that key.
+    pub fn watch(&self, caller: &Caller, request: api::WatchRequest) -> Result<WatchStream> {
+        self.watch_with(caller, request, self.watch_progress_interval)
     }
 
     fn watch_with(
         &self,
+        caller: &Caller,
         request: api::WatchRequest,
         progress_every: Duration,
     ) -> Result<WatchStream> {
+        self.authorize(
+            caller,
+            Need::Read(api::KeySpan::new(&request.key, &request.range_end)),
+        )?;
         if request.start_revision < 0 {
             return Err(Error::Request(ApplyError::InvalidRequest(format!(
                 "start revision {} is negative",
@@ -101,6 +137,7 @@ impl Node {
             cluster_id: self.cluster_id,
             member_id: self.id,
             raft: self.raft.clone(),
+            reader: matches!(caller, Caller::User(_)).then(|| (caller.clone(), self.state.clone())),
         })
     }
 
@@ -109,12 +146,13 @@ impl Node {
     /// progress response saying how far this member has seen.
     pub async fn watch_poll(
         &self,
+        caller: &Caller,
         mut request: api::WatchRequest,
         wait: Duration,
     ) -> Result<api::WatchResponse> {
         let start = request.start_revision;
         request.progress_notify = true;
-        let mut watch = self.watch_with(request, wait)?;
+        let mut watch = self.watch_with(caller, request, wait)?;
         // A progress response needs the watch to have caught up first; past this, the client is
         // told only that nothing came (it asks again from the same revision).
         let deadline = tokio::time::Instant::now() + wait * 2 + Duration::from_secs(1);

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::sync::Arc;
 
+use super::auth::AuthState;
 use super::decode;
 use super::encode;
 use super::mvcc;
@@ -18,6 +19,7 @@ use super::mvcc::CF_HISTORY;
 use super::mvcc::CF_LEASES;
 use super::mvcc::CF_LEASE_KEYS;
 use crate::api;
+use crate::api::AuthError;
 use crate::api::Compare;
 use crate::api::CompareResult;
 use crate::api::CompareTarget;
@@ -25,6 +27,7 @@ use crate::api::DeleteRangeRequest;
 use crate::api::DeleteRangeResponse;
 use crate::api::Event;
 use crate::api::EventKind;
+use crate::api::KeyAccess;
 use crate::api::KeySpan;
 use crate::api::PutRequest;
 use crate::api::PutResponse;
@@ -36,6 +39,7 @@ use crate::api::ResponseOp;
 use crate::api::TxnRequest;
 use crate::api::TxnResponse;
 use crate::types::ApplyError;
+use crate::types::AuthChange;
 use crate::types::Command;
 use crate::types::CommandResult;
 
@@ -65,6 +69,10 @@ pub(super) struct Applier<'db> {
     pub collect_events: bool,
     pub changes: Vec<Arc<RevisionChanges>>,
     pub lease_changes: Vec<LeaseChange>,
+    /// Users, roles and permissions as of the command being applied; replaced (copy on write)
+    /// by an auth change, which sets `auth_changed`.
+    pub auth: Arc<AuthState>,
+    pub auth_changed: bool,
 }
 
 /// The changes one write request makes, numbered in order within its revision.
@@ -109,7 +117,42 @@ impl<'db> Applier<'db> {
                     .map(|result| result.map(|()| CommandResult::LeaseRevoked))
             }),
             Command::KeepLearner { .. } => Ok(CommandResult::Applied),
+            Command::Auth(change) => Ok(self.change_auth(change)),
+            Command::AsUser {
+                user,
+                auth_revision,
+                command,
+            } => {
+                let checked_then = self.auth.revision == *auth_revision;
+                if !checked_then && self.auth.enabled && !self.permits(user, command)? {
+                    return Ok(CommandResult::Refused(AuthError::PermissionDenied.into()));
+                }
+                self.apply(command)
+            }
         }
+    }
+
+    fn change_auth(&mut self, change: &AuthChange) -> CommandResult {
+        // `AuthState::change` leaves the state untouched when it refuses, so the copy made for
+        // writing is never a half-change.
+        match Arc::make_mut(&mut self.auth).change(change) {
+            Ok(()) => {
+                self.auth_changed = true;
+                CommandResult::AuthChanged
+            }
+            Err(refused) => CommandResult::Refused(refused.into()),
+        }
+    }
+
+    /// Whether `user` may still make the write `command` asks for, by the auth state now.
+    fn permits(&self, user: &str, command: &Command) -> io::Result<bool> {
+        if let Command::LeaseRevoke { id } = command {
+            let auth = &self.auth;
+            return Ok(attached_keys(&self.overlay, *id)?
+                .iter()
+                .all(|key| auth.permits(user, &KeySpan::One(key), KeyAccess::Write)));
+        }
+        Ok(self.auth.permits_command(user, command))
     }
 
     /// Runs one write request at revision `self.revision + 1`, which it takes only if it changed a

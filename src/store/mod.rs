@@ -6,6 +6,7 @@
 //! tuned, synced and (for the state machine) replaced on its own.
 
 mod apply;
+mod auth;
 mod data_dir;
 mod lease;
 mod log_store;
@@ -18,6 +19,8 @@ mod watch;
 mod worker;
 
 pub use apply::RevisionChanges;
+pub use auth::AuthState;
+pub use auth::User;
 pub use data_dir::DataDir;
 pub use lease::LeaseTable;
 pub use log_store::AppendSync;

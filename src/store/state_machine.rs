@@ -48,6 +48,7 @@ use rocksdb::DB;
 use super::apply::Applier;
 use super::apply::LeaseChange;
 use super::apply::RevisionChanges;
+use super::auth::AuthState;
 use super::blocking;
 use super::column_family;
 use super::decode;
@@ -112,7 +113,9 @@ const COLUMN_FAMILIES: &[&str] = &[
 /// families are numbered by their place in [`MVCC_FAMILIES`]).
 const STREAM_META_FAMILY: u8 = MVCC_FAMILIES.len() as u8;
 /// The meta keys a snapshot carries beside the key space.
-const STREAMED_META_KEYS: &[&[u8]] = &[KEY_REVISION, KEY_COMPACT_REVISION];
+const STREAMED_META_KEYS: &[&[u8]] = &[KEY_REVISION, KEY_COMPACT_REVISION, KEY_AUTH];
+/// Users, roles, permissions and the authentication switch ([`AuthState`]), one record.
+const KEY_AUTH: &[u8] = b"auth";
 /// History changes deleted per batch by the background history compaction.
 const TRIM_CHANGES: usize = 10_000;
 const KEY_APPLIED: &[u8] = b"applied";
@@ -138,6 +141,7 @@ struct StateMeta {
     membership: StoredMembership,
     records: MemberRecords,
     revisions: Revisions,
+    auth: AuthState,
 }
 
 impl StateMeta {
@@ -166,6 +170,7 @@ impl StateMeta {
             membership,
             records,
             revisions: read_revisions(db, &ReadOptions::default)?,
+            auth: read_auth(db)?,
         })
     }
 
@@ -197,6 +202,8 @@ pub struct StateMachineStore {
 /// What the state machine shares with its readers.
 struct Shared {
     records: Mutex<MemberRecords>,
+    /// Replaced whole by each batch that changes it, so a reader's copy is one Arc clone.
+    auth: Mutex<Arc<AuthState>>,
     counters: Counters,
     watch_hub: Arc<WatchHub>,
     leases: LeaseTable,
@@ -246,6 +253,7 @@ impl StateMachineStore {
             membership,
             records,
             revisions,
+            auth,
         } = StateMeta::read(&state.current()).map_err(storage_err(path))?;
         let leases = read_leases(&state.current()).map_err(storage_err(path))?;
         fs::create_dir_all(&snapshot_dir)?;
@@ -268,6 +276,7 @@ impl StateMachineStore {
             revisions,
             shared: Arc::new(Shared {
                 records: Mutex::new(records),
+                auth: Mutex::new(Arc::new(auth)),
                 counters: Counters::default(),
                 watch_hub: Arc::new(WatchHub::new(revisions.current)),
                 leases: LeaseTable::with(leases),
@@ -340,6 +349,15 @@ fn read_revisions(db: &DB, options: &impl Fn() -> ReadOptions) -> io::Result<Rev
         current: read_i64(db, meta, KEY_REVISION, options)?.unwrap_or(1),
         compacted: read_i64(db, meta, KEY_COMPACT_REVISION, options)?.unwrap_or(0),
     })
+}
+
+/// The auth state recorded in `db` (none yet: authentication off, no users or roles).
+fn read_auth(db: &DB) -> io::Result<AuthState> {
+    let meta = column_family(db, CF_META)?;
+    match db.get_pinned_cf(meta, KEY_AUTH).map_err(io_err)? {
+        Some(bytes) => decode(&bytes),
+        None => Ok(AuthState::default()),
+    }
 }
 
 /// Every lease in `db`, as (id, TTL).
@@ -622,6 +640,11 @@ impl StateReader {
         Ok(())
     }
 
+    /// Users, roles and permissions, as applied so far.
+    pub fn auth(&self) -> Arc<AuthState> {
+        lock(&self.shared.auth).clone()
+    }
+
     /// Ids removed from the cluster, as applied so far.
     pub fn removed_ids(&self) -> BTreeSet<NodeId> {
         lock(&self.shared.records).removed.clone()
@@ -668,6 +691,8 @@ struct Applied {
     revisions: Revisions,
     changes: Vec<Arc<RevisionChanges>>,
     lease_changes: Vec<LeaseChange>,
+    /// The auth state after the batch, when the batch changed it.
+    auth: Option<Arc<AuthState>>,
     /// What the batch does to the current keys, for [`KnownKeys`] once it is written.
     key_changes: Vec<(Vec<u8>, Option<RecordMeta>)>,
 }
@@ -679,6 +704,7 @@ struct BatchMeta {
     membership: Option<StoredMembership>,
     records: Option<MemberRecords>,
     collect_events: bool,
+    auth_before: Arc<AuthState>,
 }
 
 /// Applies `commands` (`None`: an entry with nothing to apply) to `db` as one batch.
@@ -696,6 +722,8 @@ fn build_batch(
         collect_events: meta.collect_events,
         changes: Vec::new(),
         lease_changes: Vec::new(),
+        auth: meta.auth_before.clone(),
+        auth_changed: false,
     };
     let results = commands
         .iter()
@@ -712,6 +740,8 @@ fn build_batch(
         overlay,
         changes,
         lease_changes,
+        auth,
+        auth_changed,
         ..
     } = applier;
     let key_changes = overlay.key_changes()?;
@@ -730,11 +760,15 @@ fn build_batch(
     if let Some(records) = &meta.records {
         put_member_records(&mut batch, meta_cf, records)?;
     }
+    if auth_changed {
+        batch.put_cf(meta_cf, KEY_AUTH, encode(&*auth)?);
+    }
     let applied = Applied {
         results,
         revisions,
         changes,
         lease_changes,
+        auth: auth_changed.then_some(auth),
         key_changes,
     };
     Ok((batch, applied))
@@ -795,6 +829,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             membership: membership.clone(),
             records: (records != records_before).then(|| records.clone()),
             collect_events: self.shared.watch_hub.wants_events(),
+            auth_before: lock(&self.shared.auth).clone(),
         };
         // Most batches read only what is in memory (the keys just written), so they are built
         // and written here (see `write_soon`); one that needs the disk is rebuilt on the blocking
@@ -824,6 +859,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.membership = membership;
         }
         *lock(&self.shared.records) = records;
+        if let Some(auth) = built.auth.take() {
+            *lock(&self.shared.auth) = auth;
+        }
         self.shared.leases.apply(&built.lease_changes);
         let compacted = built.revisions.compacted != self.revisions.compacted;
         self.revisions = built.revisions;
@@ -892,6 +930,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let db = self.state.current();
         self.revisions = read_revisions(&db, &ReadOptions::default)?;
         self.shared.leases.replace(read_leases(&db)?);
+        *lock(&self.shared.auth) = Arc::new(read_auth(&db)?);
         self.shared.watch_hub.reset(self.revisions.current);
         self.history_trimmer.enqueue(())?;
         replace_current(&self.current_snapshot, checkpoint);
@@ -1043,7 +1082,7 @@ impl StateMachineStore {
     ) -> io::Result<SnapshotMeta> {
         let state = self.state.clone();
         let dir = self.snapshot_dir.clone();
-        blocking(move || {
+        let backup = blocking(move || {
             let reader = SnapshotReader::new(fs::File::open(&file)?)?;
             let backup = reader.meta.clone();
             let recorded = SnapshotMeta {
@@ -1059,8 +1098,10 @@ impl StateMachineStore {
             )?;
             Ok(backup)
         })
-        .await
-        .inspect(|_| lock(&self.known).clear())
+        .await?;
+        lock(&self.known).clear();
+        *lock(&self.shared.auth) = Arc::new(read_auth(&self.state.current())?);
+        Ok(backup)
     }
 }
 
@@ -1326,6 +1367,7 @@ mod tests {
                 // Every other batch as if someone watched: a put then reads the whole previous
                 // version, otherwise only its metadata (from the known keys when they hold it).
                 collect_events: self.index.is_multiple_of(2),
+                auth_before: self.store.shared.auth.lock().unwrap().clone(),
             };
             let commands: Vec<Option<Command>> = commands.into_iter().map(Some).collect();
             let known = &self.store.known;
@@ -1335,6 +1377,9 @@ mod tests {
             lock(known).written(std::mem::take(&mut applied.key_changes));
             self.store.revisions = applied.revisions;
             self.store.shared.leases.apply(&applied.lease_changes);
+            if let Some(auth) = applied.auth.take() {
+                *self.store.shared.auth.lock().unwrap() = auth;
+            }
             applied.results
         }
 
@@ -1624,6 +1669,75 @@ mod tests {
             answer.header.revision, 3,
             "a failed txn with no writes changes nothing"
         );
+    }
+
+    /// A user's write checked before a revocation committed is checked again when applied
+    /// after it, and refused; one checked at the current auth revision is applied as it is.
+    #[test]
+    fn a_write_checked_before_a_revocation_is_refused_when_applied_after_it() {
+        use crate::types::AuthChange;
+        let mut driven = Driven::new();
+        let name = |s: &str| s.to_string();
+        let setup = [
+            AuthChange::RoleAdd { name: name("app") },
+            AuthChange::RoleGrantPermission {
+                role: name("app"),
+                permission: api::Permission {
+                    kind: api::PermissionKind::ReadWrite,
+                    key: b"app/".to_vec(),
+                    range_end: b"app0".to_vec(),
+                },
+            },
+            AuthChange::UserAdd {
+                name: name("app"),
+                password_hash: None,
+            },
+            AuthChange::UserGrantRole {
+                user: name("app"),
+                role: name("app"),
+            },
+            AuthChange::UserAdd {
+                name: name("root"),
+                password_hash: None,
+            },
+            AuthChange::RoleAdd { name: name("root") },
+            AuthChange::UserGrantRole {
+                user: name("root"),
+                role: name("root"),
+            },
+            AuthChange::Enable {
+                token_key: vec![1; 32],
+            },
+        ];
+        let results = driven.apply(setup.into_iter().map(Command::Auth).collect());
+        assert!(results.iter().all(|r| *r == CommandResult::AuthChanged));
+        let checked_at = driven.store.reader().auth().revision;
+        let as_app = |command: Command| Command::AsUser {
+            user: name("app"),
+            auth_revision: checked_at,
+            command: Box::new(command),
+        };
+        assert!(matches!(
+            driven.apply(vec![as_app(put("app/a", "1"))])[0],
+            CommandResult::Put(_)
+        ));
+        let revoke = Command::Auth(AuthChange::UserRevokeRole {
+            user: name("app"),
+            role: name("app"),
+        });
+        let results = driven.apply(vec![revoke, as_app(put("app/b", "2"))]);
+        assert_eq!(
+            results[1],
+            CommandResult::Refused(api::AuthError::PermissionDenied.into())
+        );
+        let keys: Vec<_> = driven
+            .range_at(0)
+            .unwrap()
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(keys, vec![b"app/a".to_vec()]);
+        assert!(!driven.store.reader().auth().is_root("app"));
     }
 
     #[test]
