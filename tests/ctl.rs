@@ -1117,18 +1117,6 @@ fn http_as(method: &str, url: &str, authorization: Option<&str>, body: &[u8]) ->
     (status, body)
 }
 
-/// Proposes an auth change over HTTP as `authorization` (anyone while authentication is off).
-fn change_auth(base: &str, authorization: Option<&str>, change: serde_json::Value) {
-    let body = change.to_string();
-    let (status, answer) = http_as(
-        "POST",
-        &format!("{base}/v1/auth"),
-        authorization,
-        body.as_bytes(),
-    );
-    assert_eq!(status, 200, "{change}: {answer}");
-}
-
 /// A token for `name` from `POST /v1/auth/authenticate`.
 fn token(base: &str, name: &str, password: &str) -> String {
     let body = serde_json::json!({ "name": name, "password": password }).to_string();
@@ -1145,19 +1133,7 @@ fn authentication_over_http_and_ctl_with_expiring_tokens_bounded_logins_and_a_ba
     cluster.wait_for_leader();
     let e = endpoint(&cluster, 1);
     let base = format!("http://{e}");
-    for change in [
-        serde_json::json!({"user_add": {"name": "root", "password": "rootpw"}}),
-        serde_json::json!({"role_add": {"name": "root"}}),
-        serde_json::json!({"user_grant_role": {"user": "root", "role": "root"}}),
-        serde_json::json!({"user_add": {"name": "app", "password": "apppw"}}),
-        serde_json::json!({"role_add": {"name": "app"}}),
-        serde_json::json!({"role_grant_permission": {"role": "app", "permission":
-            {"kind": "readwrite", "key": "app/", "range_end": "app0"}}}),
-        serde_json::json!({"user_grant_role": {"user": "app", "role": "app"}}),
-        serde_json::json!("enable"),
-    ] {
-        change_auth(&base, None, change);
-    }
+    common::http::enable_auth_with_app_user(&base);
 
     // ctl: a user in its prefix; nobody without a user; a clear line for a refusal.
     let app = ["--user", "app:apppw"];

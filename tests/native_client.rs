@@ -407,20 +407,7 @@ fn a_native_client_acting_as_a_user_reaches_only_the_keys_its_roles_cover() {
     let mut cluster = Cluster::start(3);
     cluster.wait_for_leader();
     let base = format!("http://{}", cluster.http_addr(1));
-    for change in [
-        serde_json::json!({"user_add": {"name": "root", "password": "rootpw"}}),
-        serde_json::json!({"role_add": {"name": "root"}}),
-        serde_json::json!({"user_grant_role": {"user": "root", "role": "root"}}),
-        serde_json::json!({"user_add": {"name": "app", "password": "apppw"}}),
-        serde_json::json!({"role_add": {"name": "app"}}),
-        serde_json::json!({"role_grant_permission": {"role": "app", "permission":
-            {"kind": "readwrite", "key": "app/", "range_end": "app0"}}}),
-        serde_json::json!({"user_grant_role": {"user": "app", "role": "app"}}),
-        serde_json::json!("enable"),
-    ] {
-        let answer = common::http::http_json("POST", &format!("{base}/v1/auth"), &change);
-        assert_eq!(answer.status, 200, "{change}: {}", answer.text());
-    }
+    common::http::enable_auth_with_app_user(&base);
     let runtime = runtime();
     let app = client_of(&cluster, &cluster.ids()).as_user("app", "apppw");
     runtime

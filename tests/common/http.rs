@@ -309,3 +309,23 @@ pub fn events(responses: &[WatchResponse]) -> Vec<&Event> {
 pub fn tls_agent(timeout: Duration, tls: ureq::tls::TlsConfig) -> ureq::Agent {
     agent_config(timeout).tls_config(tls).build().into()
 }
+
+/// Sets up authentication over `base`'s HTTP API (`http://HOST:PORT`) and turns it on: `root`
+/// (password `rootpw`) with the root role, and `app` (password `apppw`) whose role may read and
+/// write the keys under `app/`.
+pub fn enable_auth_with_app_user(base: &str) {
+    for change in [
+        serde_json::json!({"user_add": {"name": "root", "password": "rootpw"}}),
+        serde_json::json!({"role_add": {"name": "root"}}),
+        serde_json::json!({"user_grant_role": {"user": "root", "role": "root"}}),
+        serde_json::json!({"user_add": {"name": "app", "password": "apppw"}}),
+        serde_json::json!({"role_add": {"name": "app"}}),
+        serde_json::json!({"role_grant_permission": {"role": "app", "permission":
+            {"kind": "readwrite", "key": "app/", "range_end": "app0"}}}),
+        serde_json::json!({"user_grant_role": {"user": "app", "role": "app"}}),
+        serde_json::json!("enable"),
+    ] {
+        let answer = http_json("POST", &format!("{base}/v1/auth"), &change);
+        assert_eq!(answer.status, 200, "{change}: {}", answer.text());
+    }
+}
