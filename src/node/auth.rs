@@ -108,15 +108,16 @@ impl Authenticator {
 
     /// Checks `password` against `name`'s hash, one check at a time; refuses at once when too
     /// many wait. A pair checked good before is not hashed again while the password stands.
+    /// An unknown user, or one without a password, costs the same hash as a wrong password, so
+    /// the time of a refusal does not tell which names exist.
     async fn check_password(&self, auth: &AuthState, name: &str, password: &str) -> Result<()> {
-        let user = auth.users.get(name).ok_or(denied(AuthError::Failed))?;
-        let hash = user
-            .password_hash
-            .clone()
-            .ok_or(denied(AuthError::Failed))?;
+        let user = auth.users.get(name);
+        let hash = user.and_then(|user| user.password_hash.clone());
         let fingerprint = fingerprint(name, password);
-        if self.remembered().get(&fingerprint) == Some(&user.password_revision) {
-            return Ok(());
+        if let Some(user) = user.filter(|_| hash.is_some()) {
+            if self.remembered().get(&fingerprint) == Some(&user.password_revision) {
+                return Ok(());
+            }
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING_PASSWORD_CHECKS {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -126,8 +127,10 @@ impl Authenticator {
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         let _permit = permit.map_err(|_| Error::ShuttingDown)?;
         let password = password.to_string();
-        let good = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|parsed| {
+        let checked = hash.clone();
+        let matches = tokio::task::spawn_blocking(move || {
+            let hash = checked.as_deref().unwrap_or_else(|| unmatchable_hash());
+            PasswordHash::new(hash).is_ok_and(|parsed| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)
                     .is_ok()
@@ -135,9 +138,9 @@ impl Authenticator {
         })
         .await
         .map_err(|e| Error::Raft(format!("password check failed: {e}")))?;
-        if !good {
+        let Some(user) = user.filter(|_| matches && hash.is_some()) else {
             return Err(denied(AuthError::Failed));
-        }
+        };
         let mut remembered = self.remembered();
         if remembered.len() >= MAX_REMEMBERED_PASSWORDS {
             remembered.clear();
@@ -181,6 +184,24 @@ fn token_user(auth: &AuthState, token: &str) -> Option<String> {
     let password_revision: u64 = parts.next()?.parse().ok()?;
     let user = auth.users.get(&name)?;
     (expires > unix_seconds() && user.password_revision == password_revision).then_some(name)
+}
+
+/// A hash no password matches (of random bytes nobody keeps), made once: what a password is
+/// checked against when its user has none.
+fn unmatchable_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        let secret = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        SaltString::encode_b64(&rand::random::<[u8; 16]>())
+            .ok()
+            .and_then(|salt| {
+                Argon2::default()
+                    .hash_password(secret.as_bytes(), &salt)
+                    .map(|hash| hash.to_string())
+                    .ok()
+            })
+            .unwrap_or_default()
+    })
 }
 
 fn sign(key: &[u8], claims: &str) -> Vec<u8> {
