@@ -65,14 +65,16 @@ pub enum Caller {
 }
 
 /// What a front end received to say who is asking.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub enum Credentials {
-    #[default]
     None,
     /// A token from [`Node::authenticate`].
     Token(String),
     /// A name and password sent with the request itself (HTTP basic auth).
-    Password { name: String, password: String },
+    Password {
+        name: String,
+        password: String,
+    },
 }
 
 /// What a call needs of its caller, beyond being who it says.
@@ -440,11 +442,6 @@ impl Node {
             name: name.to_string(),
             permissions: permissions.clone(),
         })
-    }
-
-    /// Whether authentication is on, as applied here.
-    pub fn auth_enabled(&self) -> bool {
-        self.state.auth().enabled
     }
 }
 
