@@ -8,7 +8,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/ondisk-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: ondisk deps certs test lint chaos bench-compare bench-failover bench-watch bench-lease etcd cluster cluster-stop node-stop node-start clean-data
+.PHONY: ondisk deps certs test lint chaos bench-compare bench-tls-cost bench-failover bench-watch bench-lease etcd cluster cluster-stop node-stop node-start clean-data
 
 ## Build ./ondisk at the repository root.
 ondisk: deps
@@ -57,6 +57,17 @@ bench-compare: deps etcd
 	"$(CARGO_TARGET_DIR)/release/ondisk-bench" compare \
 		--ondisk "$(CARGO_TARGET_DIR)/release/ondisk" --etcd "$$(command -v etcd)" \
 		--rounds $(ROUNDS) --duration $(BENCH_DURATION) --big-keys $(BIG_KEYS) $(BENCH_ARGS)
+
+## What TLS costs ondisk and etcd (see BENCHMARKS.md): a plaintext and a TLS cluster of each, every
+## workload on each in rotation, ROUNDS times. Example: make bench-tls-cost ROUNDS=5
+TLS_WORKLOADS ?= put,get
+TLS_CLIENTS ?= 64,256
+bench-tls-cost: deps etcd
+	$(CARGO) build --release --locked --workspace --bins
+	"$(CARGO_TARGET_DIR)/release/ondisk-bench" tls-cost \
+		--ondisk "$(CARGO_TARGET_DIR)/release/ondisk" --etcd "$$(command -v etcd)" \
+		--rounds $(ROUNDS) --duration $(BENCH_DURATION) --workloads $(TLS_WORKLOADS) \
+		--clients $(TLS_CLIENTS) $(BENCH_ARGS)
 
 ## etcd 3.4, the benchmarks' comparison target (Debian's etcd-server), installed if missing.
 etcd:

@@ -260,7 +260,7 @@ pub async fn wait_serving(cluster: &Cluster, began: Instant) -> anyhow::Result<S
 }
 
 /// Writes every key of `keys` once, from [`LOAD_CLIENTS`] concurrent writers.
-async fn load(
+pub(crate) async fn load(
     target: &Target,
     keys: std::ops::Range<u64>,
     value_size: usize,
@@ -294,7 +294,7 @@ struct Row {
 }
 
 /// Each figure's median over the rounds, taken separately.
-fn median(runs: &[Outcome]) -> Outcome {
+pub(crate) fn median(runs: &[Outcome]) -> Outcome {
     fn mid<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
         values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         values[values.len() / 2]

@@ -1,7 +1,7 @@
 //! `ondisk-bench`: closed-loop load against ondisk (native protocol, or etcd's gRPC API) or etcd
 //! (gRPC), the side-by-side comparison that `make bench-compare` runs, the leader failover
-//! comparison, and the watch fan-out and lease keep-alive comparisons. See BENCHMARKS.md for the
-//! method.
+//! comparison, what TLS costs each system, and the watch fan-out and lease keep-alive
+//! comparisons. See BENCHMARKS.md for the method.
 
 mod cluster;
 mod compare;
@@ -12,6 +12,7 @@ mod pace;
 mod process;
 mod target;
 mod tls;
+mod tls_cost;
 mod watch;
 mod workload;
 
@@ -73,20 +74,8 @@ enum Command {
         systems: Systems,
         #[command(flatten)]
         ondisk_client: OndiskClient,
-        /// Rounds; each runs every workload on both systems.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Workloads to run, comma-separated.
-        #[arg(
-            long,
-            value_enum,
-            value_delimiter = ',',
-            default_value = "put,get,stale-get,mixed"
-        )]
-        workloads: Vec<Workload>,
-        /// Concurrent client counts to run each workload at, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
-        clients: Vec<usize>,
+        #[command(flatten)]
+        matrix: Matrix,
         /// Keys loaded at the end to measure memory and restart time (0: skip that phase).
         #[arg(long = "big-keys", default_value_t = 1_000_000)]
         big_keys: u64,
@@ -100,6 +89,22 @@ enum Command {
         /// (certificates made for the run in its directory).
         #[arg(long)]
         tls: bool,
+    },
+    /// What TLS costs each system: start a plaintext and a TLS cluster of each on loopback, run
+    /// every workload on all of them in rotation, and print each system's throughput lost to TLS
+    /// with the spread over rounds.
+    TlsCost {
+        #[command(flatten)]
+        systems: Systems,
+        #[command(flatten)]
+        only: Only,
+        #[command(flatten)]
+        matrix: Matrix,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        load: LoadArgs,
     },
     /// Start a 3-node ondisk and a 3-member etcd cluster on loopback (100 ms heartbeat, 1 s
     /// election timeout on both), SIGKILL the leader of each in turn, time how long until a
@@ -248,6 +253,25 @@ impl RunTls {
     }
 }
 
+/// Which measurements a side-by-side benchmark takes, and how often.
+#[derive(Debug, clap::Args)]
+struct Matrix {
+    /// Rounds; each runs every workload on every cluster.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Workloads to run, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "put,get,stale-get,mixed"
+    )]
+    workloads: Vec<Workload>,
+    /// Concurrent client counts to run each workload at, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    clients: Vec<usize>,
+}
+
 /// What every measured run shares.
 #[derive(Debug, clap::Args)]
 struct LoadArgs {
@@ -318,9 +342,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Compare {
             systems,
             ondisk_client,
-            rounds,
-            workloads,
-            clients,
+            matrix,
             big_keys,
             json,
             load,
@@ -332,9 +354,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 etcd_bin: systems.etcd,
                 dir: dir.clone(),
                 ondisk_protocol: ondisk_client.protocol,
-                rounds: rounds.max(1),
-                workloads,
-                clients,
+                rounds: matrix.rounds.max(1),
+                workloads: matrix.workloads,
+                clients: matrix.clients,
                 warmup: load.warmup,
                 duration: load.duration,
                 keys: load.keys.max(compare::SMALL_RESTART_KEYS),
@@ -343,6 +365,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 tls,
             };
             finish(compare::run(&plan), &dir, systems.keep, json).await
+        }
+        Command::TlsCost {
+            systems,
+            only,
+            matrix,
+            json,
+            load,
+        } => {
+            let dir = fresh_dir(systems.dir)?;
+            let plan = tls_cost::Plan {
+                ondisk_bin: systems.ondisk,
+                etcd_bin: systems.etcd,
+                dir: dir.clone(),
+                systems: only.systems,
+                rounds: matrix.rounds.max(1),
+                workloads: matrix.workloads,
+                clients: matrix.clients,
+                warmup: load.warmup,
+                duration: load.duration,
+                keys: load.keys.max(1),
+                value_size: load.value_size,
+            };
+            finish(tls_cost::run(&plan), &dir, systems.keep, json).await
         }
         Command::Failover {
             systems,
