@@ -996,6 +996,30 @@ fn grpc_status(addr: SocketAddr, method: &str, message: &[u8], announced_len: u3
         })
 }
 
+/// What a gRPC client (tonic's, as etcd's Rust client uses) gets for a call of `path` with an
+/// empty RangeRequest. Not curl: a node answers a method it does not serve without reading the
+/// request, and ends the stream with RST_STREAM(NO_ERROR), as HTTP/2 allows, which the curl
+/// here sometimes reports as a framing error while still sending the body.
+fn unserved_call(addr: SocketAddr, path: &'static str) -> tonic::Status {
+    use ondisk::api::etcdpb::etcdserverpb::{RangeRequest, RangeResponse};
+    common::native::runtime().block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("an endpoint")
+            .connect()
+            .await
+            .expect("connect to the client port");
+        let mut client = tonic::client::Grpc::new(channel);
+        client.ready().await.expect("a ready channel");
+        let codec = tonic_prost::ProstCodec::<RangeRequest, RangeResponse>::default();
+        let route = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+        let request = tonic::Request::new(RangeRequest::default());
+        match client.unary(request, route, codec).await {
+            Ok(answer) => panic!("{path} answered {answer:?}"),
+            Err(status) => status,
+        }
+    })
+}
+
 #[test]
 fn malformed_grpc_messages_get_grpc_errors_and_change_nothing() {
     let mut cluster = Cluster::start(1);
@@ -1011,6 +1035,10 @@ fn malformed_grpc_messages_get_grpc_errors_and_change_nothing() {
     assert_eq!(grpc_status(addr, put, b"short", 100 << 20), "11");
     // INVALID_ARGUMENT (3) for a put without a key, with etcd's message.
     assert_eq!(grpc_status(addr, put, b"", 0), "3");
+    // UNIMPLEMENTED for a method or a service that does not exist.
+    for path in ["/etcdserverpb.KV/Nope", "/etcdserverpb.Nope/Range"] {
+        assert_eq!(unserved_call(addr, path).code(), tonic::Code::Unimplemented);
+    }
     assert_eq!(
         api_state(&cluster, 1),
         before,
