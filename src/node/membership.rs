@@ -17,9 +17,11 @@ use openraft::error::ChangeMembershipError;
 use openraft::error::ClientWriteError;
 use openraft::error::PreconditionFailed;
 use openraft::error::RaftError;
+use openraft::metrics::RaftServerMetrics;
 use openraft::raft::ClientWriteResponse;
 use openraft::raft::Precondition;
 use openraft::ChangeMembers;
+use openraft::RaftMetrics;
 
 use super::write_error;
 use super::Caller;
@@ -650,38 +652,66 @@ impl Node {
     pub(super) fn promote_caught_up_learners(self: &Arc<Self>) {
         let node = self.clone();
         tokio::spawn(async move {
-            let mut metrics = node.raft.metrics();
+            // The server metrics change with the leader and the membership, the records with the
+            // kept learners; replication progress (the full metrics, which change at every
+            // commit) is followed only while this node leads learners it should promote.
+            let mut server = node.raft.server_metrics();
+            let mut records = node.state.member_records();
+            let mut progress = node.raft.metrics();
             loop {
-                let kept = node.state.kept_learners();
-                let ready: Vec<NodeId> = {
-                    let m = metrics.borrow_watched();
-                    let last_log = m.last_log_index.unwrap_or(0);
-                    match (&m.replication, m.current_leader == Some(node.id)) {
-                        (Some(replication), true) => m
-                            .membership_config
-                            .membership()
-                            .learner_ids()
-                            .filter(|id| !kept.contains(id))
-                            .filter(|id| {
-                                replication
-                                    .get(id)
-                                    .and_then(|matched| matched.as_ref())
-                                    .is_some_and(|matched| {
-                                        matched.index + PROMOTION_LAG >= last_log
-                                    })
-                            })
-                            .collect(),
-                        _ => Vec::new(),
+                let leads = node.leads_learners_to_promote(
+                    &server.borrow_watched(),
+                    &records.borrow().kept_learners,
+                );
+                if !leads {
+                    tokio::select! {
+                        changed = server.changed() => if changed.is_err() { return },
+                        changed = records.changed() => if changed.is_err() { return },
                     }
-                };
+                    continue;
+                }
+                let ready = node.caught_up_learners(&progress.borrow_watched());
                 for id in ready {
                     node.promote(id).await;
                 }
-                if metrics.changed().await.is_err() {
+                if progress.changed().await.is_err() {
                     return;
                 }
             }
         });
+    }
+
+    /// Whether this node leads and its membership has a learner not kept as one.
+    fn leads_learners_to_promote(
+        &self,
+        m: &RaftServerMetrics<TypeConfig>,
+        kept: &BTreeSet<NodeId>,
+    ) -> bool {
+        m.current_leader == Some(self.id)
+            && m.membership_config
+                .membership()
+                .learner_ids()
+                .any(|id| !kept.contains(&id))
+    }
+
+    /// The learners, not kept as such, whose log is within [`PROMOTION_LAG`] of this leader's.
+    fn caught_up_learners(&self, m: &RaftMetrics<TypeConfig>) -> Vec<NodeId> {
+        let kept = self.state.kept_learners();
+        let last_log = m.last_log_index.unwrap_or(0);
+        let (Some(replication), true) = (&m.replication, m.current_leader == Some(self.id)) else {
+            return Vec::new();
+        };
+        m.membership_config
+            .membership()
+            .learner_ids()
+            .filter(|id| !kept.contains(id))
+            .filter(|id| {
+                replication
+                    .get(id)
+                    .and_then(|matched| matched.as_ref())
+                    .is_some_and(|matched| matched.index + PROMOTION_LAG >= last_log)
+            })
+            .collect()
     }
 
     async fn promote(&self, id: NodeId) {
@@ -732,13 +762,13 @@ impl Node {
     pub(super) fn watch_for_removal(self: &Arc<Self>) {
         let node = self.clone();
         tokio::spawn(async move {
-            let mut metrics = node.raft.metrics();
+            let mut records = node.state.member_records();
             loop {
-                if node.state.removed_ids().contains(&node.id) {
+                if records.borrow_and_update().removed.contains(&node.id) {
                     node.learn_removed("its removal has been applied");
                     return;
                 }
-                if metrics.changed().await.is_err() {
+                if records.changed().await.is_err() {
                     return;
                 }
             }

@@ -31,6 +31,7 @@ pub use restore::Restored;
 pub use snapshot::verify as verify_snapshot;
 pub use snapshot::Checkpoint;
 pub use snapshot::EtcdSeal;
+pub use snapshot::MemberRecords;
 pub use snapshot::SnapshotData;
 pub use snapshot::SnapshotFile;
 pub use state_machine::snapshot_chunks;

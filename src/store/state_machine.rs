@@ -44,6 +44,7 @@ use rocksdb::ReadTier;
 use rocksdb::WriteBatch;
 use rocksdb::WriteOptions;
 use rocksdb::DB;
+use tokio::sync::watch;
 
 use super::apply::Applier;
 use super::apply::LeaseChange;
@@ -201,7 +202,9 @@ pub struct StateMachineStore {
 
 /// What the state machine shares with its readers.
 struct Shared {
-    records: Mutex<MemberRecords>,
+    /// A watch channel as well as the value: tasks that act on a removal or on a kept learner
+    /// wake when these change, not at every commit.
+    records: watch::Sender<MemberRecords>,
     /// Replaced whole by each batch that changes it, so a reader's copy is one Arc clone.
     auth: Mutex<Arc<AuthState>>,
     counters: Counters,
@@ -275,7 +278,7 @@ impl StateMachineStore {
             membership,
             revisions,
             shared: Arc::new(Shared {
-                records: Mutex::new(records),
+                records: watch::Sender::new(records),
                 auth: Mutex::new(Arc::new(auth)),
                 counters: Counters::default(),
                 watch_hub: Arc::new(WatchHub::new(revisions.current)),
@@ -647,12 +650,17 @@ impl StateReader {
 
     /// Ids removed from the cluster, as applied so far.
     pub fn removed_ids(&self) -> BTreeSet<NodeId> {
-        lock(&self.shared.records).removed.clone()
+        self.shared.records.borrow().removed.clone()
     }
 
     /// Learners that stay learners, as applied so far.
     pub fn kept_learners(&self) -> BTreeSet<NodeId> {
-        lock(&self.shared.records).kept_learners.clone()
+        self.shared.records.borrow().kept_learners.clone()
+    }
+
+    /// The removed ids and kept learners as applied, marked changed whenever either changes.
+    pub fn member_records(&self) -> watch::Receiver<MemberRecords> {
+        self.shared.records.subscribe()
     }
 
     /// Entries applied by this process since it started.
@@ -791,7 +799,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(());
         };
         let mut membership = None;
-        let records_before = lock(&self.shared.records).clone();
+        let records_before = self.shared.records.borrow().clone();
         let mut records = records_before.clone();
         let mut previous_nodes = node_ids(&self.membership);
         let mut commands = Vec::with_capacity(entries.len());
@@ -858,7 +866,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(membership) = membership {
             self.membership = membership;
         }
-        *lock(&self.shared.records) = records;
+        self.shared.records.send_if_modified(|current| {
+            let changed = *current != records;
+            *current = records;
+            changed
+        });
         if let Some(auth) = built.auth.take() {
             *lock(&self.shared.auth) = auth;
         }
@@ -925,7 +937,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .await?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        *lock(&self.shared.records) = records;
+        self.shared.records.send_replace(records);
         lock(&self.known).clear();
         let db = self.state.current();
         self.revisions = read_revisions(&db, &ReadOptions::default)?;
