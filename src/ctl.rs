@@ -6,6 +6,7 @@
 //! stdout as raw bytes, so binary values survive a pipe. Every failure is one `error: ...` line
 //! and a non-zero exit status.
 
+mod auth;
 mod client;
 mod lease;
 mod recipes;
@@ -60,7 +61,8 @@ const PROMOTION_POLL: Duration = Duration::from_millis(200);
 #[command(
     name = "ondisk ctl",
     about = "A client for a running ondisk cluster: data, revisions, transactions, watches, \
-             leases, locks and elections, membership, leadership, snapshots, backups",
+             leases, locks and elections, users and roles, membership, leadership, snapshots, \
+             backups",
     after_help = "Keys and values that start with '-' go after `--`, e.g. `ondisk ctl put -- -k -v`.\n\
                   Run `ondisk ctl COMMAND -h` for a command's own help."
 )]
@@ -227,6 +229,21 @@ pub enum CtlCommand {
         /// Seconds the candidacy outlives this process if it dies (its lease's TTL).
         #[arg(long, default_value_t = recipes::DEFAULT_TTL)]
         ttl: i64,
+    },
+    /// Turn authentication on or off (etcdctl's `auth`).
+    Auth {
+        #[command(subcommand)]
+        command: auth::AuthCommand,
+    },
+    /// Users: add, delete, list, show, change a password, grant and revoke roles.
+    User {
+        #[command(subcommand)]
+        command: auth::UserCommand,
+    },
+    /// Roles: add, delete, list, show, grant and revoke permissions on keys.
+    Role {
+        #[command(subcommand)]
+        command: auth::RoleCommand,
     },
     /// List the members (id, addresses, voter or learner, leader) and the membership's log index,
     /// which --prev-index expects.
@@ -416,6 +433,9 @@ pub fn run(args: CtlArgs) -> Result<ExitCode> {
             let value = value.as_ref().map(|v| v.as_bytes());
             recipes::elect(client, name.as_bytes(), value, ttl, json, timeout)
         }
+        CtlCommand::Auth { command } => auth::run_auth(client, command, json),
+        CtlCommand::User { command } => auth::run_user(client, command, json),
+        CtlCommand::Role { command } => auth::run_role(client, command, json),
         CtlCommand::Members => members(client, json),
         CtlCommand::Leader => leader(client, json),
         CtlCommand::Status => status(client, json),

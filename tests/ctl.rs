@@ -1227,3 +1227,123 @@ fn authentication_over_http_and_ctl_with_expiring_tokens_bounded_logins_and_a_ba
         "the restored node without a user",
     );
 }
+
+#[test]
+fn users_and_roles_are_managed_with_ctl_as_with_etcdctl() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader();
+    let e = endpoint(&cluster, 1);
+    let run = |args: &[&str]| text(&ok(ctl(&e, args), &args.join(" "))).trim().to_string();
+    let root = ["--user", "root:rootpw"];
+    let as_root = |args: &[&str]| run(&[&root[..], args].concat());
+
+    // Set up as etcdctl's users do, then turn checking on.
+    assert_eq!(run(&["user", "add", "root:rootpw"]), "User root created");
+    assert_eq!(run(&["role", "add", "root"]), "Role root created");
+    assert_eq!(
+        run(&["user", "grant-role", "root", "root"]),
+        "Role root is granted to user root"
+    );
+    run(&["role", "add", "app"]);
+    assert_eq!(
+        run(&[
+            "role",
+            "grant-permission",
+            "app",
+            "readwrite",
+            "app/",
+            "--prefix"
+        ]),
+        "Role app updated"
+    );
+    run(&["role", "grant-permission", "app", "read", "shared"]);
+    // Without a terminal, the password is stdin's first line.
+    ok(
+        ctl_with_stdin(&e, &["user", "add", "app"], b"apppw\n"),
+        "user add with the password on stdin",
+    );
+    run(&["user", "grant-role", "app", "app"]);
+    assert_eq!(run(&["auth", "enable"]), "Authentication Enabled");
+
+    // Root sees users and roles; nobody else may.
+    assert_eq!(as_root(&["user", "list"]), "app\nroot");
+    assert_eq!(as_root(&["user", "get", "app"]), "User: app\nRoles: app");
+    assert_eq!(
+        as_root(&["role", "get", "app"]),
+        "Role app\nKV Read:\n\trange [app/, app0) (prefix app/)\n\tkey shared\n\
+         KV Write:\n\trange [app/, app0) (prefix app/)"
+    );
+    let app = |password: &str, args: &[&str]| {
+        let user = format!("app:{password}");
+        ctl(&e, &[&["--user", user.as_str()][..], args].concat())
+    };
+    fails(
+        app("apppw", &["user", "list"]),
+        "permission denied",
+        "user list as app",
+    );
+    fails(
+        ctl(&e, &["role", "list"]),
+        "user name is empty",
+        "role list without a user",
+    );
+
+    // The user's permissions, then a new password: the old one stops working.
+    ok(app("apppw", &["put", "app/a", "1"]), "put in the prefix");
+    fails(
+        app("apppw", &["put", "shared", "1"]),
+        "permission denied",
+        "put on a read-only key",
+    );
+    ok(
+        ctl_with_stdin(
+            &e,
+            &[&root[..], &["user", "passwd", "app"]].concat(),
+            b"newpw\n",
+        ),
+        "passwd",
+    );
+    fails(
+        app("apppw", &["get", "app/a"]),
+        "authentication failed",
+        "the old password",
+    );
+    assert_eq!(
+        text(&ok(app("newpw", &["get", "app/a"]), "get, new password")),
+        "1"
+    );
+
+    // Revoking the permission takes it away at once.
+    assert_eq!(
+        as_root(&["role", "revoke-permission", "app", "app/", "--prefix"]),
+        "Permission of range [app/, app0) (prefix app/) is revoked from role app"
+    );
+    fails(
+        app("newpw", &["get", "app/a"]),
+        "permission denied",
+        "get after the revoke",
+    );
+
+    // Taking everything down again, then the switch off: no user needed.
+    assert_eq!(
+        as_root(&["user", "revoke-role", "app", "app"]),
+        "Role app is revoked from user app"
+    );
+    assert_eq!(as_root(&["user", "delete", "app"]), "User app deleted");
+    assert_eq!(as_root(&["role", "delete", "app"]), "Role app deleted");
+    fails(
+        ctl(&e, &[&root[..], &["user", "get", "app"]].concat()),
+        "user name not found",
+        "a deleted user",
+    );
+    assert_eq!(as_root(&["role", "list"]), "root");
+    assert_eq!(as_root(&["auth", "disable"]), "Authentication Disabled");
+    ok(
+        ctl(&e, &["put", "free", "1"]),
+        "put with authentication off",
+    );
+    assert_eq!(
+        json(ctl(&e, &["--json", "user", "list"]), "user list --json"),
+        serde_json::json!(["root"])
+    );
+}
