@@ -22,8 +22,8 @@ use crate::target::Target;
 use crate::tls::Certs;
 use crate::workload;
 use crate::workload::key;
+use crate::workload::Matrix;
 use crate::workload::Outcome;
-use crate::workload::Spec;
 use crate::workload::Workload;
 
 /// Everything the comparison is told.
@@ -34,13 +34,7 @@ pub struct Plan {
     pub dir: PathBuf,
     /// What the load generator speaks to ondisk.
     pub ondisk_protocol: Protocol,
-    pub rounds: usize,
-    pub workloads: Vec<Workload>,
-    pub clients: Vec<usize>,
-    pub warmup: Duration,
-    pub duration: Duration,
-    pub keys: u64,
-    pub value_size: usize,
+    pub matrix: Matrix,
     /// Keys loaded for the memory and restart measurements (0 skips them).
     pub big_keys: u64,
     /// Run both systems with TLS on every connection (members' and clients'), with certificates
@@ -95,7 +89,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         let waited = waited.with_context(|| format!("{} did not start", cluster.system))?;
         eprintln!("{} serving after {:.2?}", cluster.system, waited.all);
         let target = cluster.connect().await?;
-        load(&target, 0..SMALL_RESTART_KEYS, plan.value_size).await?;
+        load(&target, 0..SMALL_RESTART_KEYS, plan.matrix.value_size).await?;
         drop(target);
         let restart = restart(cluster).await?;
         eprintln!(
@@ -106,7 +100,12 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         entry.restart_small_first_secs = restart.first.as_secs_f64();
         entry.restart_small_all_secs = restart.all.as_secs_f64();
         let target = cluster.connect().await?;
-        load(&target, SMALL_RESTART_KEYS..plan.keys, plan.value_size).await?;
+        load(
+            &target,
+            SMALL_RESTART_KEYS..plan.matrix.keys,
+            plan.matrix.value_size,
+        )
+        .await?;
     }
 
     let mut outcomes: BTreeMap<(Workload, usize, System), Vec<Outcome>> = BTreeMap::new();
@@ -114,46 +113,40 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         Arc::new(clusters[0].connect().await?),
         Arc::new(clusters[1].connect().await?),
     ];
-    for round in 0..plan.rounds {
-        for &workload in &plan.workloads {
-            for &clients in &plan.clients {
-                let spec = Spec {
-                    workload,
-                    clients,
-                    warmup: plan.warmup,
-                    duration: plan.duration,
-                    keys: plan.keys,
-                    value_size: plan.value_size,
-                };
-                let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-                for i in order {
-                    let system = clusters[i].system;
-                    let outcome =
-                        workload::run(targets[i].clone(), &spec, &clusters[i].pids()).await?;
-                    eprintln!(
-                        "round {} {workload} x{clients} {system}: {:.0} ops/s p50 {} us p99 {} us errors {}",
-                        round + 1,
-                        outcome.ops_per_sec,
-                        outcome.p50_us,
-                        outcome.p99_us,
-                        outcome.errors
-                    );
-                    outcomes
-                        .entry((workload, clients, system))
-                        .or_default()
-                        .push(outcome);
-                }
-            }
+    for (round, spec) in plan.matrix.runs() {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let system = clusters[i].system;
+            let outcome = workload::run(targets[i].clone(), &spec, &clusters[i].pids()).await?;
+            eprintln!(
+                "round {} {} x{} {system}: {:.0} ops/s p50 {} us p99 {} us errors {}",
+                round + 1,
+                spec.workload,
+                spec.clients,
+                outcome.ops_per_sec,
+                outcome.p50_us,
+                outcome.p99_us,
+                outcome.errors
+            );
+            outcomes
+                .entry((spec.workload, spec.clients, system))
+                .or_default()
+                .push(outcome);
         }
     }
     drop(targets);
 
-    if plan.big_keys > plan.keys {
+    if plan.big_keys > plan.matrix.keys {
         for cluster in &mut clusters {
             let entry = capacity.entry(cluster.system.to_string()).or_default();
             let target = cluster.connect().await?;
             let began = Instant::now();
-            load(&target, plan.keys..plan.big_keys, plan.value_size).await?;
+            load(
+                &target,
+                plan.matrix.keys..plan.big_keys,
+                plan.matrix.value_size,
+            )
+            .await?;
             entry.load_big_secs = began.elapsed().as_secs_f64();
             entry.rss_big_bytes = cluster.max_rss();
             entry.disk_big_bytes = cluster.disk_per_member();
@@ -193,10 +186,10 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
     print_table(plan, &medians, &capacity);
     let mut results = serde_json::json!({
         "ondisk_protocol": plan.ondisk_protocol,
-        "rounds": plan.rounds,
-        "duration_secs": plan.duration.as_secs_f64(),
-        "keys": plan.keys,
-        "value_size": plan.value_size,
+        "rounds": plan.matrix.rounds,
+        "duration_secs": plan.matrix.duration.as_secs_f64(),
+        "keys": plan.matrix.keys,
+        "value_size": plan.matrix.value_size,
         "big_keys": plan.big_keys,
         "medians": medians,
         "capacity": capacity,
@@ -317,11 +310,11 @@ pub(crate) fn median(runs: &[Outcome]) -> Outcome {
 fn print_table(plan: &Plan, rows: &[Row], capacity: &BTreeMap<String, Capacity>) {
     println!(
         "\nMedians of {} alternating rounds, {} s each after {} s warm-up, {} keys, {}-byte values; {}{}.\n",
-        plan.rounds,
-        plan.duration.as_secs_f64(),
-        plan.warmup.as_secs_f64(),
-        plan.keys,
-        plan.value_size,
+        plan.matrix.rounds,
+        plan.matrix.duration.as_secs_f64(),
+        plan.matrix.warmup.as_secs_f64(),
+        plan.matrix.keys,
+        plan.matrix.value_size,
         plan.ondisk_protocol.ondisk_caption(),
         if plan.tls { TLS_CAPTION } else { "" }
     );
@@ -379,7 +372,7 @@ fn print_table(plan: &Plan, rows: &[Row], capacity: &BTreeMap<String, Capacity>)
         o.restart_small_all_secs,
         e.restart_small_all_secs,
     );
-    if plan.big_keys > plan.keys {
+    if plan.big_keys > plan.matrix.keys {
         let mib = |label: &str, o: u64, e: u64| {
             println!(
                 "| {label} | {} MiB | {} MiB | {:.2} |",

@@ -30,6 +30,7 @@ use crate::target::Protocol;
 use crate::target::System;
 use crate::target::Target;
 use crate::tls::ClientTls;
+use crate::workload::Matrix;
 use crate::workload::Spec;
 use crate::workload::Workload;
 
@@ -75,7 +76,7 @@ enum Command {
         #[command(flatten)]
         ondisk_client: OndiskClient,
         #[command(flatten)]
-        matrix: Matrix,
+        matrix: MatrixArgs,
         /// Keys loaded at the end to measure memory and restart time (0: skip that phase).
         #[arg(long = "big-keys", default_value_t = 1_000_000)]
         big_keys: u64,
@@ -99,7 +100,7 @@ enum Command {
         #[command(flatten)]
         only: Only,
         #[command(flatten)]
-        matrix: Matrix,
+        matrix: MatrixArgs,
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -255,7 +256,7 @@ impl RunTls {
 
 /// Which measurements a side-by-side benchmark takes, and how often.
 #[derive(Debug, clap::Args)]
-struct Matrix {
+struct MatrixArgs {
     /// Rounds; each runs every workload on every cluster.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -270,6 +271,21 @@ struct Matrix {
     /// Concurrent client counts to run each workload at, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     clients: Vec<usize>,
+}
+
+impl MatrixArgs {
+    /// The matrix these arguments and `load` ask for, over `keys` keys.
+    fn with(self, load: &LoadArgs, keys: u64) -> Matrix {
+        Matrix {
+            rounds: self.rounds.max(1),
+            workloads: self.workloads,
+            clients: self.clients,
+            warmup: load.warmup,
+            duration: load.duration,
+            keys,
+            value_size: load.value_size,
+        }
+    }
 }
 
 /// What every measured run shares.
@@ -354,13 +370,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 etcd_bin: systems.etcd,
                 dir: dir.clone(),
                 ondisk_protocol: ondisk_client.protocol,
-                rounds: matrix.rounds.max(1),
-                workloads: matrix.workloads,
-                clients: matrix.clients,
-                warmup: load.warmup,
-                duration: load.duration,
-                keys: load.keys.max(compare::SMALL_RESTART_KEYS),
-                value_size: load.value_size,
+                matrix: matrix.with(&load, load.keys.max(compare::SMALL_RESTART_KEYS)),
                 big_keys,
                 tls,
             };
@@ -379,13 +389,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 etcd_bin: systems.etcd,
                 dir: dir.clone(),
                 systems: only.systems,
-                rounds: matrix.rounds.max(1),
-                workloads: matrix.workloads,
-                clients: matrix.clients,
-                warmup: load.warmup,
-                duration: load.duration,
-                keys: load.keys.max(1),
-                value_size: load.value_size,
+                matrix: matrix.with(&load, load.keys.max(1)),
             };
             finish(tls_cost::run(&plan), &dir, systems.keep, json).await
         }

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::time::Instant;
@@ -22,8 +21,8 @@ use crate::target::System;
 use crate::tls::Certs;
 use crate::workload;
 use crate::workload::ms;
+use crate::workload::Matrix;
 use crate::workload::Outcome;
-use crate::workload::Spec;
 use crate::workload::Workload;
 
 /// Everything the measurement is told.
@@ -34,13 +33,7 @@ pub struct Plan {
     pub dir: PathBuf,
     /// Systems to measure; each gets a plaintext and a TLS cluster.
     pub systems: Vec<System>,
-    pub rounds: usize,
-    pub workloads: Vec<Workload>,
-    pub clients: Vec<usize>,
-    pub warmup: Duration,
-    pub duration: Duration,
-    pub keys: u64,
-    pub value_size: usize,
+    pub matrix: Matrix,
 }
 
 /// One cluster of the measurement: a system, with or without TLS.
@@ -91,7 +84,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
             .await
             .with_context(|| format!("{} did not start", label(variant.system, variant.tls)))?;
         let target = cluster.connect().await?;
-        load(&target, 0..plan.keys, plan.value_size).await?;
+        load(&target, 0..plan.matrix.keys, plan.matrix.value_size).await?;
     }
 
     let outcomes = measure(plan, &variants).await;
@@ -104,8 +97,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         .systems
         .iter()
         .flat_map(|&system| {
-            plan.workloads.iter().flat_map(move |&workload| {
-                plan.clients
+            plan.matrix.workloads.iter().flat_map(move |&workload| {
+                plan.matrix
+                    .clients
                     .iter()
                     .map(move |&clients| (system, workload, clients))
             })
@@ -118,10 +112,10 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         .collect();
     print_table(plan, &costs);
     Ok(serde_json::json!({
-        "rounds": plan.rounds,
-        "duration_secs": plan.duration.as_secs_f64(),
-        "keys": plan.keys,
-        "value_size": plan.value_size,
+        "rounds": plan.matrix.rounds,
+        "duration_secs": plan.matrix.duration.as_secs_f64(),
+        "keys": plan.matrix.keys,
+        "value_size": plan.matrix.value_size,
         "costs": costs,
     }))
 }
@@ -129,7 +123,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
 /// Every run of every round, by workload, client count, system and TLS.
 type Outcomes = BTreeMap<(Workload, usize, System, bool), Vec<Outcome>>;
 
-/// Runs every workload at every client count on every variant, `plan.rounds` times, in the
+/// Runs every workload at every client count on every variant, `plan.matrix.rounds` times, in the
 /// order [`turns`] gives.
 async fn measure(plan: &Plan, variants: &[Variant]) -> anyhow::Result<Outcomes> {
     let mut targets = Vec::new();
@@ -137,36 +131,25 @@ async fn measure(plan: &Plan, variants: &[Variant]) -> anyhow::Result<Outcomes> 
         targets.push(Arc::new(variant.cluster.connect().await?));
     }
     let mut outcomes = Outcomes::new();
-    for round in 0..plan.rounds {
-        for &workload in &plan.workloads {
-            for &clients in &plan.clients {
-                let spec = Spec {
-                    workload,
-                    clients,
-                    warmup: plan.warmup,
-                    duration: plan.duration,
-                    keys: plan.keys,
-                    value_size: plan.value_size,
-                };
-                for i in turns(round, plan.systems.len()) {
-                    let variant = &variants[i];
-                    let outcome =
-                        workload::run(targets[i].clone(), &spec, &variant.cluster.pids()).await?;
-                    eprintln!(
-                        "round {} {workload} x{clients} {}: {:.0} ops/s p99 {} us, server {:.0} us/op, errors {}",
-                        round + 1,
-                        label(variant.system, variant.tls),
-                        outcome.ops_per_sec,
-                        outcome.p99_us,
-                        outcome.server_cpu_us_per_op,
-                        outcome.errors
-                    );
-                    outcomes
-                        .entry((workload, clients, variant.system, variant.tls))
-                        .or_default()
-                        .push(outcome);
-                }
-            }
+    for (round, spec) in plan.matrix.runs() {
+        for i in turns(round, plan.systems.len()) {
+            let variant = &variants[i];
+            let outcome = workload::run(targets[i].clone(), &spec, &variant.cluster.pids()).await?;
+            eprintln!(
+                "round {} {} x{} {}: {:.0} ops/s p99 {} us, server {:.0} us/op, errors {}",
+                round + 1,
+                spec.workload,
+                spec.clients,
+                label(variant.system, variant.tls),
+                outcome.ops_per_sec,
+                outcome.p99_us,
+                outcome.server_cpu_us_per_op,
+                outcome.errors
+            );
+            outcomes
+                .entry((spec.workload, spec.clients, variant.system, variant.tls))
+                .or_default()
+                .push(outcome);
         }
     }
     Ok(outcomes)
@@ -227,11 +210,11 @@ fn print_table(plan: &Plan, costs: &[Cost]) {
         "\nMedians of {} rounds, {} s each after {} s warm-up, {} keys, {}-byte values; \
          each round runs a system's plaintext and TLS clusters back to back, alternating which \
          goes first. TLS: mutual TLS between members, and every client presents a certificate.\n",
-        plan.rounds,
-        plan.duration.as_secs_f64(),
-        plan.warmup.as_secs_f64(),
-        plan.keys,
-        plan.value_size,
+        plan.matrix.rounds,
+        plan.matrix.duration.as_secs_f64(),
+        plan.matrix.warmup.as_secs_f64(),
+        plan.matrix.keys,
+        plan.matrix.value_size,
     );
     println!("| system | workload | clients | plain ops/s | TLS ops/s | TLS cost | cost per round | p99 ms plain / TLS | server CPU µs/op plain / TLS | errors |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");

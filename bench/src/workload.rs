@@ -52,6 +52,42 @@ pub struct Spec {
     pub value_size: usize,
 }
 
+/// What a side-by-side benchmark measures: the rounds, the workloads and client counts each
+/// round runs, and what every run shares.
+#[derive(Debug, Clone)]
+pub struct Matrix {
+    pub rounds: usize,
+    pub workloads: Vec<Workload>,
+    pub clients: Vec<usize>,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub keys: u64,
+    pub value_size: usize,
+}
+
+impl Matrix {
+    /// The runs in the order they are made, each with its round: round by round, every
+    /// workload at every client count. Which systems run each one, and in what order, is the
+    /// caller's.
+    pub fn runs(&self) -> impl Iterator<Item = (usize, Spec)> + '_ {
+        (0..self.rounds).flat_map(move |round| {
+            self.workloads.iter().flat_map(move |&workload| {
+                self.clients.iter().map(move |&clients| {
+                    let spec = Spec {
+                        workload,
+                        clients,
+                        warmup: self.warmup,
+                        duration: self.duration,
+                        keys: self.keys,
+                        value_size: self.value_size,
+                    };
+                    (round, spec)
+                })
+            })
+        })
+    }
+}
+
 /// What one run measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Outcome {
