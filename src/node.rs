@@ -20,6 +20,7 @@ use openraft::error::InitializeError;
 use openraft::error::LinearizableReadError;
 use openraft::error::RaftError;
 
+use futures::FutureExt;
 use openraft::ReadPolicy;
 use openraft::ServerState;
 use openraft::Snapshot;
@@ -55,6 +56,7 @@ use crate::types::NodeId;
 use crate::types::Raft;
 use crate::types::SnapshotMeta;
 use crate::types::TypeConfig;
+use read_index::ReadRounds;
 
 mod auth;
 mod compaction;
@@ -62,6 +64,7 @@ mod kv;
 mod lease;
 mod maintenance;
 mod membership;
+mod read_index;
 mod recipes;
 mod watch;
 
@@ -166,6 +169,10 @@ pub struct Node {
     /// peer URLs etcd's API lists (every member of a cluster is set up alike).
     peer_scheme: &'static str,
     authenticator: auth::Authenticator,
+    /// This node's leadership confirmations, shared by the reads that arrive together.
+    confirmations: ReadRounds,
+    /// Read-index requests to the leader, shared likewise.
+    read_index_requests: ReadRounds,
     rpc_server: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -303,6 +310,8 @@ impl Node {
             snapshots_sent,
             peer_scheme: if peer_tls.is_some() { "https" } else { "http" },
             authenticator: auth::Authenticator::new(config.auth_token_ttl),
+            confirmations: ReadRounds::default(),
+            read_index_requests: ReadRounds::default(),
             rpc_server: std::sync::Mutex::default(),
         });
         let server = tokio::spawn(network::serve(raft_listener, node.clone(), peer_tls));
@@ -598,45 +607,27 @@ impl Node {
         .await
     }
 
-    /// Asks `leader` for a read index. Asking changes nothing, so any failure may be retried, and
-    /// the question is dropped as soon as this node hears of another leader: a leader that stopped
-    /// answering (paused, cut off) would otherwise hold the read until the deadline, long after
-    /// the others elected a new one.
+    /// Asks `leader` for a read index, in the next round of such requests (see
+    /// [`ReadRounds`]): the reads arriving together share one request.
     async fn read_index_from(
         &self,
         leader: NodeId,
         member: &Member,
     ) -> std::result::Result<u64, RemoteError> {
-        let asked = self
-            .peers
-            .call(&member.raft_addr, Request::ReadIndex, self.timeout);
-        let waiter = self.raft.wait(None);
-        let replaced = waiter.metrics(
-            |m| m.current_leader.is_some_and(|now| now != leader),
-            "another leader",
-        );
-        tokio::select! {
-            answer = asked => match answer {
-                Ok(Response::ReadIndex(index)) => Ok(index),
-                Ok(other) => Err(RemoteError::Refused(format!("unexpected answer {other:?}"))),
-                Err(CallError::Remote(remote)) => Err(remote),
-                Err(other) => Err(RemoteError::NotLeader { leader: None }.with_cause(other)),
-            },
-            _ = replaced => Err(RemoteError::NotLeader { leader: None }),
-        }
+        let (peers, raft) = (self.peers.clone(), self.raft.clone());
+        let (addr, timeout) = (member.raft_addr.clone(), self.timeout);
+        let ask = move || {
+            async move { request_read_index(&peers, &raft, leader, &addr, timeout).await }.boxed()
+        };
+        self.read_index_requests.next(leader, ask).await
     }
 
-    /// Confirms leadership with a quorum (ReadIndex) and returns the index reads must wait for.
+    /// Confirms leadership with a quorum (ReadIndex) and returns the index reads must wait for,
+    /// in the next round of confirmations (see [`ReadRounds`]).
     async fn read_index_locally(&self) -> std::result::Result<u64, RemoteError> {
-        match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
-            Ok(linearizer) => Ok(linearizer.read_log_id().index()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
-                Err(RemoteError::NotLeader {
-                    leader: forward.leader_id.zip(forward.leader_node),
-                })
-            }
-            Err(other) => Err(RemoteError::Refused(other.to_string())),
-        }
+        let raft = self.raft.clone();
+        let confirm = move || async move { confirm_leadership(&raft).await }.boxed();
+        self.confirmations.next(self.id, confirm).await
     }
 
     /// Confirms this node's leadership with a quorum (a read index) and waits until it has applied
@@ -991,6 +982,48 @@ fn read_error(error: Error) -> RemoteError {
 /// not checked against users and roles; without peer TLS the port is open to whoever reaches
 /// it, as etcd's peer port is.
 const RAFT_PORT: Caller = Caller::Operator;
+
+/// Asks `leader` at `addr` for a read index. Asking changes nothing, so any failure may be
+/// retried, and the question is dropped as soon as this node hears of another leader: a leader
+/// that stopped answering (paused, cut off) would otherwise hold the reads until their deadline,
+/// long after the others elected a new one.
+async fn request_read_index(
+    peers: &Peers,
+    raft: &Raft,
+    leader: NodeId,
+    addr: &str,
+    timeout: Duration,
+) -> std::result::Result<u64, RemoteError> {
+    let asked = peers.call(addr, Request::ReadIndex, timeout);
+    let waiter = raft.wait(None);
+    let replaced = waiter.metrics(
+        |m| m.current_leader.is_some_and(|now| now != leader),
+        "another leader",
+    );
+    tokio::select! {
+        answer = asked => match answer {
+            Ok(Response::ReadIndex(index)) => Ok(index),
+            Ok(other) => Err(RemoteError::Refused(format!("unexpected answer {other:?}"))),
+            Err(CallError::Remote(remote)) => Err(remote),
+            Err(other) => Err(RemoteError::NotLeader { leader: None }.with_cause(other)),
+        },
+        _ = replaced => Err(RemoteError::NotLeader { leader: None }),
+    }
+}
+
+/// Confirms this node's leadership with a quorum (openraft's ReadIndex) and returns the index
+/// reads must wait for.
+async fn confirm_leadership(raft: &Raft) -> std::result::Result<u64, RemoteError> {
+    match raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+        Ok(linearizer) => Ok(linearizer.read_log_id().index()),
+        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(forward))) => {
+            Err(RemoteError::NotLeader {
+                leader: forward.leader_id.zip(forward.leader_node),
+            })
+        }
+        Err(other) => Err(RemoteError::Refused(other.to_string())),
+    }
+}
 
 impl RpcHandler for Node {
     async fn handle(&self, request: Request) -> std::result::Result<Response, RemoteError> {
