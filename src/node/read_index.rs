@@ -131,42 +131,62 @@ mod tests {
         .boxed()
     }
 
+    /// Rounds with one question out: a first read's, counted in `asked` and answered when
+    /// `release` is notified. Returns the first read's task.
+    struct OneOut {
+        rounds: Arc<ReadRounds>,
+        asked: Arc<AtomicU64>,
+        release: Arc<Notify>,
+    }
+
+    impl OneOut {
+        async fn start() -> (OneOut, tokio::task::JoinHandle<super::Answer>) {
+            let out = OneOut {
+                rounds: Arc::new(ReadRounds::default()),
+                asked: Arc::new(AtomicU64::new(0)),
+                release: Arc::new(Notify::new()),
+            };
+            let first = out.read();
+            out.until_asked(1).await;
+            (out, first)
+        }
+
+        /// A read of leader 1 on its own task, asking a counted question if it opens a round.
+        fn read(&self) -> tokio::task::JoinHandle<super::Answer> {
+            let (rounds, asked, release) = (
+                self.rounds.clone(),
+                self.asked.clone(),
+                self.release.clone(),
+            );
+            tokio::spawn(async move { rounds.next(1, || question(&asked, &release)).await })
+        }
+
+        async fn until_asked(&self, questions: u64) {
+            while self.asked.load(Ordering::SeqCst) < questions {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
     #[tokio::test]
     async fn reads_arriving_while_a_question_is_out_share_the_next_one() {
-        let rounds = Arc::new(ReadRounds::default());
-        let asked = Arc::new(AtomicU64::new(0));
-        let release = Arc::new(Notify::new());
-
         // The first read opens a round, which asks at once.
-        let first = tokio::spawn({
-            let (rounds, asked, release) = (rounds.clone(), asked.clone(), release.clone());
-            async move { rounds.next(1, || question(&asked, &release)).await }
-        });
-        while asked.load(Ordering::SeqCst) < 1 {
-            tokio::task::yield_now().await;
-        }
+        let (out, first) = OneOut::start().await;
         // Three reads arrive while it is out: they must not get its answer, and they share one
         // question, asked only after the first is answered.
-        let later: Vec<_> = (0..3)
-            .map(|_| {
-                let (rounds, asked, release) = (rounds.clone(), asked.clone(), release.clone());
-                tokio::spawn(async move { rounds.next(1, || question(&asked, &release)).await })
-            })
-            .collect();
+        let later: Vec<_> = (0..3).map(|_| out.read()).collect();
         for _ in 0..100 {
             tokio::task::yield_now().await;
         }
         assert_eq!(
-            asked.load(Ordering::SeqCst),
+            out.asked.load(Ordering::SeqCst),
             1,
             "the next round waits its turn"
         );
-        release.notify_one();
+        out.release.notify_one();
         assert_eq!(first.await.unwrap().ok(), Some(1));
-        while asked.load(Ordering::SeqCst) < 2 {
-            tokio::task::yield_now().await;
-        }
-        release.notify_one();
+        out.until_asked(2).await;
+        out.release.notify_one();
         for read in later {
             assert_eq!(
                 read.await.unwrap().ok(),
@@ -174,27 +194,18 @@ mod tests {
                 "one question for all three"
             );
         }
-        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        assert_eq!(out.asked.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn a_read_for_another_leader_does_not_join_the_open_round() {
-        let rounds = Arc::new(ReadRounds::default());
-        let asked = Arc::new(AtomicU64::new(0));
-        let release = Arc::new(Notify::new());
-        let first = tokio::spawn({
-            let (rounds, asked, release) = (rounds.clone(), asked.clone(), release.clone());
-            async move { rounds.next(1, || question(&asked, &release)).await }
-        });
-        while asked.load(Ordering::SeqCst) < 1 {
-            tokio::task::yield_now().await;
-        }
+        let (out, first) = OneOut::start().await;
         // Behind the question that is out: a round for leader 1, then a read for leader 2.
-        let mut same = Box::pin(rounds.next(1, || async { Ok(10) }.boxed()));
-        let mut other = Box::pin(rounds.next(2, || async { Ok(20) }.boxed()));
+        let mut same = Box::pin(out.rounds.next(1, || async { Ok(10) }.boxed()));
+        let mut other = Box::pin(out.rounds.next(2, || async { Ok(20) }.boxed()));
         assert!(futures::poll!(&mut same).is_pending());
         assert!(futures::poll!(&mut other).is_pending());
-        release.notify_one();
+        out.release.notify_one();
         assert_eq!(first.await.unwrap().ok(), Some(1));
         assert_eq!(same.await.ok(), Some(10));
         assert_eq!(
