@@ -420,6 +420,10 @@ fn a_native_client_acting_as_a_user_reaches_only_the_keys_its_roles_cover() {
 
     let outside = refusal(runtime.block_on(app.put(put_request(b"x".to_vec(), b"1".to_vec()))));
     assert!(outside.contains("permission denied"), "{outside}");
+    // A stale read is answered by whichever node it reaches, with the auth state that node has
+    // applied: every node must have applied authentication's switch first.
+    let leader = cluster.wait_for_leader();
+    common::http::wait_applied_everywhere(&cluster, leader);
     let outside = refusal(runtime.block_on(app.get(b"x", Consistency::Stale)));
     assert!(outside.contains("permission denied"), "{outside}");
     let watch_outside = ondisk::api::WatchRequest {

@@ -135,6 +135,21 @@ pub fn status_field(status: &serde_json::Value, name: &str) -> u64 {
     status[name].as_u64().unwrap_or(0)
 }
 
+/// Waits until every node of `cluster` has applied what node `id` (the leader, for everything
+/// acknowledged so far) has committed now. After that,
+/// reads that any node answers from its own state (serializable ones, with the auth state that
+/// node has applied) see everything written before.
+pub fn wait_applied_everywhere(cluster: &super::Cluster, id: usize) {
+    let committed = status_field(&node_status(cluster, id), "committed");
+    for node in cluster.ids() {
+        super::wait_until(
+            CONVERGE_TIMEOUT,
+            &format!("node {node} applies up to {committed}"),
+            || status_field(&node_status(cluster, node), "last_applied") >= committed,
+        );
+    }
+}
+
 /// Writes `count` keys named `{prefix}{i}` through node `id` from several client threads; each
 /// value is `value(i)`. Panics if a write is refused (the cluster is healthy throughout).
 pub fn write_keys(
