@@ -13,14 +13,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::ClientWriteError;
 use openraft::error::Fatal;
 use openraft::error::InitializeError;
 use openraft::error::LinearizableReadError;
 use openraft::error::RaftError;
-
-use futures::FutureExt;
 use openraft::ReadPolicy;
 use openraft::ServerState;
 use openraft::Snapshot;
@@ -614,9 +613,10 @@ impl Node {
         leader: NodeId,
         member: &Member,
     ) -> std::result::Result<u64, RemoteError> {
-        let (peers, raft) = (self.peers.clone(), self.raft.clone());
-        let (addr, timeout) = (member.raft_addr.clone(), self.timeout);
-        let ask = move || {
+        // Only the read that opens a round makes its question, so only it clones what that needs.
+        let ask = || {
+            let (peers, raft) = (self.peers.clone(), self.raft.clone());
+            let (addr, timeout) = (member.raft_addr.clone(), self.timeout);
             async move { request_read_index(&peers, &raft, leader, &addr, timeout).await }.boxed()
         };
         self.read_index_requests.next(leader, ask).await
@@ -625,8 +625,10 @@ impl Node {
     /// Confirms leadership with a quorum (ReadIndex) and returns the index reads must wait for,
     /// in the next round of confirmations (see [`ReadRounds`]).
     async fn read_index_locally(&self) -> std::result::Result<u64, RemoteError> {
-        let raft = self.raft.clone();
-        let confirm = move || async move { confirm_leadership(&raft).await }.boxed();
+        let confirm = || {
+            let raft = self.raft.clone();
+            async move { confirm_leadership(&raft).await }.boxed()
+        };
         self.confirmations.next(self.id, confirm).await
     }
 

@@ -37,8 +37,9 @@ pub enum UserCommand {
     /// Add a user; the password is asked for (twice) when it is not given as NAME:PASSWORD, or
     /// read from stdin's first line when stdin is not a terminal.
     Add {
-        /// NAME or NAME:PASSWORD. (Not called `user`: that is the global `--user` flag's name,
-        /// and clap would take this value for it.)
+        // Not called `user`: that is the global `--user` flag's id, and clap would take this
+        // value for it.
+        /// NAME or NAME:PASSWORD.
         #[arg(value_name = "NAME[:PASSWORD]")]
         account: String,
         /// A user that cannot log in with a password.

@@ -129,9 +129,9 @@ impl Authenticator {
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         let _permit = permit.map_err(|_| Error::ShuttingDown)?;
         let password = password.to_string();
-        let checked = hash.clone();
+        let has_password = hash.is_some();
         let matches = tokio::task::spawn_blocking(move || {
-            let hash = checked.as_deref().unwrap_or_else(|| unmatchable_hash());
+            let hash = hash.as_deref().unwrap_or_else(|| unmatchable_hash());
             PasswordHash::new(hash).is_ok_and(|parsed| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)
@@ -140,7 +140,7 @@ impl Authenticator {
         })
         .await
         .map_err(|e| Error::Raft(format!("password check failed: {e}")))?;
-        let Some(user) = user.filter(|_| matches && hash.is_some()) else {
+        let Some(user) = user.filter(|_| matches && has_password) else {
             return Err(denied(AuthError::Failed));
         };
         let mut remembered = self.remembered();

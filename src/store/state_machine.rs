@@ -830,12 +830,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             responders.push(responder);
         }
+        let records_changed = records != records_before;
         let db = self.state.current();
         let meta = BatchMeta {
             last,
             revisions_before: self.revisions,
             membership: membership.clone(),
-            records: (records != records_before).then(|| records.clone()),
+            records: records_changed.then(|| records.clone()),
             collect_events: self.shared.watch_hub.wants_events(),
             auth_before: lock(&self.shared.auth).clone(),
         };
@@ -866,11 +867,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(membership) = membership {
             self.membership = membership;
         }
-        self.shared.records.send_if_modified(|current| {
-            let changed = *current != records;
-            *current = records;
-            changed
-        });
+        if records_changed {
+            self.shared.records.send_replace(records);
+        }
         if let Some(auth) = built.auth.take() {
             *lock(&self.shared.auth) = auth;
         }

@@ -136,9 +136,9 @@ pub fn status_field(status: &serde_json::Value, name: &str) -> u64 {
 }
 
 /// Waits until every node of `cluster` has applied what node `id` (the leader, for everything
-/// acknowledged so far) has committed now. After that,
-/// reads that any node answers from its own state (serializable ones, with the auth state that
-/// node has applied) see everything written before.
+/// acknowledged so far) has committed now. After that, reads that any node answers from its own
+/// state (serializable ones, with the auth state that node has applied) see everything written
+/// before.
 pub fn wait_applied_everywhere(cluster: &super::Cluster, id: usize) {
     let committed = status_field(&node_status(cluster, id), "committed");
     for node in cluster.ids() {
