@@ -108,7 +108,11 @@ echo "| --- | --- |"
 echo "| state loaded | $STATE_MIB MiB in $COUNT values |"
 echo "| follower catch-up (restart to applied = leader's commit, snapshot installed) | ${seconds} s |"
 echo "| follower data directory after catch-up | $((state_bytes / 1048576)) MiB |"
-echo "| transfer + install rate | $(python3 -c "print(round($STATE_MIB / $seconds))") MiB/s |"
+echo "| transfer + install rate (of the loaded values) | $(python3 -c "print(round($STATE_MIB / $seconds))") MiB/s |"
 echo "| disk sequential write (dd 1 GiB, fdatasync) | $disk_rate |"
 echo "| leader RSS before / peak (whole run) | ${leader_rss_before} MiB / $(peak_rss_mib "$LEADER_PID") MiB |"
 echo "| follower peak RSS (whole catch-up) | $(peak_rss_mib "${PIDS[3]}") MiB |"
+echo
+echo "node 3's log of the catch-up (restart at $(date -u -d "@$started" +%H:%M:%S.%N | cut -c1-15)):"
+grep -E "snapshot" "$WORK/data/node3/ondisk.log" | sed 's/^/    /'
+

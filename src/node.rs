@@ -24,7 +24,6 @@ use openraft::ReadPolicy;
 use openraft::ServerState;
 use openraft::Snapshot;
 use openraft::SnapshotPolicy;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -45,7 +44,7 @@ use crate::store::AppendSync;
 use crate::store::DataDir;
 use crate::store::LogStore;
 use crate::store::SnapshotData;
-use crate::store::SnapshotFile;
+use crate::store::SnapshotReceiver;
 use crate::store::StateMachineStore;
 use crate::store::StateReader;
 use crate::types::Command;
@@ -175,12 +174,14 @@ pub struct Node {
     rpc_server: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
-/// A snapshot being received from the leader, chunk by chunk, into a file.
+/// A snapshot being received from the leader, chunk by chunk, and prepared for installing as it
+/// arrives.
 struct IncomingSnapshot {
     meta: SnapshotMeta,
-    path: PathBuf,
-    file: tokio::fs::File,
+    /// Bytes of the stream received so far: the offset the next chunk must start at.
     received: u64,
+    receiver: SnapshotReceiver,
+    started: std::time::Instant,
 }
 
 /// A point-in-time summary of the node, for the REPL's `status` and the HTTP status endpoint.
@@ -788,8 +789,10 @@ impl Node {
         }
     }
 
-    /// Stores one chunk of a snapshot being streamed to us; on the last one, verifies the file and
-    /// hands it to openraft to install.
+    /// Takes one chunk of a snapshot being streamed to us into its preparation; on the last one,
+    /// waits for the prepared (verified) snapshot and hands it to openraft to install. A chunk out
+    /// of sequence, or a stream that fails to prepare, ends the transfer: the leader starts it
+    /// again from the beginning.
     async fn receive_snapshot_chunk(
         &self,
         chunk: SnapshotChunk,
@@ -798,44 +801,28 @@ impl Node {
             |what: &str, e: &dyn std::fmt::Display| RemoteError::Refused(format!("{what}: {e}"));
         let mut incoming = self.incoming_snapshot.lock().await;
         if chunk.offset == 0 {
-            if let Some(stale) = incoming.take() {
-                let _ = tokio::fs::remove_file(&stale.path).await;
-            }
-            let index = chunk.meta.last_log_id.map_or(0, |id| id.index);
-            let path = self
-                .data_dir
-                .snapshots()
-                .join(format!("receiving-{index}.partial"));
-            let file = tokio::fs::File::create(&path)
-                .await
-                .map_err(|e| refused("cannot create snapshot file", &e))?;
+            tracing::info!("receiving a snapshot at index {}", log_index(&chunk.meta));
             *incoming = Some(IncomingSnapshot {
                 meta: chunk.meta.clone(),
-                path,
-                file,
                 received: 0,
+                receiver: SnapshotReceiver::start(self.data_dir.snapshots()),
+                started: std::time::Instant::now(),
             });
         }
-        let Some(current) = incoming.as_mut() else {
-            return Err(RemoteError::Refused(
-                "snapshot chunk without a transfer in progress".into(),
-            ));
-        };
-        if current.meta != chunk.meta || current.received != chunk.offset {
-            let stale = incoming.take();
-            if let Some(stale) = stale {
-                let _ = tokio::fs::remove_file(&stale.path).await;
-            }
+        let in_sequence = incoming
+            .as_ref()
+            .is_some_and(|current| current.meta == chunk.meta && current.received == chunk.offset);
+        let Some(current) = incoming.as_mut().filter(|_| in_sequence) else {
+            *incoming = None;
             return Err(RemoteError::Refused(
                 "snapshot chunk out of sequence; restart the transfer".into(),
             ));
-        }
-        current
-            .file
-            .write_all(&chunk.data)
-            .await
-            .map_err(|e| refused("cannot write snapshot file", &e))?;
+        };
         current.received += chunk.data.len() as u64;
+        if let Err(e) = current.receiver.push(chunk.data).await {
+            *incoming = None;
+            return Err(refused("received snapshot is unusable", &e));
+        }
         if !chunk.done {
             return Ok(Response::SnapshotChunkStored);
         }
@@ -843,45 +830,37 @@ impl Node {
             return Err(RemoteError::Refused("snapshot transfer vanished".into()));
         };
         drop(incoming);
-        let IncomingSnapshot {
-            meta,
-            path,
-            mut file,
-            ..
-        } = complete;
-        file.flush()
+        let prepared = complete
+            .receiver
+            .finish()
             .await
-            .map_err(|e| refused("cannot write snapshot file", &e))?;
-        file.sync_all()
-            .await
-            .map_err(|e| refused("cannot sync snapshot file", &e))?;
-        drop(file);
-        let verify_path = path.clone();
-        let verified = tokio::task::spawn_blocking(move || store::verify_snapshot(&verify_path))
-            .await
-            .map_err(|e| refused("snapshot verification failed", &e))?;
-        match verified {
-            Ok(found) if found == meta => {}
-            Ok(_) => {
-                let _ = tokio::fs::remove_file(&path).await;
-                return Err(RemoteError::Refused(
-                    "snapshot header does not match the transfer".into(),
-                ));
-            }
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&path).await;
-                return Err(refused("received snapshot is corrupt", &e));
-            }
+            .map_err(|e| refused("received snapshot is unusable", &e))?;
+        if prepared.meta != complete.meta {
+            return Err(RemoteError::Refused(
+                "snapshot header does not match the transfer".into(),
+            ));
         }
-        let file =
-            SnapshotFile::open(path).map_err(|e| refused("cannot reopen snapshot file", &e))?;
-        let snapshot = SnapshotData::Received(file);
+        tracing::info!(
+            "received and verified the snapshot at index {}: {} MiB in {:.2?}",
+            log_index(&complete.meta),
+            complete.received >> 20,
+            complete.started.elapsed()
+        );
+        let snapshot = Snapshot {
+            meta: complete.meta,
+            snapshot: SnapshotData::Prepared(Box::new(prepared)),
+        };
         self.raft
-            .install_full_snapshot(chunk.vote, Snapshot { meta, snapshot })
+            .install_full_snapshot(chunk.vote, snapshot)
             .await
             .map(Response::SnapshotInstalled)
             .map_err(|e| refused("installing the snapshot failed", &e))
     }
+}
+
+/// The log index a snapshot covers up to, for log lines.
+fn log_index(meta: &SnapshotMeta) -> u64 {
+    meta.last_log_id.map_or(0, |id| id.index)
 }
 
 /// Maps openraft's refusal of a write (a proposal or a membership change) to what the requester

@@ -3,7 +3,9 @@
 //! stay readable and any bytes survive. The two JSON forms cannot be confused: a string is always
 //! the text itself, never base64.
 //!
-//! Use with `#[serde(with = "crate::api::bytes")]` on a `Vec<u8>`, or [`list`] on a `Vec<Vec<u8>>`.
+//! Use with `#[serde(with = "crate::api::bytes")]` on a `Vec<u8>`, [`list`] on a `Vec<Vec<u8>>`, or
+//! [`option`] on an `Option<Vec<u8>>`. In bincode the bytes are written as the plain `Vec<u8>`
+//! would be (a length, then the bytes), only in one copy instead of one call per byte.
 
 use std::fmt;
 
@@ -93,26 +95,27 @@ impl<'de> de::Visitor<'de> for BytesVisitor {
     }
 }
 
+/// Bytes inside another value (a list, an option), written as this module writes bytes.
+struct Item<'a>(&'a [u8]);
+
+impl serde::Serialize for Item<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize(self.0, serializer)
+    }
+}
+
+/// Bytes inside another value, read as this module reads bytes.
+struct Owned(Vec<u8>);
+
+impl<'de> serde::Deserialize<'de> for Owned {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize(deserializer).map(Owned)
+    }
+}
+
 /// [`serialize`] and [`deserialize`] for a list of byte strings (a lease's keys).
 pub mod list {
     use super::*;
-
-    /// One element, written as the enclosing module writes bytes.
-    struct Item<'a>(&'a [u8]);
-
-    impl serde::Serialize for Item<'_> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            super::serialize(self.0, serializer)
-        }
-    }
-
-    struct Owned(Vec<u8>);
-
-    impl<'de> serde::Deserialize<'de> for Owned {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            super::deserialize(deserializer).map(Owned)
-        }
-    }
 
     pub fn serialize<S: Serializer>(items: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
         let mut seq = serializer.serialize_seq(Some(items.len()))?;
@@ -127,6 +130,25 @@ pub mod list {
     ) -> Result<Vec<Vec<u8>>, D::Error> {
         let owned: Vec<Owned> = serde::Deserialize::deserialize(deserializer)?;
         Ok(owned.into_iter().map(|Owned(bytes)| bytes).collect())
+    }
+}
+
+/// [`serialize`] and [`deserialize`] for bytes that may be absent (what a get found).
+pub mod option {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(
+        bytes: &Option<Vec<u8>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&bytes.as_deref().map(Item), serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        let owned: Option<Owned> = serde::Deserialize::deserialize(deserializer)?;
+        Ok(owned.map(|Owned(bytes)| bytes))
     }
 }
 
@@ -151,6 +173,9 @@ mod tests {
         assert_eq!(serde_json::from_str::<Holder>(&json).unwrap(), holder);
     }
 
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Maybe(#[serde(with = "super::option")] Option<Vec<u8>>);
+
     #[test]
     fn bincode_keeps_raw_bytes() {
         let holder = Holder {
@@ -159,6 +184,30 @@ mod tests {
         };
         let encoded = bincode::serialize(&holder).unwrap();
         assert_eq!(bincode::deserialize::<Holder>(&encoded).unwrap(), holder);
+        for maybe in [Maybe(None), Maybe(Some(vec![7, 0, 7]))] {
+            let encoded = bincode::serialize(&maybe).unwrap();
+            assert_eq!(bincode::deserialize::<Maybe>(&encoded).unwrap(), maybe);
+        }
+    }
+
+    /// Peers and clients built before a field was marked as bytes still read it: bincode writes
+    /// bytes exactly as a `Vec<u8>` of the same content.
+    #[test]
+    fn in_bincode_bytes_are_encoded_as_a_plain_vec() {
+        let holder = Holder {
+            bytes: vec![1, 2, 255],
+            list: vec![vec![4], vec![]],
+        };
+        let plain = (vec![1u8, 2, 255], vec![vec![4u8], vec![]]);
+        assert_eq!(
+            bincode::serialize(&holder).unwrap(),
+            bincode::serialize(&plain).unwrap()
+        );
+        let maybe = Maybe(Some(vec![9, 8]));
+        assert_eq!(
+            bincode::serialize(&maybe).unwrap(),
+            bincode::serialize(&Some(vec![9u8, 8])).unwrap()
+        );
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub enum Request {
     /// A client reading one key from the receiver's state machine: linearizable (after a read
     /// index round, forwarded to the leader if need be) or as the receiver has it now.
     Get {
+        #[serde(with = "crate::api::bytes")]
         key: Vec<u8>,
         linearizable: bool,
     },
@@ -148,6 +149,7 @@ pub struct SnapshotChunk {
     pub meta: SnapshotMeta,
     /// Where `data` starts in the snapshot stream; a transfer always starts at 0.
     pub offset: u64,
+    #[serde(with = "crate::api::bytes")]
     pub data: Vec<u8>,
     /// True on the last chunk.
     pub done: bool,
@@ -165,7 +167,7 @@ pub enum Response {
     ReadIndex(u64),
     Acknowledged,
     /// The value a [`Request::Get`] found, if any.
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "crate::api::bytes::option")] Option<Vec<u8>>),
     /// Whether the node a [`Request::WasRemoved`] asked about has been removed.
     WasRemoved(bool),
     Range(api::RangeResponse),

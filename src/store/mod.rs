@@ -1,6 +1,7 @@
 //! Everything a node keeps on disk: the Raft log (`log_store`), the state machine (`state_machine`),
-//! the snapshots that let the log be compacted (`snapshot`), and the data directory that holds
-//! them (`data_dir`), and a new node's data directory made from a backup (`restore`).
+//! the snapshots that let the log be compacted (`snapshot`) and their installation as a new state
+//! (`install`), the data directory that holds them (`data_dir`), and a new node's data directory
+//! made from a backup (`restore`).
 //!
 //! Both the log and the state machine are RocksDB databases, in separate directories so each can be
 //! tuned, synced and (for the state machine) replaced on its own.
@@ -8,6 +9,7 @@
 mod apply;
 mod auth;
 mod data_dir;
+mod install;
 mod lease;
 mod log_store;
 mod mvcc;
@@ -22,6 +24,8 @@ pub use apply::RevisionChanges;
 pub use auth::AuthState;
 pub use auth::User;
 pub use data_dir::DataDir;
+pub use install::PreparedSnapshot;
+pub use install::SnapshotReceiver;
 pub use lease::LeaseTable;
 pub use log_store::AppendSync;
 pub use log_store::LogStore;
@@ -33,9 +37,7 @@ pub use snapshot::Checkpoint;
 pub use snapshot::EtcdSeal;
 pub use snapshot::MemberRecords;
 pub use snapshot::SnapshotData;
-pub use snapshot::SnapshotFile;
 pub use state_machine::snapshot_chunks;
-pub use state_machine::snapshot_stream;
 pub use state_machine::DiskUsage;
 pub use state_machine::StateMachineStore;
 pub use state_machine::StateReader;

@@ -63,6 +63,7 @@ pub(super) struct Record {
     pub mod_revision: i64,
     pub version: i64,
     pub lease: i64,
+    #[serde(with = "crate::api::bytes")]
     pub value: Vec<u8>,
 }
 

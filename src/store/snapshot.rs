@@ -20,6 +20,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::fs::File;
 use std::io;
+use std::io::BufRead;
 use std::io::BufReader;
 use std::io::Read;
 use std::io::Write;
@@ -29,8 +30,11 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
+
 use super::decode;
 use super::encode;
+use super::install::PreparedSnapshot;
 use super::state_db::RemoveWhenRetired;
 use crate::types::NodeId;
 use crate::types::SnapshotMeta;
@@ -55,6 +59,8 @@ const TAG_FAMILY_PAIR: u8 = 4;
 const TAG_REMOVED_IDS: u8 = 2;
 const TAG_KEPT_LEARNERS: u8 = 3;
 const TAG_END: u8 = 0;
+/// Bytes read from a stream file at a time.
+pub(super) const READ_BUFFER: usize = 1 << 20;
 /// Upper bound on any length field, so a corrupt or hostile stream cannot make us allocate wildly.
 const MAX_FIELD_LEN: u32 = 256 << 20;
 /// Prefix of checkpoint directories in the snapshot directory.
@@ -64,14 +70,21 @@ const CHECKPOINT_PREFIX: &str = "checkpoint-";
 /// RocksDB itself writes into `<name>.tmp` first; neither name looks like a finished checkpoint.
 const CHECKPOINT_BUILDING: &str = "building-checkpoint-";
 
-/// Numbers the checkpoints this process builds, so two builds never share a directory.
-static CHECKPOINT_BUILDS: AtomicU64 = AtomicU64::new(0);
+/// Numbers the scratch directories this process makes in the snapshot directory (checkpoint
+/// builds, snapshots being prepared), so two never share a name.
+static SCRATCH_DIRS: AtomicU64 = AtomicU64::new(0);
 
-/// A directory name in the snapshot directory for one checkpoint build, unique in this process
-/// (leftovers of an earlier process are removed at start-up by [`newest_checkpoint_in`]).
+/// A name starting with `prefix` for a scratch directory in the snapshot directory, unique in
+/// this process (leftovers of an earlier process are removed at start-up by
+/// [`newest_checkpoint_in`]).
+pub(super) fn unique_name(prefix: &str) -> String {
+    let number = SCRATCH_DIRS.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{number}")
+}
+
+/// A directory name in the snapshot directory for one checkpoint build.
 pub(super) fn checkpoint_building_name() -> String {
-    let build = CHECKPOINT_BUILDS.fetch_add(1, Ordering::Relaxed);
-    format!("{CHECKPOINT_BUILDING}{build}")
+    unique_name(CHECKPOINT_BUILDING)
 }
 
 /// openraft's `SnapshotData` for ondisk.
@@ -79,8 +92,8 @@ pub(super) fn checkpoint_building_name() -> String {
 pub enum SnapshotData {
     /// A snapshot this node holds: a checkpoint of its own state machine.
     Checkpoint(Arc<Checkpoint>),
-    /// A snapshot received from the leader, stored as a stream file and already verified.
-    Received(SnapshotFile),
+    /// A snapshot received from the leader, verified and written out as tables, to be installed.
+    Prepared(Box<PreparedSnapshot>),
 }
 
 /// A point-in-time RocksDB checkpoint of the state machine. Shared by whoever streams it; the
@@ -103,25 +116,10 @@ impl Checkpoint {
     }
 }
 
-/// A snapshot stream stored in a file, as received from the leader.
-#[derive(Debug)]
-pub struct SnapshotFile {
-    pub path: PathBuf,
-    pub file: File,
-}
-
-impl SnapshotFile {
-    /// Opens an existing snapshot stream file for reading from its start.
-    pub fn open(path: PathBuf) -> io::Result<Self> {
-        let file = File::open(&path)?;
-        Ok(SnapshotFile { path, file })
-    }
-}
-
 /// Reads a whole snapshot stream file, checking its structure and checksum, and returns its
-/// metadata. Used on a received file before it is offered to openraft, whose install must not fail.
+/// metadata: a backup is checked before it is kept.
 pub fn verify(path: &Path) -> io::Result<SnapshotMeta> {
-    let mut reader = SnapshotReader::new(File::open(path)?)?;
+    let mut reader = SnapshotReader::new(BufReader::with_capacity(READ_BUFFER, File::open(path)?))?;
     while reader.next_pair()?.is_some() {}
     Ok(reader.meta)
 }
@@ -272,11 +270,6 @@ impl<W: Write> SnapshotEncoder<W> {
         Ok(self.out)
     }
 
-    /// The output written so far, so a streaming caller can drain it between pairs.
-    pub fn output(&mut self) -> &mut W {
-        &mut self.out
-    }
-
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.crc.update(bytes);
         self.out.write_all(bytes)
@@ -300,9 +293,11 @@ pub(super) struct SnapshotPair {
 }
 
 /// Reads a snapshot stream pair by pair; the checksum is verified when the end is reached, so a
-/// caller must consume every pair (and see `Ok(None)`) before trusting any of them.
-pub(super) struct SnapshotReader<R: Read> {
-    input: BufReader<R>,
+/// caller must consume every pair (and see `Ok(None)`) before trusting any of them. Each key and
+/// value is copied once, from the input's buffer: give it a file in a `BufReader`, or pieces
+/// already in memory as they are ([`PieceReader`]).
+pub(super) struct SnapshotReader<R: BufRead> {
+    input: R,
     crc: crc32fast::Hasher,
     pub meta: SnapshotMeta,
     /// The member records, known once the records holding them have been read (before the end).
@@ -310,11 +305,11 @@ pub(super) struct SnapshotReader<R: Read> {
     pairs: u64,
 }
 
-impl<R: Read> SnapshotReader<R> {
+impl<R: BufRead> SnapshotReader<R> {
     /// Reads the header from `input`.
     pub fn new(input: R) -> io::Result<Self> {
         let mut reader = SnapshotReader {
-            input: BufReader::with_capacity(1 << 20, input),
+            input,
             crc: crc32fast::Hasher::new(),
             meta: SnapshotMeta::default(),
             records: MemberRecords::default(),
@@ -413,10 +408,117 @@ impl<R: Read> SnapshotReader<R> {
         if len > MAX_FIELD_LEN {
             return Err(invalid("snapshot field length out of range"));
         }
-        let mut bytes = vec![0u8; len as usize];
-        self.read(&mut bytes)?;
+        let len = len as usize;
+        let mut bytes = Vec::with_capacity(len);
+        while bytes.len() < len {
+            let available = self.input.fill_buf()?;
+            if available.is_empty() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let taken = available.len().min(len - bytes.len());
+            bytes.extend_from_slice(&available[..taken]);
+            self.input.consume(taken);
+        }
+        self.crc.update(&bytes);
         Ok(bytes)
     }
+}
+
+/// A stream read from pieces that another thread or task hands over through a channel, in
+/// order; an error handed over ends the stream with it, and a closed channel ends it cleanly.
+/// Reads block, so it is read on a blocking thread.
+pub(super) struct PieceReader {
+    pieces: mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    position: usize,
+}
+
+impl PieceReader {
+    pub fn new(pieces: mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
+        PieceReader {
+            pieces,
+            current: Vec::new(),
+            position: 0,
+        }
+    }
+}
+
+impl Read for PieceReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = buf.len().min(available.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// The pieces are the buffer: reading through it copies nothing more.
+impl BufRead for PieceReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.position == self.current.len() {
+            match self.pieces.blocking_recv() {
+                Some(Ok(piece)) => {
+                    self.current = piece;
+                    self.position = 0;
+                }
+                Some(Err(e)) => return Err(e),
+                None => break,
+            }
+        }
+        Ok(&self.current[self.position..])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.position = (self.position + amount).min(self.current.len());
+    }
+}
+
+/// Cuts what is written into chunks of exactly `chunk_len` bytes and sends each as soon as it is
+/// full; [`Self::finish`] sends the rest, shorter (possibly empty), which marks the end. Writing
+/// fails once the receiving end has gone.
+pub(super) struct ChunkSender {
+    chunks: mpsc::Sender<io::Result<Vec<u8>>>,
+    chunk_len: usize,
+    current: Vec<u8>,
+}
+
+impl ChunkSender {
+    pub fn new(chunks: mpsc::Sender<io::Result<Vec<u8>>>, chunk_len: usize) -> Self {
+        let chunk_len = chunk_len.max(1);
+        ChunkSender {
+            chunks,
+            chunk_len,
+            current: Vec::with_capacity(chunk_len),
+        }
+    }
+
+    /// Sends the last, short chunk.
+    pub fn finish(self) -> io::Result<()> {
+        send_chunk(&self.chunks, self.current)
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let taken = bytes.len().min(self.chunk_len - self.current.len());
+        self.current.extend_from_slice(&bytes[..taken]);
+        if self.current.len() == self.chunk_len {
+            let full = std::mem::replace(&mut self.current, Vec::with_capacity(self.chunk_len));
+            send_chunk(&self.chunks, full)?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn send_chunk(chunks: &mpsc::Sender<io::Result<Vec<u8>>>, chunk: Vec<u8>) -> io::Result<()> {
+    chunks
+        .blocking_send(Ok(chunk))
+        .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the snapshot's reader is gone"))
 }
 
 fn invalid(message: &str) -> io::Error {
