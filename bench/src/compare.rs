@@ -15,6 +15,8 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::cluster::MEMBERS;
+use crate::limits;
+use crate::limits::Limits;
 use crate::target::KvTarget;
 use crate::target::Protocol;
 use crate::target::System;
@@ -24,6 +26,7 @@ use crate::workload;
 use crate::workload::key;
 use crate::workload::Matrix;
 use crate::workload::Outcome;
+use crate::workload::Spec;
 use crate::workload::Workload;
 
 /// Everything the comparison is told.
@@ -40,10 +43,19 @@ pub struct Plan {
     /// Run both systems with TLS on every connection (members' and clients'), with certificates
     /// made for this comparison in `dir`, so the figures include what encryption costs each.
     pub tls: bool,
+    /// Value sizes of the large-value phase (empty skips it): puts of each size, in throughput.
+    pub large_values: Vec<usize>,
+    /// How long each large-value run is measured. Short, because every byte a put writes stays
+    /// in both systems' history: etcd's default 2 GB quota must hold all of them.
+    pub large_value_duration: Duration,
 }
 
 /// Keys present when the small restart is timed.
 pub const SMALL_RESTART_KEYS: u64 = 1_000;
+/// Concurrent writers of the large-value phase, and the keys they write: few keys, so the phase
+/// measures moving bytes rather than a growing key space.
+const LARGE_VALUE_CLIENTS: usize = 16;
+const LARGE_VALUE_KEYS: u64 = 64;
 /// Concurrent writers while loading keys.
 const LOAD_CLIENTS: usize = 256;
 /// How long a cluster may take to serve its first linearizable read after a start.
@@ -66,8 +78,14 @@ struct Capacity {
     rss_after_restart_bytes: u64,
 }
 
+/// Each run's outcomes, by workload, clients, value size and system.
+type Outcomes = BTreeMap<(Workload, usize, usize, System), Vec<Outcome>>;
+
 /// Runs the whole comparison and prints the tables; returns the results as JSON.
 pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
+    // First, on a quiet machine and the disk the clusters will use.
+    let limits = limits::measure(&plan.dir)?;
+    eprintln!("machine limits: {limits:?}");
     let certs = if plan.tls {
         Some(Certs::generate(&plan.dir.join("certs"), MEMBERS)?)
     } else {
@@ -108,28 +126,30 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         .await?;
     }
 
-    let mut outcomes: BTreeMap<(Workload, usize, System), Vec<Outcome>> = BTreeMap::new();
+    let mut outcomes = Outcomes::new();
     let targets = [
         Arc::new(clusters[0].connect().await?),
         Arc::new(clusters[1].connect().await?),
     ];
-    for (round, spec) in plan.matrix.runs() {
+    let large_values = large_value_runs(plan);
+    for (round, spec) in plan.matrix.runs().chain(large_values) {
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
             let system = clusters[i].system;
             let outcome = workload::run(targets[i].clone(), &spec, &clusters[i].pids()).await?;
             eprintln!(
-                "round {} {} x{} {system}: {:.0} ops/s p50 {} us p99 {} us errors {}",
+                "round {} {} x{} {} B {system}: {:.0} ops/s p50 {} us p99 {} us errors {}",
                 round + 1,
                 spec.workload,
                 spec.clients,
+                spec.value_size,
                 outcome.ops_per_sec,
                 outcome.p50_us,
                 outcome.p99_us,
                 outcome.errors
             );
             outcomes
-                .entry((spec.workload, spec.clients, system))
+                .entry((spec.workload, spec.clients, spec.value_size, system))
                 .or_default()
                 .push(outcome);
         }
@@ -170,20 +190,24 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         cluster.stop()?;
     }
 
-    let medians: Vec<Row> = outcomes
+    let (medians, large_values): (Vec<Row>, Vec<Row>) = outcomes
         .iter()
-        .filter(|((_, _, system), _)| *system == System::Ondisk)
-        .filter_map(|((workload, clients, _), ondisk)| {
-            let etcd = outcomes.get(&(*workload, *clients, System::Etcd))?;
+        .filter(|((_, _, _, system), _)| *system == System::Ondisk)
+        .filter_map(|((workload, clients, value_size, _), ondisk)| {
+            let etcd = outcomes.get(&(*workload, *clients, *value_size, System::Etcd))?;
             Some(Row {
                 workload: *workload,
                 clients: *clients,
+                value_size: *value_size,
                 ondisk: median(ondisk),
                 etcd: median(etcd),
             })
         })
-        .collect();
+        .partition(|row| row.in_matrix(plan));
+    print_limits(&limits);
     print_table(plan, &medians, &capacity);
+    print_one_client(&medians, &limits);
+    print_large_values(plan, &large_values, &limits);
     let mut results = serde_json::json!({
         "ondisk_protocol": plan.ondisk_protocol,
         "rounds": plan.matrix.rounds,
@@ -193,6 +217,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         "big_keys": plan.big_keys,
         "medians": medians,
         "capacity": capacity,
+        "limits": limits,
+        "large_values": large_values,
     });
     // Only a TLS run says so: a plaintext run's JSON stays what it always was.
     if plan.tls {
@@ -277,13 +303,43 @@ pub(crate) async fn load(
     futures::future::try_join_all(writers).await.map(drop)
 }
 
-/// Medians per workload, client count and system.
+/// Medians per workload, client count, value size and system.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Row {
     workload: Workload,
     clients: usize,
+    value_size: usize,
     ondisk: Outcome,
     etcd: Outcome,
+}
+
+impl Row {
+    /// True for a run of the main matrix (its value size), false for the large-value phase.
+    fn in_matrix(&self, plan: &Plan) -> bool {
+        self.value_size == plan.matrix.value_size
+    }
+}
+
+/// The large-value phase's runs, round by round: puts of every size in `plan.large_values` but 0
+/// and the matrix's own (which its runs already cover).
+fn large_value_runs(plan: &Plan) -> impl Iterator<Item = (usize, Spec)> + '_ {
+    let sizes = plan
+        .large_values
+        .iter()
+        .filter(|&&size| size > 0 && size != plan.matrix.value_size);
+    (0..plan.matrix.rounds).flat_map(move |round| {
+        sizes.clone().map(move |&value_size| {
+            let spec = Spec {
+                workload: Workload::Put,
+                clients: LARGE_VALUE_CLIENTS,
+                warmup: plan.matrix.warmup,
+                duration: plan.large_value_duration,
+                keys: LARGE_VALUE_KEYS,
+                value_size,
+            };
+            (round, spec)
+        })
+    })
 }
 
 /// Each figure's median over the rounds, taken separately.
@@ -411,6 +467,110 @@ fn print_table(plan: &Plan, rows: &[Row], capacity: &BTreeMap<String, Capacity>)
             "largest member RSS just after that restart",
             o.rss_after_restart_bytes,
             e.rss_after_restart_bytes,
+        );
+    }
+}
+
+fn print_limits(limits: &Limits) {
+    println!("\nThe machine, measured in the benchmark's directory before the clusters started:\n");
+    println!("| limit | value |\n|---|---:|");
+    println!(
+        "| 4 KiB write + fdatasync, median | {:.0} µs |",
+        limits.synced_write_p50_us
+    );
+    println!(
+        "| sequential write (512 MiB, then fdatasync) | {:.0} MiB/s |",
+        limits.sequential_mib_per_sec
+    );
+    println!(
+        "| loopback TCP round trip, median | {:.0} µs |",
+        limits.round_trip_p50_us
+    );
+    println!(
+        "| floor of a durable put from one client (2 round trips + 1 synced write) | {:.0} µs |",
+        limits.put_floor_us()
+    );
+    println!(
+        "| floor of a linearizable read from one client (2 round trips) | {:.0} µs |",
+        limits.linearizable_read_floor_us()
+    );
+}
+
+/// One client's latency, each system's p50 against the floor the machine allows.
+fn print_one_client(rows: &[Row], limits: &Limits) {
+    let floors = rows
+        .iter()
+        .filter(|row| row.clients == 1)
+        .filter_map(|row| {
+            let floor = match row.workload {
+                Workload::Put => limits.put_floor_us(),
+                Workload::Get => limits.linearizable_read_floor_us(),
+                Workload::StaleGet => limits.stale_read_floor_us(),
+                Workload::Mixed => return None,
+            };
+            Some((row, floor))
+        });
+    let mut floors = floors.peekable();
+    if floors.peek().is_none() {
+        return;
+    }
+    println!("\nOne client: median latency against the machine's floor (see the limits above).\n");
+    println!("| workload | floor ms | ondisk p50 / p99 ms | etcd p50 / p99 ms | ondisk p50 / floor | etcd p50 / floor | ondisk p50 / etcd p50 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let ms = |us: f64| us / 1000.0;
+    for (row, floor) in floors {
+        let (o, e) = (&row.ondisk, &row.etcd);
+        println!(
+            "| {} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2}× | {:.2}× | {:.2} |",
+            row.workload,
+            ms(floor),
+            ms(o.p50_us as f64),
+            ms(o.p99_us as f64),
+            ms(e.p50_us as f64),
+            ms(e.p99_us as f64),
+            o.p50_us as f64 / floor,
+            e.p50_us as f64 / floor,
+            ratio(o.p50_us as f64, e.p50_us as f64),
+        );
+    }
+}
+
+/// Large values: bytes put per second, against etcd and against the disk's sequential rate
+/// (every put writes its value at least to the log of each member, so the disk bounds it).
+fn print_large_values(plan: &Plan, rows: &[Row], limits: &Limits) {
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "\nLarge values: {LARGE_VALUE_CLIENTS} clients putting to {LARGE_VALUE_KEYS} keys, medians of {} alternating rounds of {} s.\n",
+        plan.matrix.rounds,
+        plan.large_value_duration.as_secs_f64()
+    );
+    println!("| value | ondisk MiB/s | etcd MiB/s | ratio | ondisk / disk rate | etcd / disk rate | ondisk p50 / p99 ms | etcd p50 / p99 ms | errors o/e | server CPU µs/op o/e |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mib_per_sec = |row: &Row, outcome: &Outcome| {
+        outcome.ops_per_sec * row.value_size as f64 / f64::from(1u32 << 20)
+    };
+    let ms = |us: u64| us as f64 / 1000.0;
+    for row in rows {
+        let (o, e) = (&row.ondisk, &row.etcd);
+        let (o_rate, e_rate) = (mib_per_sec(row, o), mib_per_sec(row, e));
+        println!(
+            "| {} KiB | {:.1} | {:.1} | **{:.2}×** | {:.2} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {} / {} | {:.0} / {:.0} |",
+            row.value_size >> 10,
+            o_rate,
+            e_rate,
+            ratio(o_rate, e_rate),
+            o_rate / limits.sequential_mib_per_sec,
+            e_rate / limits.sequential_mib_per_sec,
+            ms(o.p50_us),
+            ms(o.p99_us),
+            ms(e.p50_us),
+            ms(e.p99_us),
+            o.errors,
+            e.errors,
+            o.server_cpu_us_per_op,
+            e.server_cpu_us_per_op,
         );
     }
 }

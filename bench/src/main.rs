@@ -8,6 +8,7 @@ mod compare;
 mod failover;
 mod http;
 mod lease;
+mod limits;
 mod pace;
 mod process;
 mod target;
@@ -80,6 +81,16 @@ enum Command {
         /// Keys loaded at the end to measure memory and restart time (0: skip that phase).
         #[arg(long = "big-keys", default_value_t = 1_000_000)]
         big_keys: u64,
+        /// Value sizes in bytes of the large-value phase, comma-separated (0: skip it).
+        #[arg(
+            long = "large-values",
+            value_delimiter = ',',
+            default_value = "65536,1048576"
+        )]
+        large_values: Vec<usize>,
+        /// Measured time of each large-value run (each round runs every size once).
+        #[arg(long = "large-value-duration", default_value = "2s", value_parser = humantime::parse_duration)]
+        large_value_duration: Duration,
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -360,6 +371,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ondisk_client,
             matrix,
             big_keys,
+            large_values,
+            large_value_duration,
             json,
             load,
             tls,
@@ -373,6 +386,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 matrix: matrix.with(&load, load.keys.max(compare::SMALL_RESTART_KEYS)),
                 big_keys,
                 tls,
+                large_values,
+                large_value_duration,
             };
             finish(compare::run(&plan), &dir, systems.keep, json).await
         }
