@@ -17,7 +17,6 @@ use openraft::storage::RaftLogStorage;
 use openraft::LogState;
 use openraft::OptionalSend;
 use openraft::RaftLogReader;
-use rocksdb::Direction;
 use rocksdb::IteratorMode;
 use rocksdb::ReadOptions;
 use rocksdb::ReadTier;
@@ -221,20 +220,24 @@ fn read_entries(
     opts: ReadOptions,
 ) -> io::Result<Vec<Entry>> {
     let cf = column_family(db, CF_LOGS)?;
-    let from = index_key(start);
     let mut entries = Vec::new();
     let mut bytes = 0usize;
-    for item in db.iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward)) {
-        let (key, value) = item.map_err(io_err)?;
-        if end.is_some_and(|end| key_index(&key).is_ok_and(|i| i >= end)) {
+    // A raw iterator lends each entry's bytes where RocksDB holds them: decoding copies a value
+    // once, instead of once into an owned buffer and again out of it.
+    let mut stored = db.raw_iterator_cf_opt(cf, opts);
+    stored.seek(index_key(start));
+    while let (Some(key), Some(value)) = (stored.key(), stored.value()) {
+        if end.is_some_and(|end| key_index(key).is_ok_and(|i| i >= end)) {
             break;
         }
         bytes = bytes.saturating_add(value.len());
         if bytes > max_bytes && !entries.is_empty() {
             break;
         }
-        entries.push(decode::<Entry>(&value)?);
+        entries.push(decode::<Entry>(value)?);
+        stored.next();
     }
+    stored.status().map_err(io_err)?;
     Ok(entries)
 }
 
