@@ -32,6 +32,7 @@ use super::mvcc::CF_EVENTS;
 use super::mvcc::CF_HISTORY;
 use super::mvcc::MVCC_FAMILIES;
 use super::snapshot;
+use super::snapshot::invalid;
 use super::snapshot::MemberRecords;
 use super::snapshot::PieceReader;
 use super::snapshot::SnapshotReader;
@@ -277,8 +278,4 @@ async fn outcome(
         .ok_or_else(|| io::Error::other("the snapshot's preparation has already ended"))?;
     task.await
         .map_err(|e| io::Error::other(format!("snapshot preparation failed: {e}")))?
-}
-
-fn invalid(message: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, message.to_string())
 }

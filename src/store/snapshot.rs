@@ -521,7 +521,8 @@ fn send_chunk(chunks: &mpsc::Sender<io::Result<Vec<u8>>>, chunk: Vec<u8>) -> io:
         .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the snapshot's reader is gone"))
 }
 
-fn invalid(message: &str) -> io::Error {
+/// An error for a stream whose content is not what the format allows.
+pub(super) fn invalid(message: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.to_string())
 }
 
