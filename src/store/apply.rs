@@ -13,6 +13,7 @@ use super::mvcc;
 use super::mvcc::LeaseRecord;
 use super::mvcc::Overlay;
 use super::mvcc::Record;
+use super::mvcc::Values;
 use super::mvcc::CF_DATA;
 use super::mvcc::CF_EVENTS;
 use super::mvcc::CF_HISTORY;
@@ -249,7 +250,8 @@ impl<'db> Applier<'db> {
             kv: record.clone().into_key_value(put.key.clone()),
             prev_kv: previous.clone().map(|p| p.into_key_value(put.key.clone())),
         })?;
-        self.overlay.put(CF_DATA, &put.key, encode(&record)?)?;
+        self.overlay
+            .put(CF_DATA, &put.key, mvcc::encode_current(&record)?)?;
         Ok(Ok(PutResponse {
             header: self.header(next),
             prev_kv: previous
@@ -265,7 +267,8 @@ impl<'db> Applier<'db> {
         pending: &mut Pending,
     ) -> io::Result<DeleteRangeResponse> {
         let span = KeySpan::new(&delete.key, &delete.range_end);
-        let found = self.overlay.records_in(&span)?;
+        let values = Values::when(delete.prev_kv || self.collect_events);
+        let found = self.overlay.records_in(&span, values)?;
         let mut response = DeleteRangeResponse {
             header: self.header(next),
             deleted: found.len() as i64,
@@ -392,7 +395,8 @@ impl<'db> Applier<'db> {
             )));
         }
         let span = KeySpan::new(&range.key, &range.range_end);
-        let found = self.overlay.records_in(&span)?;
+        let values = Values::when(!range.count_only && !range.keys_only);
+        let found = self.overlay.records_in(&span, values)?;
         let mut response = RangeResponse {
             header: self.header(current),
             count: found.len() as i64,
@@ -420,7 +424,8 @@ impl<'db> Applier<'db> {
     /// comparisons.
     fn holds(&self, compare: &Compare) -> io::Result<bool> {
         let span = KeySpan::new(&compare.key, &compare.range_end);
-        let found = self.overlay.records_in(&span)?;
+        let values = Values::when(matches!(compare.target, CompareTarget::Value(_)));
+        let found = self.overlay.records_in(&span, values)?;
         if found.is_empty() {
             return Ok(match &compare.target {
                 CompareTarget::Value(_) => false,
@@ -498,7 +503,13 @@ impl<'db> Applier<'db> {
         }
         let keys = attached_keys(&self.overlay, id)?;
         for key in keys {
-            if let Some(previous) = self.overlay.record(&key)? {
+            // The deleted value is only needed for a watcher's previous version.
+            let previous = if self.collect_events {
+                self.overlay.record(&key)?
+            } else {
+                self.overlay.record_without_value(&key)?
+            };
+            if let Some(previous) = previous {
                 self.delete_key(&key, &previous, next, pending)?;
             }
         }

@@ -17,7 +17,12 @@ const MARKER: &str = "ONDISK";
 /// Present once the node has been removed from its cluster.
 const REMOVED_MARKER: &str = "REMOVED";
 /// On-disk layout version; bumped when the layout changes incompatibly.
-const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION: u32 = 3;
+/// The oldest layout this version opens, upgrading its marker: format 2 stored each current
+/// value twice (see `store::mvcc`), and its records still read as format 3's. The marker is
+/// rewritten before anything else, so an older ondisk refuses the directory from then on
+/// instead of misreading the records written from now on.
+const OLDEST_UPGRADABLE_FORMAT: u32 = 2;
 
 /// A validated node directory. Holding one means the directory is ours and is for this node.
 #[derive(Debug, Clone)]
@@ -37,7 +42,17 @@ impl DataDir {
         let root = base.join(format!("node{node_id}"));
         let marker = root.join(MARKER);
         match fs::read_to_string(&marker) {
-            Ok(text) => check_marker(&root, &text, node_id, cluster_id)?,
+            Ok(text) => {
+                let marker = check_marker(&root, &text, node_id, cluster_id)?;
+                if marker.format < FORMAT_VERSION {
+                    write_marker(&root, node_id, marker.cluster_id.or(cluster_id))?;
+                    tracing::info!(
+                        "upgraded {} from format {} to {FORMAT_VERSION}",
+                        root.display(),
+                        marker.format
+                    );
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if is_non_empty_dir(&root)? {
                     return Err(Error::ForeignDataDir {
@@ -130,7 +145,7 @@ fn check_marker(
     text: &str,
     node_id: NodeId,
     cluster_id: Option<u32>,
-) -> Result<(), Error> {
+) -> Result<Marker, Error> {
     let incompatible = |reason: String| Error::IncompatibleDataDir {
         path: root.to_path_buf(),
         reason,
@@ -148,11 +163,12 @@ fn check_marker(
                 .into(),
         ));
     }
-    if format != Some(FORMAT_VERSION) {
-        return Err(incompatible(format!(
+    let format = match format {
+        Some(format) if (OLDEST_UPGRADABLE_FORMAT..=FORMAT_VERSION).contains(&format) => format,
+        _ => return Err(incompatible(format!(
             "has an unreadable or unsupported {MARKER} marker (expected format={FORMAT_VERSION})"
-        )));
-    }
+        ))),
+    };
     match field("node_id").and_then(|v| v.parse::<NodeId>().ok()) {
         Some(found) if found == node_id => {}
         Some(found) => {
@@ -172,8 +188,17 @@ fn check_marker(
             "belongs to cluster {recorded:08x}, not to the cluster the command line describes \
              ({expected:08x}): check --cluster, or use another -data-dir"
         ))),
-        _ => Ok(()),
+        _ => Ok(Marker {
+            format,
+            cluster_id: recorded,
+        }),
     }
+}
+
+/// What a valid marker records besides the node id (which must be the one asked for).
+struct Marker {
+    format: u32,
+    cluster_id: Option<u32>,
 }
 
 /// Writes the marker atomically (temp file, fsync, rename, fsync of the directory) so a crash
@@ -215,6 +240,39 @@ mod tests {
         assert!(matches!(err, Error::ForeignDataDir { .. }), "{err}");
         assert!(!root.join(MARKER).exists());
         assert_eq!(fs::read(root.join("CURRENT")).unwrap(), b"not ours");
+    }
+
+    /// A format 2 directory opens, and its marker is upgraded first, so that an older ondisk
+    /// refuses it from then on; what the marker recorded is kept.
+    #[test]
+    fn upgrades_a_format_2_directory_and_keeps_its_cluster() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("node2");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(
+            root.join(MARKER),
+            "ondisk data directory\nformat=2\nnode_id=2\ncluster_id=00000abc\n",
+        )
+        .unwrap();
+        DataDir::open(base.path(), 2, None).unwrap();
+        let marker = fs::read_to_string(root.join(MARKER)).unwrap();
+        assert!(
+            marker.contains(&format!("format={FORMAT_VERSION}\n")),
+            "{marker}"
+        );
+        let err = DataDir::open(base.path(), 2, Some(0xdef)).unwrap_err();
+        assert!(
+            err.to_string().contains("belongs to cluster 00000abc"),
+            "{err}"
+        );
+
+        fs::write(
+            root.join(MARKER),
+            "ondisk data directory\nformat=9\nnode_id=2\n",
+        )
+        .unwrap();
+        let err = DataDir::open(base.path(), 2, None).unwrap_err();
+        assert!(err.to_string().contains("unsupported"), "{err}");
     }
 
     #[test]

@@ -26,6 +26,7 @@ use super::encode;
 use super::family_options;
 use super::io_err;
 use super::mvcc;
+use super::mvcc::Current;
 use super::mvcc::Record;
 use super::mvcc::CF_DATA;
 use super::mvcc::CF_EVENTS;
@@ -117,7 +118,17 @@ pub(super) fn prepare<R: BufRead>(
                 let family = MVCC_FAMILIES
                     .get(usize::from(number))
                     .ok_or_else(|| invalid("unknown column family in the snapshot"))?;
-                tables.put(family, &pair.key, &pair.value)?;
+                if *family == CF_DATA {
+                    // A version 3 stream's records all carry their values; a large one is kept
+                    // in the history only.
+                    let current = match mvcc::decode_current(&pair.value)? {
+                        Current::Whole(record) => mvcc::encode_current(&record)?,
+                        Current::ValueInHistory(_) => pair.value,
+                    };
+                    tables.put(family, &pair.key, &current)?;
+                } else {
+                    tables.put(family, &pair.key, &pair.value)?;
+                }
             }
             None => {
                 put_plain_pair(&mut tables, plain_pairs, &pair.key, pair.value)?;
@@ -152,7 +163,7 @@ fn put_plain_pair(
         lease: 0,
         value,
     };
-    tables.put(CF_DATA, key, &encode(&record)?)?;
+    tables.put(CF_DATA, key, &mvcc::encode_current(&record)?)?;
     tables.put(
         CF_HISTORY,
         &mvcc::history_key(key, 1),

@@ -50,7 +50,10 @@ pub struct MemberRecords {
     /// Learners added to stay learners (`add-learner`): the leader does not promote them.
     pub kept_learners: BTreeSet<NodeId>,
 }
-const VERSION: u32 = 3;
+/// Version 4: the `data` family's records carry no value (see `mvcc`); a version 3 stream's
+/// records still do, and lose it when installed. An older ondisk refuses a version 4 stream
+/// instead of installing records it cannot read.
+const VERSION: u32 = 4;
 /// Version 1 streams lack the kept-learners record; they still install (with none kept).
 const OLDEST_READABLE_VERSION: u32 = 1;
 /// A plain key and value (versions 1 and 2).

@@ -35,7 +35,6 @@ use openraft::storage::RaftStateMachine;
 use openraft::EntryPayload;
 use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
-use rocksdb::Direction;
 use rocksdb::IteratorMode;
 use rocksdb::Options;
 use rocksdb::ReadOptions;
@@ -65,6 +64,7 @@ use super::mvcc::Overlay;
 use super::mvcc::Record;
 use super::mvcc::RecordMeta;
 use super::mvcc::Revisions;
+use super::mvcc::Values;
 use super::mvcc::CF_DATA;
 use super::mvcc::CF_EVENTS;
 use super::mvcc::CF_HISTORY;
@@ -387,15 +387,24 @@ struct RangeCollector<'a> {
 }
 
 impl RangeCollector<'_> {
+    /// Whether the next key's value would be kept (reading a current value is one more lookup,
+    /// saved for keys that are only counted).
+    fn wants_value(&self) -> bool {
+        !(self.request.count_only || self.request.keys_only || self.response.more || self.full())
+    }
+
+    fn full(&self) -> bool {
+        let limit = usize::try_from(self.request.limit).unwrap_or(0);
+        limit > 0 && self.response.kvs.len() >= limit
+    }
+
     fn add(&mut self, key: Vec<u8>, mut record: Record) {
         self.response.count += 1;
         if self.request.count_only || self.response.more {
             return;
         }
-        let limit = usize::try_from(self.request.limit).unwrap_or(0);
         self.bytes = self.bytes.saturating_add(key.len() + record.value.len());
-        let full = limit > 0 && self.response.kvs.len() >= limit;
-        if full || (self.bytes > self.max_bytes && !self.response.kvs.is_empty()) {
+        if self.full() || (self.bytes > self.max_bytes && !self.response.kvs.is_empty()) {
             self.response.more = true;
             return;
         }
@@ -411,11 +420,12 @@ impl StateReader {
     pub fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         let db = self.state.current();
         let data = column_family(&db, CF_DATA)?;
-        let value = match db.get_pinned_cf(data, key).map_err(io_err)? {
-            Some(bytes) => Some(decode::<Record>(&bytes)?.value),
-            None => None,
+        let Some(current) = db.get_pinned_cf(data, key).map_err(io_err)? else {
+            return Ok(None);
         };
-        Ok(value)
+        let current = mvcc::decode_current(&current)?;
+        let record = mvcc::current_record(&db, &ReadOptions::default, key, current, Values::Read)?;
+        Ok(Some(record.value))
     }
 
     /// Reads `request` (already validated) as applied so far, reading no more than about
@@ -479,28 +489,33 @@ impl StateReader {
         collector.response.header.revision = revisions.current;
         let span = KeySpan::new(&request.key, &request.range_end);
         let current = request.revision == 0 || request.revision == revisions.current;
+        let current_record = |key: &[u8], bytes: &[u8], wants_value: bool| {
+            let current = mvcc::decode_current(bytes)?;
+            mvcc::current_record(&db, &options, key, current, Values::when(wants_value))
+        };
         if let (true, KeySpan::One(key)) = (current, &span) {
-            // The common read, one key as it is now: a point lookup, cheaper than a scan.
+            // The common read, one key as it is now: point lookups, cheaper than a scan.
             let data = column_family(&db, CF_DATA)?;
             let found = db
                 .get_pinned_cf_opt(data, key, &options())
                 .map_err(mvcc::read_err)?;
             if let Some(bytes) = found {
-                collector.add(key.to_vec(), decode(&bytes)?);
+                let record = current_record(key, &bytes, collector.wants_value())?;
+                collector.add(key.to_vec(), record);
             }
         } else if current {
             let data = column_family(&db, CF_DATA)?;
-            for item in db.iterator_cf_opt(
-                data,
-                options(),
-                IteratorMode::From(span.start(), Direction::Forward),
-            ) {
-                let (key, value) = item.map_err(io_err)?;
-                if span.is_past(&key) {
+            let mut iter = db.raw_iterator_cf_opt(data, options());
+            iter.seek(span.start());
+            while let (Some(key), Some(meta)) = (iter.key(), iter.value()) {
+                if span.is_past(key) {
                     break;
                 }
-                collector.add(key.into_vec(), decode(&value)?);
+                let record = current_record(key, meta, collector.wants_value())?;
+                collector.add(key.to_vec(), record);
+                iter.next();
             }
+            iter.status().map_err(mvcc::read_err)?;
         } else {
             mvcc::visit_at_revision(&db, options, &span, request.revision, |key, record| {
                 collector.add(key, record);
@@ -1356,8 +1371,10 @@ mod tests {
 
     fn command(op: u8, key: u8, value: u16) -> Command {
         let key = format!("k{}", key % 5);
+        // Every third value is too large to be kept with its key (see `mvcc`).
+        let repeat = if value.is_multiple_of(3) { 100 } else { 1 };
         match op % 4 {
-            0 | 1 => put(&key, &format!("v{value}")),
+            0 | 1 => put(&key, &format!("v{value}").repeat(repeat)),
             2 => delete(&key, ""),
             _ => delete(&key, &format!("k{}", key.as_bytes()[1] - b'0' + 2)),
         }
@@ -1386,6 +1403,10 @@ mod tests {
             }
             driven.apply(batch);
             proptest::prop_assert_eq!(driven.store.revisions.current, model.revision());
+            for key in (0..5).map(|k| format!("k{k}").into_bytes()) {
+                let value = model.current.get(&key).map(|kv| kv.value.clone());
+                proptest::prop_assert_eq!(driven.store.reader().get(&key).unwrap(), value);
+            }
             for revision in 1..=model.revision() {
                 let expected: Vec<_> = model.at[revision as usize].values().cloned().collect();
                 proptest::prop_assert_eq!(driven.range_at(revision), Ok(expected));
@@ -1774,6 +1795,75 @@ mod tests {
             .map(|entry| entry.unwrap().file_name())
             .collect();
         assert_eq!(left.len(), 1, "only the new checkpoint stays: {left:?}");
+    }
+
+    /// The lengths of the records in the `data` family of `driven`'s state.
+    fn data_record_lengths(driven: &Driven) -> Vec<usize> {
+        let db = driven.store.state.current();
+        let data = column_family(&db, CF_DATA).unwrap();
+        db.iterator_cf(data, IteratorMode::Start)
+            .map(|item| item.unwrap().1.len())
+            .collect()
+    }
+
+    /// Before format 3 the `data` records held each current value too (as a version 3 stream
+    /// carries them). Such records still read as they did, and a snapshot of them installs with
+    /// each large value stored once, in the history; new writes store it once from the start.
+    #[tokio::test]
+    async fn values_stored_twice_before_format_3_read_the_same_and_install_stored_once() {
+        let large = "v".repeat(mvcc::INLINE_VALUE_BYTES + 1);
+        let mut leader = Driven::new();
+        leader.apply(vec![put("a", "1"), put("b", "2")]);
+        leader.apply(vec![put("a", &large), delete("b", "")]);
+        leader.apply(vec![put("c", "small")]);
+        let metadata_len = encode(&RecordMeta::of(&Record::default())).unwrap().len();
+        let stored_once = |driven: &Driven| {
+            let lengths = data_record_lengths(driven);
+            assert_eq!(
+                lengths[0], metadata_len,
+                "the large value is in the history only"
+            );
+            assert!(
+                lengths[1] > metadata_len,
+                "the small value is kept with its key"
+            );
+        };
+        stored_once(&leader);
+        let expected = leader.range_at(0).unwrap();
+        {
+            let db = leader.store.state.current();
+            let data = column_family(&db, CF_DATA).unwrap();
+            for kv in &expected {
+                let record = Record {
+                    create_revision: kv.create_revision,
+                    mod_revision: kv.mod_revision,
+                    version: kv.version,
+                    lease: kv.lease,
+                    value: kv.value.clone(),
+                };
+                db.put_cf(data, &kv.key, encode(&record).unwrap()).unwrap();
+            }
+        }
+        assert!(data_record_lengths(&leader)[0] > large.len());
+        assert_eq!(leader.range_at(0).unwrap(), expected);
+        let value = leader.store.reader().get(b"a").unwrap();
+        assert_eq!(value, Some(large.clone().into_bytes()));
+
+        let mut follower = Driven::new();
+        let snapshots = follower.store.snapshot_dir.clone();
+        let prepared = receive_snapshot_of(&mut leader, &snapshots, 64, |_, _| {})
+            .await
+            .unwrap();
+        let meta = prepared.meta.clone();
+        follower
+            .store
+            .install_snapshot(&meta, SnapshotData::Prepared(Box::new(prepared)))
+            .await
+            .unwrap();
+        stored_once(&follower);
+        for revision in 1..=leader.store.revisions.current {
+            assert_eq!(follower.range_at(revision), leader.range_at(revision));
+        }
     }
 
     /// A damaged piece fails the preparation, which removes what it wrote.
