@@ -163,12 +163,14 @@ fn check_marker(
                 .into(),
         ));
     }
-    let format = match format {
-        Some(format) if (OLDEST_UPGRADABLE_FORMAT..=FORMAT_VERSION).contains(&format) => format,
-        _ => return Err(incompatible(format!(
+    let unsupported = || {
+        incompatible(format!(
             "has an unreadable or unsupported {MARKER} marker (expected format={FORMAT_VERSION})"
-        ))),
+        ))
     };
+    let format = format
+        .filter(|format| (OLDEST_UPGRADABLE_FORMAT..=FORMAT_VERSION).contains(format))
+        .ok_or_else(unsupported)?;
     match field("node_id").and_then(|v| v.parse::<NodeId>().ok()) {
         Some(found) if found == node_id => {}
         Some(found) => {
