@@ -8,7 +8,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/ondisk-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: ondisk deps certs test lint chaos bench-compare bench-tls-cost bench-failover bench-watch bench-lease etcd cluster cluster-stop node-stop node-start clean-data
+.PHONY: ondisk deps certs test lint chaos bench-compare bench-tls-cost bench-failover bench-watch bench-lease bench-big etcd cluster cluster-stop node-stop node-start clean-data
 
 ## Build ./ondisk at the repository root.
 ondisk: deps
@@ -105,6 +105,18 @@ bench-lease: deps etcd
 	"$(CARGO_TARGET_DIR)/release/ondisk-bench" lease \
 		--ondisk "$(CARGO_TARGET_DIR)/release/ondisk" --etcd "$$(command -v etcd)" \
 		--leases $(LEASES) --ttl $(LEASE_TTL) --duration $(LEASE_DURATION) $(BENCH_ARGS)
+
+## Each system at size (see BENCHMARKS.md): SIZE_KEYS keys of SIZE_VALUE random bytes into each
+## 3-member cluster in turn (etcd stops at its 2 GB quota), then disk per member, memory and a full
+## restart. The default, 10 million keys of 1,000 bytes, needs about 32 GB free and takes about
+## half an hour. Example: make bench-big SIZE_KEYS=1000000
+SIZE_KEYS ?= 10000000
+SIZE_VALUE ?= 1000
+bench-big: deps etcd
+	$(CARGO) build --release --locked --workspace --bins
+	"$(CARGO_TARGET_DIR)/release/ondisk-bench" big \
+		--ondisk "$(CARGO_TARGET_DIR)/release/ondisk" --etcd "$$(command -v etcd)" \
+		--keys $(SIZE_KEYS) --value-size $(SIZE_VALUE) $(BENCH_ARGS)
 
 ## Three nodes in the background (kv-db layout, HTTP on 12380/22380/32380); waits for a leader.
 cluster: ondisk

@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use crate::process::disk_bytes;
 use crate::process::free_port;
+use crate::process::peak_rss_bytes_of;
 use crate::process::Server;
 use crate::target::Protocol;
 use crate::target::System;
@@ -211,6 +212,21 @@ impl Cluster {
             .map(Server::rss_bytes)
             .max()
             .unwrap_or(0)
+    }
+
+    /// The largest peak resident set of any member since it started, in bytes.
+    pub fn max_peak_rss(&self) -> u64 {
+        self.pids()
+            .into_iter()
+            .map(peak_rss_bytes_of)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Removes the members' data (stop them first).
+    pub fn remove_data(&self) -> anyhow::Result<()> {
+        std::fs::remove_dir_all(&self.dir)
+            .with_context(|| format!("cannot remove {}", self.dir.display()))
     }
 
     /// The resident sets of every member added up, in bytes.

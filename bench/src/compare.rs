@@ -231,7 +231,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
 #[derive(Debug, Clone, Copy)]
 pub struct Serving {
     /// Until the first member answered one: the cluster is available.
-    first: Duration,
+    pub first: Duration,
     /// Until every member had answered one: each has applied everything committed before.
     pub all: Duration,
 }
@@ -240,7 +240,7 @@ pub struct Serving {
 /// starts them again, and times how long until they serve linearizable reads. Settling first
 /// keeps a follower's backlog of committed but unapplied entries (which a restart would have to
 /// apply) out of what is meant to be the cost of the restart itself.
-async fn restart(cluster: &mut Cluster) -> anyhow::Result<Serving> {
+pub(crate) async fn restart(cluster: &mut Cluster) -> anyhow::Result<Serving> {
     wait_serving(cluster, Instant::now()).await?;
     cluster.stop()?;
     let began = Instant::now();

@@ -3,6 +3,7 @@
 //! comparison, what TLS costs each system, and the watch fan-out and lease keep-alive
 //! comparisons. See BENCHMARKS.md for the method.
 
+mod big;
 mod cluster;
 mod compare;
 mod failover;
@@ -194,6 +195,27 @@ enum Command {
         /// Client tasks, each with one keep-alive in flight.
         #[arg(long, default_value_t = 64)]
         clients: usize,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Each system at size, one at a time: load N keys of V random bytes into its 3-member
+    /// cluster (until it refuses: etcd's space quota), then report disk per member against the
+    /// live data, memory, and a full restart timed to the first linearizable read.
+    Big {
+        #[command(flatten)]
+        systems: Systems,
+        #[command(flatten)]
+        only: Only,
+        /// Keys to load.
+        #[arg(long, default_value_t = 10_000_000)]
+        keys: u64,
+        /// Bytes per value: 10 million keys of 1,000 bytes are about 10 GB of live data.
+        #[arg(long = "value-size", default_value_t = 1000)]
+        value_size: usize,
+        /// The longest one system's load may take; what is in by then is measured.
+        #[arg(long = "load-limit", default_value = "40m", value_parser = humantime::parse_duration)]
+        load_limit: Duration,
         /// Also write the results as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -488,6 +510,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 clients: clients.max(1),
             };
             finish(lease::run(&plan), &dir, systems.keep, json).await
+        }
+        Command::Big {
+            systems,
+            only,
+            keys,
+            value_size,
+            load_limit,
+            json,
+        } => {
+            let dir = fresh_dir(systems.dir)?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let plan = big::Plan {
+                ondisk_bin: systems.ondisk,
+                etcd_bin: systems.etcd,
+                dir: dir.clone(),
+                systems: only.systems,
+                keys,
+                value_size,
+                load_limit,
+            };
+            finish(big::run(&plan), &dir, systems.keep, json).await
         }
     }
 }

@@ -95,12 +95,38 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// Resident memory of process `pid` in bytes (VmRSS from `/proc/PID/status`), or 0 if it is gone.
 pub fn rss_bytes_of(pid: u32) -> u64 {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// The largest resident set of process `pid` since it started, in bytes (0 if unknown).
+pub fn peak_rss_bytes_of(pid: u32) -> u64 {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// A size in kB from `/proc/PID/status`, in bytes.
+fn status_bytes(pid: u32, field: &str) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Bytes an unprivileged process may still write to the file system holding `dir`.
+pub fn available_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs(3) writes only into the zeroed struct we pass, and reads the path, a valid
+    // NUL-terminated string that outlives the call.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot read the free space of {}", dir.display()));
+    }
+    // The fields' types differ between platforms (u64 here).
+    #[allow(clippy::useless_conversion)]
+    let (blocks, block_size) = (u64::from(stats.f_bavail), u64::from(stats.f_frsize));
+    Ok(blocks * block_size)
 }
 
 /// Raises this process's soft limit on open files to its hard limit, so that a thousand watch
