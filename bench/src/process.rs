@@ -3,7 +3,9 @@
 //! Every child is held by a [`Server`] whose drop kills and reaps it, so the comparison stops
 //! exactly what it started, whether it finishes, fails or is interrupted.
 
+use std::collections::HashSet;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::net::TcpListener;
 use std::path::Path;
 use std::path::PathBuf;
@@ -181,9 +183,11 @@ pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
         .sum()
 }
 
-/// Bytes used by the files under `dir`.
+/// Bytes used by the files under `dir`, each file counted once however many names it has:
+/// ondisk's snapshots are RocksDB checkpoints, hard links to the state's own table files.
 pub fn disk_bytes(dir: &Path) -> u64 {
     let mut total = 0;
+    let mut seen = HashSet::new();
     let mut pending: Vec<PathBuf> = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -192,8 +196,8 @@ pub fn disk_bytes(dir: &Path) -> u64 {
         for entry in entries.flatten() {
             match entry.metadata() {
                 Ok(meta) if meta.is_dir() => pending.push(entry.path()),
-                Ok(meta) => total += meta.len(),
-                Err(_) => {}
+                Ok(meta) if seen.insert((meta.dev(), meta.ino())) => total += meta.len(),
+                _ => {}
             }
         }
     }
