@@ -218,10 +218,14 @@ async fn load(target: &impl KvTarget, plan: &Plan, cluster: &Cluster) -> (u64, L
     )
 }
 
-/// Fills `value` with pseudo-random bytes from `seed` (xorshift64*): incompressible, so RocksDB's
-/// and bbolt's compression flatter neither system, and cheap enough not to slow the writers.
+/// Fills `value` with pseudo-random bytes from `seed` (xorshift64*, started from the seed's
+/// SplitMix64 hash so that every seed gives another sequence): incompressible, so RocksDB's and
+/// bbolt's compression flatter neither system, and cheap enough not to slow the writers.
 fn fill_random(value: &mut [u8], seed: u64) {
-    let mut state = seed | 1;
+    let mut state = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    state = (state ^ (state >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    state = (state ^ (state >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    state = (state ^ (state >> 31)) | 1;
     for chunk in value.chunks_mut(8) {
         state ^= state >> 12;
         state ^= state << 25;
@@ -282,5 +286,26 @@ fn print_table(plan: &Plan, outcomes: &[Outcome]) {
         if let LoadEnd::Refused(error) = &outcome.load_end {
             println!("\n{}: the write refused: {error}", outcome.system);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values must not repeat, nor compress: either would flatter the disk figures.
+    #[test]
+    fn every_key_gets_its_own_incompressible_value() {
+        let values: Vec<Vec<u8>> = (0..64)
+            .map(|seed| {
+                let mut value = vec![0; 1000];
+                fill_random(&mut value, seed);
+                value
+            })
+            .collect();
+        let distinct: std::collections::HashSet<&[u8]> = values.iter().map(|v| &v[..8]).collect();
+        assert_eq!(distinct.len(), values.len());
+        let bytes: std::collections::HashSet<u8> = values[0].iter().copied().collect();
+        assert!(bytes.len() > 200, "1000 random bytes take most byte values");
     }
 }
