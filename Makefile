@@ -109,7 +109,7 @@ bench-lease: deps etcd
 ## Each system at size (see BENCHMARKS.md): SIZE_KEYS keys of SIZE_VALUE random bytes into each
 ## 3-member cluster in turn (etcd stops at its 2 GB quota), then disk per member, memory and a full
 ## restart. The default, 10 million keys of 1,000 bytes, needs about 32 GB free and takes about
-## half an hour. Example: make bench-big SIZE_KEYS=1000000
+## 15 minutes. Example: make bench-big SIZE_KEYS=1000000
 SIZE_KEYS ?= 10000000
 SIZE_VALUE ?= 1000
 bench-big: deps etcd
