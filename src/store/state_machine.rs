@@ -1757,6 +1757,23 @@ mod tests {
         receiver.finish().await
     }
 
+    /// A new store that received a snapshot of `leader` in pieces of `piece` bytes and installed
+    /// it.
+    async fn follower_of(leader: &mut Driven, piece: usize) -> Driven {
+        let mut follower = Driven::new();
+        let snapshots = follower.store.snapshot_dir.clone();
+        let prepared = receive_snapshot_of(leader, &snapshots, piece, |_, _| {})
+            .await
+            .unwrap();
+        let meta = prepared.meta.clone();
+        follower
+            .store
+            .install_snapshot(&meta, SnapshotData::Prepared(Box::new(prepared)))
+            .await
+            .unwrap();
+        follower
+    }
+
     /// A snapshot received in pieces, prepared as it arrives and installed by ingesting its
     /// tables, is the state it was taken from: every revision, the revision counters, leases.
     #[tokio::test]
@@ -1773,17 +1790,8 @@ mod tests {
             ttl: 60,
             id: 7,
         })]);
-        let mut follower = Driven::new();
+        let follower = follower_of(&mut leader, 997).await;
         let snapshots = follower.store.snapshot_dir.clone();
-        let prepared = receive_snapshot_of(&mut leader, &snapshots, 997, |_, _| {})
-            .await
-            .unwrap();
-        let meta = prepared.meta.clone();
-        follower
-            .store
-            .install_snapshot(&meta, SnapshotData::Prepared(Box::new(prepared)))
-            .await
-            .unwrap();
 
         assert_eq!(follower.store.revisions, leader.store.revisions);
         for revision in 1..=leader.store.revisions.current {
@@ -1849,17 +1857,7 @@ mod tests {
         let value = leader.store.reader().get(b"a").unwrap();
         assert_eq!(value, Some(large.clone().into_bytes()));
 
-        let mut follower = Driven::new();
-        let snapshots = follower.store.snapshot_dir.clone();
-        let prepared = receive_snapshot_of(&mut leader, &snapshots, 64, |_, _| {})
-            .await
-            .unwrap();
-        let meta = prepared.meta.clone();
-        follower
-            .store
-            .install_snapshot(&meta, SnapshotData::Prepared(Box::new(prepared)))
-            .await
-            .unwrap();
+        let follower = follower_of(&mut leader, 64).await;
         stored_once(&follower);
         for revision in 1..=leader.store.revisions.current {
             assert_eq!(follower.range_at(revision), leader.range_at(revision));
