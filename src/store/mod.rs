@@ -98,10 +98,11 @@ fn open_rocksdb(path: &Path, column_families: &[&str]) -> Result<DB, Error> {
 }
 
 /// Families read by point lookups on a hot path: applying a write reads the current record of
-/// every key it changes, and a get reads one and then its value in the history. Without a filter such a lookup searches every
-/// memtable and every level-0 file down to the one holding the key (measured: a put's lookup
-/// cost more than its writes); with a bloom filter on each table and memtable it skips the
-/// ones that cannot hold it, for about 10 bits per key of memory.
+/// every key it changes, and a get reads one (and a large value in the history). Without a
+/// filter such a lookup searches every memtable and every level-0 file down to the one holding
+/// the key (measured: a put's lookup cost more than its writes); with a bloom filter on each
+/// table and memtable it skips the ones that cannot hold it, for about 10 bits per key of
+/// memory.
 const POINT_LOOKUP_FAMILIES: &[&str] = &[mvcc::CF_DATA, mvcc::CF_HISTORY, mvcc::CF_LEASES];
 
 /// The block cache of every column family of both databases in this process. Index and filter

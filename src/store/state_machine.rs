@@ -416,15 +416,32 @@ impl RangeCollector<'_> {
 }
 
 impl StateReader {
-    /// The current value of `key` as applied so far.
+    /// The current value of `key` as applied so far. A small value comes with the key's record;
+    /// a large one is then read from the history, both at one snapshot: without it, a put and a
+    /// compaction in between could retire the version the record named.
     pub fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>> {
         let db = self.state.current();
         let data = column_family(&db, CF_DATA)?;
         let Some(current) = db.get_pinned_cf(data, key).map_err(io_err)? else {
             return Ok(None);
         };
+        if let mvcc::Current::Whole(record) = mvcc::decode_current(&current)? {
+            return Ok(Some(record.value));
+        }
+        let snapshot = db.snapshot();
+        let options = || {
+            let mut options = ReadOptions::default();
+            options.set_snapshot(&snapshot);
+            options
+        };
+        let Some(current) = db
+            .get_pinned_cf_opt(data, key, &options())
+            .map_err(io_err)?
+        else {
+            return Ok(None);
+        };
         let current = mvcc::decode_current(&current)?;
-        let record = mvcc::current_record(&db, &ReadOptions::default, key, current, Values::Read)?;
+        let record = mvcc::current_record(&db, &options, key, current, Values::Read)?;
         Ok(Some(record.value))
     }
 
