@@ -299,14 +299,22 @@ pub(super) fn decode_current(bytes: &[u8]) -> io::Result<Current> {
 }
 
 impl Current {
-    /// The record, if it is all `values` asks for; otherwise the metadata of the version whose
-    /// value is to be read from the history.
-    fn ready(self, values: Values) -> Result<Record, RecordMeta> {
-        match (self, values) {
-            (Current::Whole(record), _) => Ok(record),
-            (Current::ValueInHistory(meta), Values::Skip) => Ok(meta.without_value()),
-            (Current::ValueInHistory(meta), Values::Read) => Err(meta),
-        }
+    /// The version in full, value included when `values` asks for it: from the history, with
+    /// `read_history` (what the history family holds at an encoded history key), when this
+    /// record does not hold it.
+    fn resolve<B: AsRef<[u8]>>(
+        self,
+        key: &[u8],
+        values: Values,
+        read_history: impl FnOnce(&[u8]) -> io::Result<Option<B>>,
+    ) -> io::Result<Record> {
+        let meta = match (self, values) {
+            (Current::Whole(record), _) => return Ok(record),
+            (Current::ValueInHistory(meta), Values::Skip) => return Ok(meta.without_value()),
+            (Current::ValueInHistory(meta), Values::Read) => meta,
+        };
+        let stored = read_history(&history_key(key, meta.mod_revision))?;
+        current_version(key, meta, stored.as_ref().map(AsRef::as_ref))
     }
 }
 
@@ -336,15 +344,11 @@ pub(super) fn current_record(
     current: Current,
     values: Values,
 ) -> io::Result<Record> {
-    let meta = match current.ready(values) {
-        Ok(record) => return Ok(record),
-        Err(meta) => meta,
-    };
     let history = column_family(db, CF_HISTORY)?;
-    let stored = db
-        .get_pinned_cf_opt(history, history_key(key, meta.mod_revision), &options())
-        .map_err(read_err)?;
-    current_version(key, meta, stored.as_deref())
+    current.resolve(key, values, |at| {
+        db.get_pinned_cf_opt(history, at, &options())
+            .map_err(read_err)
+    })
 }
 
 /// One column family's pending writes of a batch being built, readable before they are written.
@@ -510,12 +514,7 @@ impl<'db> Overlay<'db> {
     /// [`current_record`] through the pending writes: the version may have been made by this
     /// batch.
     fn current_record(&self, key: &[u8], current: Current, values: Values) -> io::Result<Record> {
-        let meta = match current.ready(values) {
-            Ok(record) => return Ok(record),
-            Err(meta) => meta,
-        };
-        let stored = self.get(CF_HISTORY, &history_key(key, meta.mod_revision))?;
-        current_version(key, meta, stored.as_deref())
+        current.resolve(key, values, |at| self.get(CF_HISTORY, at))
     }
 
     /// [`Overlay::record`] with an empty value, for a caller that does not use it: answered from
