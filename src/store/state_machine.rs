@@ -1116,13 +1116,15 @@ fn open_checkpoint(path: PathBuf) -> io::Result<Checkpoint> {
 fn create_checkpoint(state: &SharedStateDb, dir: &Path) -> io::Result<Checkpoint> {
     let building = dir.join(snapshot::checkpoint_building_name());
     let db = state.current();
-    until_space("snapshot", dir, || {
-        if building.exists() {
-            // What a failed attempt left behind; RocksDB wants a fresh directory.
-            let _ = fs::remove_dir_all(&building);
-        }
-        rocksdb::checkpoint::Checkpoint::new(&db)
-            .and_then(|checkpoint| checkpoint.create_checkpoint(&building))
+    with_attempts("snapshot checkpoint", CHECKPOINT_ATTEMPTS, || {
+        until_space("snapshot", dir, || {
+            if building.exists() {
+                // What a failed attempt left behind; RocksDB wants a fresh directory.
+                let _ = fs::remove_dir_all(&building);
+            }
+            rocksdb::checkpoint::Checkpoint::new(&db)
+                .and_then(|checkpoint| checkpoint.create_checkpoint(&building))
+        })
     })?;
     until_space("snapshot", dir, || db.flush_wal(true))?;
     let meta = StateMeta::read(&open_read_only(&building)?)?.snapshot_meta();
@@ -1135,6 +1137,31 @@ fn create_checkpoint(state: &SharedStateDb, dir: &Path) -> io::Result<Checkpoint
         Err(e) => return Err(e),
     }
     Ok(snapshot::checkpoint_at(path, meta))
+}
+
+/// Attempts at a checkpoint before its failure is final. A checkpoint copies the live WAL while
+/// applies go on appending to it, and that copy can come out short (seen once under the fault
+/// suite: "File smaller than expected for copy"); a new attempt flushes again and copies a fresh
+/// WAL. openraft stops the node for good on a snapshot error, so one bad copy must not be final.
+const CHECKPOINT_ATTEMPTS: u32 = 3;
+
+/// Runs `attempt` up to `attempts` times until it succeeds, logging each failure that is retried;
+/// the last failure is returned. Only for work that leaves nothing behind when it fails.
+fn with_attempts<T>(
+    what: &str,
+    attempts: u32,
+    mut attempt: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    let mut failed = 0;
+    loop {
+        match attempt() {
+            Err(e) if failed + 1 < attempts => {
+                failed += 1;
+                tracing::warn!("{what}: attempt {failed} of {attempts} failed, trying again: {e}");
+            }
+            outcome => return outcome,
+        }
+    }
 }
 
 /// Makes `checkpoint` the current snapshot unless a newer one is already current (a build and an
@@ -1897,6 +1924,26 @@ mod tests {
         .await;
         assert!(prepared.is_err());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A failure is retried while attempts remain; the last failure is the answer.
+    #[test]
+    fn work_with_attempts_is_retried_until_it_succeeds_or_the_attempts_run_out() {
+        let failing_first = |failures: u32| {
+            let mut calls = 0;
+            move || {
+                calls += 1;
+                if calls <= failures {
+                    Err(io::Error::other(format!("failure {calls}")))
+                } else {
+                    Ok(calls)
+                }
+            }
+        };
+        assert_eq!(with_attempts("test", 3, failing_first(0)).unwrap(), 1);
+        assert_eq!(with_attempts("test", 3, failing_first(2)).unwrap(), 3);
+        let last = with_attempts("test", 3, failing_first(3)).unwrap_err();
+        assert_eq!(last.to_string(), "failure 3");
     }
 
     /// A follower may build a checkpoint (its snapshot policy) while it installs one it received
