@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::time::Instant;
 
+use crate::cluster::Binaries;
 use crate::cluster::Cluster;
 use crate::cluster::MEMBERS;
 use crate::compare::restart;
@@ -29,8 +30,7 @@ use crate::workload::key;
 /// Everything the size benchmark is told.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub ondisk_bin: PathBuf,
-    pub etcd_bin: PathBuf,
+    pub binaries: Binaries,
     pub dir: PathBuf,
     pub systems: Vec<System>,
     pub keys: u64,
@@ -97,10 +97,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
 
 /// Starts `system`'s cluster, loads it, measures it, restarts it, stops it and removes its data.
 async fn run_system(plan: &Plan, system: System) -> anyhow::Result<Outcome> {
-    let mut cluster = match system {
-        System::Ondisk => Cluster::ondisk(&plan.ondisk_bin, &plan.dir, Protocol::Native, None)?,
-        System::Etcd => Cluster::etcd(&plan.etcd_bin, &plan.dir, None)?,
-    };
+    let mut cluster = plan
+        .binaries
+        .cluster(system, &plan.dir, Protocol::Native, None)?;
     let needed = live_bytes(plan, plan.keys) * MEMBERS as u64 + MIN_FREE_BYTES;
     let free = available_bytes(&plan.dir)?;
     if system == System::Ondisk && free < needed {

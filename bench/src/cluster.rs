@@ -23,6 +23,30 @@ pub const MEMBERS: usize = 3;
 const ETCD_HEARTBEAT_MS: u64 = 100;
 const ETCD_ELECTION_TIMEOUT_MS: u64 = 1000;
 
+/// The server binaries a benchmark starts its clusters from.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub ondisk: PathBuf,
+    pub etcd: PathBuf,
+}
+
+impl Binaries {
+    /// A cluster of `system` under `dir`, not started yet; `protocol` is what the load generator
+    /// speaks to ondisk (etcd always gets gRPC), and with `certs` every port speaks TLS.
+    pub fn cluster(
+        &self,
+        system: System,
+        dir: &Path,
+        protocol: Protocol,
+        certs: Option<&Certs>,
+    ) -> anyhow::Result<Cluster> {
+        match system {
+            System::Ondisk => Cluster::ondisk(&self.ondisk, dir, protocol, certs),
+            System::Etcd => Cluster::etcd(&self.etcd, dir, certs),
+        }
+    }
+}
+
 /// One cluster: how to start each member, and the members running now.
 pub struct Cluster {
     pub system: System,

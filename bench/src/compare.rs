@@ -13,6 +13,7 @@ use anyhow::Context;
 use ondisk::client::Consistency;
 use tokio::time::Instant;
 
+use crate::cluster::Binaries;
 use crate::cluster::Cluster;
 use crate::cluster::MEMBERS;
 use crate::limits;
@@ -32,8 +33,7 @@ use crate::workload::Workload;
 /// Everything the comparison is told.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub ondisk_bin: PathBuf,
-    pub etcd_bin: PathBuf,
+    pub binaries: Binaries,
     pub dir: PathBuf,
     /// What the load generator speaks to ondisk.
     pub ondisk_protocol: Protocol,
@@ -93,12 +93,12 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
     };
     let mut clusters = [
         Cluster::ondisk(
-            &plan.ondisk_bin,
+            &plan.binaries.ondisk,
             &plan.dir,
             plan.ondisk_protocol,
             certs.as_ref(),
         )?,
-        Cluster::etcd(&plan.etcd_bin, &plan.dir, certs.as_ref())?,
+        Cluster::etcd(&plan.binaries.etcd, &plan.dir, certs.as_ref())?,
     ];
     let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
     for cluster in &mut clusters {

@@ -18,6 +18,7 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::cluster::Binaries;
 use crate::cluster::Cluster;
 use crate::cluster::MEMBERS;
 use crate::process::load_average;
@@ -27,8 +28,7 @@ use crate::target::System;
 /// Everything the failover benchmark is told.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub ondisk_bin: PathBuf,
-    pub etcd_bin: PathBuf,
+    pub binaries: Binaries,
     pub dir: PathBuf,
     /// Leader kills per system.
     pub kills: usize,
@@ -73,8 +73,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
     let load_before = load_average();
     let mut clusters = [
         // Views and writes go through ondisk's HTTP API, so its client protocol does not matter.
-        Cluster::ondisk(&plan.ondisk_bin, &plan.dir, Protocol::Native, None)?,
-        Cluster::etcd(&plan.etcd_bin, &plan.dir, None)?,
+        Cluster::ondisk(&plan.binaries.ondisk, &plan.dir, Protocol::Native, None)?,
+        Cluster::etcd(&plan.binaries.etcd, &plan.dir, None)?,
     ];
     for cluster in &mut clusters {
         cluster.start()?;

@@ -18,6 +18,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
+use crate::cluster::Binaries;
 use crate::cluster::Cluster;
 use crate::compare::wait_serving;
 use crate::http::HttpClient;
@@ -33,8 +34,7 @@ use crate::workload::record_latency;
 /// Everything the keep-alive benchmark is told.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub ondisk_bin: PathBuf,
-    pub etcd_bin: PathBuf,
+    pub binaries: Binaries,
     pub dir: PathBuf,
     pub systems: Vec<System>,
     pub leases: usize,
@@ -116,11 +116,10 @@ pub fn scheduled_rate(leases: usize, ttl: i64) -> f64 {
 
 /// Starts `system`'s cluster, grants the leases, keeps them alive for the window and stops it.
 async fn run_system(plan: &Plan, system: System) -> anyhow::Result<Outcome> {
-    let mut cluster = match system {
-        // Leases go through ondisk's HTTP API; the native client only probes for readiness.
-        System::Ondisk => Cluster::ondisk(&plan.ondisk_bin, &plan.dir, Protocol::Native, None)?,
-        System::Etcd => Cluster::etcd(&plan.etcd_bin, &plan.dir, None)?,
-    };
+    // Leases go through ondisk's HTTP API; the native client only probes for readiness.
+    let mut cluster = plan
+        .binaries
+        .cluster(system, &plan.dir, Protocol::Native, None)?;
     cluster.start()?;
     wait_serving(&cluster, Instant::now())
         .await

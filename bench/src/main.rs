@@ -28,6 +28,7 @@ use anyhow::Context;
 use clap::Parser;
 use clap::Subcommand;
 
+use crate::cluster::Binaries;
 use crate::target::Protocol;
 use crate::target::System;
 use crate::target::Target;
@@ -252,6 +253,15 @@ struct Systems {
     keep: bool,
 }
 
+impl Systems {
+    fn binaries(&self) -> Binaries {
+        Binaries {
+            ondisk: self.ondisk.clone(),
+            etcd: self.etcd.clone(),
+        }
+    }
+}
+
 /// How a benchmark that can drive ondisk either way talks to it (etcd always gets gRPC).
 #[derive(Debug, clap::Args)]
 struct OndiskClient {
@@ -399,10 +409,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             load,
             tls,
         } => {
-            let dir = fresh_dir(systems.dir)?;
+            let dir = fresh_dir(systems.dir.as_deref())?;
             let plan = compare::Plan {
-                ondisk_bin: systems.ondisk,
-                etcd_bin: systems.etcd,
+                binaries: systems.binaries(),
                 dir: dir.clone(),
                 ondisk_protocol: ondisk_client.protocol,
                 matrix: matrix.with(&load, load.keys.max(compare::SMALL_RESTART_KEYS)),
@@ -420,10 +429,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             json,
             load,
         } => {
-            let dir = fresh_dir(systems.dir)?;
+            let dir = fresh_dir(systems.dir.as_deref())?;
             let plan = tls_cost::Plan {
-                ondisk_bin: systems.ondisk,
-                etcd_bin: systems.etcd,
+                binaries: systems.binaries(),
                 dir: dir.clone(),
                 systems: only.systems,
                 matrix: matrix.with(&load, load.keys.max(1)),
@@ -437,10 +445,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             write_timeout,
             json,
         } => {
-            let dir = fresh_dir(systems.dir)?;
+            let dir = fresh_dir(systems.dir.as_deref())?;
             let plan = failover::Plan {
-                ondisk_bin: systems.ondisk,
-                etcd_bin: systems.etcd,
+                binaries: systems.binaries(),
                 dir: dir.clone(),
                 kills: kills.max(1),
                 interval,
@@ -466,10 +473,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if limit < needed {
                 anyhow::bail!("{watchers} watchers need {needed} open files; the limit is {limit}");
             }
-            let dir = fresh_dir(systems.dir)?;
+            let dir = fresh_dir(systems.dir.as_deref())?;
             let plan = watch::Plan {
-                ondisk_bin: systems.ondisk,
-                etcd_bin: systems.etcd,
+                binaries: systems.binaries(),
                 dir: dir.clone(),
                 ondisk_protocol: ondisk_client.protocol,
                 systems: only.systems,
@@ -493,10 +499,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             clients,
             json,
         } => {
-            let dir = fresh_dir(systems.dir)?;
+            let dir = fresh_dir(systems.dir.as_deref())?;
             let plan = lease::Plan {
-                ondisk_bin: systems.ondisk,
-                etcd_bin: systems.etcd,
+                binaries: systems.binaries(),
                 dir: dir.clone(),
                 systems: only.systems,
                 leases,
@@ -519,12 +524,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             load_limit,
             json,
         } => {
-            let dir = fresh_dir(systems.dir)?;
+            let dir = fresh_dir(systems.dir.as_deref())?;
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
             let plan = big::Plan {
-                ondisk_bin: systems.ondisk,
-                etcd_bin: systems.etcd,
+                binaries: systems.binaries(),
                 dir: dir.clone(),
                 systems: only.systems,
                 keys,
@@ -538,9 +542,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 /// A directory for the clusters' data that does not exist yet: `dir`, or a new one in the
 /// system's temporary directory.
-fn fresh_dir(dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+fn fresh_dir(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     let dir = match dir {
-        Some(dir) => dir,
+        Some(dir) => dir.to_path_buf(),
         None => std::env::temp_dir().join(format!("ondisk-bench-{}", std::process::id())),
     };
     if dir.exists() {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::time::Instant;
 
+use crate::cluster::Binaries;
 use crate::cluster::Cluster;
 use crate::cluster::MEMBERS;
 use crate::compare::load;
@@ -28,8 +29,7 @@ use crate::workload::Workload;
 /// Everything the measurement is told.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub ondisk_bin: PathBuf,
-    pub etcd_bin: PathBuf,
+    pub binaries: Binaries,
     pub dir: PathBuf,
     /// Systems to measure; each gets a plaintext and a TLS cluster.
     pub systems: Vec<System>,
@@ -66,10 +66,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         for tls in [false, true] {
             let dir = plan.dir.join(if tls { "tls" } else { "plain" });
             let certs = tls.then_some(&certs);
-            let cluster = match system {
-                System::Ondisk => Cluster::ondisk(&plan.ondisk_bin, &dir, Protocol::Native, certs)?,
-                System::Etcd => Cluster::etcd(&plan.etcd_bin, &dir, certs)?,
-            };
+            let cluster = plan
+                .binaries
+                .cluster(system, &dir, Protocol::Native, certs)?;
             variants.push(Variant {
                 system,
                 tls,

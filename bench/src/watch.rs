@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::cluster::Binaries;
 use crate::cluster::Cluster;
 use crate::compare::wait_serving;
 use crate::http::HttpClient;
@@ -43,8 +44,7 @@ use crate::workload::record_latency;
 /// Everything the fan-out benchmark is told.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub ondisk_bin: PathBuf,
-    pub etcd_bin: PathBuf,
+    pub binaries: Binaries,
     pub dir: PathBuf,
     /// What the load generator speaks to ondisk, for its watches and its puts.
     pub ondisk_protocol: Protocol,
@@ -148,10 +148,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
 
 /// Starts `system`'s cluster, runs the fan-out on it and stops it.
 async fn run_system(plan: &Plan, system: System) -> anyhow::Result<Outcome> {
-    let mut cluster = match system {
-        System::Ondisk => Cluster::ondisk(&plan.ondisk_bin, &plan.dir, plan.ondisk_protocol, None)?,
-        System::Etcd => Cluster::etcd(&plan.etcd_bin, &plan.dir, None)?,
-    };
+    let mut cluster = plan
+        .binaries
+        .cluster(system, &plan.dir, plan.ondisk_protocol, None)?;
     cluster.start()?;
     wait_serving(&cluster, Instant::now())
         .await
