@@ -35,7 +35,7 @@ use crate::tls::Reloading;
 /// First pause after a failed connect; doubles per failure up to [`MAX_BACKOFF`], which stays
 /// short because openraft paces its own retries and a restarted peer should be reached at once.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
 /// Frames queued for one connection's writer before callers wait.
 const OUTGOING_QUEUE: usize = 1024;
 

@@ -60,6 +60,7 @@ use rocksdb::Cache;
 use rocksdb::ColumnFamilyDescriptor;
 use rocksdb::Options;
 use rocksdb::WriteBatch;
+use rocksdb::WriteBufferManager;
 use rocksdb::WriteOptions;
 use rocksdb::DB;
 
@@ -68,7 +69,7 @@ use crate::error::Error;
 /// WAL kept per database before RocksDB flushes memtables to let old WAL files go; also what a
 /// restart may have to replay.
 const MAX_WAL_BYTES: u64 = 32 << 20;
-/// Memtable memory per database.
+/// Memtable memory of both databases together, charged to [`block_cache`].
 const MEMTABLE_BUDGET_BYTES: usize = 64 << 20;
 
 /// Opens (creating if needed) a RocksDB database with the given column families.
@@ -88,9 +89,9 @@ fn open_rocksdb(path: &Path, column_families: &[&str]) -> Result<DB, Error> {
     // a cap the WAL grows to hundreds of MiB under load, and a restart replays all of it (seconds
     // with a million keys). Past the cap RocksDB flushes the families holding the oldest file.
     opts.set_max_total_wal_size(MAX_WAL_BYTES);
-    // Memtables across all families of one database, flushed when full: bounds the memory a node
-    // uses whatever the write rate (RocksDB's default allows 128 MiB per family).
-    opts.set_db_write_buffer_size(MEMTABLE_BUDGET_BYTES);
+    // Memtables across all families of both databases, flushed when full: bounds the memory a
+    // node uses whatever the write rate (RocksDB's default allows 128 MiB per family).
+    opts.set_write_buffer_manager(memtable_budget());
     let cfs = column_families
         .iter()
         .map(|name| ColumnFamilyDescriptor::new(*name, family_options(name)));
@@ -105,15 +106,30 @@ fn open_rocksdb(path: &Path, column_families: &[&str]) -> Result<DB, Error> {
 /// memory.
 const POINT_LOOKUP_FAMILIES: &[&str] = &[mvcc::CF_DATA, mvcc::CF_HISTORY, mvcc::CF_LEASES];
 
-/// The block cache of every column family of both databases in this process. Index and filter
-/// blocks live in it too, instead of beside each open table file (RocksDB's default), where their
-/// memory grew with the data (a member holding 10 million keys peaked at 387 MiB) and a restart
-/// loaded all of them before serving.
-const BLOCK_CACHE_BYTES: usize = 64 << 20;
+/// RocksDB's memory in this process: the block cache of every column family of both databases,
+/// and the memtables, which are charged to it. Index and filter blocks live in the cache too,
+/// instead of beside each open table file (RocksDB's default), where their memory grew with the
+/// data (a member holding 10 million keys peaked at 387 MiB) and a restart loaded all of them
+/// before serving. One budget for all of it keeps a node's memory flat whatever it holds and
+/// however fast it is written; what writes do not use, reads get.
+const BLOCK_CACHE_BYTES: usize = 128 << 20;
 
 fn block_cache() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(|| Cache::new_lru_cache(BLOCK_CACHE_BYTES))
+}
+
+/// The memtable limit shared by both databases. Writes never stall on it: past the limit RocksDB
+/// flushes, and a flush that falls behind only lets the memtables grow for a while.
+fn memtable_budget() -> &'static WriteBufferManager {
+    static BUDGET: OnceLock<WriteBufferManager> = OnceLock::new();
+    BUDGET.get_or_init(|| {
+        WriteBufferManager::new_write_buffer_manager_with_cache(
+            MEMTABLE_BUDGET_BYTES,
+            false,
+            block_cache().clone(),
+        )
+    })
 }
 
 /// The options of column family `name`.
