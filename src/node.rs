@@ -270,7 +270,7 @@ impl Node {
             enable_leader_restore: Some(false),
             // 50, 100, then 200 ms between attempts: openraft's default (200 ms doubling to 1 s)
             // made a restarted follower wait up to a second before the leader sent it anything,
-            // and a failed connect on a failed peer costs one refused SYN.
+            // and an attempt to reach a stopped peer is refused at once, costing next to nothing.
             backoff: REPLICATION_BACKOFF.to_string(),
             ..Default::default()
         }

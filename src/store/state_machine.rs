@@ -1146,7 +1146,7 @@ fn create_checkpoint(state: &SharedStateDb, dir: &Path) -> io::Result<Checkpoint
 const CHECKPOINT_ATTEMPTS: u32 = 3;
 
 /// Runs `attempt` up to `attempts` times until it succeeds, logging each failure that is retried;
-/// the last failure is returned. Only for work that leaves nothing behind when it fails.
+/// the last failure is returned. Only for work that may simply be run again after a failure.
 fn with_attempts<T>(
     what: &str,
     attempts: u32,
