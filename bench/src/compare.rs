@@ -92,13 +92,18 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
         None
     };
     let mut clusters = [
-        Cluster::ondisk(
-            &plan.binaries.ondisk,
+        plan.binaries.cluster(
+            System::Ondisk,
             &plan.dir,
             plan.ondisk_protocol,
             certs.as_ref(),
         )?,
-        Cluster::etcd(&plan.binaries.etcd, &plan.dir, certs.as_ref())?,
+        plan.binaries.cluster(
+            System::Etcd,
+            &plan.dir,
+            plan.ondisk_protocol,
+            certs.as_ref(),
+        )?,
     ];
     let mut capacity: BTreeMap<String, Capacity> = BTreeMap::new();
     for cluster in &mut clusters {

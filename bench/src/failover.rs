@@ -73,8 +73,10 @@ pub async fn run(plan: &Plan) -> anyhow::Result<serde_json::Value> {
     let load_before = load_average();
     let mut clusters = [
         // Views and writes go through ondisk's HTTP API, so its client protocol does not matter.
-        Cluster::ondisk(&plan.binaries.ondisk, &plan.dir, Protocol::Native, None)?,
-        Cluster::etcd(&plan.binaries.etcd, &plan.dir, None)?,
+        plan.binaries
+            .cluster(System::Ondisk, &plan.dir, Protocol::Native, None)?,
+        plan.binaries
+            .cluster(System::Etcd, &plan.dir, Protocol::Native, None)?,
     ];
     for cluster in &mut clusters {
         cluster.start()?;

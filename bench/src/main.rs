@@ -254,6 +254,7 @@ struct Systems {
 }
 
 impl Systems {
+    /// The two servers named on the command line, for a benchmark's plan.
     fn binaries(&self) -> Binaries {
         Binaries {
             ondisk: self.ondisk.clone(),
