@@ -105,6 +105,16 @@ pub struct Args {
     #[arg(long = "auth-token-ttl", default_value_t = 300)]
     pub auth_token_ttl: u64,
 
+    /// Threads that run the node's tasks (Raft core, replication, apply, request handlers).
+    /// With 1, every task runs on one thread and hands work to the next without a cross-thread
+    /// wake-up, which on this project's benchmark machine cut the servers' CPU per put by a
+    /// quarter and a one-client get's latency by a third (BENCHMARKS.md). More let a node with
+    /// many cores to itself parse client requests in parallel. Disk work runs on its own
+    /// threads either way.
+    #[arg(long = "runtime-threads", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub runtime_threads: u16,
+
     /// Join an existing cluster (after `add ADDR ID` on one of its members) instead of
     /// bootstrapping one.
     #[arg(long)]

@@ -106,6 +106,21 @@ fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The runtime a node's tasks run on: tokio's current-thread scheduler for one thread, so a task
+/// that wakes another (a request waking the Raft core, the core waking the apply) runs it next on
+/// the same thread instead of waking a second worker; the multi-thread scheduler for more.
+fn node_runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        0 | 1 => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(usize::from(threads));
+            builder
+        }
+    };
+    builder.enable_all().build()
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let addresses = args.addresses()?;
     // A joining node's --cluster lists members that did not found the cluster, so it says nothing
@@ -118,7 +133,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let _log_writer = ondisk::logging::init(&data_dir.log_file(), args.verbose)
         .with_context(|| format!("cannot open the log file {}", data_dir.log_file().display()))?;
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let runtime = node_runtime(args.runtime_threads).context("cannot start the async runtime")?;
     let metrics =
         telemetry::install().map_err(|e| anyhow::anyhow!("cannot install metrics: {e}"))?;
 
@@ -179,6 +194,9 @@ fn run(args: Args) -> anyhow::Result<()> {
 
         if !args.no_repl {
             let repl_node = Arc::clone(&node);
+            // The REPL thread runs its requests with `Handle::block_on`. On the current-thread
+            // scheduler that only works while this thread is inside `Runtime::block_on`, which
+            // drives the I/O and timers; it is, until the node stops.
             let handle = tokio::runtime::Handle::current();
             let repl_stop = stop.clone();
             std::thread::Builder::new()

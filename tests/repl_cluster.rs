@@ -143,7 +143,19 @@ fn delete_removes_a_key_and_get_of_a_missing_key_prints_not_found() {
 
 #[test]
 fn killing_the_leader_elects_a_new_one_and_the_restarted_node_has_every_acknowledged_value() {
-    let mut c = Cluster::start3();
+    survives_a_leader_kill(Cluster::start3());
+}
+
+/// The default runs each node's tasks on one thread; a node given more threads must keep every
+/// guarantee too.
+#[test]
+fn nodes_on_several_runtime_threads_keep_every_acknowledged_value_across_a_leader_kill() {
+    survives_a_leader_kill(Cluster::start_with_args(3, &["--runtime-threads", "2"]));
+}
+
+/// Writes through every node, kills the leader, writes through the survivors, restarts the old
+/// leader and checks that it has every acknowledged value.
+fn survives_a_leader_kill(mut c: Cluster) {
     let old_leader = c.wait_for_leader();
 
     let mut acknowledged: Vec<(String, String)> = Vec::new();
