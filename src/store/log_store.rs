@@ -34,6 +34,7 @@ use super::until_space;
 use super::worker::Worker;
 use super::write_soon;
 use super::write_until_space;
+use super::WalSyncs;
 use crate::error::Error;
 use crate::types::Entry;
 use crate::types::LogId;
@@ -79,7 +80,11 @@ impl LogStore {
     /// [`LogStore::open`], choosing when appends are acknowledged (tests of the test suite only
     /// choose anything but [`AppendSync::Fsync`]).
     pub fn open_with(path: &Path, append_sync: AppendSync) -> Result<Self, Error> {
-        let db = Arc::new(open_rocksdb(path, &[CF_LOGS, CF_META])?);
+        let db = Arc::new(open_rocksdb(
+            path,
+            &[CF_LOGS, CF_META],
+            WalSyncs::EveryAppend,
+        )?);
         let syncer_db = db.clone();
         let syncer = Worker::start("raft-log-sync", move |pending| {
             sync_appends(&syncer_db, &pending, append_sync)

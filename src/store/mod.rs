@@ -69,14 +69,26 @@ use crate::error::Error;
 /// WAL kept per database before RocksDB flushes memtables to let old WAL files go; also what a
 /// restart may have to replay.
 const MAX_WAL_BYTES: u64 = 32 << 20;
+/// Old WAL files kept per database to be written over (see [`open_rocksdb`]).
+const RECYCLED_WAL_FILES: usize = 4;
 /// Memtable memory of both databases together, charged to [`block_cache`].
 const MEMTABLE_BUDGET_BYTES: usize = 64 << 20;
+
+/// How often a database's WAL is synced, which decides whether its files are worth recycling.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum WalSyncs {
+    /// Every write waits for a WAL fsync (the Raft log).
+    EveryAppend,
+    /// Writes go to the page cache; a sync comes with a snapshot or a flush (the state machine,
+    /// whose snapshot installs also skip the WAL, which RocksDB refuses beside recycling).
+    Rarely,
+}
 
 /// Opens (creating if needed) a RocksDB database with the given column families.
 ///
 /// Errors are mapped by [`Error::from_rocksdb`], so a second process on the same directory is
 /// reported as such instead of as a raw LOCK-file message.
-fn open_rocksdb(path: &Path, column_families: &[&str]) -> Result<DB, Error> {
+fn open_rocksdb(path: &Path, column_families: &[&str], wal: WalSyncs) -> Result<DB, Error> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -89,6 +101,14 @@ fn open_rocksdb(path: &Path, column_families: &[&str]) -> Result<DB, Error> {
     // a cap the WAL grows to hundreds of MiB under load, and a restart replays all of it (seconds
     // with a million keys). Past the cap RocksDB flushes the families holding the oldest file.
     opts.set_max_total_wal_size(MAX_WAL_BYTES);
+    // Appending to a fresh file makes each fsync also journal the file's new size (on ext4, 220
+    // µs against 145 µs for the same 4 KiB overwritten in place, measured here, and the journal
+    // serialises the fsyncs of several processes); a recycled WAL file is overwritten instead.
+    // Records carry their file's number, so what is left of the file's previous life after a
+    // crash reads as the log's end (RocksDB allows this with point-in-time recovery, our mode).
+    if wal == WalSyncs::EveryAppend {
+        opts.set_recycle_log_file_num(RECYCLED_WAL_FILES);
+    }
     // Memtables across all families of both databases, flushed when full: bounds the memory a
     // node uses whatever the write rate (RocksDB's default allows 128 MiB per family).
     opts.set_write_buffer_manager(memtable_budget());

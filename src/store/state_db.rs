@@ -22,6 +22,7 @@ use std::sync::RwLock;
 use rocksdb::DB;
 
 use super::open_rocksdb;
+use super::WalSyncs;
 use crate::error::Error;
 
 /// The pointer file's suffix, appended to the base directory's name.
@@ -176,7 +177,7 @@ impl SharedStateDb {
 
 fn open_generation(path: &Path, column_families: &[&str]) -> Result<StateDb, Error> {
     Ok(StateDb {
-        db: open_rocksdb(path, column_families)?,
+        db: open_rocksdb(path, column_families, WalSyncs::Rarely)?,
         cleanup: RemoveWhenRetired::new(path.to_path_buf()),
     })
 }
