@@ -69,7 +69,7 @@ use crate::error::Error;
 /// WAL kept per database before RocksDB flushes memtables to let old WAL files go; also what a
 /// restart may have to replay.
 const MAX_WAL_BYTES: u64 = 32 << 20;
-/// Old WAL files kept per database to be written over (see [`open_rocksdb`]).
+/// Old WAL files the Raft log's database keeps to write over (see [`open_rocksdb`]).
 const RECYCLED_WAL_FILES: usize = 4;
 /// Memtable memory of both databases together, charged to [`block_cache`].
 const MEMTABLE_BUDGET_BYTES: usize = 64 << 20;
