@@ -120,31 +120,14 @@ impl PowerCutCluster {
     /// Whether some node's Raft log has written over a recycled WAL file (RocksDB's info log
     /// beside it says so).
     fn log_reused_a_wal_file(&self) -> bool {
-        self.fixtures.iter().any(|fixture| {
-            info_logs(&fixture.data_dir(), "raft-log")
-                .iter()
-                .any(|log| {
-                    std::fs::read_to_string(log).is_ok_and(|text| text.contains("reusing log"))
-                })
-        })
+        self.fixtures
+            .iter()
+            .zip(self.cluster.ids())
+            .any(|(fixture, id)| {
+                let info_log = fixture.data_dir().join(format!("node{id}/raft-log/LOG"));
+                std::fs::read_to_string(info_log).is_ok_and(|text| text.contains("reusing log"))
+            })
     }
-}
-
-/// RocksDB's info logs (`LOG`) in every directory named `name` under `dir`.
-fn info_logs(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for path in entries.flatten().map(|entry| entry.path()) {
-        if path.is_dir() {
-            if path.file_name().is_some_and(|n| n == name) {
-                found.push(path.join("LOG"));
-            }
-            found.extend(info_logs(&path, name));
-        }
-    }
-    found
 }
 
 /// Writes, crashes the way asked, and reads back, for `rounds` rounds; returns how many writes
@@ -214,7 +197,8 @@ fn a_power_cut_while_the_log_writes_over_a_recycled_wal_file_loses_nothing() {
     }
     let mut c = PowerCutCluster::start(1, &[]);
     let mut acknowledged = c.write_values(0, WAL_FILLING_VALUES, |i| {
-        format!("{i}:").repeat(WAL_FILLING_VALUE_BYTES / 4)
+        let head = format!("{i}:");
+        format!("{head}{}", "x".repeat(WAL_FILLING_VALUE_BYTES - head.len()))
     });
     assert_eq!(acknowledged.len(), WAL_FILLING_VALUES);
     assert!(
