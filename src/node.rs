@@ -54,10 +54,12 @@ use crate::types::NodeId;
 use crate::types::Raft;
 use crate::types::SnapshotMeta;
 use crate::types::TypeConfig;
+use election::ElectionTiming;
 use read_index::ReadRounds;
 
 mod auth;
 mod compaction;
+mod election;
 mod kv;
 mod lease;
 mod maintenance;
@@ -324,7 +326,14 @@ impl Node {
         });
         let server = tokio::spawn(network::serve(raft_listener, node.clone(), peer_tls));
         *node.rpc_server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
-        if config.join {
+        let restarted = node
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        if restarted {
+            node.campaign_soon_after_restart(config.heartbeat);
+        } else if config.join {
             tracing::info!("joining an existing cluster: waiting to be added by its leader");
         } else {
             node.bootstrap(config.initial_members).await?;
@@ -340,17 +349,9 @@ impl Node {
     }
 
     /// Initializes a brand-new node with the initial members. Every founding member does this with
-    /// the same membership, which is safe: they all write the same first log entry. A node that
-    /// already has state (or has heard from a leader) is left alone.
+    /// the same membership, which is safe: they all write the same first log entry (and openraft
+    /// campaigns at once). A node that has heard from a leader meanwhile is left alone.
     async fn bootstrap(&self, members: BTreeMap<NodeId, Member>) -> Result<()> {
-        let initialized = self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| Error::Raft(e.to_string()))?;
-        if initialized {
-            return Ok(());
-        }
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
@@ -894,52 +895,6 @@ impl RemoteError {
     }
 }
 
-/// How many heartbeats must fit in an election timeout (etcd refuses less than 5 as well): fewer,
-/// and a follower would start elections whenever one or two heartbeats are late.
-const MIN_HEARTBEATS_PER_ELECTION: u32 = 5;
-
-/// openraft's election settings for the user's `-election-timeout` E: a follower that has heard
-/// nothing from a leader for 7E/6 to 4E/3 (at random) starts an election, and a vote request may
-/// take E/2 to be answered.
-///
-/// openraft counts from the leader's lease: a follower first waits it out (openraft sets it to
-/// `election_timeout_max` and every heartbeat renews it; meanwhile the follower refuses to vote
-/// for anyone else), then a timeout drawn from `[election_timeout_min, election_timeout_max)`,
-/// so an election starts between `min + max` and `2 * max` after the last heartbeat; a vote
-/// request is given `min` to be answered, and the voter's fsync of its vote is part of that.
-/// Handing openraft E as its minimum and 2E as its maximum, as ondisk did, meant 3E to 4E: 3 to
-/// 4 seconds without a leader after a crash at the default 1 s. min = E/2 and max = 2E/3 give
-/// 1.17 to 1.33 s (etcd: E to 2E), a window wide enough that two followers rarely campaign at
-/// once, and a vote that survives a disk whose fsync takes hundreds of milliseconds (with
-/// min = E/3, vote answers came too late while other processes loaded this machine's disk, and
-/// the followers campaigned in vain for seconds).
-///
-/// Timing decides only how soon an election starts, never whether a write is safe: votes and
-/// commits are decided by quorums, and linearizable reads confirm leadership with a quorum
-/// (ReadIndex) instead of trusting a lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ElectionTiming {
-    min_ms: u64,
-    max_ms: u64,
-}
-
-impl ElectionTiming {
-    /// Refuses an election timeout that does not span [`MIN_HEARTBEATS_PER_ELECTION`] heartbeats.
-    fn new(heartbeat: Duration, election_timeout: Duration) -> Result<Self> {
-        if election_timeout < heartbeat * MIN_HEARTBEATS_PER_ELECTION {
-            return Err(Error::Config(format!(
-                "-election-timeout ({election_timeout:?}) must be at least \
-                 {MIN_HEARTBEATS_PER_ELECTION} times -heartbeat ({heartbeat:?})"
-            )));
-        }
-        let election_ms = millis(election_timeout);
-        Ok(ElectionTiming {
-            min_ms: election_ms / 2,
-            max_ms: election_ms * 2 / 3,
-        })
-    }
-}
-
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -1123,42 +1078,5 @@ impl Node {
                     .into(),
             )),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// openraft starts an election `min + max` to `2 * max` after the last heartbeat (its lease,
-    /// `max`, then a timeout drawn from `[min, max)`) and gives a vote `min`: that must be 7E/6
-    /// to 4E/3, and E/2.
-    #[test]
-    fn an_election_starts_seven_sixths_to_four_thirds_election_timeouts_after_the_last_heartbeat() {
-        for (heartbeat, election) in [(100, 1200), (50, 600), (10, 60), (200, 3000)] {
-            let timing = ElectionTiming::new(
-                Duration::from_millis(heartbeat),
-                Duration::from_millis(election),
-            )
-            .unwrap_or_else(|e| panic!("{heartbeat}/{election}: {e}"));
-            assert_eq!(
-                timing.min_ms + timing.max_ms,
-                election * 7 / 6,
-                "{timing:?}"
-            );
-            assert_eq!(2 * timing.max_ms, election * 4 / 3, "{timing:?}");
-            assert_eq!(timing.min_ms, election / 2, "{timing:?}");
-            assert!(timing.min_ms > heartbeat, "{timing:?}");
-        }
-    }
-
-    #[test]
-    fn an_election_timeout_shorter_than_five_heartbeats_is_refused() {
-        let refused = ElectionTiming::new(Duration::from_millis(100), Duration::from_millis(499));
-        let message = refused.map(drop).map_err(|e| e.to_string());
-        assert_eq!(
-            message,
-            Err("-election-timeout (499ms) must be at least 5 times -heartbeat (100ms)".into())
-        );
     }
 }

@@ -259,6 +259,24 @@ fn every_acknowledged_put_survives_killing_all_nodes() {
     }
 }
 
+/// Members restarted without a leader campaign soon after start-up instead of waiting out an
+/// election timeout. With an election timeout of ten minutes no member's own timer can fire
+/// before the deadline here, so a cluster restarted all at once that agrees on a leader and
+/// serves a linearizable read owes it to that early campaign. (A new cluster's founding members
+/// campaign as they initialize, whatever the timeout.)
+#[test]
+fn a_cluster_restarted_at_once_elects_a_leader_without_waiting_out_its_election_timeout() {
+    let mut c = Cluster::start_with_args(3, &["--election-timeout", "10m"]);
+    let leader = c.wait_for_leader_within(Duration::from_secs(60));
+    c.must_put(leader, "before", "the restart");
+
+    c.kill_all();
+    c.restart_all();
+    let leader = c.wait_for_leader_within(Duration::from_secs(60));
+    c.assert_get(leader, "before", some("the restart"));
+    c.must_put(leader, "after", "the restart");
+}
+
 #[test]
 fn applied_index_survives_restart_without_replaying_the_log() {
     const K: u64 = 20;

@@ -320,7 +320,8 @@ pub struct NodeSpec {
     pub http: SocketAddr,
     /// Data directory; the node keeps its files under `data_dir/node<id>/`.
     pub data_dir: PathBuf,
-    /// Additional arguments appended to the standard ones.
+    /// Additional arguments appended to the standard ones (a timing flag here replaces the
+    /// standard one).
     pub extra_args: Vec<OsString>,
 }
 
@@ -353,7 +354,13 @@ impl NodeSpec {
             "--data-dir".into(),
             self.data_dir.clone().into(),
         ];
-        args.extend(timing_args().map(OsString::from));
+        // A timing flag among the extra arguments replaces the standard one (clap refuses a flag
+        // given twice).
+        for flag_and_value in timing_args().chunks(2) {
+            if !self.extra_args.iter().any(|arg| *arg == *flag_and_value[0]) {
+                args.extend(flag_and_value.iter().map(OsString::from));
+            }
+        }
         args.extend(self.extra_args.iter().cloned());
         args
     }
