@@ -332,7 +332,7 @@ impl Node {
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
         if restarted {
-            node.campaign_soon_after_restart(config.heartbeat);
+            node.campaign_soon_after_restart(config.heartbeat, config.election_timeout);
         } else if config.join {
             tracing::info!("joining an existing cluster: waiting to be added by its leader");
         } else {

@@ -1,5 +1,5 @@
 //! When this node campaigns: openraft's election timing for the user's `-election-timeout`, and a
-//! first campaign soon after a restart instead of a whole election timeout later.
+//! restarted member's campaigns soon after start-up instead of a whole election timeout later.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,8 +58,9 @@ impl ElectionTiming {
 }
 
 impl Node {
-    /// Campaigns, Pre-Vote first, one to two heartbeats (at random) after a restart, unless
-    /// another member has campaigned since.
+    /// After a restart, campaigns, Pre-Vote first, every one to two heartbeats (at random) until
+    /// a leader of a newer term is known, for at most one election timeout; a round is skipped
+    /// when the term has risen since the previous one (an election is under way).
     ///
     /// openraft gives a node restarted without a leader a whole election timeout before it
     /// campaigns, so a cluster restarted at once served nothing for 0.5 to 0.7 s at the default E
@@ -68,22 +69,45 @@ impl Node {
     /// hears from a leader (and not even sent while this node does), so a node restarted into a
     /// working cluster raises no term. The delay is random so that members started together
     /// rarely campaign at the same moment, and at least a heartbeat, so a live leader is usually
-    /// heard first. A term above the one at start-up means another member has campaigned: this
-    /// node voted in that election, may not have heard from its winner yet, and would depose it.
-    /// If an early campaign fails, openraft's own timer still runs; a node that is not a voter
-    /// ignores it.
-    pub(super) fn campaign_soon_after_restart(self: &Arc<Self>, heartbeat: Duration) {
+    /// heard first. A risen term means a member has campaigned: this node voted in that election,
+    /// may not have heard from its winner yet, and would depose it; only a round that passes with
+    /// neither a new leader nor a new term shows that election failed (all members campaigned at
+    /// once and split the vote), and then this node tries again. The leader this node knew
+    /// before the restart is no evidence: it is restored from the vote on disk. After one
+    /// election timeout openraft's own timer, which runs all along, is left in charge; a node
+    /// that is not a voter ignores the trigger.
+    pub(super) fn campaign_soon_after_restart(
+        self: &Arc<Self>,
+        heartbeat: Duration,
+        election_timeout: Duration,
+    ) {
         let node = Arc::downgrade(self);
+        let give_up_at = tokio::time::Instant::now() + election_timeout;
         let term_at_start = self.raft.metrics().borrow_watched().current_term;
-        let delay = heartbeat.mul_f64(rand::random_range(1.0..2.0));
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let Some(node) = node.upgrade() else { return };
-            if node.raft.metrics().borrow_watched().current_term > term_at_start {
-                return;
-            }
-            if let Err(e) = node.raft.trigger().elect(true).await {
-                tracing::debug!("no early campaign: raft has stopped ({e})");
+            let mut term_seen = term_at_start;
+            loop {
+                tokio::time::sleep(heartbeat.mul_f64(rand::random_range(1.0..2.0))).await;
+                if tokio::time::Instant::now() >= give_up_at {
+                    return;
+                }
+                let Some(node) = node.upgrade() else { return };
+                let (leader, term) = {
+                    let metrics = node.raft.metrics();
+                    let metrics = metrics.borrow_watched();
+                    (metrics.current_leader, metrics.current_term)
+                };
+                if leader.is_some() && term > term_at_start {
+                    return;
+                }
+                if term > term_seen {
+                    term_seen = term;
+                    continue;
+                }
+                if let Err(e) = node.raft.trigger().elect(true).await {
+                    tracing::debug!("no early campaign: raft has stopped ({e})");
+                    return;
+                }
             }
         });
     }

@@ -1052,6 +1052,11 @@ impl Cluster {
         &self.specs[id - 1]
     }
 
+    /// Node `id`'s configuration, to change before [`Cluster::restart`] (e.g. its timing flags).
+    pub fn spec_mut(&mut self, id: usize) -> &mut NodeSpec {
+        &mut self.specs[id - 1]
+    }
+
     /// Node `id`'s raft address.
     pub fn raft_addr(&self, id: usize) -> SocketAddr {
         self.spec(id).raft_addr()
