@@ -32,11 +32,14 @@ use tokio::signal::unix::signal;
 use tokio::signal::unix::SignalKind;
 use tokio::sync::mpsc;
 
-/// mimalloc instead of glibc's malloc: a put allocates and frees many small buffers across
+/// jemalloc instead of glibc's malloc: a put allocates and frees many small buffers across
 /// threads (requests, encoded entries, batches), and glibc's allocator was about a tenth of the
-/// servers' CPU under write load (see BENCHMARKS.md).
+/// servers' CPU under write load; RocksDB is built to use the same jemalloc, which returns freed
+/// memory where glibc kept it (a member's peak RSS under random overwrites 273–292 MiB with
+/// glibc under RocksDB and mimalloc for Rust, 236–243 MiB with jemalloc for both; see
+/// BENCHMARKS.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// What a node says when it stops because it was removed from the cluster.
 const REMOVED_MESSAGE: &str = "I've been removed from the cluster! Shutting down.";
