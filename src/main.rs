@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 /// jemalloc instead of glibc's malloc: a put allocates and frees many small buffers across
 /// threads (requests, encoded entries, batches), and glibc's allocator was about a tenth of the
 /// servers' CPU under write load; RocksDB is built to use the same jemalloc, which returns freed
-/// memory where glibc kept it (a member's peak RSS under random overwrites 273–292 MiB with
+/// memory where glibc kept it (a member's peak RSS under random overwrites 272–291 MiB with
 /// glibc under RocksDB and mimalloc for Rust, 236–243 MiB with jemalloc for both; see
 /// BENCHMARKS.md).
 #[global_allocator]
