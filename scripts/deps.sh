@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs, with apt-get, what building and testing ondisk needs and this machine lacks:
 #   - libclang, which bindgen loads at build time to generate RocksDB's bindings;
-#   - a C++ compiler for RocksDB itself (and its C side for jemalloc, which `make` builds);
+#   - C and C++ compilers (g++ brings both) for RocksDB and for jemalloc, its and our allocator;
 #   - protoc, for etcd's API (server and the benchmark's client, generated from etcd's .proto files);
 #   - fuse3 (fusermount3), for the power-cut file system the tests mount;
 #   - etcdctl (Debian's etcd-client), the real etcd client the tests drive ondisk's etcd API with.
