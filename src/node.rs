@@ -66,6 +66,7 @@ mod maintenance;
 mod membership;
 mod read_index;
 mod recipes;
+mod restart_notice;
 mod watch;
 
 pub use auth::Caller;
@@ -332,6 +333,7 @@ impl Node {
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
         if restarted {
+            node.announce_restart();
             node.campaign_soon_after_restart(config.heartbeat, config.election_timeout);
         } else if config.join {
             tracing::info!("joining an existing cluster: waiting to be added by its leader");
@@ -996,6 +998,7 @@ impl RpcHandler for Node {
                     .map_err(raft_failed)
             }
             Request::Removed(notice) => self.receive_removal_notice(notice).await,
+            Request::Restarted { id } => self.peer_restarted(id).await,
             Request::WasRemoved { id } => {
                 Ok(Response::WasRemoved(self.state.removed_ids().contains(&id)))
             }

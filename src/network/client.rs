@@ -99,6 +99,15 @@ impl Peers {
             .clone()
     }
 
+    /// Forgets the failed attempts to reach `addr`, so the next call connects at once: the peer
+    /// has said it is back.
+    pub async fn forget_failures(&self, addr: &str) {
+        let peer = self.get(addr);
+        let mut state = peer.state.lock().await;
+        state.failures = 0;
+        state.retry_at = None;
+    }
+
     /// Sends `request` to `addr` and waits up to `timeout` for the answer.
     pub async fn call(
         &self,

@@ -105,6 +105,11 @@ pub enum Request {
         token: String,
         request: Box<Request>,
     },
+    /// Member `id` has just restarted: the receiver stops pausing before it reaches `id` (its
+    /// connection's backoff and, on a leader, the replication stream's).
+    Restarted {
+        id: NodeId,
+    },
 }
 
 /// A membership change as a user asks for it; the leader checks it against the cluster's rules
