@@ -17,7 +17,6 @@ use futures::FutureExt;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::ClientWriteError;
 use openraft::error::Fatal;
-use openraft::error::InitializeError;
 use openraft::error::LinearizableReadError;
 use openraft::error::RaftError;
 use openraft::ReadPolicy;
@@ -66,7 +65,7 @@ mod maintenance;
 mod membership;
 mod read_index;
 mod recipes;
-mod restart_notice;
+mod startup;
 mod watch;
 
 pub use auth::Caller;
@@ -231,7 +230,8 @@ pub async fn listen(what: &'static str, addr: &str) -> Result<TcpListener> {
 
 impl Node {
     /// Opens the node's storage, listens on its raft address, starts Raft and the peer server, and
-    /// bootstraps the initial membership if this node has never been part of a cluster.
+    /// founds the cluster with the initial membership if this node has never been part of one
+    /// (see `node/startup.rs`).
     ///
     /// Storage is opened first, so a second process on the same data directory is told so rather
     /// than that the port is taken.
@@ -333,12 +333,15 @@ impl Node {
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
         if restarted {
-            node.announce_restart();
+            node.announce_start(node.members().into_iter().map(|member| member.raft_addr));
             node.campaign_soon_after_restart(config.heartbeat, config.election_timeout);
         } else if config.join {
             tracing::info!("joining an existing cluster: waiting to be added by its leader");
+            let listed = config.initial_members.values();
+            node.announce_start(listed.map(|member| member.raft_addr.clone()));
         } else {
-            node.bootstrap(config.initial_members).await?;
+            node.found_cluster(config.initial_members, config.heartbeat * 2)
+                .await?;
         }
         node.keep_own_address_current();
         node.promote_caught_up_learners();
@@ -348,17 +351,6 @@ impl Node {
             node.compact_automatically(auto_compaction);
         }
         Ok(node)
-    }
-
-    /// Initializes a brand-new node with the initial members. Every founding member does this with
-    /// the same membership, which is safe: they all write the same first log entry (and openraft
-    /// campaigns at once). A node that has heard from a leader meanwhile is left alone.
-    async fn bootstrap(&self, members: BTreeMap<NodeId, Member>) -> Result<()> {
-        match self.raft.initialize(members).await {
-            Ok(()) => Ok(()),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
-            Err(e) => Err(Error::Raft(format!("cannot bootstrap the cluster: {e}"))),
-        }
     }
 
     /// This node's id.
@@ -998,7 +990,7 @@ impl RpcHandler for Node {
                     .map_err(raft_failed)
             }
             Request::Removed(notice) => self.receive_removal_notice(notice).await,
-            Request::Restarted { id } => self.peer_restarted(id).await,
+            Request::Started { id, cluster_id } => self.peer_started(id, cluster_id).await,
             Request::WasRemoved { id } => {
                 Ok(Response::WasRemoved(self.state.removed_ids().contains(&id)))
             }

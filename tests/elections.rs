@@ -271,3 +271,28 @@ fn a_leader_paused_for_less_than_an_election_timeout_stays_leader() {
         "after the leader resumed",
     );
 }
+
+/// A founding member that starts for the first time after the others have elected a leader (a
+/// user starting three nodes in three terminals, one after the other) follows that leader. If it
+/// founded the cluster again, its term-1 candidacy would outrank the term-1 leader's vote (node 3
+/// outranks nodes 1 and 2) and depose it.
+#[test]
+fn a_founding_member_started_after_the_others_elected_a_leader_follows_it() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cluster = ChaosCluster::start_founders(3, &[1, 2], tls::Security::Plaintext);
+    let (leader, term) = agreed(&cluster, &[1, 2], LEADER_TIMEOUT, "nodes 1 and 2");
+    cluster.restart(3);
+    agreed(
+        &cluster,
+        &cluster.ids(),
+        AGREE_TIMEOUT,
+        "after node 3 started",
+    );
+    assert_steady(
+        &cluster,
+        &cluster.ids(),
+        (leader, term),
+        watch_window(),
+        "after node 3 started",
+    );
+}

@@ -99,13 +99,20 @@ impl Peers {
             .clone()
     }
 
-    /// Forgets the failed attempts to reach `addr`, so the next call connects at once: the peer
-    /// has said it is back.
+    /// Forgets the failed attempts to reach `addr`, if any, so the next call connects at once:
+    /// the peer has said it is back.
     pub async fn forget_failures(&self, addr: &str) {
-        let peer = self.get(addr);
-        let mut state = peer.state.lock().await;
-        state.failures = 0;
-        state.retry_at = None;
+        let peer = self
+            .by_addr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(addr)
+            .cloned();
+        if let Some(peer) = peer {
+            let mut state = peer.state.lock().await;
+            state.failures = 0;
+            state.retry_at = None;
+        }
     }
 
     /// Sends `request` to `addr` and waits up to `timeout` for the answer.

@@ -105,10 +105,12 @@ pub enum Request {
         token: String,
         request: Box<Request>,
     },
-    /// Member `id` has just restarted: the receiver stops pausing before it reaches `id` (its
-    /// connection's backoff and, on a leader, the replication stream's).
-    Restarted {
+    /// Node `id` of the cluster `cluster_id` has just started: the receiver stops pausing before
+    /// it reaches `id` (its connection's backoff and, on a leader, the replication stream's) and
+    /// answers whether it follows a leader of that cluster ([`Response::Started`]).
+    Started {
         id: NodeId,
+        cluster_id: u64,
     },
 }
 
@@ -181,6 +183,11 @@ pub enum Response {
     Leases(api::LeaseLeasesResponse),
     Watch(api::WatchResponse),
     Token(api::AuthenticateResponse),
+    /// The answer to [`Request::Started`]: whether the receiver follows a leader (or is one) of
+    /// the sender's cluster.
+    Started {
+        follows_leader: bool,
+    },
 }
 
 /// Why the remote node did not serve a request.

@@ -48,6 +48,24 @@ impl ChaosCluster {
     /// TLS, the flags of its own certificate, made for this cluster), and waits until each
     /// answers on its REPL.
     pub fn start(n: usize, extra_args: &[&str], security: Security) -> ChaosCluster {
+        let all: Vec<usize> = (1..=n).collect();
+        ChaosCluster::start_some(n, &all, extra_args, security)
+    }
+
+    /// [`ChaosCluster::start`] for the founding members `first` only: the others are left for
+    /// [`ChaosCluster::restart`] to start later, as members that have never run. (Only the
+    /// elections tests start a cluster this way.)
+    #[allow(dead_code)]
+    pub fn start_founders(n: usize, first: &[usize], security: Security) -> ChaosCluster {
+        ChaosCluster::start_some(n, first, &[], security)
+    }
+
+    fn start_some(
+        n: usize,
+        first: &[usize],
+        extra_args: &[&str],
+        security: Security,
+    ) -> ChaosCluster {
         let network = Network::create(n).unwrap_or_else(|e| {
             panic!(
                 "the fault-injection suite needs network namespaces (run it as root, or with \
@@ -90,7 +108,13 @@ impl ChaosCluster {
             .collect();
         let nodes = specs
             .iter()
-            .map(|spec| Node::launch_via(spec, &network.launcher(spec.id)))
+            .map(|spec| {
+                if first.contains(&spec.id) {
+                    Node::launch_via(spec, &network.launcher(spec.id))
+                } else {
+                    not_started(spec.id)
+                }
+            })
             .collect();
         let mut cluster = ChaosCluster {
             nodes,
@@ -101,7 +125,7 @@ impl ChaosCluster {
             transport: certs.map_or_else(Transport::plaintext, |certs| certs.transport()),
             root,
         };
-        cluster.await_started(&cluster.ids());
+        cluster.await_started(first);
         cluster
     }
 
@@ -327,4 +351,12 @@ impl ChaosCluster {
         }
         let _ = std::fs::write(dir.join("processes.txt"), self.diagnostics());
     }
+}
+
+/// Stands for node `id` before it is first started: a process that has exited, as a killed node's
+/// has, which [`ChaosCluster::restart`] replaces with the node itself.
+fn not_started(id: usize) -> Node {
+    let mut placeholder = Node::launch_args(id, vec![OsString::from("--version")], None);
+    placeholder.wait_exit(STARTUP_TIMEOUT);
+    placeholder
 }
