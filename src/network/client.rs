@@ -70,6 +70,17 @@ impl CallError {
     }
 }
 
+/// What [`Peer::wait_reachable`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reachability {
+    /// Reachable at once.
+    Now,
+    /// Unreachable at first; reachable after the peer said it had started.
+    CameBack,
+    /// Still unreachable when the wait ended.
+    Unreachable,
+}
+
 /// How connections to peers are made secure: the TLS client configuration, kept current with
 /// its certificate files, or none for plaintext.
 pub type PeerTlsClient = Option<Arc<Reloading<ClientConfig>>>;
@@ -112,6 +123,8 @@ impl Peers {
             let mut state = peer.state.lock().await;
             state.failures = 0;
             state.retry_at = None;
+            drop(state);
+            peer.came_back.notify_waiters();
         }
     }
 
@@ -131,6 +144,9 @@ pub struct Peer {
     addr: String,
     tls: PeerTlsClient,
     state: tokio::sync::Mutex<PeerState>,
+    /// Notified when the peer says it has started ([`Peers::forget_failures`]), which ends
+    /// [`Peer::wait_reachable`]'s wait.
+    came_back: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -174,12 +190,37 @@ impl Peer {
             addr,
             tls,
             state: tokio::sync::Mutex::default(),
+            came_back: tokio::sync::Notify::new(),
         }
     }
 
     /// The address this peer is reached at.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// Waits until this peer can be reached, for at most `within`: answers at once when a
+    /// connection is up or can be made, and otherwise tries again when the peer says it has
+    /// started.
+    pub async fn wait_reachable(&self, within: Duration) -> Reachability {
+        let deadline = Instant::now() + within;
+        let mut waited = false;
+        loop {
+            let came_back = self.came_back.notified();
+            tokio::pin!(came_back);
+            came_back.as_mut().enable();
+            if let Ok(Ok(_)) = tokio::time::timeout_at(deadline, self.connection()).await {
+                return if waited {
+                    Reachability::CameBack
+                } else {
+                    Reachability::Now
+                };
+            }
+            if tokio::time::timeout_at(deadline, came_back).await.is_err() {
+                return Reachability::Unreachable;
+            }
+            waited = true;
+        }
     }
 
     /// Sends `request` and waits up to `timeout` (connecting included) for its answer.

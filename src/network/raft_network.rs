@@ -29,6 +29,7 @@ use openraft::Snapshot;
 
 use super::client::CallError;
 use super::client::Peer;
+use super::client::Reachability;
 use super::Peers;
 use super::RemoteError;
 use super::Request;
@@ -46,6 +47,10 @@ use crate::types::Vote;
 const SNAPSHOT_CHUNK_LEN: usize = 1 << 20;
 /// How long the receiver may take to install a complete snapshot (it rewrites the whole state).
 const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a snapshot waits for a target that cannot be reached before the attempt fails.
+/// openraft then pauses (at most `REPLICATION_BACKOFF`'s cap) and tries again with its newest
+/// snapshot; the wait here, unlike that pause, ends as soon as the target says it has started.
+const SNAPSHOT_REACH_WAIT: Duration = Duration::from_secs(10);
 
 /// Hands openraft a client per target, all sharing this node's peer connections.
 #[derive(Clone)]
@@ -210,7 +215,9 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
 
     /// Streams the snapshot in chunks, each acknowledged before the next is read, so memory stays
     /// at a few chunks per side whatever the snapshot's size. The receiver verifies the stream's
-    /// checksum before installing it.
+    /// checksum before installing it. A target that is down is waited for first (see
+    /// [`SNAPSHOT_REACH_WAIT`]): a follower that needs a snapshot is usually one that was down
+    /// for a while, and it is sent the snapshot the moment it is back.
     async fn full_snapshot(
         &mut self,
         vote: Vote,
@@ -224,11 +231,28 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             RPCError::Network(n) => StreamingError::Network(n),
             RPCError::RemoteError(r) => StreamingError::Unreachable(Unreachable::new(&r)),
         };
+        tokio::pin!(cancel);
+        let reachability = tokio::select! {
+            closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+            reachability = self.peer.wait_reachable(SNAPSHOT_REACH_WAIT) => reachability,
+        };
+        match reachability {
+            Reachability::Now => {}
+            // The snapshot in hand may be older than the log the leader still keeps: failing
+            // with a network error makes openraft try again at once, with its newest snapshot.
+            Reachability::CameBack => {
+                let back = io::Error::other(format!("peer {} came back", self.peer.addr()));
+                return Err(StreamingError::Network(NetworkError::new(&back)));
+            }
+            Reachability::Unreachable => {
+                let down = io::Error::other(format!("peer {} is unreachable", self.peer.addr()));
+                return Err(StreamingError::Unreachable(Unreachable::new(&down)));
+            }
+        }
         let Snapshot { meta, snapshot } = snapshot;
         // One chunk read ahead while the previous one is on the wire.
         let mut chunks = snapshot_chunks(snapshot, SNAPSHOT_CHUNK_LEN, 1);
         let chunk_timeout = option.hard_ttl().max(Duration::from_secs(5));
-        tokio::pin!(cancel);
         let mut offset = 0u64;
         loop {
             let data = chunks
