@@ -238,11 +238,16 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         };
         match reachability {
             Reachability::Now => {}
-            // The snapshot in hand may be older than the log the leader still keeps: failing
-            // with a network error makes openraft try again at once, with its newest snapshot.
+            // The snapshot in hand may be older than the log the leader still keeps. This
+            // attempt ends as one that waited its time out: openraft tries again at once (a
+            // timeout also clears its pause), with its newest snapshot.
             Reachability::CameBack => {
-                let back = io::Error::other(format!("peer {} came back", self.peer.addr()));
-                return Err(StreamingError::Network(NetworkError::new(&back)));
+                return Err(StreamingError::Timeout(Timeout {
+                    action: RPCTypes::InstallSnapshot,
+                    id: self.this_node,
+                    target: self.target,
+                    timeout: SNAPSHOT_REACH_WAIT,
+                }));
             }
             Reachability::Unreachable => {
                 let down = io::Error::other(format!("peer {} is unreachable", self.peer.addr()));

@@ -6,7 +6,7 @@
 //! `REPLICATION_BACKOFF`'s cap) and the peer connection backs off too (`network::client`): a
 //! member that comes back would wait out whatever is left of both pauses before the leader sent
 //! it anything (0.1 to 0.25 s of a snapshot catch-up that takes about a second). The notice ends
-//! both pauses.
+//! both pauses, and the wait of a snapshot held for it (`network::raft_network`).
 //!
 //! A founding member initializes the cluster and campaigns at once. Started after the others
 //! have elected a leader (three terminals, one after the other), its term-1 candidacy would
