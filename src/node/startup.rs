@@ -26,6 +26,7 @@ use openraft::error::RaftError;
 use super::Node;
 use crate::error::Error;
 use crate::error::Result;
+use crate::network::CallError;
 use crate::network::RemoteError;
 use crate::network::Request;
 use crate::network::Response;
@@ -81,15 +82,21 @@ impl Node {
 
     /// Sends [`Request::Started`] to the member at `addr`; answers whether it follows a leader of
     /// this cluster.
-    async fn tell_started(&self, addr: &str, within: Duration) -> Result<bool> {
+    async fn tell_started(
+        &self,
+        addr: &str,
+        within: Duration,
+    ) -> std::result::Result<bool, CallError> {
         let request = Request::Started {
             id: self.id,
             cluster_id: self.cluster_id,
         };
         match self.peers.call(addr, request, within).await {
             Ok(Response::Started { follows_leader }) => Ok(follows_leader),
-            Ok(other) => Err(Error::Raft(format!("unexpected answer {other:?}"))),
-            Err(e) => Err(Error::Raft(e.to_string())),
+            Ok(other) => Err(CallError::Remote(RemoteError::Refused(format!(
+                "unexpected answer {other:?}"
+            )))),
+            Err(e) => Err(e),
         }
     }
 
