@@ -138,9 +138,10 @@ const RANDOM_WRITE_MEMTABLE_BYTES: usize = 8 << 20;
 /// advises. Each level-0 table of such a family spans the whole key space, so a compaction out of
 /// level 0 rewrites all of the level it goes to. With RocksDB's default of 256 MiB that level
 /// was the last one until it held 256 MiB, and every compaction rewrote all of it: under a steady
-/// write load the servers' CPU per put grew from 56 to over 90 µs within two minutes
-/// (BENCHMARKS.md). Now the tables pass through levels each ten times larger than the one above,
-/// so a byte is rewritten a bounded number of times per level however large the history grows.
+/// write load the servers' CPU per put grew from about 50 µs to 77–104 µs within two minutes
+/// (BENCHMARKS.md). With this base the tables pass through levels each ten times larger than the
+/// one above, so a byte is rewritten a bounded number of times per level however large the
+/// history grows.
 const RANDOM_WRITE_LEVEL_BASE_BYTES: u64 = 4 * RANDOM_WRITE_MEMTABLE_BYTES as u64;
 
 /// RocksDB's memory in this process: the block cache of every column family of both databases,
@@ -188,9 +189,6 @@ fn family_options(name: &str) -> Options {
         options.set_memtable_prefix_bloom_ratio(0.02);
         options.set_write_buffer_size(RANDOM_WRITE_MEMTABLE_BYTES);
         options.set_max_bytes_for_level_base(RANDOM_WRITE_LEVEL_BASE_BYTES);
-        // Tables of a memtable's size rather than RocksDB's 64 MiB, so a level holds several and
-        // a compaction into it can leave alone those its input does not overlap.
-        options.set_target_file_size_base(RANDOM_WRITE_MEMTABLE_BYTES as u64);
     }
     options.set_block_based_table_factory(&tables);
     options
