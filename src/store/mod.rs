@@ -133,16 +133,21 @@ const POINT_LOOKUP_FAMILIES: &[&str] = &[mvcc::CF_DATA, mvcc::CF_HISTORY, mvcc::
 /// 256 clients over 10,000 keys, unchanged over a million (BENCHMARKS.md).
 const RANDOM_WRITE_MEMTABLE_BYTES: usize = 8 << 20;
 
+/// Level-0 tables that start a compaction out of level 0 (RocksDB's default, stated here because
+/// [`RANDOM_WRITE_LEVEL_BASE_BYTES`] is derived from it).
+const LEVEL0_COMPACTION_TRIGGER: i32 = 4;
+
 /// The size of the first level below level 0 in the families written at random keys: level 0's
-/// own size when it is compacted (four memtables, RocksDB's trigger), as RocksDB's tuning guide
-/// advises. Each level-0 table of such a family spans the whole key space, so a compaction out of
-/// level 0 rewrites all of the level it goes to. With RocksDB's default of 256 MiB that level
+/// own size when it is compacted, as RocksDB's tuning guide advises. Each level-0 table of such a
+/// family spans the whole key space, so a compaction out of level 0 rewrites all of the level it
+/// goes to. With RocksDB's default of 256 MiB that level
 /// was the last one until it held 256 MiB, and every compaction rewrote all of it: under a steady
 /// write load the servers' CPU per put grew from about 50 µs to 77–104 µs within two minutes
 /// (BENCHMARKS.md). With this base the tables pass through levels each ten times larger than the
 /// one above, so a byte is rewritten a bounded number of times per level however large the
 /// history grows.
-const RANDOM_WRITE_LEVEL_BASE_BYTES: u64 = 4 * RANDOM_WRITE_MEMTABLE_BYTES as u64;
+const RANDOM_WRITE_LEVEL_BASE_BYTES: u64 =
+    LEVEL0_COMPACTION_TRIGGER as u64 * RANDOM_WRITE_MEMTABLE_BYTES as u64;
 
 /// RocksDB's memory in this process: the block cache of every column family of both databases,
 /// and the memtables, which are charged to it. Index and filter blocks live in the cache too,
@@ -188,6 +193,7 @@ fn family_options(name: &str) -> Options {
         options.set_memtable_whole_key_filtering(true);
         options.set_memtable_prefix_bloom_ratio(0.02);
         options.set_write_buffer_size(RANDOM_WRITE_MEMTABLE_BYTES);
+        options.set_level_zero_file_num_compaction_trigger(LEVEL0_COMPACTION_TRIGGER);
         options.set_max_bytes_for_level_base(RANDOM_WRITE_LEVEL_BASE_BYTES);
     }
     options.set_block_based_table_factory(&tables);
