@@ -180,15 +180,16 @@ fn run(args: Args) -> anyhow::Result<()> {
 
         let (stop, mut stopped) = mpsc::channel::<StopReason>(4);
         // etcd's gRPC API shares the client port with the HTTP API, as in etcd.
-        let grpc_api = grpc::router(node.clone());
-        let http_api = http::router(node.clone(), Some(metrics));
+        let api = grpc::beside(
+            grpc::router(node.clone()),
+            http::router(node.clone(), Some(metrics)),
+        );
         let http_stop = stop.clone();
         let mut http_done = tokio::spawn(async move {
-            let result =
-                client_port::serve(http_listener, grpc_api, http_api, tls.client, async move {
-                    http_stop.closed().await;
-                })
-                .await;
+            let result = client_port::serve(http_listener, api, tls.client, async move {
+                http_stop.closed().await;
+            })
+            .await;
             if let Err(e) = &result {
                 tracing::error!("http server failed: {e}");
             }

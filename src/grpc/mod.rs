@@ -3,9 +3,9 @@
 //! The services (KV, Watch, Lease, Cluster, Maintenance, Auth, and the Lock and Election
 //! recipes) are generated from etcd's protobuf definitions (`api::etcdpb`) and answered by the
 //! node, as every other front end is. They share the client port with the HTTP API, as etcd
-//! serves gRPC and its JSON gateway on one port: the port (`client_port`) sends a request with
-//! the `application/grpc` content type to this router and any other to the HTTP router.
-//! Whatever is not implemented answers UNIMPLEMENTED (the README lists it).
+//! serves gRPC and its JSON gateway on one port: [`beside`] sends a request with the
+//! `application/grpc` content type here and any other to the HTTP router. Whatever is not
+//! implemented answers UNIMPLEMENTED (the README lists it).
 
 mod auth;
 mod cluster;
@@ -18,11 +18,18 @@ mod shape;
 mod status;
 mod watch;
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::Context;
+use std::task::Poll;
 
+use axum::extract::Request;
+use axum::http::header;
+use axum::response::Response;
 use axum::Router;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
+use tonic::codegen::Service;
 use tonic::service::Routes;
 use tonic::Status;
 
@@ -130,4 +137,39 @@ async fn caller<T>(node: &Node, request: &tonic::Request<T>) -> Result<Caller, S
         None => Credentials::None,
     };
     node.caller(credentials).await.map_err(status::status)
+}
+
+/// One router for the client port: gRPC requests (content type `application/grpc`, with any
+/// suffix such as `+proto`) to `grpc`, everything else to `http`.
+pub fn beside(grpc: Router, http: Router) -> Router {
+    Router::new().fallback_service(ByContentType { grpc, http })
+}
+
+#[derive(Clone)]
+struct ByContentType {
+    grpc: Router,
+    http: Router,
+}
+
+impl Service<Request> for ByContentType {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = <Router as Service<Request>>::Future;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Both routers are always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let is_grpc = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|content_type| content_type.as_bytes().starts_with(b"application/grpc"));
+        if is_grpc {
+            self.grpc.call(request)
+        } else {
+            self.http.call(request)
+        }
+    }
 }
