@@ -91,12 +91,11 @@ impl Node {
             id: self.id,
             cluster_id: self.cluster_id,
         };
-        match self.peers.call(addr, request, within).await {
-            Ok(Response::Started { follows_leader }) => Ok(follows_leader),
-            Ok(other) => Err(CallError::Remote(RemoteError::Refused(format!(
+        match self.peers.call(addr, request, within).await? {
+            Response::Started { follows_leader } => Ok(follows_leader),
+            other => Err(CallError::Remote(RemoteError::Refused(format!(
                 "unexpected answer {other:?}"
             )))),
-            Err(e) => Err(e),
         }
     }
 

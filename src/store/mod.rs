@@ -140,12 +140,11 @@ const LEVEL0_COMPACTION_TRIGGER: i32 = 4;
 /// The size of the first level below level 0 in the families written at random keys: level 0's
 /// own size when it is compacted, as RocksDB's tuning guide advises. Each level-0 table of such a
 /// family spans the whole key space, so a compaction out of level 0 rewrites all of the level it
-/// goes to. With RocksDB's default of 256 MiB that level
-/// was the last one until it held 256 MiB, and every compaction rewrote all of it: under a steady
-/// write load the servers' CPU per put grew from about 50 µs to 77–104 µs within two minutes
-/// (BENCHMARKS.md). With this base the tables pass through levels each ten times larger than the
-/// one above, so a byte is rewritten a bounded number of times per level however large the
-/// history grows.
+/// goes to. With RocksDB's default of 256 MiB that level was the last one until it held 256 MiB,
+/// and every compaction rewrote all of it: under a steady write load the servers' CPU per put
+/// grew from about 50 µs to 77–104 µs within two minutes (BENCHMARKS.md). With this base the
+/// tables pass through levels each ten times larger than the one above, so a byte is rewritten a
+/// bounded number of times per level however large the history grows.
 const RANDOM_WRITE_LEVEL_BASE_BYTES: u64 =
     LEVEL0_COMPACTION_TRIGGER as u64 * RANDOM_WRITE_MEMTABLE_BYTES as u64;
 
