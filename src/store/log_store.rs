@@ -30,6 +30,7 @@ use super::decode;
 use super::encode;
 use super::io_err;
 use super::open_rocksdb;
+use super::recent_entries::RecentEntries;
 use super::until_space;
 use super::worker::Worker;
 use super::write_soon;
@@ -59,6 +60,8 @@ pub struct LogStore {
     /// Compacts purged ranges: a compaction can take seconds with large entries, and openraft's
     /// core waits for `purge`, so it must not wait for the compaction too (heartbeats would stop).
     compactor: Arc<Worker<[u8; 8]>>,
+    /// The newest entries, decoded, for the reads that follow an append.
+    recent: Arc<RecentEntries>,
 }
 
 /// When an append is reported durable to openraft.
@@ -97,6 +100,7 @@ impl LogStore {
             db,
             syncer,
             compactor,
+            recent: Arc::default(),
         })
     }
 
@@ -135,6 +139,7 @@ impl LogStore {
 
     /// Deletes every entry from `index` on, durably (see [`LogStore::truncate_after`]).
     fn delete_from(&self, index: u64) -> io::Result<()> {
+        self.recent.truncated(index);
         let cf = column_family(&self.db, CF_LOGS)?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(cf, index_key(index), index_key(u64::MAX));
@@ -248,15 +253,18 @@ fn read_entries(
 
 impl LogStore {
     /// [`read_entries`] where it is cheapest: replication and apply ask for the newest few
-    /// entries, which sit in the memtable or the block cache, so those are read here. A range that
-    /// is long, or that needs the disk (RocksDB answers "incomplete" instead of reading), goes to
-    /// the blocking pool.
+    /// entries, which are still held decoded ([`RecentEntries`]) or sit in the memtable or the
+    /// block cache, so those are read here. A range that is long, or that needs the disk (RocksDB
+    /// answers "incomplete" instead of reading), goes to the blocking pool.
     async fn read_range(
         &self,
         start: u64,
         end: Option<u64>,
         max_bytes: usize,
     ) -> io::Result<Vec<Entry>> {
+        if let Some(entries) = end.and_then(|end| self.recent.read(start, end, max_bytes)) {
+            return Ok(entries);
+        }
         if end.is_some_and(|end| end.saturating_sub(start) <= MAX_ENTRIES_READ_INLINE) {
             let mut from_memory = ReadOptions::default();
             from_memory.set_read_tier(ReadTier::BlockCache);
@@ -344,13 +352,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::default();
+        let mut appended = Vec::new();
         {
             let cf = column_family(&self.db, CF_LOGS)?;
             for entry in entries {
-                batch.put_cf(cf, index_key(entry.log_id.index), encode(&entry)?);
+                let encoded = encode(&entry)?;
+                batch.put_cf(cf, index_key(entry.log_id.index), &encoded);
+                appended.push((entry, encoded.len()));
             }
         }
         write_soon("raft log append", &self.db, batch).await?;
+        self.recent.appended(appended);
         // Readable now; durable (and acknowledged) once the syncer's next fsync covers it. WAL
         // order guarantees that fsync also covers every earlier vote or truncation.
         self.syncer.enqueue(callback)
@@ -368,6 +380,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// writes before it reports a snapshot (see `state_machine`), so the entries removed here are
     /// already durable in the state machine.
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        self.recent.purged(log_id.index);
         let db = self.db.clone();
         let end = index_key(log_id.index + 1);
         blocking(move || {

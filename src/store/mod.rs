@@ -13,6 +13,7 @@ mod install;
 mod lease;
 mod log_store;
 mod mvcc;
+mod recent_entries;
 mod restore;
 mod snapshot;
 mod state_db;
