@@ -213,8 +213,25 @@ impl Cluster {
         let (name, args) = &self.commands[member];
         let mut command = Command::new(&self.bin);
         command.args(args);
-        let log = self.dir.join(format!("{name}.out"));
-        Server::spawn(name.clone(), command, &log)
+        Server::spawn(name.clone(), command, &self.log(name))
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.out"))
+    }
+
+    /// A failure naming the first member that has exited, with the last line it wrote (see
+    /// [`Server::exit_report`]); `Ok` while every member started runs.
+    pub fn check_running(&self) -> anyhow::Result<()> {
+        let exited = self
+            .servers
+            .iter()
+            .zip(&self.commands)
+            .find_map(|(server, (name, _))| server.exit_report(&self.log(name)));
+        match exited {
+            Some(report) => anyhow::bail!("{} member {report}", self.system),
+            None => Ok(()),
+        }
     }
 
     /// Stops every member with SIGTERM and waits for each.

@@ -261,7 +261,10 @@ pub async fn wait_serving(cluster: &Cluster, began: Instant) -> anyhow::Result<S
             match cluster.connect_to(vec![endpoint.clone()]).await {
                 Ok(target) => break target,
                 Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => tokio::time::sleep(POLL).await,
+                Err(_) => {
+                    cluster.check_running()?;
+                    tokio::time::sleep(POLL).await
+                }
             }
         };
         loop {
@@ -272,7 +275,10 @@ pub async fn wait_serving(cluster: &Cluster, began: Instant) -> anyhow::Result<S
                         "{endpoint} gave no linearizable read within {START_DEADLINE:?}"
                     )))
                 }
-                Err(_) => tokio::time::sleep(POLL).await,
+                Err(_) => {
+                    cluster.check_running()?;
+                    tokio::time::sleep(POLL).await
+                }
             }
         }
     });

@@ -3,6 +3,7 @@
 //! Every child is held by a [`Server`] whose drop kills and reaps it, so the comparison stops
 //! exactly what it started, whether it finishes, fails or is interrupted.
 
+use std::collections::BTreeSet;
 use std::collections::HashSet;
 use std::fs;
 use std::net::TcpListener;
@@ -12,6 +13,8 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
+use std::sync::Mutex;
+use std::sync::PoisonError;
 
 use anyhow::Context;
 
@@ -44,6 +47,27 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// If the process has exited (it is a zombie, not yet reaped), its name and the last line it
+    /// wrote to `log`: a server that cannot start says why there, and a wait for it to serve
+    /// should stop with that instead of running to its deadline.
+    pub fn exit_report(&self, log: &Path) -> Option<String> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // The state follows the parenthesised command name, which may itself hold spaces.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        if !matches!(state, Some('Z') | None) {
+            return None;
+        }
+        let output = fs::read_to_string(log).unwrap_or_default();
+        let last = output.lines().rev().find(|line| !line.trim().is_empty());
+        Some(format!(
+            "{} exited: {}",
+            self.name,
+            last.unwrap_or("(it wrote nothing)")
+        ))
     }
 
     /// Asks the process to stop (SIGTERM) and waits for it, as an operator's restart would.
@@ -87,12 +111,21 @@ impl Drop for Server {
     }
 }
 
-/// A loopback port nobody listens on right now. The kernel picks it; it is released at once, so
-/// another program could take it before the server binds it — the server then fails to start
-/// with "address in use" and the comparison stops with that error.
+/// A loopback port nobody listens on right now, and not handed out before by this process: the
+/// kernel may pick a port it has just released again, and two servers told one port would not
+/// both start. The probe socket is released at once, so another program could still take the
+/// port before the server binds it; the server then exits with "address in use", which
+/// [`Server::exit_report`] passes on.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
-    Ok(listener.local_addr()?.port())
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+        let port = listener.local_addr()?.port();
+        if handed_out.insert(port) {
+            return Ok(port);
+        }
+    }
 }
 
 /// Resident memory of process `pid` in bytes (VmRSS from `/proc/PID/status`), or 0 if it is gone.
