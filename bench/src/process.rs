@@ -49,11 +49,13 @@ impl Server {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// If the process has exited (it is a zombie, not yet reaped), its name and the last line it
-    /// wrote to `log`: a server that cannot start says why there, and a wait for it to serve
-    /// should stop with that instead of running to its deadline.
+    /// If the process has exited by itself (it is a zombie, not yet reaped), its name and the
+    /// last line it wrote to `log`: a server that cannot start says why there, and a wait for it
+    /// to serve should stop with that instead of running to its deadline. One this program
+    /// stopped or killed is not reported.
     pub fn exit_report(&self, log: &Path) -> Option<String> {
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let child = self.child.as_ref()?;
+        let stat = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
         // The state follows the parenthesised command name, which may itself hold spaces.
         let state = stat
             .rsplit_once(") ")
