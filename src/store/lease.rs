@@ -152,7 +152,7 @@ impl LeaseTable {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.inner)
     }
 }
 

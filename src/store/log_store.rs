@@ -220,6 +220,35 @@ const MAX_ENTRIES_READ_INLINE: u64 = 256;
 /// up on large values is sent them a few at a time instead of in a frame no node accepts.
 const MAX_REPLICATION_READ_BYTES: usize = 4 << 20;
 
+/// How much one read of the log returns: entries while their encoded sizes add up to at most
+/// `max_bytes`, and always the first, so a read makes progress whatever one entry's size.
+pub(super) struct ReadLimit {
+    max_bytes: usize,
+    bytes: usize,
+    entries: usize,
+}
+
+impl ReadLimit {
+    pub(super) fn new(max_bytes: usize) -> Self {
+        ReadLimit {
+            max_bytes,
+            bytes: 0,
+            entries: 0,
+        }
+    }
+
+    /// Whether the next entry, of `size` encoded bytes, is taken (and counts it if so).
+    pub(super) fn admits(&mut self, size: usize) -> bool {
+        let bytes = self.bytes.saturating_add(size);
+        if bytes > self.max_bytes && self.entries > 0 {
+            return false;
+        }
+        self.bytes = bytes;
+        self.entries += 1;
+        true
+    }
+}
+
 /// Entries from index `start` up to `end` (exclusive; `None`: to the last), stopping before the
 /// entry that would take their encoded size past `max_bytes` (but never before the first).
 fn read_entries(
@@ -231,7 +260,7 @@ fn read_entries(
 ) -> io::Result<Vec<Entry>> {
     let cf = column_family(db, CF_LOGS)?;
     let mut entries = Vec::new();
-    let mut bytes = 0usize;
+    let mut limit = ReadLimit::new(max_bytes);
     // A raw iterator lends each entry's bytes where RocksDB holds them: decoding copies a value
     // once, instead of once into an owned buffer and again out of it.
     let mut stored = db.raw_iterator_cf_opt(cf, opts);
@@ -240,8 +269,7 @@ fn read_entries(
         if end.is_some_and(|end| key_index(key).is_ok_and(|i| i >= end)) {
             break;
         }
-        bytes = bytes.saturating_add(value.len());
-        if bytes > max_bytes && !entries.is_empty() {
+        if !limit.admits(value.len()) {
             break;
         }
         entries.push(decode::<Entry>(value)?);

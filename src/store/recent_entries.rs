@@ -10,6 +10,8 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
 
+use super::lock;
+use super::log_store::ReadLimit;
 use crate::types::Entry;
 
 /// At most this many entries are kept: a few replication batches (`max_payload_entries`).
@@ -70,10 +72,9 @@ impl RecentEntries {
         }
     }
 
-    /// Copies of the entries from `start` up to `end` (exclusive), stopping before the entry that
-    /// would take their encoded size past `max_bytes` (but never before the first), as
-    /// `read_entries` would read them from the log; `None` unless the window holds the whole
-    /// range.
+    /// Copies of the entries from `start` up to `end` (exclusive), as many as a [`ReadLimit`] of
+    /// `max_bytes` admits, as `read_entries` would read them from the log; `None` unless the
+    /// window holds the whole range.
     pub(super) fn read(&self, start: u64, end: u64, max_bytes: usize) -> Option<Vec<Entry>> {
         let window = self.lock();
         let (first, _) = window.entries.front()?;
@@ -84,11 +85,10 @@ impl RecentEntries {
         }
         let from = usize::try_from(start - first).ok()?;
         let count = usize::try_from(end - start).ok()?;
-        let mut bytes = 0usize;
+        let mut limit = ReadLimit::new(max_bytes);
         let mut entries = Vec::with_capacity(count);
         for (entry, size) in window.entries.range(from..from + count) {
-            bytes = bytes.saturating_add(*size);
-            if bytes > max_bytes && !entries.is_empty() {
+            if !limit.admits(*size) {
                 break;
             }
             entries.push(entry.clone());
@@ -97,11 +97,7 @@ impl RecentEntries {
     }
 
     fn lock(&self) -> MutexGuard<'_, Window> {
-        // The window is only a copy of the log: whatever a panicking holder left is still a
-        // window of consecutive entries or empty, so a poisoned lock is used as it is.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.0)
     }
 }
 

@@ -57,6 +57,7 @@ use super::install::PreparedSnapshot;
 use super::install::STREAM_META_FAMILY;
 use super::io_err;
 use super::lease::LeaseTable;
+use super::lock;
 use super::mvcc;
 use super::mvcc::KnownKeys;
 use super::mvcc::LeaseRecord;
@@ -1089,10 +1090,6 @@ impl StateMachineStore {
 /// Every node id in a membership, voter or learner.
 fn node_ids(membership: &StoredMembership) -> BTreeSet<NodeId> {
     membership.nodes().map(|(id, _)| *id).collect()
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn open_read_only(path: &Path) -> io::Result<DB> {

@@ -211,7 +211,7 @@ impl WatchHub {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Hub> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.inner)
     }
 }
 
