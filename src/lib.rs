@@ -13,6 +13,7 @@ pub mod logging;
 pub mod network;
 pub mod node;
 pub mod repl;
+pub mod scheduling;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -22,6 +22,7 @@ use ondisk::node::Node;
 use ondisk::node::NodeConfig;
 use ondisk::repl;
 use ondisk::repl::ReplEnd;
+use ondisk::scheduling;
 use ondisk::store::DataDir;
 use ondisk::telemetry;
 use ondisk::tls::NodeTls;
@@ -125,6 +126,9 @@ fn node_runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    // First, so that every thread the node starts inherits the policy; reported once logging is
+    // set up.
+    let scheduling = scheduling::apply_to_this_thread(args.cpu_scheduling);
     let addresses = args.addresses()?;
     // A joining node's --cluster lists members that did not found the cluster, so it says nothing
     // about which cluster the data directory belongs to.
@@ -136,6 +140,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let _log_writer = ondisk::logging::init(&data_dir.log_file(), args.verbose)
         .with_context(|| format!("cannot open the log file {}", data_dir.log_file().display()))?;
+    if let Err(e) = scheduling {
+        tracing::warn!(
+            "cannot set the CPU scheduling policy {:?} ({e}); the node runs with the kernel's default",
+            args.cpu_scheduling
+        );
+    }
     let runtime = node_runtime(args.runtime_threads).context("cannot start the async runtime")?;
     let metrics =
         telemetry::install().map_err(|e| anyhow::anyhow!("cannot install metrics: {e}"))?;

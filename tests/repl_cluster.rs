@@ -80,6 +80,57 @@ fn startup_prints_addresses_and_status_has_documented_fields() {
     c.assert_get(1, "after-help", some("still works"));
 }
 
+/// Linux's numbers for the two policies `--cpu-scheduling` chooses between (sched(7)).
+const SCHED_OTHER: u32 = 0;
+const SCHED_BATCH: u32 = 3;
+
+/// Every thread of a node, the ones RocksDB and tokio start late included, runs under
+/// SCHED_BATCH unless told otherwise, and under the kernel's default with
+/// `--cpu-scheduling normal`; the node serves either way.
+#[test]
+fn every_thread_of_a_node_runs_under_the_chosen_cpu_scheduling_policy() {
+    for (args, expected) in [
+        (&[][..], SCHED_BATCH),
+        (&["--cpu-scheduling", "normal"][..], SCHED_OTHER),
+    ] {
+        let mut c = Cluster::start_with_args(1, args);
+        c.wait_for_leader();
+        c.must_put(1, "scheduled", "yes");
+        c.assert_get(1, "scheduled", some("yes"));
+        let threads = thread_policies(c.node(1).pid());
+        assert!(
+            threads.len() >= 4,
+            "a node runs its own, RocksDB's and the log syncer's threads: {threads:?}"
+        );
+        let others: Vec<_> = threads.iter().filter(|(_, p)| *p != expected).collect();
+        assert!(
+            others.is_empty(),
+            "with {args:?} every thread should have policy {expected}; these do not: {others:?}"
+        );
+    }
+}
+
+/// Each thread of process `pid` with its scheduling policy, from `/proc/PID/task/*/sched`.
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).expect("list the node's threads");
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?.path();
+            let name = fs::read_to_string(task.join("comm")).ok()?;
+            let sched = fs::read_to_string(task.join("sched")).ok()?;
+            let policy = sched
+                .lines()
+                .find(|line| line.starts_with("policy"))?
+                .rsplit(':')
+                .next()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((name.trim().to_string(), policy))
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------
 // Replication and forwarding
 // ---------------------------------------------------------------------------
