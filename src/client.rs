@@ -23,6 +23,7 @@ use crate::api;
 use crate::api::AuthError;
 use crate::error::Error;
 use crate::error::Result;
+use crate::locks::lock;
 use crate::network::CallError;
 use crate::network::Peers;
 use crate::network::RemoteError;
@@ -84,12 +85,6 @@ impl Login {
     fn token(&self) -> Option<String> {
         lock(&self.token).clone()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Client {
@@ -483,16 +478,12 @@ impl Client {
     }
 
     fn leader_or_next(&self) -> String {
-        let known = self
-            .leader
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let known = lock(&self.leader).clone();
         known.unwrap_or_else(|| self.next_endpoint().to_string())
     }
 
     fn remember_leader(&self, addr: Option<String>) {
-        *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+        *lock(&self.leader) = addr;
     }
 }
 

@@ -9,6 +9,7 @@ pub mod ctl;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod locks;
 pub mod logging;
 pub mod network;
 pub mod node;

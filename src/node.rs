@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use crate::error::Error;
 use crate::error::Outcome;
 use crate::error::Result;
+use crate::locks;
 use crate::network;
 use crate::network::CallError;
 use crate::network::NetworkFactory;
@@ -326,7 +327,7 @@ impl Node {
             rpc_server: std::sync::Mutex::default(),
         });
         let server = tokio::spawn(network::serve(raft_listener, node.clone(), peer_tls));
-        *node.rpc_server.lock().unwrap_or_else(|e| e.into_inner()) = Some(server);
+        *locks::lock(&node.rpc_server) = Some(server);
         let restarted = node
             .raft
             .is_initialized()
@@ -766,12 +767,7 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft did not shut down cleanly: {e}");
         }
-        if let Some(server) = self
-            .rpc_server
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(server) = locks::lock(&self.rpc_server).take() {
             server.abort();
         }
     }

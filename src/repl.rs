@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::api;
 use crate::cli::split_host_port;
+use crate::locks;
 use crate::node::Caller;
 use crate::node::Node;
 use crate::node::WatchStream;
@@ -269,10 +270,7 @@ impl WatchOutput {
             }
             WatchOutput::Terminal(printer) => {
                 let text = String::from_utf8_lossy(line).into_owned();
-                let _ = printer
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .print(text);
+                let _ = locks::lock(printer).print(text);
             }
         }
     }

@@ -14,6 +14,7 @@
 
 pub mod certs;
 
+use crate::locks;
 use std::fmt;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -240,10 +241,7 @@ impl<C> Reloading<C> {
 
     /// The configuration new connections use.
     pub fn current(&self) -> Arc<C> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        locks::read(&self.current).clone()
     }
 
     /// Rebuilds the configuration if a file changed since the last attempt, or always when
@@ -251,7 +249,7 @@ impl<C> Reloading<C> {
     fn reload(&self, force: bool) -> bool {
         let now: Vec<_> = self.files.paths().iter().map(|p| stamp(p)).collect();
         {
-            let mut stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+            let mut stamps = locks::lock(&self.stamps);
             if !force && *stamps == now {
                 return false;
             }
@@ -259,7 +257,7 @@ impl<C> Reloading<C> {
         }
         match (self.build)(&self.files) {
             Ok(config) => {
-                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+                *locks::write(&self.current) = Arc::new(config);
                 tracing::info!("reloaded the TLS certificates of {}", self.what);
                 true
             }
@@ -571,7 +569,7 @@ impl RefusalLog {
         }
         let now = Instant::now();
         {
-            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = locks::lock(&self.last);
             if last.is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL) {
                 self.unlogged.fetch_add(1, Ordering::Relaxed);
                 return;

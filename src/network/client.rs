@@ -30,6 +30,7 @@ use super::wire::Request;
 use super::wire::RequestFrame;
 use super::wire::Response;
 use super::wire::ResponseFrame;
+use crate::locks::lock;
 use crate::tls::Reloading;
 
 /// First pause after a failed connect; doubles per failure up to [`MAX_BACKOFF`], which stays
@@ -103,7 +104,7 @@ impl Peers {
 
     /// The peer at `addr`, created on first use. Connecting is lazy.
     pub fn get(&self, addr: &str) -> Arc<Peer> {
-        let mut by_addr = self.by_addr.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_addr = lock(&self.by_addr);
         by_addr
             .entry(addr.to_string())
             .or_insert_with(|| Arc::new(Peer::new(addr.to_string(), self.tls.clone())))
@@ -113,12 +114,7 @@ impl Peers {
     /// Forgets the failed attempts to reach `addr`, if any, so the next call connects at once:
     /// the peer has said it is back.
     pub async fn forget_failures(&self, addr: &str) {
-        let peer = self
-            .by_addr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(addr)
-            .cloned();
+        let peer = lock(&self.by_addr).get(addr).cloned();
         if let Some(peer) = peer {
             let mut state = peer.state.lock().await;
             state.failures = 0;
@@ -325,10 +321,6 @@ impl Peer {
     }
 }
 
-fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
-    waiting.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Connection {
     /// Splits the stream into a writer task (draining queued frames, flushing when the queue is
     /// empty, so bursts share syscalls) and a reader task (routing answers by id).
@@ -366,7 +358,7 @@ impl Connection {
         tokio::spawn(async move {
             let input = tokio::io::BufReader::new(read_half);
             let end = read_answers(input, &reader_waiting, &addr).await;
-            *reader_ending.lock().unwrap_or_else(|e| e.into_inner()) = Some(end);
+            *lock(&reader_ending) = Some(end);
             reader_closed.store(true, Ordering::Release);
         });
 
@@ -380,10 +372,7 @@ impl Connection {
     }
 
     fn ending(&self) -> Option<Ending> {
-        self.ending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.ending).clone()
     }
 }
 

@@ -152,9 +152,7 @@ impl Authenticator {
     }
 
     fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], u64>> {
-        self.remembered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::locks::lock(&self.remembered)
     }
 
     /// A token for `name`, good for the TTL.

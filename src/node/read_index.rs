@@ -9,12 +9,12 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::MutexGuard;
 
 use futures::future::BoxFuture;
 use futures::future::Shared;
 use futures::FutureExt;
 
+use crate::locks::lock;
 use crate::network::RemoteError;
 use crate::types::NodeId;
 
@@ -44,10 +44,6 @@ struct OpenRound {
     /// The leader the round asks (or confirms, for this node's own rounds).
     leader: NodeId,
     round: Round,
-}
-
-fn lock(slots: &Mutex<Slots>) -> MutexGuard<'_, Slots> {
-    slots.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ReadRounds {

@@ -152,7 +152,7 @@ impl LeaseTable {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        super::lock(&self.inner)
+        crate::locks::lock(&self.inner)
     }
 }
 

@@ -52,10 +52,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::MutexGuard;
 use std::sync::OnceLock;
-use std::sync::PoisonError;
 use std::time::Duration;
 
 use rocksdb::BlockBasedIndexType;
@@ -208,14 +205,6 @@ fn family_options(name: &str) -> Options {
 fn column_family<'a>(db: &'a DB, name: &str) -> io::Result<&'a rocksdb::ColumnFamily> {
     db.cf_handle(name)
         .ok_or_else(|| io::Error::other(format!("column family {name} is missing")))
-}
-
-/// Locks `mutex`, taking over a poisoned one. What the store keeps behind a mutex (the lease
-/// table, the watch hub, the state machine's caches, snapshot and auth state, the newest log
-/// entries) is replaced or changed a whole value at a time, so a panic while it was held leaves
-/// nothing half-changed, and refusing every later lock would only stop the node.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Converts a RocksDB error on a running database into the `io::Error` openraft's traits expect.

@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
 
-use super::lock;
 use super::log_store::ReadLimit;
+use crate::locks::lock;
 use crate::types::Entry;
 
 /// At most this many entries are kept: a few replication batches (`max_payload_entries`).

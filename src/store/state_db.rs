@@ -24,6 +24,7 @@ use rocksdb::DB;
 use super::open_rocksdb;
 use super::WalSyncs;
 use crate::error::Error;
+use crate::locks;
 
 /// The pointer file's suffix, appended to the base directory's name.
 const POINTER_SUFFIX: &str = ".current";
@@ -124,10 +125,7 @@ impl SharedStateDb {
 
     /// A handle to the generation in service now.
     pub fn current(&self) -> Arc<StateDb> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        locks::read(&self.current).clone()
     }
 
     /// Creates an empty generation beside the current one, for an install to fill.
@@ -166,10 +164,7 @@ impl SharedStateDb {
         if let Some(dir) = self.base.parent() {
             fs::File::open(dir)?.sync_all()?;
         }
-        let previous = std::mem::replace(
-            &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
-            next,
-        );
+        let previous = std::mem::replace(&mut *locks::write(&self.current), next);
         previous.cleanup.retire();
         Ok(())
     }

@@ -57,7 +57,6 @@ use super::install::PreparedSnapshot;
 use super::install::STREAM_META_FAMILY;
 use super::io_err;
 use super::lease::LeaseTable;
-use super::lock;
 use super::mvcc;
 use super::mvcc::KnownKeys;
 use super::mvcc::LeaseRecord;
@@ -94,6 +93,7 @@ use super::SPACE_RESERVE;
 use crate::api;
 use crate::api::KeySpan;
 use crate::error::Error;
+use crate::locks::lock;
 use crate::types::ApplyError;
 use crate::types::Command;
 use crate::types::CommandResult;
@@ -1312,7 +1312,7 @@ mod tests {
                 // Every other batch as if someone watched: a put then reads the whole previous
                 // version, otherwise only its metadata (from the known keys when they hold it).
                 collect_events: self.index.is_multiple_of(2),
-                auth_before: self.store.shared.auth.lock().unwrap().clone(),
+                auth_before: lock(&self.store.shared.auth).clone(),
             };
             let commands: Vec<Option<Command>> = commands.into_iter().map(Some).collect();
             let known = &self.store.known;
@@ -1323,7 +1323,7 @@ mod tests {
             self.store.revisions = applied.revisions;
             self.store.shared.leases.apply(&applied.lease_changes);
             if let Some(auth) = applied.auth.take() {
-                *self.store.shared.auth.lock().unwrap() = auth;
+                *lock(&self.store.shared.auth) = auth;
             }
             applied.results
         }

@@ -211,7 +211,7 @@ impl WatchHub {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Hub> {
-        super::lock(&self.inner)
+        crate::locks::lock(&self.inner)
     }
 }
 
