@@ -3,11 +3,11 @@
 //! A put wakes a thread at every step: a request wakes the node's thread, an append wakes the
 //! log syncer, the sync's completion wakes the node's thread again, and likewise on every
 //! member. Under Linux's default policy a woken thread preempts the one running on its CPU, so
-//! when the members share few cores (three members on two here) each wake-up is also a context
+//! when members share few cores (three on two in the benchmarks) each wake-up is also a context
 //! switch, and the preempted thread is switched back soon after. Under `SCHED_BATCH` a woken
 //! thread waits for the running one's time slice instead; a CPU that is idle still runs it at
-//! once, so a lone request is not delayed. Measured on this project's benchmark machine: 6 to 10 %
-//! less server CPU per request and 4 to 7 % more throughput for puts and reads, and no change to
+//! once, so a lone request is not delayed. Measured on this project's benchmark machine: 4 to 10 %
+//! less server CPU per request and 3 to 7 % more throughput for puts and reads, and no change to
 //! a single client's latency (BENCHMARKS.md).
 
 use std::io;
