@@ -14,7 +14,6 @@
 
 pub mod certs;
 
-use crate::locks;
 use std::fmt;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -42,6 +41,8 @@ use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+
+use crate::locks;
 
 /// How often certificate files are checked for changes.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
