@@ -248,38 +248,7 @@ impl Node {
         data_dir.sync()?;
         let raft_listener = listen("raft", &config.member.raft_addr).await?;
         let state = state_machine.reader();
-        let election = ElectionTiming::new(config.heartbeat, config.election_timeout)?;
-        let raft_config = openraft::Config {
-            cluster_name: "ondisk".into(),
-            heartbeat_interval: millis(config.heartbeat),
-            election_timeout_min: election.min_ms,
-            election_timeout_max: election.max_ms,
-            // A node that was cut off or paused asks whether it could win before it raises its
-            // term, so coming back never deposes a leader the others still follow.
-            enable_pre_vote: Some(true),
-            install_snapshot_timeout: millis(config.election_timeout).max(1000),
-            // Entries per append batch; the log store's replication reads bound a batch by bytes
-            // too. openraft keeps one batch in flight per follower, so under load a larger batch
-            // means fewer appends, fsyncs and wake-ups per entry on every member (64 → 256: about
-            // a tenth less server CPU per put at 256 clients, see BENCHMARKS.md).
-            max_payload_entries: 256,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
-            max_in_snapshot_log_to_keep: config.compaction_overhead,
-            // A follower further behind than one snapshot interval catches up from a snapshot.
-            replication_lag_threshold: config.snapshot_entries.max(1),
-            // A restarted leader must win an election again before it serves anything: its commit
-            // point and state machine are not fsynced, so after a power cut they can be behind
-            // what it acknowledged, and a leadership restored in place would serve reads from
-            // there (openraft documents this with `enable_leader_restore`).
-            enable_leader_restore: Some(false),
-            // 50, 100, then 200 ms between attempts: openraft's default (200 ms doubling to 1 s)
-            // made a restarted follower wait up to a second before the leader sent it anything,
-            // and an attempt to reach a stopped peer is refused at once, costing next to nothing.
-            backoff: REPLICATION_BACKOFF.to_string(),
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| Error::Config(format!("invalid raft timing: {e}")))?;
+        let raft_config = raft_config(&config)?;
         let peer_tls = config.peer_tls.clone();
         let peers = Arc::new(Peers::new(peer_tls.as_ref().map(|tls| tls.client.clone())));
         let removed = Arc::new(tokio::sync::watch::Sender::new(false));
@@ -864,6 +833,42 @@ fn log_index(meta: &SnapshotMeta) -> u64 {
 
 /// Maps openraft's refusal of a write (a proposal or a membership change) to what the requester
 /// should do: go to the leader, give up with the reason, or report an unknown outcome.
+/// openraft's settings for a node configured by `config`.
+fn raft_config(config: &NodeConfig) -> Result<openraft::Config> {
+    let election = ElectionTiming::new(config.heartbeat, config.election_timeout)?;
+    openraft::Config {
+        cluster_name: "ondisk".into(),
+        heartbeat_interval: millis(config.heartbeat),
+        election_timeout_min: election.min_ms,
+        election_timeout_max: election.max_ms,
+        // A node that was cut off or paused asks whether it could win before it raises its
+        // term, so coming back never deposes a leader the others still follow.
+        enable_pre_vote: Some(true),
+        install_snapshot_timeout: millis(config.election_timeout).max(1000),
+        // Entries per append batch; the log store's replication reads bound a batch by bytes
+        // too. openraft keeps one batch in flight per follower, so under load a larger batch
+        // means fewer appends, fsyncs and wake-ups per entry on every member (64 → 256: about
+        // a tenth less server CPU per put at 256 clients, see BENCHMARKS.md).
+        max_payload_entries: 256,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
+        max_in_snapshot_log_to_keep: config.compaction_overhead,
+        // A follower further behind than one snapshot interval catches up from a snapshot.
+        replication_lag_threshold: config.snapshot_entries.max(1),
+        // A restarted leader must win an election again before it serves anything: its commit
+        // point and state machine are not fsynced, so after a power cut they can be behind
+        // what it acknowledged, and a leadership restored in place would serve reads from
+        // there (openraft documents this with `enable_leader_restore`).
+        enable_leader_restore: Some(false),
+        // 50, 100, then 200 ms between attempts: openraft's default (200 ms doubling to 1 s)
+        // made a restarted follower wait up to a second before the leader sent it anything,
+        // and an attempt to reach a stopped peer is refused at once, costing next to nothing.
+        backoff: REPLICATION_BACKOFF.to_string(),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| Error::Config(format!("invalid raft timing: {e}")))
+}
+
 fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> RemoteError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => RemoteError::NotLeader {

@@ -738,6 +738,7 @@ struct Applied {
 }
 
 /// What a batch of entries records beside the key space.
+#[derive(Clone)]
 struct BatchMeta {
     last: LogId,
     revisions_before: Revisions,
@@ -814,6 +815,123 @@ fn build_batch(
     Ok((batch, applied))
 }
 
+/// A batch of log entries sorted for applying: one command per entry (`None` for an entry with
+/// nothing to apply: a blank, a membership or a member-record change, applied here), each
+/// entry's responder, and the membership and member records as of the batch's end.
+struct SortedEntries {
+    commands: Vec<Option<Command>>,
+    responders: Vec<Option<ApplyResponder>>,
+    /// The newest membership in the batch, if it has one.
+    membership: Option<StoredMembership>,
+    records: MemberRecords,
+}
+
+type ApplyResponder = openraft::storage::ApplyResponder<TypeConfig>;
+
+/// Sorts `entries`, applied after `membership` with `records`: a node that leaves the membership
+/// is recorded as removed for good (it can never come back), and loses its learner mark.
+fn sort_entries(
+    entries: Vec<EntryResponder<TypeConfig>>,
+    membership: &StoredMembership,
+    mut records: MemberRecords,
+) -> SortedEntries {
+    let mut previous_nodes = node_ids(membership);
+    let mut newest_membership = None;
+    let mut commands = Vec::with_capacity(entries.len());
+    let mut responders = Vec::with_capacity(entries.len());
+    for (entry, responder) in entries {
+        match entry.payload {
+            EntryPayload::Blank => commands.push(None),
+            EntryPayload::Normal(Command::KeepLearner { id, keep }) => {
+                if keep {
+                    records.kept_learners.insert(id);
+                } else {
+                    records.kept_learners.remove(&id);
+                }
+                commands.push(None);
+            }
+            EntryPayload::Normal(command) => commands.push(Some(command)),
+            EntryPayload::Membership(m) => {
+                let next = StoredMembership::new(Some(entry.log_id), m);
+                let next_nodes = node_ids(&next);
+                for gone in previous_nodes.difference(&next_nodes) {
+                    records.removed.insert(*gone);
+                    records.kept_learners.remove(gone);
+                }
+                previous_nodes = next_nodes;
+                newest_membership = Some(next);
+                commands.push(None);
+            }
+        }
+        responders.push(responder);
+    }
+    SortedEntries {
+        commands,
+        responders,
+        membership: newest_membership,
+        records,
+    }
+}
+
+impl StateMachineStore {
+    /// Applies `commands` as one RocksDB write. Most batches read only what is in memory (the keys
+    /// just written), so they are built and written here (see `write_soon`); one that needs the
+    /// disk is rebuilt on the blocking pool.
+    async fn write_batch(
+        &self,
+        commands: Vec<Option<Command>>,
+        meta: &BatchMeta,
+    ) -> io::Result<Applied> {
+        let db = self.state.current();
+        let built_in_memory = build_batch(&db, memory_only, &commands, meta, &lock(&self.known));
+        match built_in_memory {
+            Ok((batch, applied)) => write_soon("state machine", &db, batch)
+                .await
+                .map(|()| applied),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let known = self.known.clone();
+                let meta = meta.clone();
+                blocking(move || {
+                    let (batch, applied) =
+                        build_batch(&db, ReadOptions::default, &commands, &meta, &lock(&known))?;
+                    write_until_space("state machine", &db, batch, &WriteOptions::default())?;
+                    Ok(applied)
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes a written batch visible beyond the database: the auth state, the lease table, the
+    /// revisions, the watchers (the events were collected only if `collected`), the history
+    /// trimmer after a compaction, and the count of `applied_entries`.
+    fn publish(
+        &mut self,
+        mut applied: Applied,
+        applied_entries: usize,
+        collected: bool,
+    ) -> io::Result<()> {
+        if let Some(auth) = applied.auth.take() {
+            *lock(&self.shared.auth) = auth;
+        }
+        self.shared.leases.apply(&applied.lease_changes);
+        let compacted = applied.revisions.compacted != self.revisions.compacted;
+        self.revisions = applied.revisions;
+        self.shared
+            .watch_hub
+            .publish(applied.revisions.current, &applied.changes, collected);
+        if compacted {
+            self.history_trimmer.enqueue(())?;
+        }
+        self.shared
+            .counters
+            .applied_this_run
+            .fetch_add(applied_entries as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
@@ -830,95 +948,32 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let Some(last) = entries.last().map(|(entry, _)| entry.log_id) else {
             return Ok(());
         };
-        let mut membership = None;
         let records_before = self.shared.records.borrow().clone();
-        let mut records = records_before.clone();
-        let mut previous_nodes = node_ids(&self.membership);
-        let mut commands = Vec::with_capacity(entries.len());
-        let mut responders = Vec::with_capacity(entries.len());
-        for (entry, responder) in entries {
-            match entry.payload {
-                EntryPayload::Blank => commands.push(None),
-                EntryPayload::Normal(Command::KeepLearner { id, keep }) => {
-                    if keep {
-                        records.kept_learners.insert(id);
-                    } else {
-                        records.kept_learners.remove(&id);
-                    }
-                    commands.push(None);
-                }
-                EntryPayload::Normal(command) => commands.push(Some(command)),
-                EntryPayload::Membership(m) => {
-                    let next = StoredMembership::new(Some(entry.log_id), m);
-                    let next_nodes = node_ids(&next);
-                    for gone in previous_nodes.difference(&next_nodes) {
-                        records.removed.insert(*gone);
-                        records.kept_learners.remove(gone);
-                    }
-                    previous_nodes = next_nodes;
-                    membership = Some(next);
-                    commands.push(None);
-                }
-            }
-            responders.push(responder);
-        }
-        let records_changed = records != records_before;
-        let db = self.state.current();
+        let sorted = sort_entries(entries, &self.membership, records_before.clone());
+        let records_changed = sorted.records != records_before;
         let meta = BatchMeta {
             last,
             revisions_before: self.revisions,
-            membership: membership.clone(),
-            records: records_changed.then(|| records.clone()),
+            membership: sorted.membership.clone(),
+            records: records_changed.then(|| sorted.records.clone()),
             collect_events: self.shared.watch_hub.wants_events(),
             auth_before: lock(&self.shared.auth).clone(),
         };
-        // Most batches read only what is in memory (the keys just written), so they are built
-        // and written here (see `write_soon`); one that needs the disk is rebuilt on the blocking
-        // pool.
-        let collected = meta.collect_events;
-        let built_in_memory = build_batch(&db, memory_only, &commands, &meta, &lock(&self.known));
-        let written = match built_in_memory {
-            Ok((batch, applied)) => write_soon("state machine", &db, batch)
-                .await
-                .map(|()| applied),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let known = self.known.clone();
-                blocking(move || {
-                    let (batch, applied) =
-                        build_batch(&db, ReadOptions::default, &commands, &meta, &lock(&known))?;
-                    write_until_space("state machine", &db, batch, &WriteOptions::default())?;
-                    Ok(applied)
-                })
-                .await
-            }
-            Err(e) => Err(e),
-        };
-        let mut built = written.inspect_err(|_| lock(&self.known).clear())?;
-        lock(&self.known).written(std::mem::take(&mut built.key_changes));
+        let mut applied = self
+            .write_batch(sorted.commands, &meta)
+            .await
+            .inspect_err(|_| lock(&self.known).clear())?;
+        lock(&self.known).written(std::mem::take(&mut applied.key_changes));
+        let results = std::mem::take(&mut applied.results);
         self.applied = Some(last);
-        if let Some(membership) = membership {
+        if let Some(membership) = sorted.membership {
             self.membership = membership;
         }
         if records_changed {
-            self.shared.records.send_replace(records);
+            self.shared.records.send_replace(sorted.records);
         }
-        if let Some(auth) = built.auth.take() {
-            *lock(&self.shared.auth) = auth;
-        }
-        self.shared.leases.apply(&built.lease_changes);
-        let compacted = built.revisions.compacted != self.revisions.compacted;
-        self.revisions = built.revisions;
-        self.shared
-            .watch_hub
-            .publish(built.revisions.current, &built.changes, collected);
-        if compacted {
-            self.history_trimmer.enqueue(())?;
-        }
-        self.shared
-            .counters
-            .applied_this_run
-            .fetch_add(built.results.len() as u64, Ordering::Relaxed);
-        for (responder, result) in responders.into_iter().zip(built.results) {
+        self.publish(applied, results.len(), meta.collect_events)?;
+        for (responder, result) in sorted.responders.into_iter().zip(results) {
             if let Some(responder) = responder {
                 responder.send(result);
             }
