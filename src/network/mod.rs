@@ -12,6 +12,7 @@
 //! - `server`: the listener that decodes frames and hands requests to a [`RpcHandler`].
 //! - `raft_network`: openraft's network traits on top of `client`.
 
+mod append_pipeline;
 mod client;
 mod duplex;
 mod raft_network;

@@ -8,6 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
+use openraft::base::BoxFuture;
+use openraft::base::BoxStream;
 use openraft::error::NetworkError;
 use openraft::error::RPCError;
 use openraft::error::ReplicationClosed;
@@ -18,15 +21,18 @@ use openraft::network::RPCOption;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
+use openraft::raft::StreamAppendResult;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
+use openraft::OptionalSend;
 use openraft::RPCTypes;
 use openraft::RaftNetworkFactory;
 use openraft::RaftNetworkV2;
 use openraft::Snapshot;
 
+use super::append_pipeline;
 use super::client::CallError;
 use super::client::Peer;
 use super::client::Reachability;
@@ -51,6 +57,9 @@ const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// openraft then pauses (at most `REPLICATION_BACKOFF`'s cap) and tries again with its newest
 /// snapshot; the wait here, unlike that pause, ends as soon as the target says it has started.
 const SNAPSHOT_REACH_WAIT: Duration = Duration::from_secs(10);
+
+/// What openraft takes back for each AppendEntries of a stream.
+type AppendAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 /// Hands openraft a client per target, all sharing this node's peer connections.
 #[derive(Clone)]
@@ -93,6 +102,30 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 }
 
 impl PeerNetwork {
+    /// Sends one AppendEntries. openraft allows it one heartbeat interval. A follower that needs
+    /// longer to make the entries durable (a busy or slow disk) would then never acknowledge
+    /// any: the leader gives up, backs off and sends them again, and commits nothing while it
+    /// needs that follower for a quorum, as a new leader of three nodes always does after a
+    /// crash. So the answer is awaited for at least `append_timeout` (an election timeout): a
+    /// follower that is slow still counts. Heartbeats keep openraft's own, shorter limit.
+    pub(super) async fn send_append(
+        &self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(
+                RPCTypes::AppendEntries,
+                Request::AppendEntries(rpc),
+                option.hard_ttl().max(self.append_timeout),
+            )
+            .await?
+        {
+            Response::AppendEntries(answer) => Ok(answer),
+            other => Err(unexpected(other)),
+        }
+    }
+
     async fn call(
         &self,
         action: RPCTypes,
@@ -143,28 +176,26 @@ fn unexpected(response: Response) -> RPCError<TypeConfig> {
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     type SnapshotData = SnapshotData;
 
-    /// openraft allows an AppendEntries one heartbeat interval. A follower that needs longer to
-    /// make the entries durable (a busy or slow disk) would then never acknowledge any: the
-    /// leader gives up, backs off and sends them again, and commits nothing while it needs that
-    /// follower for a quorum, as a new leader of three nodes always does after a crash. So the
-    /// answer is awaited for at least `append_timeout` (an election timeout): a follower that is
-    /// slow still counts. Heartbeats keep openraft's own, shorter limit.
+    /// One AppendEntries on its own (see [`PeerNetwork::send_append`]).
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .call(
-                RPCTypes::AppendEntries,
-                Request::AppendEntries(rpc),
-                option.hard_ttl().max(self.append_timeout),
-            )
-            .await?
-        {
-            Response::AppendEntries(answer) => Ok(answer),
-            other => Err(unexpected(other)),
-        }
+        self.send_append(rpc, option).await
+    }
+
+    /// Pipelined: see [`append_pipeline`](super::append_pipeline).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, AppendAnswer>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let network: &'s PeerNetwork = self;
+        Box::pin(async move { Ok(append_pipeline::pipelined(network, input, option)) })
     }
 
     async fn vote(
