@@ -831,8 +831,6 @@ fn log_index(meta: &SnapshotMeta) -> u64 {
     meta.last_log_id.map_or(0, |id| id.index)
 }
 
-/// Maps openraft's refusal of a write (a proposal or a membership change) to what the requester
-/// should do: go to the leader, give up with the reason, or report an unknown outcome.
 /// openraft's settings for a node configured by `config`.
 fn raft_config(config: &NodeConfig) -> Result<openraft::Config> {
     let election = ElectionTiming::new(config.heartbeat, config.election_timeout)?;
@@ -869,6 +867,8 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config> {
     .map_err(|e| Error::Config(format!("invalid raft timing: {e}")))
 }
 
+/// Maps openraft's refusal of a write (a proposal or a membership change) to what the requester
+/// should do: go to the leader, give up with the reason, or report an unknown outcome.
 fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> RemoteError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => RemoteError::NotLeader {

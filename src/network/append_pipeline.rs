@@ -3,12 +3,12 @@
 //! openraft hands the network a stream of AppendEntries requests for each follower (each one
 //! carrying the entries appended since the last or, with none to send, only the new commit
 //! point) and takes the answers back in the same order; heartbeats come in a stream of their
-//! own, through here too. Sent strictly one at a time, a write
-//! that arrives while the request announcing the previous write's commit is out waits for that
-//! request's round trip before its entry even leaves: with one client writing, that is every
-//! write. Here a request carrying entries leaves at once when all that is out carries none.
-//! Entries still wait behind entries, so that under load each request carries everything
-//! appended during the round before it, as many entries per follower fsync as before.
+//! own, through here too. Sent strictly one at a time, a write that arrives while the request
+//! announcing the previous write's commit is out waits for that request's round trip before its
+//! entry even leaves: with one client writing, that is every write. Here a request carrying
+//! entries leaves at once when all that is out carries none. Entries still wait behind entries,
+//! so that under load each request carries everything appended during the round before it, as
+//! many entries per follower fsync as before.
 //!
 //! The connection keeps requests in order and the follower hands each to openraft as it
 //! arrives, so a request always finds the entries of the one before it in the follower's log;
@@ -39,7 +39,7 @@ use crate::types::TypeConfig;
 const APPENDS_IN_FLIGHT: usize = 2;
 
 /// What openraft takes back for each request, in the order it sent them.
-type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+pub(super) type Answer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 /// An answer, and whether the requests after it may still be answered (openraft ends a stream
 /// at the first refusal or error, and at an append the follower took only part of).

@@ -11,6 +11,8 @@
 //! - `duplex`: splitting a plaintext or TLS connection into its reader's and writer's halves.
 //! - `server`: the listener that decodes frames and hands requests to a [`RpcHandler`].
 //! - `raft_network`: openraft's network traits on top of `client`.
+//! - `append_pipeline`: the stream of AppendEntries to one follower, where new entries do not
+//!   wait behind a request without any.
 
 mod append_pipeline;
 mod client;

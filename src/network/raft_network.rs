@@ -21,7 +21,6 @@ use openraft::network::RPCOption;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
-use openraft::raft::StreamAppendResult;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
@@ -57,9 +56,6 @@ const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
 /// openraft then pauses (at most `REPLICATION_BACKOFF`'s cap) and tries again with its newest
 /// snapshot; the wait here, unlike that pause, ends as soon as the target says it has started.
 const SNAPSHOT_REACH_WAIT: Duration = Duration::from_secs(10);
-
-/// What openraft takes back for each AppendEntries of a stream.
-type AppendAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 /// Hands openraft a client per target, all sharing this node's peer connections.
 #[derive(Clone)]
@@ -185,12 +181,13 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         self.send_append(rpc, option).await
     }
 
-    /// Pipelined: see [`append_pipeline`](super::append_pipeline).
+    /// New entries do not wait behind a request without any: see
+    /// [`append_pipeline`](super::append_pipeline).
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
         option: RPCOption,
-    ) -> BoxFuture<'s, Result<BoxStream<'s, AppendAnswer>, RPCError<TypeConfig>>>
+    ) -> BoxFuture<'s, Result<BoxStream<'s, append_pipeline::Answer>, RPCError<TypeConfig>>>
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
