@@ -920,7 +920,7 @@ impl StateMachineStore {
         self.revisions = applied.revisions;
         self.shared
             .watch_hub
-            .publish(applied.revisions.current, &applied.changes, collected);
+            .publish(applied.revisions, &applied.changes, collected);
         if compacted {
             self.history_trimmer.enqueue(())?;
         }
@@ -1359,14 +1359,15 @@ mod tests {
         fn apply(&mut self, commands: Vec<Command>) -> Vec<CommandResult> {
             self.index += 1;
             let db = self.store.state.current();
+            // Every other batch as if someone watched: a put then reads the whole previous
+            // version, otherwise only its metadata (from the known keys when they hold it).
+            let collect_events = self.index.is_multiple_of(2);
             let meta = BatchMeta {
                 last: openraft::testing::log_id::<TypeConfig>(1, 1, self.index),
                 revisions_before: self.store.revisions,
                 membership: None,
                 records: None,
-                // Every other batch as if someone watched: a put then reads the whole previous
-                // version, otherwise only its metadata (from the known keys when they hold it).
-                collect_events: self.index.is_multiple_of(2),
+                collect_events,
                 auth_before: lock(&self.store.shared.auth).clone(),
             };
             let commands: Vec<Option<Command>> = commands.into_iter().map(Some).collect();
@@ -1380,6 +1381,11 @@ mod tests {
             if let Some(auth) = applied.auth.take() {
                 *lock(&self.store.shared.auth) = auth;
             }
+            self.store.shared.watch_hub.publish(
+                applied.revisions,
+                &applied.changes,
+                collect_events,
+            );
             applied.results
         }
 
@@ -1506,6 +1512,22 @@ mod tests {
             for revision in 1..=model.revision() {
                 let expected: Vec<_> = model.at[revision as usize].values().cloned().collect();
                 proptest::prop_assert_eq!(driven.range_at(revision), Ok(expected));
+            }
+            // A watch catching up from the recent revisions in memory gets what the history on
+            // disk holds.
+            let reader = driven.store.reader();
+            for from in 1..=model.revision() {
+                let recent = reader.watch_hub().recent(from, model.revision());
+                let Some(last) = recent.last().map(|changes| changes.revision) else {
+                    continue;
+                };
+                let (stored, _) = reader
+                    .changes_since(&[0], &[0], from, last, usize::MAX, true)
+                    .unwrap()
+                    .unwrap();
+                let recent: Vec<RevisionChanges> =
+                    recent.iter().map(|changes| (**changes).clone()).collect();
+                proptest::prop_assert_eq!(recent, stored);
             }
             let compact_to = 1 + ((model.revision() - 1) as f64 * compact_at) as i64;
             let results = driven.apply(vec![Command::Compact(api::CompactionRequest {

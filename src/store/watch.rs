@@ -5,18 +5,20 @@
 //! subscriber's queue is bounded, and one that is full is dropped from the hub. Each watch is a
 //! task ([`run_watch`]) that alternates between two modes:
 //!
-//! - catching up: it reads whole revisions from the history on disk, from the next revision it
-//!   owes its client up to the revision the hub had published when it (re)subscribed;
+//! - catching up: it reads whole revisions, from the next revision it owes its client up to the
+//!   revision the hub had published when it (re)subscribed: from the hub's [`RecentRevisions`]
+//!   while they reach back that far, else from the history on disk;
 //! - live: it forwards what the hub hands it, skipping revisions it has already sent.
 //!
 //! It subscribes before it reads the history, and the hub publishes only what is already on disk,
 //! so nothing falls between the two; a watch dropped for falling behind (or because a snapshot
-//! replaced the state) subscribes again and catches up from disk. A slow client therefore costs
-//! only its own task, never the node or other watchers, and every watcher sees exactly the
-//! changes the history holds for each revision, however it received them.
+//! replaced the state) subscribes again and catches up. A slow client therefore costs only its own
+//! task, never the node or other watchers, and every watcher sees exactly the changes the history
+//! holds for each revision, however it received them.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::apply::RevisionChanges;
+use super::mvcc::Revisions;
 use super::StateReader;
 use crate::api::Event;
 use crate::api::EventKind;
@@ -39,6 +42,13 @@ use crate::api::WatchResponse;
 const SUBSCRIBER_QUEUE: usize = 256;
 /// Changes read from the history per step while catching up (a revision is never split).
 const CATCH_UP_CHANGES: usize = 1000;
+/// Revisions taken from [`RecentRevisions`] per step while catching up.
+const CATCH_UP_REVISIONS: usize = 1024;
+/// The size [`RecentRevisions`] keeps at most, in bytes of keys and values (about 20,000 revisions
+/// of one 128-byte put each, four seconds at 5,000 puts/s).
+const RECENT_BYTES: usize = 8 << 20;
+/// What an event costs [`RecentRevisions`] beyond its keys and values, roughly.
+const EVENT_OVERHEAD_BYTES: usize = 160;
 /// Revisions one response carries at most (each whole): a watcher with a backlog gets it in
 /// batches.
 const BATCH_REVISIONS: usize = 64;
@@ -69,6 +79,95 @@ struct Hub {
     revision: i64,
     next_id: u64,
     subscribers: HashMap<u64, Subscriber>,
+    recent: RecentRevisions,
+}
+
+/// The changes of the newest published revisions, kept for watches catching up. Watchers dropped
+/// for falling behind all need the same few thousand revisions at once; read from disk, each
+/// watch read each of them again (with its previous version, for `prev_kv`): in a profile of a
+/// thousand watchers behind 5,000 puts/s, the threads making those reads took two thirds of
+/// the members' CPU. Shared here, they cost nothing more than the live changes they are.
+///
+/// Invariant: the revisions are consecutive, none is compacted, and the last (if any) is the
+/// hub's `revision` (a gap, such as a batch applied while no watch ran, empties it first).
+#[derive(Debug, Default)]
+struct RecentRevisions {
+    revisions: VecDeque<Arc<RevisionChanges>>,
+    /// What `revisions` holds, as [`cost`] counts it; at most [`RECENT_BYTES`].
+    bytes: usize,
+}
+
+impl RecentRevisions {
+    /// Adds the revision after the last one held (after a gap, it starts afresh), and forgets
+    /// the oldest ones past the size limit.
+    fn push(&mut self, changes: &Arc<RevisionChanges>) {
+        let follows = self
+            .revisions
+            .back()
+            .is_none_or(|last| last.revision + 1 == changes.revision);
+        if !follows {
+            self.clear();
+        }
+        self.bytes += cost(changes);
+        self.revisions.push_back(changes.clone());
+        while self.bytes > RECENT_BYTES {
+            let Some(oldest) = self.revisions.pop_front() else {
+                break;
+            };
+            self.bytes -= cost(&oldest);
+        }
+    }
+
+    /// Forgets the revisions below `revision`, now compacted: a watch that needs them reads the
+    /// history, which tells it they are gone.
+    fn forget_below(&mut self, revision: i64) {
+        while let Some(oldest) = self.revisions.front() {
+            if oldest.revision >= revision {
+                break;
+            }
+            self.bytes -= cost(oldest);
+            self.revisions.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.revisions.clear();
+        self.bytes = 0;
+    }
+
+    /// The revisions from `from` on, none after `to`, at most `max`; none unless `from` is held.
+    fn since(&self, from: i64, to: i64, max: usize) -> Vec<Arc<RevisionChanges>> {
+        let Some(first) = self.revisions.front().map(|oldest| oldest.revision) else {
+            return Vec::new();
+        };
+        let (Ok(skip), Ok(wanted)) = (
+            usize::try_from(from - first),
+            usize::try_from(to - from + 1),
+        ) else {
+            return Vec::new();
+        };
+        self.revisions
+            .iter()
+            .skip(skip)
+            .take(wanted.min(max))
+            .cloned()
+            .collect()
+    }
+}
+
+/// What `changes` costs [`RecentRevisions`].
+fn cost(changes: &RevisionChanges) -> usize {
+    changes
+        .events
+        .iter()
+        .map(|event| {
+            let previous = event
+                .prev_kv
+                .as_ref()
+                .map_or(0, |kv| kv.key.len() + kv.value.len());
+            EVENT_OVERHEAD_BYTES + event.kv.key.len() + event.kv.value.len() + previous
+        })
+        .sum()
 }
 
 #[derive(Debug)]
@@ -98,6 +197,7 @@ impl WatchHub {
                 revision,
                 next_id: 0,
                 subscribers: HashMap::new(),
+                recent: RecentRevisions::default(),
             }),
             subscribers: AtomicUsize::new(0),
             watches: AtomicUsize::new(0),
@@ -110,17 +210,33 @@ impl WatchHub {
         self.watches.load(Ordering::Relaxed)
     }
 
-    /// Whether any watcher is subscribed, so that applying should collect events.
+    /// Whether any watch runs, so that applying should collect events: for its subscription, or
+    /// for the recent revisions it may catch up from (a watch dropped for falling behind is not
+    /// subscribed until it has seen what was queued for it).
     pub(super) fn wants_events(&self) -> bool {
-        self.subscribers.load(Ordering::Relaxed) > 0
+        self.subscribers.load(Ordering::Relaxed) > 0 || self.watches() > 0
     }
 
     /// Hands the changes of an applied batch, now on disk, to the subscribers they concern, and
-    /// records `revision` as published. `collected` is false when the batch was applied without
-    /// collecting events (nobody was subscribed then): anyone who subscribed meanwhile is dropped,
-    /// to catch up from disk.
-    pub(super) fn publish(&self, revision: i64, changes: &[Arc<RevisionChanges>], collected: bool) {
+    /// records `revisions.current` as published. `collected` is false when the batch was applied
+    /// without collecting events (nobody was subscribed then): anyone who subscribed meanwhile is
+    /// dropped, to catch up from disk.
+    pub(super) fn publish(
+        &self,
+        revisions: Revisions,
+        changes: &[Arc<RevisionChanges>],
+        collected: bool,
+    ) {
+        let revision = revisions.current;
         let mut hub = self.lock();
+        if collected {
+            for revision_changes in changes {
+                hub.recent.push(revision_changes);
+            }
+        } else if revision > hub.revision {
+            hub.recent.clear();
+        }
+        hub.recent.forget_below(revisions.compacted);
         let mut dropped = Vec::new();
         for (id, subscriber) in &hub.subscribers {
             if !collected && revision > hub.revision {
@@ -159,6 +275,7 @@ impl WatchHub {
     pub(super) fn reset(&self, revision: i64) {
         let mut hub = self.lock();
         hub.subscribers.clear();
+        hub.recent.clear();
         hub.revision = revision;
         self.subscribers.store(0, Ordering::Relaxed);
     }
@@ -203,6 +320,11 @@ impl WatchHub {
         let hub = self.lock();
         (hub.subscribers.contains_key(&subscription.id) && subscription.receiver.is_empty())
             .then_some(hub.revision)
+    }
+
+    /// The recent revisions from `from` on (see [`RecentRevisions::since`]).
+    pub(super) fn recent(&self, from: i64, to: i64) -> Vec<Arc<RevisionChanges>> {
+        self.lock().recent.since(from, to, CATCH_UP_REVISIONS)
     }
 
     /// The newest revision published.
@@ -311,7 +433,8 @@ fn header(revision: i64) -> ResponseHeader {
     }
 }
 
-/// Sends every selected change of the revisions from `next` to `to` from the history on disk.
+/// Sends every selected change of the revisions from `next` to `to`: from the hub's recent
+/// revisions while they hold `next`, else from the history on disk.
 async fn catch_up(
     reader: &StateReader,
     request: &WatchRequest,
@@ -320,6 +443,14 @@ async fn catch_up(
     to: i64,
 ) -> Result<(), End> {
     while *next <= to {
+        let recent = reader.watch_hub().recent(*next, to);
+        if let Some(last) = recent.last().map(|changes| changes.revision) {
+            for batch in recent.chunks(BATCH_REVISIONS) {
+                send_selected(request, out, batch).await?;
+            }
+            *next = last + 1;
+            continue;
+        }
         let (from, span_key, range_end, prev_kv) = (
             *next,
             request.key.clone(),
@@ -449,4 +580,85 @@ fn wanted(request: &WatchRequest, event: &Event) -> bool {
         EventKind::Delete => WatchFilter::NoDelete,
     };
     !request.filters.contains(&filtered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::KeyValue;
+
+    fn changes(revision: i64, value_bytes: usize) -> Arc<RevisionChanges> {
+        Arc::new(RevisionChanges {
+            revision,
+            events: vec![Event {
+                kind: EventKind::Put,
+                kv: KeyValue {
+                    key: b"k".to_vec(),
+                    mod_revision: revision,
+                    value: vec![0; value_bytes],
+                    ..KeyValue::default()
+                },
+                prev_kv: None,
+            }],
+        })
+    }
+
+    fn revisions(found: &[Arc<RevisionChanges>]) -> Vec<i64> {
+        found.iter().map(|changes| changes.revision).collect()
+    }
+
+    #[test]
+    fn recent_revisions_answer_only_from_a_revision_they_hold() {
+        let mut recent = RecentRevisions::default();
+        assert!(recent.since(1, 10, 100).is_empty());
+        for revision in 5..=9 {
+            recent.push(&changes(revision, 10));
+        }
+        assert_eq!(revisions(&recent.since(5, 9, 100)), vec![5, 6, 7, 8, 9]);
+        assert_eq!(revisions(&recent.since(7, 8, 100)), vec![7, 8]);
+        assert_eq!(revisions(&recent.since(6, 9, 2)), vec![6, 7]);
+        // Not held: older than the oldest, newer than the newest, or an empty range.
+        assert!(recent.since(4, 9, 100).is_empty());
+        assert!(recent.since(10, 12, 100).is_empty());
+        assert!(recent.since(8, 7, 100).is_empty());
+    }
+
+    #[test]
+    fn a_gap_empties_recent_revisions_and_compaction_trims_them() {
+        let mut recent = RecentRevisions::default();
+        for revision in 1..=4 {
+            recent.push(&changes(revision, 10));
+        }
+        recent.push(&changes(6, 10));
+        assert_eq!(revisions(&recent.since(6, 6, 100)), vec![6]);
+        assert!(recent.since(4, 6, 100).is_empty());
+        for revision in 7..=9 {
+            recent.push(&changes(revision, 10));
+        }
+        recent.forget_below(8);
+        assert!(recent.since(7, 9, 100).is_empty());
+        assert_eq!(revisions(&recent.since(8, 9, 100)), vec![8, 9]);
+        assert_eq!(recent.bytes, 2 * cost(&changes(8, 10)));
+    }
+
+    #[test]
+    fn recent_revisions_keep_to_their_size() {
+        let mut recent = RecentRevisions::default();
+        let value_bytes = RECENT_BYTES / 4;
+        for revision in 1..=10 {
+            recent.push(&changes(revision, value_bytes));
+            assert!(recent.bytes <= RECENT_BYTES);
+        }
+        let held = revisions(&recent.since(1, 10, 100));
+        assert!(held.is_empty());
+        let first = recent.revisions.front().map(|c| c.revision).unwrap();
+        assert_eq!(
+            revisions(&recent.since(first, 10, 100)),
+            (first..=10).collect::<Vec<_>>()
+        );
+        assert!(first > 1 && first <= 8, "{first}");
+        // One revision larger than the whole budget is not kept at all.
+        recent.push(&changes(11, RECENT_BYTES));
+        assert_eq!((recent.revisions.len(), recent.bytes), (0, 0));
+    }
 }
