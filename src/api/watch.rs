@@ -61,6 +61,18 @@ pub struct Event {
     pub prev_kv: Option<KeyValue>,
 }
 
+impl Event {
+    /// The bytes of keys and values the event carries, its previous version's included: what
+    /// holding or sending it costs, beyond a fixed overhead.
+    pub fn payload_bytes(&self) -> usize {
+        let previous = self
+            .prev_kv
+            .as_ref()
+            .map_or(0, |kv| kv.key.len() + kv.value.len());
+        self.kv.key.len() + self.kv.value.len() + previous
+    }
+}
+
 /// One message of a watch stream.
 ///
 /// - events: `events` holds every event of one or more whole revisions, in order;

@@ -298,17 +298,7 @@ fn coalesce(
 
 /// The bytes of keys and values a response's events carry.
 fn event_bytes(response: &api::WatchResponse) -> usize {
-    response
-        .events
-        .iter()
-        .map(|event| {
-            let prev = event
-                .prev_kv
-                .as_ref()
-                .map_or(0, |kv| kv.key.len() + kv.value.len());
-            event.kv.key.len() + event.kv.value.len() + prev
-        })
-        .sum()
+    response.events.iter().map(api::Event::payload_bytes).sum()
 }
 
 /// Hands one watch's responses to the stream.

@@ -160,13 +160,7 @@ fn cost(changes: &RevisionChanges) -> usize {
     changes
         .events
         .iter()
-        .map(|event| {
-            let previous = event
-                .prev_kv
-                .as_ref()
-                .map_or(0, |kv| kv.key.len() + kv.value.len());
-            EVENT_OVERHEAD_BYTES + event.kv.key.len() + event.kv.value.len() + previous
-        })
+        .map(|event| EVENT_OVERHEAD_BYTES + event.payload_bytes())
         .sum()
 }
 
