@@ -213,8 +213,8 @@ impl WatchHub {
 
     /// Hands the changes of an applied batch, now on disk, to the subscribers they concern, and
     /// records `revisions.current` as published. `collected` is false when the batch was applied
-    /// without collecting events (nobody was subscribed then): anyone who subscribed meanwhile is
-    /// dropped, to catch up from disk.
+    /// without collecting events (no watch ran then): anyone who subscribed meanwhile is dropped,
+    /// to catch up from disk.
     pub(super) fn publish(
         &self,
         revisions: Revisions,
