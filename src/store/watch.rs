@@ -64,10 +64,9 @@ const CONCURRENT_CATCH_UPS: usize = 2;
 #[derive(Debug)]
 pub struct WatchHub {
     inner: Mutex<Hub>,
-    /// Subscribers, readable without the lock: the apply path collects events only when some
-    /// watcher could want them.
-    subscribers: AtomicUsize,
-    /// Watches running, live or catching up: for the node's metrics.
+    /// Watches running, live or catching up, readable without the lock: for the node's metrics,
+    /// and the apply path collects events only while some watch could want them. Every
+    /// subscriber is a running watch.
     watches: AtomicUsize,
     /// Turns to read the history (see [`CONCURRENT_CATCH_UPS`]).
     catch_ups: tokio::sync::Semaphore,
@@ -193,7 +192,6 @@ impl WatchHub {
                 subscribers: HashMap::new(),
                 recent: RecentRevisions::default(),
             }),
-            subscribers: AtomicUsize::new(0),
             watches: AtomicUsize::new(0),
             catch_ups: tokio::sync::Semaphore::new(CONCURRENT_CATCH_UPS),
         }
@@ -208,7 +206,7 @@ impl WatchHub {
     /// for the recent revisions it may catch up from (a watch dropped for falling behind is not
     /// subscribed until it has seen what was queued for it).
     pub(super) fn wants_events(&self) -> bool {
-        self.subscribers.load(Ordering::Relaxed) > 0 || self.watches() > 0
+        self.watches() > 0
     }
 
     /// Hands the changes of an applied batch, now on disk, to the subscribers they concern, and
@@ -260,8 +258,6 @@ impl WatchHub {
             hub.subscribers.remove(&id);
         }
         hub.revision = hub.revision.max(revision);
-        self.subscribers
-            .store(hub.subscribers.len(), Ordering::Relaxed);
     }
 
     /// The state was replaced (a snapshot was installed) at `revision`: every subscriber catches
@@ -271,7 +267,6 @@ impl WatchHub {
         hub.subscribers.clear();
         hub.recent.clear();
         hub.revision = revision;
-        self.subscribers.store(0, Ordering::Relaxed);
     }
 
     /// Subscribes to the changes of `key`/`range_end`; returns the subscription and the revision
@@ -289,8 +284,6 @@ impl WatchHub {
                 sender,
             },
         );
-        self.subscribers
-            .store(hub.subscribers.len(), Ordering::Relaxed);
         let revision = hub.revision;
         drop(hub);
         let subscription = Subscription {
@@ -304,8 +297,6 @@ impl WatchHub {
     fn remove(&self, id: u64) {
         let mut hub = self.lock();
         hub.subscribers.remove(&id);
-        self.subscribers
-            .store(hub.subscribers.len(), Ordering::Relaxed);
     }
 
     /// The revision a subscription has seen everything up to, when it has nothing queued and is
