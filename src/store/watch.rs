@@ -221,17 +221,20 @@ impl WatchHub {
     ) {
         let revision = revisions.current;
         let mut hub = self.lock();
-        if collected {
+        // Revisions were made whose changes nobody collected: no subscriber and no window can
+        // hand them on.
+        let missed = !collected && revision > hub.revision;
+        if missed {
+            hub.recent.clear();
+        } else {
             for revision_changes in changes {
                 hub.recent.push(revision_changes);
             }
-        } else if revision > hub.revision {
-            hub.recent.clear();
         }
         hub.recent.forget_below(revisions.compacted);
         let mut dropped = Vec::new();
         for (id, subscriber) in &hub.subscribers {
-            if !collected && revision > hub.revision {
+            if missed {
                 dropped.push(*id);
                 continue;
             }
@@ -427,8 +430,9 @@ async fn catch_up(
     next: &mut i64,
     to: i64,
 ) -> Result<(), End> {
+    let hub = reader.watch_hub();
     while *next <= to {
-        let recent = reader.watch_hub().recent(*next, to);
+        let recent = hub.recent(*next, to);
         if let Some(last) = recent.last().map(|changes| changes.revision) {
             for batch in recent.chunks(BATCH_REVISIONS) {
                 send_selected(request, out, batch).await?;
@@ -442,7 +446,6 @@ async fn catch_up(
             request.range_end.clone(),
             request.prev_kv,
         );
-        let hub = reader.watch_hub();
         let turn = hub
             .catch_ups
             .acquire()
