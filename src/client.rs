@@ -304,6 +304,9 @@ impl Client {
                 Err(CallError::Remote(RemoteError::Refused(reason))) => {
                     return Err(Error::Refused(reason))
                 }
+                Err(CallError::Remote(RemoteError::Busy(reason))) => {
+                    return Err(Error::Busy(reason))
+                }
                 Err(CallError::Remote(RemoteError::Request(refusal))) => {
                     return Err(Error::Request(refusal))
                 }
@@ -355,6 +358,7 @@ impl Client {
                 // request would only be refused again, and the caller needs the reason.
                 Err(CallError::Remote(
                     refusal @ (RemoteError::Refused(_)
+                    | RemoteError::Busy(_)
                     | RemoteError::TooLarge { .. }
                     | RemoteError::Request(_)),
                 )) => return Err(refusal.into_error(op, self.timeout)),

@@ -80,10 +80,14 @@ pub enum Error {
     #[error("the node is shutting down")]
     ShuttingDown,
 
-    /// The cluster refused the request (a membership rule, a change already in progress); nothing
-    /// was changed.
+    /// The cluster refused the request (a membership rule); nothing was changed.
     #[error("{0}")]
     Refused(String),
+
+    /// The cluster refused the request because another of its kind is in progress (a membership
+    /// change); nothing was changed, and sending it again once that one is done may succeed.
+    #[error("busy, try again: {0}")]
+    Busy(String),
 
     /// The request was refused for what it asks: a malformed request, an unknown lease, a
     /// compacted or future revision. Nothing was changed; sending it again changes nothing.
@@ -146,7 +150,7 @@ impl Error {
         match self {
             Error::Timeout { .. } | Error::ShuttingDown => true,
             Error::DiskFull { outcome, .. } => *outcome == Outcome::NotApplied,
-            Error::Refused(reason) => reason.starts_with("busy"),
+            Error::Busy(_) => true,
             _ => false,
         }
     }

@@ -219,7 +219,7 @@ impl IntoResponse for ApiError {
                         StatusCode::SERVICE_UNAVAILABLE
                     }
                     Error::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                    Error::Refused(_) => StatusCode::CONFLICT,
+                    Error::Refused(_) | Error::Busy(_) => StatusCode::CONFLICT,
                     Error::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
                     Error::Removed => StatusCode::GONE,
                     Error::Config(_) => StatusCode::BAD_REQUEST,

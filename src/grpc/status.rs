@@ -41,7 +41,7 @@ pub fn status(error: Error) -> Status {
         Error::ShuttingDown => Status::unavailable(STOPPED),
         Error::RequestTooLarge { .. } => Status::invalid_argument(REQUEST_TOO_LARGE),
         Error::DiskFull { .. } => Status::resource_exhausted(NO_SPACE),
-        Error::Refused(reason) if reason.starts_with("busy") => Status::unavailable(reason),
+        busy @ Error::Busy(_) => Status::unavailable(busy.to_string()),
         Error::Refused(reason) => Status::failed_precondition(reason),
         Error::Removed => Status::unavailable(
             "etcdserver: the member has been permanently removed from the cluster",

@@ -66,7 +66,7 @@ impl CallError {
             self,
             CallError::Unreachable { .. }
                 | CallError::Remote(RemoteError::NotLeader { .. })
-                | CallError::Remote(RemoteError::Refused(_))
+                | CallError::Remote(RemoteError::Refused(_) | RemoteError::Busy(_))
         )
     }
 }

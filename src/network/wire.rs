@@ -217,6 +217,10 @@ pub enum RemoteError {
     /// malformed request); nothing was changed.
     #[error(transparent)]
     Request(ApplyError),
+    /// The request was refused because another of its kind is in progress (a membership
+    /// change); nothing was changed, and the same request may succeed once that one is done.
+    #[error("busy, try again: {0}")]
+    Busy(String),
 }
 
 impl RemoteError {
@@ -235,6 +239,7 @@ impl RemoteError {
                 limit,
             },
             RemoteError::Request(refusal) => Error::Request(refusal),
+            RemoteError::Busy(reason) => Error::Busy(reason),
         }
     }
 }

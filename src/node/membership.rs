@@ -40,6 +40,7 @@ use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::Member;
 use crate::types::NodeId;
+use crate::types::StoredMembership;
 use crate::types::TypeConfig;
 
 /// A learner within this many entries of the leader's log counts as caught up and is promoted.
@@ -349,23 +350,18 @@ impl Node {
 
     /// The body of [`Node::change_membership_locally`]; sets `proposed` while openraft may be
     /// appending the change, so that running out of time is not reported as "nothing changed".
+    ///
+    /// One change at a time on this leader: it confirms leadership (and, for an add, that the
+    /// applied state is current), validates the change against the membership in force,
+    /// proposes it, and goes round again while openraft is still committing an earlier change.
     async fn change_membership_with_quorum(
         &self,
         change: MembershipChange,
         proposed: &AtomicBool,
     ) -> std::result::Result<CommandResult, RemoteError> {
-        // Only an add's checks read applied state (removed ids, kept learners); the others can go
-        // ahead on a leader whose state machine lags, e.g. handing leadership away from a node
-        // whose disk is full.
-        let reads_applied_state = matches!(change, MembershipChange::Add { .. });
         loop {
             let one_at_a_time = self.membership_change.lock().await;
-            let barrier = if reads_applied_state {
-                self.applied_up_to_read_index("membership rules").await
-            } else {
-                self.read_index_locally().await.map(drop)
-            };
-            if let Err(e) = barrier {
+            if let Err(e) = self.membership_barrier(&change).await {
                 drop(one_at_a_time);
                 match e {
                     RemoteError::NotLeader { .. } => return Err(e),
@@ -382,84 +378,123 @@ impl Node {
                 .membership_config
                 .clone();
             let at_index = membership.log_id().as_ref().map_or(0, |id| id.index);
-            let Plan {
-                changes,
-                retain,
-                removing,
-            } = self.validate(&change, membership.membership(), at_index)?;
-            // openraft's own check that the membership is still the one validated, for a
-            // `--prev-index` add: the membership lock keeps this leader's other changes out, and
-            // this also refuses one that slipped in by any other way.
-            let preconditions: Vec<Precondition<TypeConfig>> = match &change {
-                MembershipChange::Add {
-                    prev_index: Some(_),
-                    ..
-                } => vec![Precondition::LastMembershipLogId {
-                    last_membership_log_id: *membership.log_id(),
-                }],
-                _ => Vec::new(),
-            };
+            let plan = self.validate(&change, membership.membership(), at_index)?;
             proposed.store(true, Ordering::Relaxed);
-            let outcome = match changes {
-                // Spawned, so that the deadline passing does not cancel openraft's two-step
-                // change between its joint and its final entry and leave the joint one in force.
-                Some(changes) => {
-                    let raft = self.raft.clone();
-                    tokio::spawn(async move { raft.change_membership(changes, retain).await })
-                        .await
-                        .map_err(|e| RemoteError::Unknown(format!("the change failed: {e}")))?
-                }
-                None => match &change {
-                    MembershipChange::Add {
-                        id, member, voter, ..
-                    } => match self.mark_learner(*id, !voter).await {
-                        Err(e) => Err(e),
-                        // A learner asked to become a voter: clearing its mark is the whole
-                        // change; the leader promotes it once it has caught up.
-                        Ok(marked) if membership.membership().get_node(id).is_some() => {
-                            match marked {
-                                Some(written) => Ok(written),
-                                None => return Ok(CommandResult::Applied),
-                            }
-                        }
-                        Ok(_) => {
-                            let node = ChangeMembers::AddNodes([(*id, member.clone())].into());
-                            self.raft
-                                .change_membership_if(node, true, preconditions)
-                                .await
-                        }
-                    },
-                    MembershipChange::TransferLeader { to } => {
-                        drop(one_at_a_time);
-                        if *to != self.id {
-                            self.raft
-                                .trigger()
-                                .transfer_leader(*to)
-                                .await
-                                .map_err(|e| RemoteError::Unknown(format!("raft stopped: {e}")))?;
-                        }
-                        return Ok(CommandResult::Applied);
-                    }
-                    _ => return Err(refused("nothing to change".into())),
-                },
+            if let MembershipChange::TransferLeader { to } = change {
+                drop(one_at_a_time);
+                return self.transfer_leadership(to).await;
+            }
+            let outcome = match self
+                .propose_membership_change(&change, plan.changes, plan.retain, &membership)
+                .await?
+            {
+                Proposed::Written(outcome) => outcome,
+                Proposed::Nothing => return Ok(CommandResult::Applied),
             };
             drop(one_at_a_time);
             match outcome.map_err(|e| membership_error(e, at_index)) {
                 Ok(written) => {
-                    if let Some((id, member)) = removing {
+                    if let Some((id, member)) = plan.removing {
                         self.announce_removal(id, member);
                     }
                     return Ok(written.data);
                 }
                 // An earlier change is still being committed: it will be shortly, with a quorum.
                 // Nothing was appended this time.
-                Err(RemoteError::Refused(reason)) if reason.starts_with(BUSY) => {
+                Err(RemoteError::Busy(_)) => {
                     proposed.store(false, Ordering::Relaxed);
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Confirms that this node leads, so the membership it validates against is the one in
+    /// force. Only an add's checks read applied state (removed ids, kept learners), so only an
+    /// add waits for the state machine to catch up; the others can go ahead on a leader whose
+    /// state machine lags, e.g. handing leadership away from a node whose disk is full.
+    async fn membership_barrier(
+        &self,
+        change: &MembershipChange,
+    ) -> std::result::Result<(), RemoteError> {
+        if matches!(change, MembershipChange::Add { .. }) {
+            self.applied_up_to_read_index("membership rules").await
+        } else {
+            self.read_index_locally().await.map(drop)
+        }
+    }
+
+    /// Asks openraft for the validated `change`: the membership `changes` when there are any
+    /// (keeping removed voters as learners if `retain`), else the add of a learner or the
+    /// marking of one as a voter to be. `membership` is the one the change was validated
+    /// against.
+    async fn propose_membership_change(
+        &self,
+        change: &MembershipChange,
+        changes: Option<ChangeMembers<NodeId, Member>>,
+        retain: bool,
+        membership: &StoredMembership,
+    ) -> std::result::Result<Proposed, RemoteError> {
+        if let Some(changes) = changes {
+            // Spawned, so that the deadline passing does not cancel openraft's two-step change
+            // between its joint and its final entry and leave the joint one in force.
+            let raft = self.raft.clone();
+            let outcome =
+                tokio::spawn(async move { raft.change_membership(changes, retain).await })
+                    .await
+                    .map_err(|e| RemoteError::Unknown(format!("the change failed: {e}")))?;
+            return Ok(Proposed::Written(outcome));
+        }
+        let MembershipChange::Add {
+            id,
+            member,
+            voter,
+            prev_index,
+        } = change
+        else {
+            return Err(refused("nothing to change".into()));
+        };
+        let outcome = match self.mark_learner(*id, !voter).await {
+            Err(e) => Err(e),
+            // A learner asked to become a voter: clearing its mark is the whole change; the
+            // leader promotes it once it has caught up.
+            Ok(marked) if membership.membership().get_node(id).is_some() => match marked {
+                Some(written) => Ok(written),
+                None => return Ok(Proposed::Nothing),
+            },
+            Ok(_) => {
+                // openraft's own check that the membership is still the one validated, for a
+                // `--prev-index` add: the membership lock keeps this leader's other changes
+                // out, and this also refuses one that slipped in by any other way.
+                let preconditions = match prev_index {
+                    Some(_) => vec![Precondition::LastMembershipLogId {
+                        last_membership_log_id: *membership.log_id(),
+                    }],
+                    None => Vec::new(),
+                };
+                let node = ChangeMembers::AddNodes([(*id, member.clone())].into());
+                self.raft
+                    .change_membership_if(node, true, preconditions)
+                    .await
+            }
+        };
+        Ok(Proposed::Written(outcome))
+    }
+
+    /// Hands leadership to `to` (nothing to do when it is this node already).
+    async fn transfer_leadership(
+        &self,
+        to: NodeId,
+    ) -> std::result::Result<CommandResult, RemoteError> {
+        if to != self.id {
+            self.raft
+                .trigger()
+                .transfer_leader(to)
+                .await
+                .map_err(|e| RemoteError::Unknown(format!("raft stopped: {e}")))?;
+        }
+        Ok(CommandResult::Applied)
     }
 
     /// Records through the log whether learner `id` stays a learner (`keep`), unless that is
@@ -786,11 +821,21 @@ struct Plan {
     removing: Option<(NodeId, Member)>,
 }
 
-/// How a refusal because of a change in progress starts.
-const BUSY: &str = "busy, try again";
+/// What proposing a validated membership change came to.
+enum Proposed {
+    /// openraft's answer to what was appended.
+    Written(
+        std::result::Result<
+            ClientWriteResponse<TypeConfig>,
+            RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+        >,
+    ),
+    /// The change was already in force: nothing was appended.
+    Nothing,
+}
 
 fn busy() -> RemoteError {
-    RemoteError::Refused(format!("{BUSY}: another membership change is in progress"))
+    RemoteError::Busy("another membership change is in progress".into())
 }
 
 fn refused(reason: String) -> RemoteError {
