@@ -206,11 +206,9 @@ impl Session {
             Err(e) => return self.refuse(id, status(e).message().to_string()).await,
         };
         let progress = Arc::new(AtomicI64::new(known));
-        let fragment_bytes = if create.fragment {
-            usize::try_from(self.node.max_request_bytes()).unwrap_or(usize::MAX)
-        } else {
-            usize::MAX
-        };
+        let fragment_bytes = create
+            .fragment
+            .then(|| usize::try_from(self.node.max_request_bytes()).unwrap_or(usize::MAX));
         let forwarder = Forwarder {
             id,
             outgoing: self.outgoing.clone(),
@@ -305,8 +303,9 @@ fn event_bytes(response: &api::WatchResponse) -> usize {
 struct Forwarder {
     id: i64,
     outgoing: Outgoing,
-    /// Responses larger than this are split into fragments (when the watch asked for them).
-    fragment_bytes: usize,
+    /// Responses larger than this are split into fragments; `None` when the watch did not ask
+    /// for fragments (then a response's size is never computed).
+    fragment_bytes: Option<usize>,
     progress: Arc<AtomicI64>,
 }
 
@@ -363,9 +362,10 @@ impl Forwarder {
             fragment: false,
             events: response.events.into_iter().map(convert::event).collect(),
         };
-        if whole.encoded_len() <= self.fragment_bytes {
-            return vec![whole];
-        }
+        let fragment_bytes = match self.fragment_bytes {
+            Some(limit) if whole.encoded_len() > limit => limit,
+            _ => return vec![whole],
+        };
         let events = std::mem::take(&mut whole.events);
         whole.fragment = true;
         let mut pieces: Vec<pb::WatchResponse> = Vec::new();
@@ -373,7 +373,7 @@ impl Forwarder {
         for event in events {
             let len = event.encoded_len();
             match pieces.last_mut() {
-                Some(piece) if size + len <= self.fragment_bytes => piece.events.push(event),
+                Some(piece) if size + len <= fragment_bytes => piece.events.push(event),
                 _ => {
                     let mut piece = whole.clone();
                     piece.events.push(event);
@@ -394,7 +394,7 @@ impl Forwarder {
 mod tests {
     use super::*;
 
-    fn forwarder(fragment_bytes: usize) -> Forwarder {
+    fn forwarder(fragment_bytes: Option<usize>) -> Forwarder {
         let (outgoing, _received) = mpsc::channel(1);
         Forwarder {
             id: 7,
@@ -427,7 +427,7 @@ mod tests {
 
     #[test]
     fn a_response_within_the_limit_is_sent_whole() {
-        let messages = forwarder(usize::MAX).messages(revision_of(3, 100));
+        let messages = forwarder(None).messages(revision_of(3, 100));
         assert_eq!(messages.len(), 1);
         assert_eq!((messages[0].watch_id, messages[0].fragment), (7, false));
         assert_eq!(messages[0].events.len(), 3);
@@ -435,7 +435,7 @@ mod tests {
 
     #[test]
     fn a_large_response_is_split_in_order_and_every_fragment_but_the_last_says_so() {
-        let messages = forwarder(2_500).messages(revision_of(10, 1_000));
+        let messages = forwarder(Some(2_500)).messages(revision_of(10, 1_000));
         assert!(messages.len() >= 4, "{} fragments", messages.len());
         let (last, rest) = messages.split_last().expect("fragments");
         assert!(rest.iter().all(|m| m.fragment) && !last.fragment);
@@ -453,7 +453,7 @@ mod tests {
 
     #[test]
     fn an_event_larger_than_the_limit_still_travels_alone() {
-        let messages = forwarder(100).messages(revision_of(2, 1_000));
+        let messages = forwarder(Some(100)).messages(revision_of(2, 1_000));
         assert_eq!(messages.len(), 2);
         assert!(messages.iter().all(|m| m.events.len() == 1));
     }
@@ -466,7 +466,7 @@ mod tests {
             cancel_reason: "compacted at 9".into(),
             ..api::WatchResponse::default()
         };
-        let messages = forwarder(usize::MAX).messages(compacted);
+        let messages = forwarder(None).messages(compacted);
         assert_eq!(messages[0].cancel_reason, COMPACTED);
         assert_eq!(messages[0].compact_revision, 9);
     }

@@ -547,8 +547,14 @@ async fn send_selected<C: Borrow<RevisionChanges>>(
         .flat_map(|changes| changes.borrow().events.iter())
         .filter(|event| span.contains(&event.kv.key) && wanted(request, event))
         .map(|event| Event {
-            prev_kv: event.prev_kv.clone().filter(|_| request.prev_kv),
-            ..event.clone()
+            kind: event.kind,
+            kv: event.kv.clone(),
+            // Only the watches that asked for it pay for a copy of the previous version.
+            prev_kv: if request.prev_kv {
+                event.prev_kv.clone()
+            } else {
+                None
+            },
         })
         .collect();
     let Some(last) = events.last().map(|event| event.kv.mod_revision) else {
