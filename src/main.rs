@@ -189,9 +189,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         telemetry::watch_leader_changes(&node);
 
         let (stop, mut stopped) = mpsc::channel::<StopReason>(4);
-        // etcd's gRPC API shares the client port with the HTTP API, as in etcd.
+        // etcd's gRPC API and its JSON gateway share the client port with the HTTP API, as in
+        // etcd.
         let api = grpc::beside(
-            grpc::router(node.clone()),
+            grpc::routers(node.clone()),
             http::router(node.clone(), Some(metrics)),
         );
         let http_stop = stop.clone();

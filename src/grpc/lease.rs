@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use futures::Stream;
 use futures::StreamExt;
 use tonic::codegen::BoxStream;
 use tonic::Request;
@@ -38,6 +39,32 @@ pub struct LeaseService {
 impl LeaseService {
     pub fn new(node: Arc<Node>, streams: StreamBudget) -> Self {
         LeaseService { node, streams }
+    }
+
+    /// Serves a LeaseKeepAlive stream whose requests are `request`'s stream (a gRPC stream's
+    /// messages, or a JSON gateway request's): one answer per request, in the order they are
+    /// ready, until the requests end.
+    pub async fn keep_alive_stream<S>(
+        &self,
+        request: Request<S>,
+    ) -> Result<Response<BoxStream<pb::LeaseKeepAliveResponse>>, Status>
+    where
+        S: Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>> + Send + 'static,
+    {
+        let caller = Arc::new(caller(&self.node, &request).await?);
+        let place = self.streams.open()?;
+        let node = self.node.clone();
+        let answers = request
+            .into_inner()
+            .map(move |request| {
+                // The stream's place in the budget lives as long as the stream.
+                let _place = &place;
+                let node = node.clone();
+                let caller = caller.clone();
+                async move { keep_alive(&node, &caller, request?.id).await }
+            })
+            .buffer_unordered(KEEP_ALIVES_IN_FLIGHT);
+        Ok(Response::new(Box::pin(answers)))
     }
 }
 
@@ -89,20 +116,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<BoxStream<pb::LeaseKeepAliveResponse>>, Status> {
-        let caller = Arc::new(caller(&self.node, &request).await?);
-        let place = self.streams.open()?;
-        let node = self.node.clone();
-        let answers = request
-            .into_inner()
-            .map(move |request| {
-                // The stream's place in the budget lives as long as the stream.
-                let _place = &place;
-                let node = node.clone();
-                let caller = caller.clone();
-                async move { keep_alive(&node, &caller, request?.id).await }
-            })
-            .buffer_unordered(KEEP_ALIVES_IN_FLIGHT);
-        Ok(Response::new(Box::pin(answers)))
+        self.keep_alive_stream(request).await
     }
 
     async fn lease_time_to_live(

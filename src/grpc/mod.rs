@@ -2,14 +2,16 @@
 //!
 //! The services (KV, Watch, Lease, Cluster, Maintenance, Auth, and the Lock and Election
 //! recipes) are generated from etcd's protobuf definitions (`api::etcdpb`) and answered by the
-//! node, as every other front end is. They share the client port with the HTTP API, as etcd
-//! serves gRPC and its JSON gateway on one port: [`beside`] sends a request with the
-//! `application/grpc` content type here and any other to the HTTP router. Whatever is not
-//! implemented answers UNIMPLEMENTED (the README lists it).
+//! node, as every other front end is. The same services answer etcd's JSON gateway
+//! ([`gateway`], `POST /v3/...`). They share the client port with the HTTP API, as etcd serves
+//! gRPC and its JSON gateway on one port: [`beside`] sends a request with the
+//! `application/grpc` content type, or a POST under `/v3/`, here and any other to the HTTP
+//! router. Whatever is not implemented answers UNIMPLEMENTED (the README lists it).
 
 mod auth;
 mod cluster;
 mod convert;
+mod gateway;
 mod kv;
 mod lease;
 mod maintenance;
@@ -80,54 +82,78 @@ impl StreamBudget {
 /// from its length prefix, before it is buffered.
 const GRPC_OVERHEAD_BYTES: usize = 512 << 10;
 
-/// The gRPC services of `node`, as a router.
-pub fn router(node: Arc<Node>) -> Router {
+/// The services of `node` as two routers: gRPC's, and etcd's JSON gateway to the same services.
+pub struct Routers {
+    grpc: Router,
+    gateway: Router,
+}
+
+/// The gRPC services of `node`, and the JSON gateway to them.
+pub fn routers(node: Arc<Node>) -> Routers {
     let max_message = usize::try_from(node.max_request_bytes())
         .unwrap_or(usize::MAX)
         .saturating_add(GRPC_OVERHEAD_BYTES);
     let streams = StreamBudget::new();
-    Routes::new(
-        KvServer::new(kv::KvService::new(node.clone())).max_decoding_message_size(max_message),
-    )
-    .add_service(
-        WatchServer::new(watch::WatchService::new(node.clone(), streams.clone()))
-            .max_decoding_message_size(max_message),
-    )
-    .add_service(
-        LeaseServer::new(lease::LeaseService::new(node.clone(), streams.clone()))
-            .max_decoding_message_size(max_message),
-    )
-    .add_service(
-        ClusterServer::new(cluster::ClusterService::new(node.clone()))
-            .max_decoding_message_size(max_message),
-    )
-    .add_service(
-        MaintenanceServer::new(maintenance::MaintenanceService::new(node.clone()))
-            .max_decoding_message_size(max_message),
-    )
-    .add_service(
-        AuthServer::new(auth::AuthService::new(node.clone()))
-            .max_decoding_message_size(max_message),
-    )
-    .add_service(
-        LockServer::new(recipes::LockService::new(node.clone()))
-            .max_decoding_message_size(max_message),
-    )
-    .add_service(
-        ElectionServer::new(recipes::ElectionService::new(node, streams))
-            .max_decoding_message_size(max_message),
-    )
-    .into_axum_router()
+    let services = gateway::Services {
+        kv: Arc::new(kv::KvService::new(node.clone())),
+        watch: Arc::new(watch::WatchService::new(node.clone(), streams.clone())),
+        lease: Arc::new(lease::LeaseService::new(node.clone(), streams.clone())),
+        cluster: Arc::new(cluster::ClusterService::new(node.clone())),
+        maintenance: Arc::new(maintenance::MaintenanceService::new(node.clone())),
+        auth: Arc::new(auth::AuthService::new(node.clone())),
+        lock: Arc::new(recipes::LockService::new(node.clone())),
+        election: Arc::new(recipes::ElectionService::new(node, streams)),
+        max_body_bytes: max_message.saturating_mul(4) / 3,
+    };
+    let grpc =
+        Routes::new(KvServer::from_arc(services.kv.clone()).max_decoding_message_size(max_message))
+            .add_service(
+                WatchServer::from_arc(services.watch.clone())
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                LeaseServer::from_arc(services.lease.clone())
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                ClusterServer::from_arc(services.cluster.clone())
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                MaintenanceServer::from_arc(services.maintenance.clone())
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(
+                AuthServer::from_arc(services.auth.clone()).max_decoding_message_size(max_message),
+            )
+            .add_service(
+                LockServer::from_arc(services.lock.clone()).max_decoding_message_size(max_message),
+            )
+            .add_service(
+                ElectionServer::from_arc(services.election.clone())
+                    .max_decoding_message_size(max_message),
+            )
+            .into_axum_router();
+    Routers {
+        grpc,
+        gateway: gateway::router(services),
+    }
 }
 
 /// The metadata key etcd's clients send their token in.
 const TOKEN_METADATA: &str = "token";
+/// The metadata key etcd also takes a token from (its gateway's and OpenAPI clients').
+const AUTHORIZATION_METADATA: &str = "authorization";
 
 /// Who sent `request`: the user its token names, or anonymous without one. A token that is
 /// not good (expired, forged, from before authentication was last enabled) is refused here
 /// with UNAUTHENTICATED, which tells etcd's clients to authenticate again.
 async fn caller<T>(node: &Node, request: &tonic::Request<T>) -> Result<Caller, Status> {
-    let credentials = match request.metadata().get(TOKEN_METADATA) {
+    let metadata = request.metadata();
+    let token = metadata
+        .get(TOKEN_METADATA)
+        .or_else(|| metadata.get(AUTHORIZATION_METADATA));
+    let credentials = match token {
         Some(token) => Credentials::Token(
             token
                 .to_str()
@@ -140,24 +166,30 @@ async fn caller<T>(node: &Node, request: &tonic::Request<T>) -> Result<Caller, S
 }
 
 /// One router for the client port: gRPC requests (content type `application/grpc`, with any
-/// suffix such as `+proto`) to `grpc`, everything else to `http`.
-pub fn beside(grpc: Router, http: Router) -> Router {
-    Router::new().fallback_service(ByContentType { grpc, http })
+/// suffix such as `+proto`) to the gRPC services, POSTs under `/v3/` to the JSON gateway, and
+/// everything else to `http`.
+pub fn beside(routers: Routers, http: Router) -> Router {
+    Router::new().fallback_service(ClientPort {
+        grpc: routers.grpc,
+        gateway: routers.gateway,
+        http,
+    })
 }
 
 #[derive(Clone)]
-struct ByContentType {
+struct ClientPort {
     grpc: Router,
+    gateway: Router,
     http: Router,
 }
 
-impl Service<Request> for ByContentType {
+impl Service<Request> for ClientPort {
     type Response = Response;
     type Error = Infallible;
     type Future = <Router as Service<Request>>::Future;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Both routers are always ready.
+        // The routers are always ready.
         Poll::Ready(Ok(()))
     }
 
@@ -168,6 +200,8 @@ impl Service<Request> for ByContentType {
             .is_some_and(|content_type| content_type.as_bytes().starts_with(b"application/grpc"));
         if is_grpc {
             self.grpc.call(request)
+        } else if gateway::serves(&request) {
+            self.gateway.call(request)
         } else {
             self.http.call(request)
         }

@@ -14,6 +14,8 @@ use std::sync::atomic::AtomicI64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use futures::Stream;
+use futures::StreamExt;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio::sync::OwnedSemaphorePermit;
@@ -70,6 +72,20 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<BoxStream<pb::WatchResponse>>, Status> {
+        self.open(request).await
+    }
+}
+
+impl WatchService {
+    /// Opens a Watch stream whose requests are `request`'s stream: a gRPC stream's messages, or
+    /// the messages of a JSON gateway request.
+    pub async fn open<S>(
+        &self,
+        request: Request<S>,
+    ) -> Result<Response<BoxStream<pb::WatchResponse>>, Status>
+    where
+        S: Stream<Item = Result<pb::WatchRequest, Status>> + Send + Unpin + 'static,
+    {
         let caller = caller(&self.node, &request).await?;
         let place = self.streams.open()?;
         let (outgoing, received) = mpsc::channel(STREAM_QUEUE);
@@ -112,19 +128,24 @@ struct Session {
 }
 
 impl Session {
-    /// Serves the stream until the client closes it or stops listening; dropping the session
-    /// ends every watch it holds.
-    async fn run(mut self, mut incoming: Streaming<pb::WatchRequest>) {
+    /// Serves the stream until the client stops listening; dropping the session ends every watch
+    /// it holds. A client that is done sending (a gateway request's body has ended, or a gRPC
+    /// client closed its side) keeps receiving, as etcd's watches go on after the requests end.
+    async fn run<S>(mut self, incoming: S)
+    where
+        S: Stream<Item = Result<pb::WatchRequest, Status>> + Unpin,
+    {
+        let mut incoming = Some(incoming);
         loop {
             tokio::select! {
-                message = incoming.message() => match message {
-                    Ok(Some(request)) => {
+                message = next_request(&mut incoming) => match message {
+                    Some(Ok(request)) => {
                         if self.handle(request).await.is_err() {
                             return;
                         }
                     }
-                    Ok(None) => return,
-                    Err(malformed) => {
+                    None => incoming = None,
+                    Some(Err(malformed)) => {
                         let _ = self.outgoing.send(Err(malformed)).await;
                         return;
                     }
@@ -253,6 +274,17 @@ impl Session {
 
     async fn send(&self, response: pb::WatchResponse) -> Result<(), Closed> {
         self.outgoing.send(Ok(response)).await.map_err(|_| Closed)
+    }
+}
+
+/// The next request of `incoming`; never ready once the requests have ended (`None`).
+async fn next_request<S>(incoming: &mut Option<S>) -> Option<Result<pb::WatchRequest, Status>>
+where
+    S: Stream<Item = Result<pb::WatchRequest, Status>> + Unpin,
+{
+    match incoming {
+        Some(incoming) => incoming.next().await,
+        None => std::future::pending().await,
     }
 }
 
