@@ -69,6 +69,25 @@ fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
+/// A 3-node cluster started with `extra_args`, once it has a leader, and each member's base URL
+/// (`http://HOST:PORT`, member `i` at index `i - 1`).
+fn cluster(extra_args: &[&str]) -> (Cluster, Vec<String>) {
+    let mut cluster = Cluster::start_with_args(3, extra_args);
+    cluster.wait_for_leader();
+    let bases = (1..=3)
+        .map(|id| format!("http://{}", cluster.http_addr(id)))
+        .collect();
+    (cluster, bases)
+}
+
+/// The revision an answer's header carries (a string, as etcd's gateway writes 64-bit numbers).
+fn revision(answer: &Value) -> i64 {
+    answer["header"]["revision"]
+        .as_str()
+        .and_then(|revision| revision.parse().ok())
+        .unwrap_or_else(|| panic!("no revision in {answer}"))
+}
+
 /// The answer without its header (the member, term and cluster id differ between members).
 fn without_header(mut answer: Value) -> Value {
     if let Some(fields) = answer.as_object_mut() {
@@ -120,26 +139,21 @@ impl Lines {
 
 #[test]
 fn keys_written_and_read_through_the_gateway_answer_as_etcds_gateway_does() {
-    let mut cluster = Cluster::start(3);
-    cluster.wait_for_leader();
-    let one = format!("http://{}", cluster.http_addr(1));
-    let two = format!("http://{}", cluster.http_addr(2));
+    let (_cluster, bases) = cluster(&[]);
+    let (one, two) = (&bases[0], &bases[1]);
 
     let put = ok(
-        &one,
+        one,
         "kv/put",
         json!({"key": b64("foo"), "value": b64("bar")}),
     );
-    let first = put["header"]["revision"]
-        .as_str()
-        .expect("revision as a string");
-    let first: i64 = first.parse().expect("a number");
+    let first = revision(&put);
     let header = &put["header"];
     assert_eq!(header["member_id"], "1", "{put}");
     assert!(header["cluster_id"].is_string() && header["raft_term"].is_string());
 
     let replaced = ok(
-        &one,
+        one,
         "kv/put",
         json!({"key": b64("foo"), "value": b64("baz"), "prev_kv": true}),
     );
@@ -151,7 +165,7 @@ fn keys_written_and_read_through_the_gateway_answer_as_etcds_gateway_does() {
 
     // Read on another member, linearizably: the second write is there.
     let second = (first + 1).to_string();
-    let range = ok(&two, "kv/range", json!({"key": b64("foo")}));
+    let range = ok(two, "kv/range", json!({"key": b64("foo")}));
     assert_eq!(range["header"]["member_id"], "2");
     assert_eq!(
         without_header(range),
@@ -161,7 +175,7 @@ fn keys_written_and_read_through_the_gateway_answer_as_etcds_gateway_does() {
     // etcd's JSON names are accepted as well as the .proto's; unknown fields are skipped; an
     // integer may come as a number or a string.
     let keys_only = ok(
-        &two,
+        two,
         "kv/range",
         json!({"key": b64("foo"), "keysOnly": true, "bogus": 1, "revision": first}),
     );
@@ -170,11 +184,11 @@ fn keys_written_and_read_through_the_gateway_answer_as_etcds_gateway_does() {
         json!({"kvs": [{"key": b64("foo"), "create_revision": first.to_string(),
             "mod_revision": first.to_string(), "version": "1"}], "count": "1"})
     );
-    let absent = ok(&two, "kv/range", json!({"key": b64("none")}));
+    let absent = ok(two, "kv/range", json!({"key": b64("none")}));
     assert_eq!(without_header(absent), json!({}));
 
     let txn = ok(
-        &one,
+        one,
         "kv/txn",
         json!({"compare": [{"key": b64("foo"), "target": "VALUE", "result": "EQUAL",
                 "value": b64("baz")}],
@@ -185,35 +199,35 @@ fn keys_written_and_read_through_the_gateway_answer_as_etcds_gateway_does() {
     assert!(txn["responses"][0]["response_put"].is_object(), "{txn}");
 
     let deleted = ok(
-        &one,
+        one,
         "kv/deleterange",
         json!({"key": b64("foo"), "prev_kv": true}),
     );
     assert_eq!(deleted["deleted"], "1", "{deleted}");
     assert_eq!(deleted["prev_kvs"][0]["value"], b64("baz"), "{deleted}");
 
-    let grant = ok(&one, "lease/grant", json!({"TTL": 30}));
+    let grant = ok(one, "lease/grant", json!({"TTL": 30}));
     let lease = grant["ID"]
         .as_str()
         .expect("lease id as a string")
         .to_string();
     assert_eq!(grant["TTL"], "30", "{grant}");
     ok(
-        &one,
+        one,
         "kv/put",
         json!({"key": b64("leased"), "value": b64("v"), "lease": lease}),
     );
-    let alive = ok(&two, "lease/timetolive", json!({"ID": lease, "keys": true}));
+    let alive = ok(two, "lease/timetolive", json!({"ID": lease, "keys": true}));
     assert_eq!(alive["keys"], json!([b64("leased")]), "{alive}");
     assert_eq!(alive["grantedTTL"], "30", "{alive}");
-    let leases = ok(&two, "kv/lease/leases", json!({}));
+    let leases = ok(two, "kv/lease/leases", json!({}));
     assert_eq!(leases["leases"], json!([{"ID": lease}]), "{leases}");
-    let kept = Lines::open(&one, "lease/keepalive", &format!("{{\"ID\": \"{lease}\"}}"));
+    let kept = Lines::open(one, "lease/keepalive", &format!("{{\"ID\": \"{lease}\"}}"));
     let kept = kept.next();
     assert_eq!(kept["result"]["ID"], lease, "{kept}");
     assert_eq!(kept["result"]["TTL"], "30", "{kept}");
-    ok(&one, "lease/revoke", json!({"ID": lease}));
-    let gone = post(&one, "lease/revoke", &json!({"ID": lease}), None);
+    ok(one, "lease/revoke", json!({"ID": lease}));
+    let gone = post(one, "lease/revoke", &json!({"ID": lease}), None);
     assert_eq!(gone.status, 404, "{}", gone.text());
     assert_eq!(
         gone.json(),
@@ -221,7 +235,7 @@ fn keys_written_and_read_through_the_gateway_answer_as_etcds_gateway_does() {
                "message": "etcdserver: requested lease not found", "code": 5})
     );
 
-    let members = ok(&two, "cluster/member/list", json!({}));
+    let members = ok(two, "cluster/member/list", json!({}));
     let ids: Vec<&Value> = members["members"]
         .as_array()
         .expect("members")
@@ -229,7 +243,7 @@ fn keys_written_and_read_through_the_gateway_answer_as_etcds_gateway_does() {
         .map(|member| &member["ID"])
         .collect();
     assert_eq!(ids, [&json!("1"), &json!("2"), &json!("3")], "{members}");
-    let status = ok(&two, "maintenance/status", json!({}));
+    let status = ok(two, "maintenance/status", json!({}));
     assert_eq!(status["version"], "3.4.0", "{status}");
     assert!(status["leader"].is_string() && status["raftIndex"].is_string());
 
@@ -245,20 +259,15 @@ fn keys_written_and_read_through_the_gateway_answer_as_etcds_gateway_does() {
 
 #[test]
 fn a_watch_streams_history_and_the_writes_made_through_another_member() {
-    let mut cluster = Cluster::start(3);
-    cluster.wait_for_leader();
-    let one = format!("http://{}", cluster.http_addr(1));
-    let three = format!("http://{}", cluster.http_addr(3));
+    let (_cluster, bases) = cluster(&[]);
+    let (one, three) = (&bases[0], &bases[2]);
 
     let put = ok(
-        &one,
+        one,
         "kv/put",
         json!({"key": b64("app/a"), "value": b64("1")}),
     );
-    let first = put["header"]["revision"]
-        .as_str()
-        .expect("revision")
-        .to_string();
+    let first = revision(&put);
     // Two watches on one stream, both created from the one body: the whole prefix from the
     // first write on, and deletes only (`NOPUT`).
     let body = format!(
@@ -269,7 +278,7 @@ fn a_watch_streams_history_and_the_writes_made_through_another_member() {
         b64("app/"),
         b64("app0"),
     );
-    let watch = Lines::open(&three, "watch", &body);
+    let watch = Lines::open(three, "watch", &body);
     let mut created = Vec::new();
     let mut events: Vec<(String, Value)> = Vec::new();
     let read = |created: &mut Vec<String>, events: &mut Vec<(String, Value)>| {
@@ -290,11 +299,11 @@ fn a_watch_streams_history_and_the_writes_made_through_another_member() {
         read(&mut created, &mut events);
     }
     ok(
-        &one,
+        one,
         "kv/put",
         json!({"key": b64("app/b"), "value": b64("2")}),
     );
-    ok(&one, "kv/deleterange", json!({"key": b64("app/a")}));
+    ok(one, "kv/deleterange", json!({"key": b64("app/a")}));
     while events.len() < 4 {
         read(&mut created, &mut events);
     }
@@ -338,9 +347,8 @@ const BODY_LIMIT: usize = (MAX_REQUEST_BYTES + (512 << 10)) * 4 / 3;
 #[test]
 fn refusals_are_etcds_gateway_errors_and_tokens_go_in_the_authorization_header() {
     let limit = MAX_REQUEST_BYTES.to_string();
-    let mut cluster = Cluster::start_with_args(3, &["-max-request-bytes", &limit]);
-    cluster.wait_for_leader();
-    let base = format!("http://{}", cluster.http_addr(1));
+    let (_cluster, bases) = cluster(&["-max-request-bytes", &limit]);
+    let base = &bases[0];
 
     let malformed = post_raw(&format!("{base}/v3/kv/range"), b"{bad", None);
     assert_eq!(malformed.status, 400, "{}", malformed.text());
@@ -355,7 +363,7 @@ fn refusals_are_etcds_gateway_errors_and_tokens_go_in_the_authorization_header()
         )
     );
     let future = post(
-        &base,
+        base,
         "kv/range",
         &json!({"key": b64("k"), "revision": 99}),
         None,
@@ -367,7 +375,7 @@ fn refusals_are_etcds_gateway_errors_and_tokens_go_in_the_authorization_header()
     let big_put = json!({"key": b64("k"), "value": b64(&big_value)});
     let huge_body = vec![b' '; BODY_LIMIT + 1];
     for too_large in [
-        post(&base, "kv/put", &big_put, None),
+        post(base, "kv/put", &big_put, None),
         post_raw(&format!("{base}/v3/kv/put"), &huge_body, None),
     ] {
         assert_eq!(too_large.status, 400, "{}", too_large.text());
@@ -383,32 +391,32 @@ fn refusals_are_etcds_gateway_errors_and_tokens_go_in_the_authorization_header()
     assert_eq!(read_back.text(), "a key");
 
     let not_enabled = post(
-        &base,
+        base,
         "auth/authenticate",
         &json!({"name": "root", "password": "pw"}),
         None,
     );
     assert_eq!(not_enabled.status, 412, "{}", not_enabled.text());
     ok(
-        &base,
+        base,
         "auth/user/add",
         json!({"name": "root", "password": "pw"}),
     );
-    ok(&base, "auth/role/add", json!({"name": "root"}));
+    ok(base, "auth/role/add", json!({"name": "root"}));
     ok(
-        &base,
+        base,
         "auth/user/grant",
         json!({"user": "root", "role": "root"}),
     );
-    ok(&base, "auth/enable", json!({}));
+    ok(base, "auth/enable", json!({}));
     let login = ok(
-        &base,
+        base,
         "auth/authenticate",
         json!({"name": "root", "password": "pw"}),
     );
     let token = login["token"].as_str().expect("a token").to_string();
     let anonymous = post(
-        &base,
+        base,
         "kv/put",
         &json!({"key": b64("k"), "value": b64("v")}),
         None,
@@ -420,12 +428,12 @@ fn refusals_are_etcds_gateway_errors_and_tokens_go_in_the_authorization_header()
         anonymous.text()
     );
     let signed = post(
-        &base,
+        base,
         "kv/put",
         &json!({"key": b64("k"), "value": b64("v")}),
         Some(&token),
     );
     assert_eq!(signed.status, 200, "{}", signed.text());
-    let forged = post(&base, "kv/range", &json!({"key": b64("k")}), Some("forged"));
+    let forged = post(base, "kv/range", &json!({"key": b64("k")}), Some("forged"));
     assert_eq!(forged.status, 401, "{}", forged.text());
 }

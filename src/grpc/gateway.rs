@@ -74,6 +74,7 @@ pub(super) struct Services {
     pub max_body_bytes: usize,
 }
 
+/// What every route is handed: the services it calls.
 type Gateway = State<Arc<Services>>;
 
 /// A route answering one unary RPC: `unary!(Trait, service, method)`.
@@ -209,6 +210,7 @@ pub(super) fn router(services: Services) -> Router {
     })
 }
 
+/// Watch: the body's messages are the stream's requests (creates, cancels, progress requests).
 fn watch_route() -> MethodRouter<Arc<Services>> {
     post(|State(services): Gateway, request: Request| async move {
         match decode_all(request, services.max_body_bytes).await {
@@ -218,6 +220,7 @@ fn watch_route() -> MethodRouter<Arc<Services>> {
     })
 }
 
+/// LeaseKeepAlive: one answer per request message of the body.
 fn keep_alive_route() -> MethodRouter<Arc<Services>> {
     post(|State(services): Gateway, request: Request| async move {
         match decode_all(request, services.max_body_bytes).await {
@@ -286,6 +289,7 @@ fn with_token<T>(
     Ok(request)
 }
 
+/// A unary answer as JSON, or the refusal as etcd's gateway error.
 fn answer<T: Serialize>(answered: Result<tonic::Response<T>, Status>) -> Response {
     match answered.and_then(|response| json(&response.into_inner())) {
         Ok(body) => (StatusCode::OK, JSON_CONTENT, body).into_response(),
@@ -316,12 +320,16 @@ where
     (StatusCode::OK, JSON_CONTENT, Body::from_stream(lines)).into_response()
 }
 
+/// Every answer is JSON, refusals included, as grpc-gateway's are.
 const JSON_CONTENT: [(header::HeaderName, &str); 1] = [(header::CONTENT_TYPE, "application/json")];
 
+/// `message` as JSON; a failure (none is expected of the generated mapping) is an INTERNAL
+/// refusal rather than a panic.
 fn json<T: Serialize>(message: &T) -> Result<Vec<u8>, Status> {
     serde_json::to_vec(message).map_err(|e| Status::internal(e.to_string()))
 }
 
+/// grpc-gateway's line for one message of a stream.
 #[derive(Serialize)]
 struct StreamResult<T> {
     result: T,
@@ -341,6 +349,7 @@ struct StreamError<'a> {
     error: StreamErrorBody<'a>,
 }
 
+/// What [`StreamError`] says of the failure.
 #[derive(Serialize)]
 struct StreamErrorBody<'a> {
     grpc_code: i32,
@@ -361,6 +370,8 @@ impl<'a> StreamErrorBody<'a> {
     }
 }
 
+/// The answer to a refused request: grpc-gateway's error body and the HTTP status it gives the
+/// code.
 fn error_response(refused: &Status) -> Response {
     let body = ErrorBody {
         error: refused.message(),
