@@ -27,7 +27,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::post;
-use axum::routing::MethodRouter;
 use axum::Router;
 use futures::Stream;
 use futures::StreamExt;
@@ -54,6 +53,7 @@ use crate::api::etcdpb::etcdserverpb::lease_server::Lease;
 use crate::api::etcdpb::etcdserverpb::maintenance_server::Maintenance;
 use crate::api::etcdpb::v3electionpb::election_server::Election;
 use crate::api::etcdpb::v3lockpb::lock_server::Lock;
+use crate::api::AuthError;
 
 /// The path prefixes the gateway serves: etcd 3.4 serves its API under both.
 pub(super) const PREFIXES: &[&str] = &["/v3/", "/v3beta/"];
@@ -102,6 +102,19 @@ macro_rules! server_stream {
     };
 }
 
+/// A route answering one RPC whose requests are a stream too, from the messages of the body:
+/// `client_stream!(service, method)`.
+macro_rules! client_stream {
+    ($service:ident, $method:ident) => {
+        post(|State(services): Gateway, request: Request| async move {
+            match decode_all(request, services.max_body_bytes).await {
+                Ok(requests) => answer_stream(services.$service.$method(requests).await),
+                Err(refused) => error_response(&refused),
+            }
+        })
+    };
+}
+
 /// The gateway's routes, under every one of [`PREFIXES`].
 pub(super) fn router(services: Services) -> Router {
     let routes = Router::new()
@@ -110,11 +123,11 @@ pub(super) fn router(services: Services) -> Router {
         .route("/kv/deleterange", unary!(Kv, kv, delete_range))
         .route("/kv/txn", unary!(Kv, kv, txn))
         .route("/kv/compaction", unary!(Kv, kv, compact))
-        .route("/watch", watch_route())
+        .route("/watch", client_stream!(watch, open))
         .route("/lease/grant", unary!(Lease, lease, lease_grant))
         .route("/lease/revoke", unary!(Lease, lease, lease_revoke))
         .route("/kv/lease/revoke", unary!(Lease, lease, lease_revoke))
-        .route("/lease/keepalive", keep_alive_route())
+        .route("/lease/keepalive", client_stream!(lease, keep_alive_stream))
         .route(
             "/lease/timetolive",
             unary!(Lease, lease, lease_time_to_live),
@@ -210,26 +223,6 @@ pub(super) fn router(services: Services) -> Router {
     })
 }
 
-/// Watch: the body's messages are the stream's requests (creates, cancels, progress requests).
-fn watch_route() -> MethodRouter<Arc<Services>> {
-    post(|State(services): Gateway, request: Request| async move {
-        match decode_all(request, services.max_body_bytes).await {
-            Ok(requests) => answer_stream(services.watch.open(requests).await),
-            Err(refused) => error_response(&refused),
-        }
-    })
-}
-
-/// LeaseKeepAlive: one answer per request message of the body.
-fn keep_alive_route() -> MethodRouter<Arc<Services>> {
-    post(|State(services): Gateway, request: Request| async move {
-        match decode_all(request, services.max_body_bytes).await {
-            Ok(requests) => answer_stream(services.lease.keep_alive_stream(requests).await),
-            Err(refused) => error_response(&refused),
-        }
-    })
-}
-
 /// The request message a body holds, with the caller's token: an empty body is the empty
 /// message.
 async fn decode_one<T>(request: Request, max_body_bytes: usize) -> Result<tonic::Request<T>, Status>
@@ -283,7 +276,7 @@ fn with_token<T>(
 ) -> Result<tonic::Request<T>, Status> {
     if let Some(token) = token {
         let token = MetadataValue::try_from(token.as_bytes())
-            .map_err(|_| Status::unauthenticated("etcdserver: invalid auth token"))?;
+            .map_err(|_| super::status::status(AuthError::InvalidToken.into()))?;
         request.metadata_mut().insert(TOKEN_METADATA, token);
     }
     Ok(request)
