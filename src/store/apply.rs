@@ -1,5 +1,5 @@
 //! Applying commands to the key space: each write request becomes the changes of one revision in
-//! the batch being built (data, history, events, lease links), decided only by the command and
+//! the batch being built (data, changes, tombstones, lease links), decided only by the command and
 //! the state before it, so every member computes the same revision, versions and answers.
 
 use std::collections::BTreeSet;
@@ -14,9 +14,9 @@ use super::mvcc::LeaseRecord;
 use super::mvcc::Overlay;
 use super::mvcc::Record;
 use super::mvcc::Values;
+use super::mvcc::CF_CHANGES;
 use super::mvcc::CF_DATA;
-use super::mvcc::CF_EVENTS;
-use super::mvcc::CF_HISTORY;
+use super::mvcc::CF_DELETED;
 use super::mvcc::CF_LEASES;
 use super::mvcc::CF_LEASE_KEYS;
 use crate::api;
@@ -245,7 +245,8 @@ impl<'db> Applier<'db> {
                 Vec::new(),
             )?;
         }
-        self.record_change(&put.key, Some(&record), next, pending, || Event {
+        let replaced = previous.as_ref().map(|p| p.mod_revision);
+        self.record_change(&put.key, Some(&record), replaced, next, pending, || Event {
             kind: EventKind::Put,
             kv: record.clone().into_key_value(put.key.clone()),
             prev_kv: previous.clone().map(|p| p.into_key_value(put.key.clone())),
@@ -294,28 +295,44 @@ impl<'db> Applier<'db> {
             self.overlay
                 .delete(CF_LEASE_KEYS, &mvcc::lease_key_entry(previous.lease, key))?;
         }
-        self.record_change(key, None, next, pending, || Event {
-            kind: EventKind::Delete,
-            kv: api::KeyValue {
-                key: key.to_vec(),
-                mod_revision: next,
-                ..api::KeyValue::default()
+        self.overlay
+            .put(CF_DELETED, &mvcc::tombstone_key(key, next), Vec::new())?;
+        self.record_change(
+            key,
+            None,
+            Some(previous.mod_revision),
+            next,
+            pending,
+            || Event {
+                kind: EventKind::Delete,
+                kv: api::KeyValue {
+                    key: key.to_vec(),
+                    mod_revision: next,
+                    ..api::KeyValue::default()
+                },
+                prev_kv: Some(previous.clone().into_key_value(key.to_vec())),
             },
-            prev_kv: Some(previous.clone().into_key_value(key.to_vec())),
-        })?;
+        )?;
         self.overlay.delete(CF_DATA, key)
     }
 
-    /// Records a change of `key` in the history and events of revision `next`, and, while
-    /// someone watches, the event `event` makes (built only then: it copies the value).
+    /// Records a change of `key` at revision `next` (`version`, `None` for a delete) replacing
+    /// the version made at `replaced`, and, while someone watches, the event `event` makes (built
+    /// only then: it copies the value).
     fn record_change(
         &mut self,
         key: &[u8],
         version: Option<&Record>,
+        replaced: Option<i64>,
         next: i64,
         pending: &mut Pending,
         event: impl FnOnce() -> Event,
     ) -> io::Result<()> {
+        if replaced == Some(next) {
+            // A chain of versions must lead back in time; a request changes a key once (a
+            // transaction with two changes of one key is refused before it is applied).
+            return Err(io::Error::other("a key changed twice in one revision"));
+        }
         let change = pending.changes;
         pending.changes = change
             .checked_add(1)
@@ -323,10 +340,11 @@ impl<'db> Applier<'db> {
         if self.collect_events {
             pending.events.push(event());
         }
-        self.overlay
-            .put(CF_HISTORY, &mvcc::history_key(key, next), encode(&version)?)?;
-        self.overlay
-            .put(CF_EVENTS, &mvcc::event_key(next, change), key.to_vec())
+        self.overlay.put(
+            CF_CHANGES,
+            &mvcc::change_key(next, key),
+            mvcc::encode_change(replaced, change, version)?,
+        )
     }
 
     fn txn(

@@ -17,10 +17,11 @@ const MARKER: &str = "ONDISK";
 /// Present once the node has been removed from its cluster.
 const REMOVED_MARKER: &str = "REMOVED";
 /// On-disk layout version; bumped when the layout changes incompatibly.
-const FORMAT_VERSION: u32 = 3;
+const FORMAT_VERSION: u32 = 4;
 /// The oldest layout this version opens, upgrading its marker: format 2 stored each current
-/// value twice (see `store::mvcc`), and its records still read as format 3's. The marker is
-/// rewritten before anything else, so an older ondisk refuses the directory from then on
+/// value twice (see `store::mvcc`), and its records still read as format 3's; format 3 kept the
+/// history by key, which the state machine converts when it opens (`store::legacy`). The marker
+/// is rewritten before anything else, so an older ondisk refuses the directory from then on
 /// instead of misreading the records written from now on.
 const OLDEST_UPGRADABLE_FORMAT: u32 = 2;
 

@@ -22,15 +22,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::column_family;
-use super::encode;
 use super::family_options;
 use super::io_err;
+use super::legacy;
 use super::mvcc;
 use super::mvcc::Current;
 use super::mvcc::Record;
+use super::mvcc::CF_CHANGES;
 use super::mvcc::CF_DATA;
-use super::mvcc::CF_EVENTS;
-use super::mvcc::CF_HISTORY;
 use super::mvcc::MVCC_FAMILIES;
 use super::snapshot;
 use super::snapshot::invalid;
@@ -102,8 +101,13 @@ pub(super) fn prepare<R: BufRead>(
     let dir = RemoveWhenRetired::new(snapshot_dir.join(snapshot::unique_name(PREPARING)));
     dir.retire();
     fs::create_dir(dir.path())?;
-    let options: Vec<Options> = MVCC_FAMILIES.iter().map(|f| family_options(f)).collect();
-    let mut tables = TableWriters::new(dir.path(), &options);
+    let options = family_options_of(MVCC_FAMILIES);
+    let mut tables = TableWriters::new(dir.path(), MVCC_FAMILIES, &options);
+    // A stream from a node of the previous format carries its history by key; those tables are
+    // converted once the stream is complete.
+    let legacy_options = family_options_of(legacy::STREAM_FAMILIES);
+    let mut legacy_tables = TableWriters::new(dir.path(), legacy::STREAM_FAMILIES, &legacy_options);
+    let families = reader.key_space_families();
     let mut meta_pairs = Vec::new();
     let mut plain_pairs = 0u32;
     while let Some(pair) = reader.next_pair()? {
@@ -115,19 +119,13 @@ pub(super) fn prepare<R: BufRead>(
                 meta_pairs.push((pair.key, pair.value));
             }
             Some(number) => {
-                let family = MVCC_FAMILIES
+                let family = families
                     .get(usize::from(number))
                     .ok_or_else(|| invalid("unknown column family in the snapshot"))?;
-                if *family == CF_DATA {
-                    // A version 3 stream's records all carry their values; a large one is kept
-                    // in the history only.
-                    let current = match mvcc::decode_current(&pair.value)? {
-                        Current::Whole(record) => mvcc::encode_current(&record)?,
-                        Current::ValueInHistory(_) => pair.value,
-                    };
-                    tables.put(family, &pair.key, &current)?;
+                if [legacy::CF_HISTORY, legacy::CF_EVENTS].contains(family) {
+                    legacy_tables.put(family, &pair.key, &pair.value)?;
                 } else {
-                    tables.put(family, &pair.key, &pair.value)?;
+                    put_family_pair(&mut tables, family, &pair.key, pair.value)?;
                 }
             }
             None => {
@@ -135,6 +133,17 @@ pub(super) fn prepare<R: BufRead>(
                 plain_pairs = plain_pairs.saturating_add(1);
             }
         }
+    }
+    let legacy_tables: Vec<_> = legacy_tables
+        .finish()?
+        .into_iter()
+        .map(|family| (family, table_path(dir.path(), family)))
+        .collect();
+    if !legacy_tables.is_empty() {
+        let scratch = dir.path().join("converting");
+        legacy::convert_tables(&scratch, &legacy_tables, |family, key, value| {
+            tables.put(family, key, value)
+        })?;
     }
     let tables = tables.finish()?;
     Ok(PreparedSnapshot {
@@ -146,10 +155,28 @@ pub(super) fn prepare<R: BufRead>(
     })
 }
 
+/// Adds a pair of the key-space family `family` to its table. A version 3 stream's `data`
+/// records all carry their values; a large one is kept in its change only.
+fn put_family_pair(
+    tables: &mut TableWriters<'_>,
+    family: &'static str,
+    key: &[u8],
+    value: Vec<u8>,
+) -> io::Result<()> {
+    if family != CF_DATA {
+        return tables.put(family, key, &value);
+    }
+    let current = match mvcc::decode_current(&value)? {
+        Current::Whole(record) => mvcc::encode_current(&record)?,
+        Current::ValueInChange(_) => value,
+    };
+    tables.put(family, key, &current)
+}
+
 /// Adds a plain key and value of a version 1 or 2 stream (from before revisions): the key as
-/// created at revision 1, whose changes are numbered by `change`. Such a stream lists its keys in
-/// order, so their history and event keys come in order too. The store starts at revision 1, so
-/// no revision counter is written.
+/// created at revision 1 by the change numbered `change`. Such a stream lists its keys in order,
+/// so their change keys (revision 1, then the key) come in order too. The store starts at
+/// revision 1, so no revision counter is written.
 fn put_plain_pair(
     tables: &mut TableWriters<'_>,
     change: u32,
@@ -165,34 +192,42 @@ fn put_plain_pair(
     };
     tables.put(CF_DATA, key, &mvcc::encode_current(&record)?)?;
     tables.put(
-        CF_HISTORY,
-        &mvcc::history_key(key, 1),
-        &encode(&Some(record))?,
-    )?;
-    tables.put(CF_EVENTS, &mvcc::event_key(1, change), key)
+        CF_CHANGES,
+        &mvcc::change_key(1, key),
+        &mvcc::encode_change(None, change, Some(&record))?,
+    )
+}
+
+/// The options of each of `families`, as the generation opens them.
+fn family_options_of(families: &[&str]) -> Vec<Options> {
+    families.iter().map(|f| family_options(f)).collect()
 }
 
 /// One SST file per key-space family, each opened when its family's first pair arrives (RocksDB
 /// cannot finish an empty table).
 struct TableWriters<'o> {
     dir: &'o Path,
+    /// The families tables may be written for.
+    families: &'static [&'static str],
     /// The families' options, as the generation opens them, so the tables are built alike.
     options: &'o [Options],
-    /// By family, in the order of [`MVCC_FAMILIES`].
+    /// By family, in the order of `families`.
     writers: Vec<Option<SstFileWriter<'o>>>,
 }
 
 impl<'o> TableWriters<'o> {
-    fn new(dir: &'o Path, options: &'o [Options]) -> Self {
+    fn new(dir: &'o Path, families: &'static [&'static str], options: &'o [Options]) -> Self {
         TableWriters {
             dir,
+            families,
             options,
-            writers: MVCC_FAMILIES.iter().map(|_| None).collect(),
+            writers: families.iter().map(|_| None).collect(),
         }
     }
 
     fn put(&mut self, family: &'static str, key: &[u8], value: &[u8]) -> io::Result<()> {
-        let number = MVCC_FAMILIES
+        let number = self
+            .families
             .iter()
             .position(|f| *f == family)
             .ok_or_else(|| invalid("unknown column family in the snapshot"))?;
@@ -219,7 +254,7 @@ impl<'o> TableWriters<'o> {
     /// Finishes (and syncs: RocksDB's writer does) every table, and lists their families.
     fn finish(self) -> io::Result<Vec<&'static str>> {
         let mut tables = Vec::new();
-        for (family, writer) in MVCC_FAMILIES.iter().zip(self.writers) {
+        for (family, writer) in self.families.iter().zip(self.writers) {
             if let Some(mut writer) = writer {
                 writer.finish().map_err(io_err)?;
                 tables.push(*family);

@@ -11,6 +11,7 @@ mod auth;
 mod data_dir;
 mod install;
 mod lease;
+mod legacy;
 mod log_store;
 mod mvcc;
 mod recent_entries;
@@ -120,16 +121,20 @@ fn open_rocksdb(path: &Path, column_families: &[&str], wal: WalSyncs) -> Result<
 }
 
 /// Families read by point lookups on a hot path: applying a write reads the current record of
-/// every key it changes, and a get reads one (and a large value in the history). Without a
+/// every key it changes, a get reads one (and a large value in its change), and a read at a past
+/// revision follows a key's chain of changes. Without a
 /// filter such a lookup searches every memtable and every level-0 file down to the one holding
 /// the key (measured: a put's lookup cost more than its writes); with a bloom filter on each
 /// table and memtable it skips the ones that cannot hold it, for about 10 bits per key of
 /// memory.
-const POINT_LOOKUP_FAMILIES: &[&str] = &[mvcc::CF_DATA, mvcc::CF_HISTORY, mvcc::CF_LEASES];
+const POINT_LOOKUP_FAMILIES: &[&str] = &[mvcc::CF_DATA, mvcc::CF_CHANGES, mvcc::CF_LEASES];
 
-/// The memtable size of the families in [`POINT_LOOKUP_FAMILIES`], which are also the ones written
-/// at random keys. Each insert into a memtable is a skip-list search (the log's and the events'
-/// keys only grow, so theirs find their place at once); in a smaller memtable that search is
+/// Families written at random keys. Each insert into a memtable is a skip-list search (the log's
+/// and the changes' keys only grow, so theirs find their place at once).
+const RANDOM_WRITE_FAMILIES: &[&str] = &[mvcc::CF_DATA, mvcc::CF_DELETED, mvcc::CF_LEASES];
+
+/// The memtable size of the families in [`RANDOM_WRITE_FAMILIES`]: in a smaller memtable the
+/// skip-list search of an insert is
 /// shorter and stays in the CPU's caches. Measured against RocksDB's 64 MiB: 11 % more puts at
 /// 256 clients over 10,000 keys, unchanged over a million (BENCHMARKS.md).
 const RANDOM_WRITE_MEMTABLE_BYTES: usize = 8 << 20;
@@ -192,6 +197,8 @@ fn family_options(name: &str) -> Options {
         tables.set_bloom_filter(10.0, false);
         options.set_memtable_whole_key_filtering(true);
         options.set_memtable_prefix_bloom_ratio(0.02);
+    }
+    if RANDOM_WRITE_FAMILIES.contains(&name) {
         options.set_write_buffer_size(RANDOM_WRITE_MEMTABLE_BYTES);
         options.set_level_zero_file_num_compaction_trigger(LEVEL0_COMPACTION_TRIGGER);
         options.set_max_bytes_for_level_base(RANDOM_WRITE_LEVEL_BASE_BYTES);

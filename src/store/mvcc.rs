@@ -6,27 +6,34 @@
 //! | family | key | value |
 //! | --- | --- | --- |
 //! | `data` | user key | the key's current version: a [`Record`] if its value is small, else its [`RecordMeta`] ([`encode_current`]) |
-//! | `history` | [`history_key`]: escaped user key, then `!revision` | `Option<Record>`: the version made at that revision, `None` for a delete |
-//! | `events` | revision, change number (big-endian) | user key: what changed at each revision, in order |
+//! | `changes` | [`change_key`]: revision (big-endian), then user key | [`ChangeRecord`]: the version made, `None` for a delete, and the revision of the key's previous version |
+//! | `deleted` | [`tombstone_key`]: escaped user key, then revision | empty: the revisions at which each key was deleted |
 //! | `leases` | lease id (big-endian) | [`LeaseRecord`] |
 //! | `lease_keys` | lease id, user key | empty: the keys attached to each lease |
 //!
-//! A value larger than [`INLINE_VALUE_BYTES`] is stored once, in the history version that made
-//! it: the current version's value is found at `(key, mod_revision)` of its `data` record, so the
-//! state on disk is the live data plus the history not yet compacted, not twice the live data. A
-//! smaller value is kept in the `data` record as well, where it costs less than the second
-//! lookup a read would otherwise make. (Before format 3 every `data` record carried its value;
-//! such records read like the small ones.)
+//! A put writes two records at random places (its `data` record, and for a delete its tombstone)
+//! and one at the end of the `changes` family, which only grows: RocksDB's memtable finds the end
+//! at once, while a random insert is a skip-list search, the largest single cost of a put
+//! (BENCHMARKS.md). The history therefore has no index by key: each version names the revision of
+//! the one before it, so the versions of one key since it was last created form a chain back from
+//! its `data` record, and a deleted key's chain starts at its tombstone. A read at revision R
+//! follows the chain until it reaches a version at or before R: one lookup per newer version,
+//! bounded by compaction. A version made by a create names no previous version, so a read before
+//! the key's creation looks in `deleted` for the first tombstone after R, whose chain holds the
+//! version in force then, if there was one.
 //!
-//! The history key escapes the user key so that its encoding sorts like the key and is never a
-//! prefix of another key's: all versions of one key are adjacent, newest first, and a seek to
-//! `(key, !R)` lands on the newest version at or before revision R.
+//! A value larger than [`INLINE_VALUE_BYTES`] is stored once, in the change that made it: the
+//! current version's value is found at `(mod_revision, key)` in `changes`, so the state on disk
+//! is the live data plus the history not yet compacted, not twice the live data. A smaller value
+//! is kept in the `data` record as well, where it costs less than the second lookup a read would
+//! otherwise make.
 //!
 //! Compaction to revision C is logical at once (`compact_revision`: reads and watches below it are
-//! refused) and physical in the background ([`trim_history`]): a version older than C is deleted
-//! once a newer version at or before C exists (or it is a delete, the newest before C), and the
-//! events before C go. Versions still visible at C or later are never touched, so reads at any
-//! revision from C on are unaffected by how far trimming has got.
+//! refused) and physical in the background ([`trim_history`]): for each change made before C, the
+//! version it replaced goes, and a delete goes with its tombstone. Versions still visible at C or
+//! later are never touched, so reads at any revision from C on are unaffected by how far trimming
+//! has got. Before format 4 the history was kept by key, and the events by revision, in two
+//! families (`store::legacy` converts them).
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -48,19 +55,20 @@ use crate::api::KeySpan;
 use crate::api::KeyValue;
 
 pub(super) const CF_DATA: &str = "data";
-pub(super) const CF_HISTORY: &str = "history";
-pub(super) const CF_EVENTS: &str = "events";
+pub(super) const CF_CHANGES: &str = "changes";
+pub(super) const CF_DELETED: &str = "deleted";
 pub(super) const CF_LEASES: &str = "leases";
 pub(super) const CF_LEASE_KEYS: &str = "lease_keys";
 /// The families holding the key space and leases, in the order a snapshot stream numbers them.
 pub(super) const MVCC_FAMILIES: &[&str] =
-    &[CF_DATA, CF_HISTORY, CF_EVENTS, CF_LEASES, CF_LEASE_KEYS];
+    &[CF_DATA, CF_CHANGES, CF_DELETED, CF_LEASES, CF_LEASE_KEYS];
 
 /// Meta keys (in the state machine's meta family) that belong to the key space and travel in
 /// snapshots with it.
 pub(super) const KEY_REVISION: &[u8] = b"revision";
 pub(super) const KEY_COMPACT_REVISION: &[u8] = b"compact_revision";
-/// History below this revision has been trimmed (see [`trim_history`]); local, not replicated.
+/// History below this revision has been trimmed (see [`trim_history`]). Each member trims on its
+/// own; a snapshot carries the point its changes were trimmed to.
 pub(super) const KEY_TRIMMED_TO: &[u8] = b"trimmed_to";
 
 /// A key's version as stored: everything of a [`KeyValue`] but the key.
@@ -177,15 +185,39 @@ pub struct Revisions {
     pub compacted: i64,
 }
 
-/// Memcomparable encoding of `key` followed by the inverted `revision`: 0x00 becomes 0x00 0xff,
-/// and 0x00 0x00 ends the key.
-pub(super) fn history_key(key: &[u8], revision: i64) -> Vec<u8> {
-    let mut encoded = escaped_key(key);
-    encoded.extend_from_slice(&inverted(revision));
+/// Where the change that gave `key` a version at `revision` is recorded: the revision first, so
+/// that the family only grows and a revision's changes are adjacent.
+pub(super) fn change_key(revision: i64, key: &[u8]) -> Vec<u8> {
+    let mut encoded = Vec::with_capacity(8 + key.len());
+    encoded.extend_from_slice(&revision_bytes(revision));
+    encoded.extend_from_slice(key);
     encoded
 }
 
-fn escaped_key(key: &[u8]) -> Vec<u8> {
+/// Splits a change key into the revision and the user key.
+fn split_change_key(encoded: &[u8]) -> io::Result<(i64, &[u8])> {
+    let revision = encoded
+        .get(..8)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(|bytes| u64::from_be_bytes(bytes) as i64)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed change key"))?;
+    Ok((revision, &encoded[8..]))
+}
+
+fn revision_bytes(revision: i64) -> [u8; 8] {
+    (revision.max(0) as u64).to_be_bytes()
+}
+
+/// Memcomparable encoding of `key` followed by the `revision` it was deleted at: 0x00 becomes
+/// 0x00 0xff, and 0x00 0x00 ends the key, so a key's tombstones are adjacent, oldest first, and
+/// never mixed with another key's.
+pub(super) fn tombstone_key(key: &[u8], revision: i64) -> Vec<u8> {
+    let mut encoded = escaped_key(key);
+    encoded.extend_from_slice(&revision_bytes(revision));
+    encoded
+}
+
+pub(super) fn escaped_key(key: &[u8]) -> Vec<u8> {
     let mut encoded = Vec::with_capacity(key.len() + 10);
     for &byte in key {
         encoded.push(byte);
@@ -197,13 +229,10 @@ fn escaped_key(key: &[u8]) -> Vec<u8> {
     encoded
 }
 
-fn inverted(revision: i64) -> [u8; 8] {
-    (u64::MAX - revision.max(0) as u64).to_be_bytes()
-}
-
-/// Splits a history key into the user key and the revision.
-fn split_history_key(encoded: &[u8]) -> io::Result<(Vec<u8>, i64)> {
-    let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "malformed history key");
+/// Splits an escaped key followed by eight bytes of revision (a tombstone key, or a history key
+/// of format 3) into the user key and the revision's bytes.
+pub(super) fn split_escaped_key(encoded: &[u8]) -> io::Result<(Vec<u8>, [u8; 8])> {
+    let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "malformed escaped key");
     let mut key = Vec::with_capacity(encoded.len());
     let mut i = 0;
     loop {
@@ -224,23 +253,47 @@ fn split_history_key(encoded: &[u8]) -> io::Result<(Vec<u8>, i64)> {
         .get(i + 2..)
         .and_then(|rest| rest.try_into().ok())
         .ok_or_else(corrupt)?;
-    let revision = u64::MAX - u64::from_be_bytes(rest);
-    Ok((key, i64::try_from(revision).map_err(|_| corrupt())?))
+    Ok((key, rest))
 }
 
-/// Where the change numbered `change` of `revision` is recorded in the events family.
-pub(super) fn event_key(revision: i64, change: u32) -> [u8; 12] {
-    let mut key = [0u8; 12];
-    key[..8].copy_from_slice(&(revision.max(0) as u64).to_be_bytes());
-    key[8..].copy_from_slice(&change.to_be_bytes());
-    key
+/// Splits a tombstone key into the user key and the revision of the delete.
+fn split_tombstone_key(encoded: &[u8]) -> io::Result<(Vec<u8>, i64)> {
+    let (key, revision) = split_escaped_key(encoded)?;
+    Ok((key, u64::from_be_bytes(revision) as i64))
 }
 
-fn split_event_key(key: &[u8]) -> io::Result<i64> {
-    key.get(..8)
-        .and_then(|bytes| bytes.try_into().ok())
-        .map(|bytes| u64::from_be_bytes(bytes) as i64)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed event key"))
+/// A change as the `changes` family records it. `previous` comes first, and the version's
+/// metadata before its value, so that [`ChangeHead`] decodes from the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ChangeRecord {
+    /// The revision of the key's version before this change; `None` when the change created the
+    /// key (it was absent before).
+    pub previous: Option<i64>,
+    /// The change's number within its revision: watchers see a revision's changes in the order
+    /// they were made.
+    pub change: u32,
+    /// The version made; `None` for a delete.
+    pub version: Option<Record>,
+}
+
+/// Encodes a [`ChangeRecord`] from its parts, without copying the version.
+pub(super) fn encode_change(
+    previous: Option<i64>,
+    change: u32,
+    version: Option<&Record>,
+) -> io::Result<Vec<u8>> {
+    // A tuple encodes as the struct of the same fields in the same order.
+    encode(&(previous, change, version))
+}
+
+/// The leading fields of a [`ChangeRecord`], without the version's value: what following a
+/// chain of versions needs.
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct ChangeHead {
+    previous: Option<i64>,
+    /// Only there to be skipped: the fields follow in the stored order.
+    _change: u32,
+    version: Option<RecordMeta>,
 }
 
 pub(super) fn lease_key(id: i64) -> [u8; 8] {
@@ -263,7 +316,7 @@ pub(super) fn read_err(err: rocksdb::Error) -> io::Error {
     }
 }
 
-/// Values up to this many bytes are kept in the key's `data` record as well as in the history,
+/// Values up to this many bytes are kept in the key's `data` record as well as in its change,
 /// so that reading them takes one lookup: measured, the second lookup made a 128-byte get 8 to
 /// 13 % slower, while storing a value once made 64 KiB puts 30 % faster.
 pub(super) const INLINE_VALUE_BYTES: usize = 256;
@@ -276,8 +329,8 @@ const META_BYTES: usize = 32;
 pub(super) enum Current {
     /// The whole version, value included.
     Whole(Record),
-    /// The version's metadata; its value is in the history, at `(key, mod_revision)`.
-    ValueInHistory(RecordMeta),
+    /// The version's metadata; its value is in the change that made it, at `(mod_revision, key)`.
+    ValueInChange(RecordMeta),
 }
 
 /// Encodes `record` as the current version of its key: whole if its value is small.
@@ -292,42 +345,53 @@ pub(super) fn encode_current(record: &Record) -> io::Result<Vec<u8>> {
 /// Decodes a `data` record written by [`encode_current`] (or, before format 3, always whole).
 pub(super) fn decode_current(bytes: &[u8]) -> io::Result<Current> {
     if bytes.len() == META_BYTES {
-        decode(bytes).map(Current::ValueInHistory)
+        decode(bytes).map(Current::ValueInChange)
     } else {
         decode(bytes).map(Current::Whole)
     }
 }
 
 impl Current {
-    /// The version in full, value included when `values` asks for it: from the history, with
-    /// `read_history` (what the history family holds at an encoded history key), when this
-    /// record does not hold it.
+    /// The version's metadata.
+    fn meta(&self) -> RecordMeta {
+        match self {
+            Current::Whole(record) => RecordMeta::of(record),
+            Current::ValueInChange(meta) => *meta,
+        }
+    }
+
+    /// The version in full, value included when `values` asks for it: from its change, with
+    /// `read_change` (what the changes family holds at a change key), when this record does not
+    /// hold it.
     fn resolve<B: AsRef<[u8]>>(
         self,
         key: &[u8],
         values: Values,
-        read_history: impl FnOnce(&[u8]) -> io::Result<Option<B>>,
+        read_change: impl FnOnce(&[u8]) -> io::Result<Option<B>>,
     ) -> io::Result<Record> {
         let meta = match (self, values) {
             (Current::Whole(record), _) => return Ok(record),
-            (Current::ValueInHistory(meta), Values::Skip) => return Ok(meta.without_value()),
-            (Current::ValueInHistory(meta), Values::Read) => meta,
+            (Current::ValueInChange(meta), Values::Skip) => return Ok(meta.without_value()),
+            (Current::ValueInChange(meta), Values::Read) => meta,
         };
-        let stored = read_history(&history_key(key, meta.mod_revision))?;
+        let stored = read_change(&change_key(meta.mod_revision, key))?;
         current_version(key, meta, stored.as_ref().map(AsRef::as_ref))
     }
 }
 
-/// The history version holding the value of current version `meta` of `key`, decoded from
-/// `stored` (what the history family holds at `(key, meta.mod_revision)`). The version is never
-/// trimmed while it is current, so its absence means the database is damaged.
+/// The version holding the value of current version `meta` of `key`, decoded from `stored` (what
+/// the changes family holds at `(meta.mod_revision, key)`). The change is never trimmed while its
+/// version is current, so its absence means the database is damaged.
 fn current_version(key: &[u8], meta: RecordMeta, stored: Option<&[u8]>) -> io::Result<Record> {
-    let version: Option<Record> = stored.map(decode).transpose()?.flatten();
+    let version = stored
+        .map(decode::<ChangeRecord>)
+        .transpose()?
+        .and_then(|change| change.version);
     version.ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "the value of key {:?} at revision {} is missing from the history",
+                "the value of key {:?} at revision {} is missing from the changes",
                 String::from_utf8_lossy(key),
                 meta.mod_revision
             ),
@@ -344,9 +408,9 @@ pub(super) fn current_record(
     current: Current,
     values: Values,
 ) -> io::Result<Record> {
-    let history = column_family(db, CF_HISTORY)?;
+    let changes = column_family(db, CF_CHANGES)?;
     current.resolve(key, values, |at| {
-        db.get_pinned_cf_opt(history, at, &options())
+        db.get_pinned_cf_opt(changes, at, &options())
             .map_err(read_err)
     })
 }
@@ -514,7 +578,7 @@ impl<'db> Overlay<'db> {
     /// [`current_record`] through the pending writes: the version may have been made by this
     /// batch.
     fn current_record(&self, key: &[u8], current: Current, values: Values) -> io::Result<Record> {
-        current.resolve(key, values, |at| self.get(CF_HISTORY, at))
+        current.resolve(key, values, |at| self.get(CF_CHANGES, at))
     }
 
     /// [`Overlay::record`] with an empty value, for a caller that does not use it: answered from
@@ -598,6 +662,9 @@ impl Values {
 
 /// What a read at some revision finds: the keys in `span` as they were at `revision`, in key
 /// order, one visit per key (`visit` returns false to stop). `revision` must not be compacted.
+///
+/// The keys that may have had a version then are the current ones and the deleted ones: the
+/// `data` and `deleted` families, walked side by side.
 pub(super) fn visit_at_revision(
     db: &DB,
     options: impl Fn() -> ReadOptions,
@@ -608,71 +675,136 @@ pub(super) fn visit_at_revision(
     if span.is_empty() {
         return Ok(());
     }
-    let history = column_family(db, CF_HISTORY)?;
-    let mut iter = db.raw_iterator_cf_opt(history, options());
-    iter.seek(escaped_key(span.start()));
+    let mut current = db.raw_iterator_cf_opt(column_family(db, CF_DATA)?, options());
+    current.seek(span.start());
+    let mut tombstones = db.raw_iterator_cf_opt(column_family(db, CF_DELETED)?, options());
+    tombstones.seek(escaped_key(span.start()));
     loop {
-        iter.status().map_err(super::io_err)?;
-        let Some(encoded) = iter.key() else {
-            return Ok(());
-        };
-        let (key, found_revision) = split_history_key(encoded)?;
-        if span.is_past(&key) {
-            return Ok(());
-        }
-        if found_revision > revision {
-            // Newer than wanted: the newest version at or before `revision`, if any, follows.
-            iter.seek(history_key(&key, revision));
-            let at_key = match iter.key() {
-                Some(encoded) => split_history_key(encoded)?.0 == key,
-                None => false,
-            };
-            if !at_key {
-                continue;
-            }
-        }
-        let version: Option<Record> = match iter.value() {
-            Some(bytes) => decode(bytes)?,
+        current.status().map_err(read_err)?;
+        tombstones.status().map_err(read_err)?;
+        let next_current = current.key().filter(|key| !span.is_past(key));
+        let next_deleted = match tombstones.key() {
+            Some(encoded) => Some(split_tombstone_key(encoded)?.0),
             None => None,
+        }
+        .filter(|key| !span.is_past(key));
+        let key = match (next_current, next_deleted) {
+            (None, None) => return Ok(()),
+            (Some(current), None) => current.to_vec(),
+            (None, Some(deleted)) => deleted,
+            (Some(current), Some(deleted)) => deleted.min(current.to_vec()),
         };
-        if let Some(record) = version {
-            if span.contains(&key) && !visit(key.clone(), record)? {
+        let record = match (current.key(), current.value()) {
+            (Some(at), Some(bytes)) if at == &key[..] => {
+                let record = decode_current(bytes)?;
+                current.next();
+                Some(record)
+            }
+            _ => None,
+        };
+        let mut first_delete_after = None;
+        while let Some(encoded) = tombstones.key() {
+            let (deleted, at) = split_tombstone_key(encoded)?;
+            if deleted != key {
+                break;
+            }
+            if at > revision && first_delete_after.is_none() {
+                first_delete_after = Some(at);
+            }
+            tombstones.next();
+        }
+        let found = version_in_force(db, &options, &key, record, revision, || {
+            Ok(first_delete_after)
+        })?;
+        if let Some(record) = found {
+            if span.contains(&key) && !visit(key, record)? {
                 return Ok(());
             }
         }
-        // Past every version of this key: its encoding followed by the largest inverted revision.
-        let mut next = escaped_key(&key);
-        next.extend_from_slice(&[0xff; 8]);
-        iter.seek(next);
     }
 }
 
-/// The version of `key` in force at `revision` (`None`: absent then).
-pub(super) fn version_at(
+/// The version of `key` in force at `revision` (`None`: absent then), given its current record
+/// `current` (`None`: deleted now) and, when asked, the revision of its first delete after
+/// `revision` (`first_delete_after`).
+fn version_in_force(
+    db: &DB,
+    options: &impl Fn() -> ReadOptions,
+    key: &[u8],
+    current: Option<Current>,
+    revision: i64,
+    first_delete_after: impl FnOnce() -> io::Result<Option<i64>>,
+) -> io::Result<Option<Record>> {
+    let newer = match current {
+        Some(current) if current.meta().mod_revision <= revision => {
+            return current_record(db, options, key, current, Values::Read).map(Some);
+        }
+        // The key existed at `revision` only if its current life began by then.
+        Some(current) if current.meta().create_revision <= revision => current.meta().mod_revision,
+        // Otherwise the life it had then, if any, ended with its first delete after `revision`.
+        _ => match first_delete_after()? {
+            Some(delete) => delete,
+            None => return Ok(None),
+        },
+    };
+    version_before(db, options, key, newer, revision)
+}
+
+/// The version of `key` in force at `revision`, found by following the chain of versions back
+/// from the one made at `newer`, a revision after it.
+fn version_before(
+    db: &DB,
+    options: &impl Fn() -> ReadOptions,
+    key: &[u8],
+    mut newer: i64,
+    revision: i64,
+) -> io::Result<Option<Record>> {
+    let changes = column_family(db, CF_CHANGES)?;
+    loop {
+        let Some(bytes) = db
+            .get_pinned_cf_opt(changes, change_key(newer, key), &options())
+            .map_err(read_err)?
+        else {
+            // Trimmed: only a compacted revision's read gets here.
+            return Ok(None);
+        };
+        let head: ChangeHead = decode(&bytes)?;
+        match head.previous {
+            None => return Ok(None),
+            Some(previous) if previous <= revision => {
+                return version_made(db, options, key, previous);
+            }
+            Some(previous) => newer = previous,
+        }
+    }
+}
+
+/// The version of `key` made exactly at `revision` (`None` for a delete, or when compaction has
+/// trimmed it: a delete that was the newest change before the compacted revision goes).
+pub(super) fn version_made(
     db: &DB,
     options: &impl Fn() -> ReadOptions,
     key: &[u8],
     revision: i64,
 ) -> io::Result<Option<Record>> {
-    if revision <= 0 {
-        return Ok(None);
-    }
-    let history = column_family(db, CF_HISTORY)?;
-    let mut iter = db.raw_iterator_cf_opt(history, options());
-    iter.seek(history_key(key, revision));
-    iter.status().map_err(super::io_err)?;
-    match (iter.key(), iter.value()) {
-        (Some(encoded), Some(bytes)) if split_history_key(encoded)?.0 == key => decode(bytes),
-        _ => Ok(None),
+    let changes = column_family(db, CF_CHANGES)?;
+    match db
+        .get_pinned_cf_opt(changes, change_key(revision, key), &options())
+        .map_err(read_err)?
+    {
+        Some(bytes) => Ok(decode::<ChangeRecord>(&bytes)?.version),
+        None => Ok(None),
     }
 }
 
-/// One change recorded in the events family, with the version it made.
+/// One change as watchers catch up on it.
 pub(super) struct StoredChange {
     pub revision: i64,
     pub key: Vec<u8>,
     /// `None` for a delete.
     pub version: Option<Record>,
+    /// The revision of the version it replaced, if the key existed before.
+    pub previous: Option<i64>,
 }
 
 /// The changes of whole revisions from `from` on, in order: at most about `max_changes` (a
@@ -686,57 +818,55 @@ pub(super) fn changes_between(
     to: i64,
     max_changes: usize,
 ) -> io::Result<(Vec<StoredChange>, Option<i64>)> {
-    let events = column_family(db, CF_EVENTS)?;
+    let changes = column_family(db, CF_CHANGES)?;
     let mut found = Vec::new();
     let mut last_revision = None;
-    let changes = db.iterator_cf_opt(
-        events,
+    let mut stopped_at = None;
+    let stored = db.iterator_cf_opt(
+        changes,
         options(),
-        IteratorMode::From(&event_key(from, 0), Direction::Forward),
+        IteratorMode::From(&revision_bytes(from), Direction::Forward),
     );
-    for (scanned, item) in changes.enumerate() {
-        let (event, key) = item.map_err(super::io_err)?;
-        let revision = split_event_key(&event)?;
+    for (scanned, item) in stored.enumerate() {
+        let (encoded, bytes) = item.map_err(super::io_err)?;
+        let (revision, key) = split_change_key(&encoded)?;
         if revision > to {
             break;
         }
         if scanned >= max_changes && last_revision != Some(revision) {
-            return Ok((found, last_revision));
+            stopped_at = last_revision;
+            break;
         }
         last_revision = Some(revision);
-        if !span.contains(&key) {
+        if !span.contains(key) {
             continue;
         }
-        let version = version_exact(db, options, &key, revision)?;
-        found.push(StoredChange {
-            revision,
-            key: key.into_vec(),
-            version,
-        });
+        let change: ChangeRecord = decode(&bytes)?;
+        found.push((
+            change.change,
+            StoredChange {
+                revision,
+                key: key.to_vec(),
+                version: change.version,
+                previous: change.previous,
+            },
+        ));
     }
-    Ok((found, None))
-}
-
-/// The version of `key` made exactly at `revision` (`None` for a delete).
-fn version_exact(
-    db: &DB,
-    options: &impl Fn() -> ReadOptions,
-    key: &[u8],
-    revision: i64,
-) -> io::Result<Option<Record>> {
-    let history = column_family(db, CF_HISTORY)?;
-    match db
-        .get_cf_opt(history, history_key(key, revision), &options())
-        .map_err(super::io_err)?
-    {
-        Some(bytes) => decode(&bytes),
-        None => Ok(None),
-    }
+    // A revision's changes are stored in key order; watchers see them in the order made.
+    found.sort_by_key(|(change, stored)| (stored.revision, *change));
+    Ok((
+        found.into_iter().map(|(_, stored)| stored).collect(),
+        stopped_at,
+    ))
 }
 
 /// Deletes, in one batch, the history made unreachable by compacting to `compact_to`, starting at
-/// the events of revision `from`: at most about `max_changes` events. Returns the revision
+/// the changes of revision `from`: at most about `max_changes` changes. Returns the revision
 /// trimmed up to (exclusive), to be passed as `from` next time; it is recorded in the batch too.
+///
+/// Each change before `compact_to` makes the version it replaced invisible at every revision
+/// from `compact_to` on, and a delete before it leaves nothing to see but absence: those go. A
+/// version still current, or replaced only at `compact_to` or later, stays.
 pub(super) fn trim_history(
     db: &DB,
     meta: &rocksdb::ColumnFamily,
@@ -744,18 +874,18 @@ pub(super) fn trim_history(
     compact_to: i64,
     max_changes: usize,
 ) -> io::Result<i64> {
-    let events = column_family(db, CF_EVENTS)?;
-    let history = column_family(db, CF_HISTORY)?;
+    let changes = column_family(db, CF_CHANGES)?;
+    let deleted = column_family(db, CF_DELETED)?;
     let mut batch = WriteBatch::default();
     let mut trimmed_to = compact_to;
     let mut last_revision = None;
-    let changes = db.iterator_cf(
-        events,
-        IteratorMode::From(&event_key(from, 0), Direction::Forward),
+    let stored = db.iterator_cf(
+        changes,
+        IteratorMode::From(&revision_bytes(from), Direction::Forward),
     );
-    for (count, item) in changes.enumerate() {
-        let (event, key) = item.map_err(super::io_err)?;
-        let revision = split_event_key(&event)?;
+    for (count, item) in stored.enumerate() {
+        let (encoded, bytes) = item.map_err(super::io_err)?;
+        let (revision, key) = split_change_key(&encoded)?;
         if revision >= compact_to {
             break;
         }
@@ -764,20 +894,14 @@ pub(super) fn trim_history(
             break;
         }
         last_revision = Some(revision);
-        let mut newest = db.raw_iterator_cf(history);
-        newest.seek(history_key(&key, compact_to));
-        let (newest_key, newest_revision) = match newest.key() {
-            Some(encoded) => split_history_key(encoded)?,
-            None => (Vec::new(), 0),
-        };
-        let newest_is_delete = newest
-            .value()
-            .is_some_and(|v| decode::<Option<Record>>(v).is_ok_and(|version| version.is_none()));
-        let superseded = newest_key != key[..] || newest_revision != revision;
-        if superseded || newest_is_delete {
-            batch.delete_cf(history, history_key(&key, revision));
+        let head: ChangeHead = decode(&bytes)?;
+        if let Some(previous) = head.previous {
+            batch.delete_cf(changes, change_key(previous, key));
         }
-        batch.delete_cf(events, event);
+        if head.version.is_none() {
+            batch.delete_cf(changes, &encoded);
+            batch.delete_cf(deleted, tombstone_key(key, revision));
+        }
     }
     batch.put_cf(meta, KEY_TRIMMED_TO, encode(&trimmed_to)?);
     super::write_until_space(
@@ -794,28 +918,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn history_keys_sort_by_key_then_newest_first() {
+    fn tombstone_keys_sort_by_key_then_oldest_first() {
         let mut keys = [
-            history_key(b"a", 1),
-            history_key(b"a", 7),
-            history_key(b"a\0", 3),
-            history_key(b"ab", 2),
-            history_key(b"", 5),
-            history_key(b"b", 1),
+            tombstone_key(b"a", 7),
+            tombstone_key(b"a", 1),
+            tombstone_key(b"a\0", 3),
+            tombstone_key(b"ab", 2),
+            tombstone_key(b"", 5),
+            tombstone_key(b"b", 1),
         ];
         keys.sort();
-        let decoded: Vec<_> = keys.iter().map(|k| split_history_key(k).unwrap()).collect();
+        let decoded: Vec<_> = keys
+            .iter()
+            .map(|k| split_tombstone_key(k).unwrap())
+            .collect();
         assert_eq!(
             decoded,
             vec![
                 (b"".to_vec(), 5),
-                (b"a".to_vec(), 7),
                 (b"a".to_vec(), 1),
+                (b"a".to_vec(), 7),
                 (b"a\0".to_vec(), 3),
                 (b"ab".to_vec(), 2),
                 (b"b".to_vec(), 1),
             ]
         );
+    }
+
+    #[test]
+    fn change_keys_sort_by_revision_and_a_change_head_decodes_from_its_record() {
+        let mut keys = [
+            change_key(300, b"a"),
+            change_key(2, b"z"),
+            change_key(2, b"b"),
+        ];
+        keys.sort();
+        let decoded: Vec<_> = keys.iter().map(|k| split_change_key(k).unwrap()).collect();
+        assert_eq!(
+            decoded,
+            vec![(2, &b"b"[..]), (2, &b"z"[..]), (300, &b"a"[..])]
+        );
+        let change = ChangeRecord {
+            previous: Some(4),
+            change: 2,
+            version: Some(Record {
+                mod_revision: 9,
+                value: b"value".to_vec(),
+                ..Record::default()
+            }),
+        };
+        let head: ChangeHead = decode(&encode(&change).unwrap()).unwrap();
+        assert_eq!(head.previous, Some(4));
+        assert_eq!(head.version.map(|meta| meta.mod_revision), Some(9));
+        let delete = ChangeRecord {
+            version: None,
+            ..change
+        };
+        let head: ChangeHead = decode(&encode(&delete).unwrap()).unwrap();
+        assert!(head.version.is_none());
     }
 
     #[test]
@@ -858,9 +1018,10 @@ mod tests {
     }
 
     #[test]
-    fn malformed_history_keys_are_errors() {
+    fn malformed_keys_are_errors() {
         for bad in [&b"abc"[..], b"a\0\x01", b"a\0\0\x01\x02"] {
-            assert!(split_history_key(bad).is_err(), "{bad:?}");
+            assert!(split_tombstone_key(bad).is_err(), "{bad:?}");
         }
+        assert!(split_change_key(b"1234567").is_err());
     }
 }

@@ -11,9 +11,9 @@
 //! 0x00 | pair_count u64 | crc32 u32   (crc32 over every byte before it)
 //! ```
 //! A pair names the column family it belongs to (the key space, its history, the leases: see
-//! `mvcc`). Versions 1 and 2 held `0x01 | key_len u32 | key | value_len u32 | value` pairs of
-//! plain keys and values, from before revisions: they still load (a backup restores), as the
-//! state at revision 1. Keys and values are raw bytes, so nothing is lost to a text encoding, and
+//! `mvcc`; streams of versions 3 and 4 number format 3's families, see `legacy`). Versions 1
+//! and 2 held `0x01 | key_len u32 | key | value_len u32 | value` pairs of plain keys and values,
+//! from before revisions: they still load (a backup restores), as the state at revision 1. Keys and values are raw bytes, so nothing is lost to a text encoding, and
 //! the receiver verifies the checksum before it installs anything.
 
 use std::collections::BTreeSet;
@@ -35,6 +35,8 @@ use tokio::sync::mpsc;
 use super::decode;
 use super::encode;
 use super::install::PreparedSnapshot;
+use super::legacy;
+use super::mvcc::MVCC_FAMILIES;
 use super::state_db::RemoveWhenRetired;
 use crate::types::NodeId;
 use crate::types::SnapshotMeta;
@@ -50,10 +52,14 @@ pub struct MemberRecords {
     /// Learners added to stay learners (`add-learner`): the leader does not promote them.
     pub kept_learners: BTreeSet<NodeId>,
 }
-/// Version 4: the `data` family's records carry no value (see `mvcc`); a version 3 stream's
-/// records still do, and lose it when installed. An older ondisk refuses a version 4 stream
-/// instead of installing records it cannot read.
-const VERSION: u32 = 4;
+/// Version 5: the key space's families of format 4 (`mvcc::MVCC_FAMILIES`); versions 3 and 4
+/// carry format 3's (`legacy::STREAM_FAMILIES`), converted when installed. Version 4: the `data`
+/// family's records carry no large value; a version 3 stream's records still do, and lose it
+/// when installed. An older ondisk refuses a newer stream instead of installing records it
+/// cannot read.
+const VERSION: u32 = 5;
+/// The first version whose key-space families are format 4's.
+const CHANGES_VERSION: u32 = 5;
 /// Version 1 streams lack the kept-learners record; they still install (with none kept).
 const OLDEST_READABLE_VERSION: u32 = 1;
 /// A plain key and value (versions 1 and 2).
@@ -226,6 +232,16 @@ pub(super) struct SnapshotEncoder<W: Write> {
 impl<W: Write> SnapshotEncoder<W> {
     /// Starts a stream with `meta` in its header.
     pub fn new(out: W, meta: &SnapshotMeta) -> io::Result<Self> {
+        Self::of_version(out, meta, VERSION)
+    }
+
+    /// Starts a stream of an older `version`, as an older ondisk wrote it.
+    #[cfg(test)]
+    pub fn of_older_version(out: W, meta: &SnapshotMeta, version: u32) -> io::Result<Self> {
+        Self::of_version(out, meta, version)
+    }
+
+    fn of_version(out: W, meta: &SnapshotMeta, version: u32) -> io::Result<Self> {
         let mut encoder = SnapshotEncoder {
             out,
             crc: crc32fast::Hasher::new(),
@@ -233,7 +249,7 @@ impl<W: Write> SnapshotEncoder<W> {
         };
         let meta_bytes = encode(meta)?;
         encoder.write(MAGIC)?;
-        encoder.write(&VERSION.to_be_bytes())?;
+        encoder.write(&version.to_be_bytes())?;
         encoder.write_len(meta_bytes.len())?;
         encoder.write(&meta_bytes)?;
         Ok(encoder)
@@ -306,9 +322,20 @@ pub(super) struct SnapshotReader<R: BufRead> {
     /// The member records, known once the records holding them have been read (before the end).
     pub records: MemberRecords,
     pairs: u64,
+    /// The stream's version, which decides how its families are numbered.
+    version: u32,
 }
 
 impl<R: BufRead> SnapshotReader<R> {
+    /// The key-space families of this stream, in the order it numbers them.
+    pub fn key_space_families(&self) -> &'static [&'static str] {
+        if self.version >= CHANGES_VERSION {
+            MVCC_FAMILIES
+        } else {
+            legacy::STREAM_FAMILIES
+        }
+    }
+
     /// Reads the header from `input`.
     pub fn new(input: R) -> io::Result<Self> {
         let mut reader = SnapshotReader {
@@ -317,6 +344,7 @@ impl<R: BufRead> SnapshotReader<R> {
             meta: SnapshotMeta::default(),
             records: MemberRecords::default(),
             pairs: 0,
+            version: 0,
         };
         let mut magic = [0u8; 8];
         reader.read(&mut magic)?;
@@ -327,6 +355,7 @@ impl<R: BufRead> SnapshotReader<R> {
         if !(OLDEST_READABLE_VERSION..=VERSION).contains(&version) {
             return Err(invalid(&format!("unsupported snapshot version {version}")));
         }
+        reader.version = version;
         let meta_bytes = reader.read_field()?;
         reader.meta = decode(&meta_bytes)?;
         Ok(reader)

@@ -109,11 +109,7 @@ impl SharedStateDb {
     /// Opens the generation named by the pointer next to `base` (or `base` itself), removing
     /// leftovers of other generations.
     pub fn open(base: &Path, column_families: &'static [&'static str]) -> Result<Self, Error> {
-        let current_path = match fs::read_to_string(pointer(base)) {
-            Ok(name) => sibling(base, name.trim()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => base.to_path_buf(),
-            Err(e) => return Err(e.into()),
-        };
+        let current_path = Self::in_service(base)?;
         remove_other_generations(base, &current_path)?;
         let db = open_generation(&current_path, column_families)?;
         Ok(SharedStateDb {
@@ -121,6 +117,15 @@ impl SharedStateDb {
             current: Arc::new(RwLock::new(Arc::new(db))),
             column_families,
         })
+    }
+
+    /// Where the generation in service is (it may not exist yet).
+    pub fn in_service(base: &Path) -> io::Result<PathBuf> {
+        match fs::read_to_string(pointer(base)) {
+            Ok(name) => Ok(sibling(base, name.trim())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(base.to_path_buf()),
+            Err(e) => Err(e),
+        }
     }
 
     /// A handle to the generation in service now.

@@ -57,6 +57,7 @@ use super::install::PreparedSnapshot;
 use super::install::STREAM_META_FAMILY;
 use super::io_err;
 use super::lease::LeaseTable;
+use super::legacy;
 use super::mvcc;
 use super::mvcc::KnownKeys;
 use super::mvcc::LeaseRecord;
@@ -65,9 +66,9 @@ use super::mvcc::Record;
 use super::mvcc::RecordMeta;
 use super::mvcc::Revisions;
 use super::mvcc::Values;
+use super::mvcc::CF_CHANGES;
 use super::mvcc::CF_DATA;
-use super::mvcc::CF_EVENTS;
-use super::mvcc::CF_HISTORY;
+use super::mvcc::CF_DELETED;
 use super::mvcc::CF_LEASES;
 use super::mvcc::CF_LEASE_KEYS;
 use super::mvcc::KEY_COMPACT_REVISION;
@@ -110,13 +111,16 @@ const CF_META: &str = "meta";
 const COLUMN_FAMILIES: &[&str] = &[
     CF_DATA,
     CF_META,
-    CF_HISTORY,
-    CF_EVENTS,
+    CF_CHANGES,
+    CF_DELETED,
     CF_LEASES,
     CF_LEASE_KEYS,
 ];
-/// The meta keys a snapshot carries beside the key space.
-pub(super) const STREAMED_META_KEYS: &[&[u8]] = &[KEY_REVISION, KEY_COMPACT_REVISION, KEY_AUTH];
+/// The meta keys a snapshot carries beside the key space. How far the history has been trimmed
+/// describes the changes the snapshot holds, so it travels with them: a member that installs it
+/// does not scan the changes before it again (each of which names a version already gone).
+pub(super) const STREAMED_META_KEYS: &[&[u8]] =
+    &[KEY_REVISION, KEY_COMPACT_REVISION, KEY_TRIMMED_TO, KEY_AUTH];
 /// Users, roles, permissions and the authentication switch ([`AuthState`]), one record.
 const KEY_AUTH: &[u8] = b"auth";
 /// History changes deleted per batch by the background history compaction.
@@ -243,6 +247,7 @@ pub struct StateReader {
 impl StateMachineStore {
     /// Opens the state machine at `path` and the newest snapshot in `snapshot_dir`.
     pub fn open(path: &Path, snapshot_dir: PathBuf) -> Result<Self, Error> {
+        legacy::upgrade_database(&SharedStateDb::in_service(path)?, COLUMN_FAMILIES)?;
         let state = SharedStateDb::open(path, COLUMN_FAMILIES)?;
         let storage_err = |path: &Path| {
             let path = path.to_path_buf();
@@ -571,11 +576,10 @@ impl StateReader {
             mvcc::changes_between(&db, &options, &span, from, to, max_changes)?;
         let mut grouped: Vec<RevisionChanges> = Vec::new();
         for change in stored {
-            let prev = if prev_kv {
-                mvcc::version_at(&db, &options, &change.key, change.revision - 1)?
-                    .map(|record| record.into_key_value(change.key.clone()))
-            } else {
-                None
+            let prev = match change.previous.filter(|_| prev_kv) {
+                Some(previous) => mvcc::version_made(&db, &options, &change.key, previous)?
+                    .map(|record| record.into_key_value(change.key.clone())),
+                None => None,
             };
             let event = match change.version {
                 Some(record) => api::Event {
@@ -1151,8 +1155,11 @@ fn open_read_only(path: &Path) -> io::Result<DB> {
     DB::open_cf_for_read_only(&Options::default(), path, COLUMN_FAMILIES, false).map_err(io_err)
 }
 
-/// Wraps the checkpoint directory found at start-up, reading its metadata from the checkpoint.
+/// Wraps the checkpoint directory found at start-up, reading its metadata from the checkpoint
+/// (converted first if an older version of ondisk made it).
 fn open_checkpoint(path: PathBuf) -> io::Result<Checkpoint> {
+    legacy::upgrade_database(&path, COLUMN_FAMILIES)
+        .map_err(|e| io::Error::other(e.to_string()))?;
     let meta = StateMeta::read(&open_read_only(&path)?)?.snapshot_meta();
     Ok(snapshot::checkpoint_at(path, meta))
 }
@@ -1571,6 +1578,158 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes `driven`'s state as format 3 kept it into a new database at `path`: the history
+    /// by key and the events by revision, made from its changes (the events of revisions before
+    /// `events_from` left out, as format 3's compaction removed them), the other families as
+    /// they are.
+    fn write_format_3(driven: &Driven, path: &Path, events_from: i64) {
+        let families = [
+            CF_DATA,
+            CF_META,
+            legacy::CF_HISTORY,
+            legacy::CF_EVENTS,
+            CF_LEASES,
+            CF_LEASE_KEYS,
+        ];
+        let old =
+            super::super::open_rocksdb(path, &families, super::super::WalSyncs::Rarely).unwrap();
+        let db = driven.store.state.current();
+        for family in [CF_DATA, CF_META, CF_LEASES, CF_LEASE_KEYS] {
+            let (from, to) = (
+                column_family(&db, family).unwrap(),
+                column_family(&old, family).unwrap(),
+            );
+            for item in db.iterator_cf(from, IteratorMode::Start) {
+                let (key, value) = item.unwrap();
+                old.put_cf(to, key, value).unwrap();
+            }
+        }
+        let history = column_family(&old, legacy::CF_HISTORY).unwrap();
+        let events = column_family(&old, legacy::CF_EVENTS).unwrap();
+        for item in db.iterator_cf(column_family(&db, CF_CHANGES).unwrap(), IteratorMode::Start) {
+            let (encoded, value) = item.unwrap();
+            let revision = i64::from_be_bytes(encoded[..8].try_into().unwrap());
+            let key = &encoded[8..];
+            let change: mvcc::ChangeRecord = decode(&value).unwrap();
+            let mut history_key = mvcc::escaped_key(key);
+            history_key.extend_from_slice(&(u64::MAX - revision as u64).to_be_bytes());
+            old.put_cf(history, history_key, encode(&change.version).unwrap())
+                .unwrap();
+            if revision >= events_from {
+                let mut event_key = encoded[..8].to_vec();
+                event_key.extend_from_slice(&change.change.to_be_bytes());
+                old.put_cf(events, event_key, key).unwrap();
+            }
+        }
+    }
+
+    /// A version 4 snapshot stream of the format 3 state at `path`, as an older ondisk sent it.
+    fn format_3_stream(path: &Path, meta: &SnapshotMeta) -> Vec<u8> {
+        let mut families = vec![CF_META];
+        families.extend(legacy::STREAM_FAMILIES);
+        let db = DB::open_cf_for_read_only(&Options::default(), path, families, false).unwrap();
+        let mut encoder = SnapshotEncoder::of_older_version(Vec::new(), meta, 4).unwrap();
+        for (number, name) in legacy::STREAM_FAMILIES.iter().enumerate() {
+            for item in db.iterator_cf(column_family(&db, name).unwrap(), IteratorMode::Start) {
+                let (key, value) = item.unwrap();
+                encoder.add(number as u8, &key, &value).unwrap();
+            }
+        }
+        let meta_family = column_family(&db, CF_META).unwrap();
+        for key in STREAMED_META_KEYS {
+            if let Some(value) = db.get_cf(meta_family, key).unwrap() {
+                encoder.add(STREAM_META_FAMILY, key, &value).unwrap();
+            }
+        }
+        encoder
+            .add_member_records(&MemberRecords::default())
+            .unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// What a store holds from revision `from` on: every revision's range, the changes.
+    fn state_from(
+        driven: &Driven,
+        from: i64,
+    ) -> (
+        Vec<Result<Vec<api::KeyValue>, ApplyError>>,
+        Vec<RevisionChanges>,
+    ) {
+        let current = driven.store.revisions.current;
+        let ranges = (from..=current)
+            .map(|revision| driven.range_at(revision))
+            .collect();
+        let (changes, _) = driven
+            .store
+            .reader()
+            .changes_since(&[0], &[0], from, current, usize::MAX, true)
+            .unwrap()
+            .unwrap();
+        (ranges, changes)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(16))]
+
+        /// A state of format 3 converts when the state machine opens it, and when it arrives as
+        /// a version 4 snapshot stream from a node not yet upgraded: every revision reads as it
+        /// did and each revision's changes come in the order they were made.
+        #[test]
+        fn a_state_of_format_3_converts_and_reads_as_it_was(
+            ops in proptest::collection::vec((0u8..4, 0u8..5, 0u16..1000), 1..30),
+            compact_at in 0.0f64..1.0,
+        ) {
+            let mut driven = Driven::new();
+            for (op, key, value) in ops {
+                driven.apply(vec![command(op, key, value)]);
+            }
+            // Changes of one revision in an order other than their keys', at the newest
+            // revision, which compaction leaves.
+            let txn = api::TxnRequest {
+                success: vec![
+                    api::RequestOp::Put(api::PutRequest { key: b"k3".to_vec(), value: b"t".to_vec(), ..Default::default() }),
+                    api::RequestOp::Put(api::PutRequest { key: b"k1".to_vec(), value: b"t".to_vec(), ..Default::default() }),
+                ],
+                ..api::TxnRequest::default()
+            };
+            driven.apply(vec![Command::Txn(txn)]);
+            let compact_to = 1 + ((driven.store.revisions.current - 1) as f64 * compact_at) as i64;
+            driven.apply(vec![Command::Compact(api::CompactionRequest {
+                revision: compact_to,
+                physical: false,
+            })]);
+            trim_compacted_history(&driven.store.state).unwrap();
+            let expected = state_from(&driven, compact_to);
+
+            let dir = tempfile::tempdir().unwrap();
+            write_format_3(&driven, &dir.path().join("state"), compact_to);
+            let meta = StateMeta::read(&driven.store.state.current()).unwrap().snapshot_meta();
+            let stream = format_3_stream(&dir.path().join("state"), &meta);
+            let mut follower = Driven::new();
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let mut receiver = install::SnapshotReceiver::start(follower.store.snapshot_dir.clone());
+                for piece in stream.chunks(4096) {
+                    receiver.push(piece.to_vec()).await.unwrap();
+                }
+                let prepared = receiver.finish().await.unwrap();
+                follower
+                    .store
+                    .install_snapshot(&meta, SnapshotData::Prepared(Box::new(prepared)))
+                    .await
+                    .unwrap();
+            });
+            proptest::prop_assert_eq!(&state_from(&follower, compact_to), &expected);
+
+            let opened = Driven {
+                store: StateMachineStore::open(&dir.path().join("state"), dir.path().join("snapshots")).unwrap(),
+                _dir: dir,
+                index: driven.index,
+            };
+            proptest::prop_assert_eq!(&state_from(&opened, compact_to), &expected);
         }
     }
 
