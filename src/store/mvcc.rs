@@ -11,9 +11,9 @@
 //! | `leases` | lease id (big-endian) | [`LeaseRecord`] |
 //! | `lease_keys` | lease id, user key | empty: the keys attached to each lease |
 //!
-//! A put writes two records at random places (its `data` record, and for a delete its tombstone)
-//! and one at the end of the `changes` family, which only grows: RocksDB's memtable finds the end
-//! at once, while a random insert is a skip-list search, the largest single cost of a put
+//! A write inserts one record at a random place (the key's `data` record; a delete, its tombstone
+//! too) and one at the end of the `changes` family, which only grows: RocksDB's memtable finds the
+//! end at once, while a random insert is a skip-list search, the largest single cost of a put
 //! (BENCHMARKS.md). The history therefore has no index by key: each version names the revision of
 //! the one before it, so the versions of one key since it was last created form a chain back from
 //! its `data` record, and a deleted key's chain starts at its tombstone. A read at revision R
@@ -713,9 +713,7 @@ pub(super) fn visit_at_revision(
             }
             tombstones.next();
         }
-        let found = version_in_force(db, &options, &key, record, revision, || {
-            Ok(first_delete_after)
-        })?;
+        let found = version_in_force(db, &options, &key, record, revision, first_delete_after)?;
         if let Some(record) = found {
             if span.contains(&key) && !visit(key, record)? {
                 return Ok(());
@@ -725,15 +723,14 @@ pub(super) fn visit_at_revision(
 }
 
 /// The version of `key` in force at `revision` (`None`: absent then), given its current record
-/// `current` (`None`: deleted now) and, when asked, the revision of its first delete after
-/// `revision` (`first_delete_after`).
+/// `current` (`None`: deleted now) and the revision of its first delete after `revision`.
 fn version_in_force(
     db: &DB,
     options: &impl Fn() -> ReadOptions,
     key: &[u8],
     current: Option<Current>,
     revision: i64,
-    first_delete_after: impl FnOnce() -> io::Result<Option<i64>>,
+    first_delete_after: Option<i64>,
 ) -> io::Result<Option<Record>> {
     let newer = match current {
         Some(current) if current.meta().mod_revision <= revision => {
@@ -742,7 +739,7 @@ fn version_in_force(
         // The key existed at `revision` only if its current life began by then.
         Some(current) if current.meta().create_revision <= revision => current.meta().mod_revision,
         // Otherwise the life it had then, if any, ended with its first delete after `revision`.
-        _ => match first_delete_after()? {
+        _ => match first_delete_after {
             Some(delete) => delete,
             None => return Ok(None),
         },
@@ -967,6 +964,10 @@ mod tests {
                 ..Record::default()
             }),
         };
+        assert_eq!(
+            encode_change(Some(4), 2, change.version.as_ref()).unwrap(),
+            encode(&change).unwrap()
+        );
         let head: ChangeHead = decode(&encode(&change).unwrap()).unwrap();
         assert_eq!(head.previous, Some(4));
         assert_eq!(head.version.map(|meta| meta.mod_revision), Some(9));
