@@ -384,6 +384,12 @@ fn refusals_are_etcds_gateway_errors_and_tokens_go_in_the_authorization_header()
             "etcdserver: request is too large"
         );
     }
+    let unrouted = post(base, "kv/nothing", &json!({}), None);
+    assert_eq!(
+        (unrouted.status, unrouted.text()),
+        (404, "Not Found\n".to_string()),
+        "as etcd's gateway answers"
+    );
     // Paths under /v3/ are still keys of the raftexample API for every method but POST.
     let as_key = common::http::http("PUT", &format!("{base}/v3/kv/range"), b"a key");
     assert!(as_key.status < 300, "{}", as_key.text());

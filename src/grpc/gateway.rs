@@ -218,9 +218,17 @@ pub(super) fn router(services: Services) -> Router {
         )
         .route("/election/resign", unary!(Election, election, resign))
         .with_state(Arc::new(services));
-    PREFIXES.iter().fold(Router::new(), |router, prefix| {
-        router.nest(prefix.trim_end_matches('/'), routes.clone())
-    })
+    PREFIXES
+        .iter()
+        .fold(Router::new(), |router, prefix| {
+            router.nest(prefix.trim_end_matches('/'), routes.clone())
+        })
+        .fallback(no_such_route)
+}
+
+/// What etcd's gateway answers a POST to a path it does not route.
+async fn no_such_route() -> (StatusCode, &'static str) {
+    (StatusCode::NOT_FOUND, "Not Found\n")
 }
 
 /// The request message a body holds, with the caller's token: an empty body is the empty
