@@ -105,8 +105,9 @@ pub(super) fn prepare<R: BufRead>(
     let mut tables = TableWriters::new(dir.path(), MVCC_FAMILIES, &options);
     // A stream from a node of the previous format carries its history by key; those tables are
     // converted once the stream is complete.
-    let legacy_options = family_options_of(legacy::STREAM_FAMILIES);
-    let mut legacy_tables = TableWriters::new(dir.path(), legacy::STREAM_FAMILIES, &legacy_options);
+    let legacy_options = family_options_of(legacy::HISTORY_FAMILIES);
+    let mut legacy_tables =
+        TableWriters::new(dir.path(), legacy::HISTORY_FAMILIES, &legacy_options);
     let families = reader.key_space_families();
     let mut meta_pairs = Vec::new();
     let mut plain_pairs = 0u32;
@@ -122,7 +123,7 @@ pub(super) fn prepare<R: BufRead>(
                 let family = families
                     .get(usize::from(number))
                     .ok_or_else(|| invalid("unknown column family in the snapshot"))?;
-                if [legacy::CF_HISTORY, legacy::CF_EVENTS].contains(family) {
+                if legacy::HISTORY_FAMILIES.contains(family) {
                     legacy_tables.put(family, &pair.key, &pair.value)?;
                 } else {
                     put_family_pair(&mut tables, family, &pair.key, pair.value)?;

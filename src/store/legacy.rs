@@ -10,6 +10,7 @@
 
 use std::io;
 use std::path::Path;
+use std::path::PathBuf;
 
 use rocksdb::Options;
 use rocksdb::WriteBatch;
@@ -34,6 +35,9 @@ use crate::error::Error;
 
 pub(super) const CF_HISTORY: &str = "history";
 pub(super) const CF_EVENTS: &str = "events";
+/// Format 3's families that format 4 no longer has, in the order they are dropped (see
+/// [`upgrade_database`]).
+pub(super) const HISTORY_FAMILIES: &[&str] = &[CF_HISTORY, CF_EVENTS];
 /// The key-space families of a version 3 or 4 snapshot stream, in the order it numbers them.
 pub(super) const STREAM_FAMILIES: &[&str] =
     &[CF_DATA, CF_HISTORY, CF_EVENTS, CF_LEASES, CF_LEASE_KEYS];
@@ -49,8 +53,9 @@ pub(super) fn upgrade_database(path: &Path, column_families: &[&str]) -> Result<
         // No database there yet.
         return Ok(());
     };
-    let legacy: Vec<&str> = [CF_HISTORY, CF_EVENTS]
-        .into_iter()
+    let legacy: Vec<&str> = HISTORY_FAMILIES
+        .iter()
+        .copied()
         .filter(|family| existing.iter().any(|e| e == family))
         .collect();
     if legacy.is_empty() {
@@ -216,34 +221,35 @@ impl<'d> Writes<'d> {
 /// (family, file), into changes and tombstones handed to `add` family by family in key order, as
 /// tables are written. The conversion needs the history by key and writes the changes by
 /// revision, so it goes through a scratch database in `scratch`, which RocksDB sorts on disk
-/// whatever the size; the directory is removed afterwards.
+/// whatever the size. The caller removes `scratch` with the rest of a failed preparation; a
+/// finished conversion removes it at once, as it holds a copy of the history.
 pub(super) fn convert_tables(
     scratch: &Path,
-    tables: &[(&'static str, std::path::PathBuf)],
+    tables: &[(&'static str, PathBuf)],
     mut add: impl FnMut(&'static str, &[u8], &[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
-    let families = [CF_HISTORY, CF_EVENTS, CF_CHANGES, CF_DELETED];
-    let result = (|| {
-        let db = open_rocksdb(scratch, &families, WalSyncs::Rarely)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        let mut options = rocksdb::IngestExternalFileOptions::default();
-        options.set_move_files(true);
-        for (family, table) in tables {
-            db.ingest_external_file_cf_opts(column_family(&db, family)?, &options, vec![table])
-                .map_err(io_err)?;
+    let db = open_rocksdb(
+        scratch,
+        &[CF_HISTORY, CF_EVENTS, CF_CHANGES, CF_DELETED],
+        WalSyncs::Rarely,
+    )
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut options = rocksdb::IngestExternalFileOptions::default();
+    options.set_move_files(true);
+    for (family, table) in tables {
+        db.ingest_external_file_cf_opts(column_family(&db, family)?, &options, vec![table])
+            .map_err(io_err)?;
+    }
+    convert(&db, &db)?;
+    for family in [CF_CHANGES, CF_DELETED] {
+        let mut pairs = db.raw_iterator_cf(column_family(&db, family)?);
+        pairs.seek_to_first();
+        while let (Some(key), Some(value)) = (pairs.key(), pairs.value()) {
+            add(family, key, value)?;
+            pairs.next();
         }
-        convert(&db, &db)?;
-        for family in [CF_CHANGES, CF_DELETED] {
-            let mut pairs = db.raw_iterator_cf(column_family(&db, family)?);
-            pairs.seek_to_first();
-            while let (Some(key), Some(value)) = (pairs.key(), pairs.value()) {
-                add(family, key, value)?;
-                pairs.next();
-            }
-            pairs.status().map_err(io_err)?;
-        }
-        Ok(())
-    })();
-    let removed = std::fs::remove_dir_all(scratch);
-    result.and(removed)
+        pairs.status().map_err(io_err)?;
+    }
+    drop(db);
+    std::fs::remove_dir_all(scratch)
 }
