@@ -2,7 +2,8 @@
 //!
 //! Appends are written at once (so openraft can read them back immediately) but acknowledged only
 //! after a WAL fsync done by one syncer thread, which takes every append queued behind the one it
-//! is syncing into the next fsync: many appends, one fsync (group commit).
+//! is syncing into the next fsync: many appends, one fsync (group commit). Their WAL records wait
+//! in RocksDB's buffer until that syncer writes them, also in one go.
 
 use std::fmt::Debug;
 use std::io;
@@ -11,6 +12,7 @@ use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
@@ -37,6 +39,7 @@ use super::write_soon;
 use super::write_until_space;
 use super::WalSyncs;
 use crate::error::Error;
+use crate::locks::lock;
 use crate::types::Entry;
 use crate::types::LogId;
 use crate::types::TypeConfig;
@@ -62,6 +65,10 @@ pub struct LogStore {
     compactor: Arc<Worker<[u8; 8]>>,
     /// The newest entries, decoded, for the reads that follow an append.
     recent: Arc<RecentEntries>,
+    /// The newest commit point not written yet. It rides with the next append's write instead
+    /// of taking a RocksDB write of its own: the point moves once per replication round, as often
+    /// as appends happen, and nothing needs it written sooner (see `save_committed`).
+    unsaved_commit: Arc<Mutex<Option<LogId>>>,
 }
 
 /// When an append is reported durable to openraft.
@@ -69,8 +76,9 @@ pub struct LogStore {
 pub enum AppendSync {
     /// After the WAL fsync that covers it: the only correct choice.
     Fsync,
-    /// At once, without any fsync: a deliberately broken build (`--test-fault unsynced-appends`)
-    /// that survives SIGKILL (the page cache keeps the writes) and only a power cut exposes.
+    /// Written to the page cache without any fsync: a deliberately broken build
+    /// (`--test-fault unsynced-appends`) that survives SIGKILL (the page cache keeps the writes)
+    /// and only a power cut exposes.
     Skip,
 }
 
@@ -101,6 +109,7 @@ impl LogStore {
             syncer,
             compactor,
             recent: Arc::default(),
+            unsaved_commit: Arc::default(),
         })
     }
 
@@ -154,13 +163,12 @@ impl LogStore {
         }
     }
 
-    fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T, sync: bool) -> io::Result<()> {
+    /// Writes a meta record durably (synced at once).
+    fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> io::Result<()> {
         let cf = column_family(&self.db, CF_META)?;
-        let mut opts = WriteOptions::default();
-        opts.set_sync(sync);
         let value = encode(value)?;
         until_space("raft log", self.db.path(), || {
-            self.db.put_cf_opt(cf, key, &value, &opts)
+            self.db.put_cf_opt(cf, key, &value, &synced())
         })
     }
 }
@@ -170,11 +178,11 @@ fn sync_appends(db: &DB, pending: &mpsc::Receiver<IOFlushed<TypeConfig>>, append
     while let Ok(first) = pending.recv() {
         let mut waiting = vec![first];
         waiting.extend(pending.try_iter());
-        let result = match append_sync {
-            AppendSync::Fsync => until_space("raft log sync", db.path(), || db.flush_wal(true))
-                .map_err(|e| e.to_string()),
-            AppendSync::Skip => Ok(()),
-        };
+        // Writes the WAL records buffered by the appends (the log's WAL is flushed by hand,
+        // see `open_rocksdb`), then syncs them unless told to skip that.
+        let sync = append_sync == AppendSync::Fsync;
+        let result = until_space("raft log sync", db.path(), || db.flush_wal(sync))
+            .map_err(|e| e.to_string());
         for callback in waiting {
             callback.io_completed(result.clone().map_err(io::Error::other));
         }
@@ -361,16 +369,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
         let this = self.clone();
         let vote = *vote;
-        blocking(move || this.write_meta(KEY_VOTE, &vote, true)).await
+        blocking(move || this.write_meta(KEY_VOTE, &vote)).await
     }
 
-    /// The commit point needs no fsync: losing it only means re-applying from the last applied
-    /// index, which is itself durable with the state it describes.
+    /// Kept until the next append writes it ([`LogStore::unsaved_commit`]). The commit point
+    /// only lets a restarted node re-apply its log up to it before hearing from a leader; losing
+    /// the newest one means re-applying from the last applied index, which is itself durable
+    /// with the state it describes, and learning the rest from the leader.
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
-        self.write_meta(KEY_COMMITTED, &committed, false)
+        if committed.is_some() {
+            *lock(&self.unsaved_commit) = committed;
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
+        if let Some(unsaved) = *lock(&self.unsaved_commit) {
+            return Ok(Some(unsaved));
+        }
         Ok(self.read_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
@@ -387,6 +403,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let encoded = encode(&entry)?;
                 batch.put_cf(cf, index_key(entry.log_id.index), &encoded);
                 appended.push((entry, encoded.len()));
+            }
+            if let Some(committed) = lock(&self.unsaved_commit).take() {
+                let meta = column_family(&self.db, CF_META)?;
+                batch.put_cf(meta, KEY_COMMITTED, encode(&Some(committed))?);
             }
         }
         write_soon("raft log append", &self.db, batch).await?;

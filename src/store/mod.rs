@@ -48,13 +48,17 @@ pub use watch::WatchHub;
 pub use watch::WATCH_QUEUE;
 
 use std::borrow::Borrow;
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::OnceLock;
 use std::time::Duration;
+use std::time::Instant;
 
 use rocksdb::BlockBasedIndexType;
 use rocksdb::BlockBasedOptions;
@@ -67,6 +71,7 @@ use rocksdb::WriteOptions;
 use rocksdb::DB;
 
 use crate::error::Error;
+use crate::locks::lock;
 
 /// WAL kept per database before RocksDB flushes memtables to let old WAL files go; also what a
 /// restart may have to replay.
@@ -79,7 +84,7 @@ const MEMTABLE_BUDGET_BYTES: usize = 64 << 20;
 /// How often a database's WAL is synced, which decides whether its files are worth recycling.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum WalSyncs {
-    /// Every write waits for a WAL fsync (the Raft log).
+    /// Every write waits for a WAL fsync (the Raft log), which the writer asks for itself.
     EveryAppend,
     /// Writes go to the page cache; a sync comes with a snapshot or a flush (the state machine,
     /// whose snapshot installs also skip the WAL, which RocksDB refuses beside recycling).
@@ -110,6 +115,11 @@ fn open_rocksdb(path: &Path, column_families: &[&str], wal: WalSyncs) -> Result<
     // crash reads as the log's end (RocksDB allows this with point-in-time recovery, our mode).
     if wal == WalSyncs::EveryAppend {
         opts.set_recycle_log_file_num(RECYCLED_WAL_FILES);
+        // An append waits for its fsync anyway, so its WAL record stays in RocksDB's buffer
+        // until the syncer writes and syncs everything buffered in one call (`flush_wal`): one
+        // write system call per fsync instead of one per append. Synced writes (a vote, a
+        // truncation) write the buffer themselves, in order.
+        opts.set_manual_wal_flush(true);
     }
     // Memtables across all families of both databases, flushed when full: bounds the memory a
     // node uses whatever the write rate (RocksDB's default allows 128 MiB per family).
@@ -125,9 +135,15 @@ fn open_rocksdb(path: &Path, column_families: &[&str], wal: WalSyncs) -> Result<
 /// revision follows a key's chain of changes. Without a
 /// filter such a lookup searches every memtable and every level-0 file down to the one holding
 /// the key (measured: a put's lookup cost more than its writes); with a bloom filter on each
-/// table and memtable it skips the ones that cannot hold it, for about 10 bits per key of
-/// memory.
+/// table it skips the ones that cannot hold it, for about 10 bits per key of memory.
 const POINT_LOOKUP_FAMILIES: &[&str] = &[mvcc::CF_DATA, mvcc::CF_CHANGES, mvcc::CF_LEASES];
+
+/// The families among [`POINT_LOOKUP_FAMILIES`] whose memtables keep a bloom filter too: those
+/// looked up on the write path, where a key written long ago is looked for in every memtable
+/// first. Every insert pays for the filter (a write at a random place in it); the `changes`
+/// family's inserts, one per put, are not looked up by puts or by current reads, so its
+/// memtables go without (measured: 6 % less CPU per put, BENCHMARKS.md).
+const MEMTABLE_FILTER_FAMILIES: &[&str] = &[mvcc::CF_DATA, mvcc::CF_LEASES];
 
 /// Families written at random keys. Each insert into a memtable is a skip-list search (the log's
 /// and the changes' keys only grow, so theirs find their place at once).
@@ -195,6 +211,8 @@ fn family_options(name: &str) -> Options {
     tables.set_pin_l0_filter_and_index_blocks_in_cache(true);
     if POINT_LOOKUP_FAMILIES.contains(&name) {
         tables.set_bloom_filter(10.0, false);
+    }
+    if MEMTABLE_FILTER_FAMILIES.contains(&name) {
         options.set_memtable_whole_key_filtering(true);
         options.set_memtable_prefix_bloom_ratio(0.02);
     }
@@ -241,6 +259,39 @@ const SPACE_RESERVE: u64 = 16 << 20;
 /// Longest pause between checks while waiting for space.
 const FULL_DISK_RETRY: Duration = Duration::from_secs(1);
 
+/// Free space far enough above [`SPACE_RESERVE`] that a reading of it stays good for
+/// [`FREE_SPACE_READING_LIFETIME`]: no program writes a GiB in that time, and our own writes in
+/// it are a few MiB at most. Below it every write reads the free space afresh.
+const PLENTY_OF_SPACE: u64 = 64 * SPACE_RESERVE;
+const FREE_SPACE_READING_LIFETIME: Duration = Duration::from_millis(10);
+
+/// The free space of the file system holding `dir`, as [`fs4::available_space`] says, but read
+/// at most once per [`FREE_SPACE_READING_LIFETIME`] while there is [`PLENTY_OF_SPACE`]: every
+/// write checks it, and the statvfs behind it was 1 % of a put's CPU (BENCHMARKS.md).
+fn available_space(dir: &Path) -> io::Result<u64> {
+    /// The last plentiful reading per directory: a node's databases, and the state machine's
+    /// later generations (one per snapshot installed), hence the bound.
+    const MAX_READINGS: usize = 16;
+    static READINGS: OnceLock<Mutex<HashMap<PathBuf, (Instant, u64)>>> = OnceLock::new();
+    let readings = READINGS.get_or_init(Mutex::default);
+    if let Some(&(at, free)) = lock(readings).get(dir) {
+        if at.elapsed() < FREE_SPACE_READING_LIFETIME {
+            return Ok(free);
+        }
+    }
+    let free = fs4::available_space(dir)?;
+    let mut readings = lock(readings);
+    if free >= PLENTY_OF_SPACE {
+        if readings.len() >= MAX_READINGS {
+            readings.clear();
+        }
+        readings.insert(dir.to_path_buf(), (Instant::now(), free));
+    } else {
+        readings.remove(dir);
+    }
+    Ok(free)
+}
+
 /// True while a storage write is waiting for disk space to be freed.
 pub fn waiting_for_space() -> bool {
     WAITING_FOR_SPACE.load(Ordering::Relaxed)
@@ -258,7 +309,7 @@ fn until_space<T>(
 ) -> io::Result<T> {
     let mut pause = Duration::from_millis(50);
     loop {
-        let free = fs4::available_space(dir).unwrap_or(u64::MAX);
+        let free = available_space(dir).unwrap_or(u64::MAX);
         let outcome = (free >= SPACE_RESERVE).then(&mut write);
         match outcome {
             Some(Err(e)) if !e.as_ref().contains("No space left") => return Err(io_err(e)),
@@ -312,10 +363,10 @@ where
     D: Borrow<DB> + Send + Sync + 'static,
 {
     let bytes = batch.data().to_vec();
-    // One statvfs (about a microsecond) per write: a cached reading would let a write through
-    // after another program filled the disk, and RocksDB that hits "no space" mid-write refuses
-    // every later write until it is reopened.
-    let free = fs4::available_space((**db).borrow().path()).unwrap_or(0);
+    // Read afresh unless there is plenty (see `available_space`): a reading kept longer would let
+    // a write through after another program filled the disk, and RocksDB that hits "no space"
+    // mid-write refuses every later write until it is reopened.
+    let free = available_space((**db).borrow().path()).unwrap_or(0);
     if free.saturating_sub(bytes.len() as u64) >= SPACE_RESERVE {
         let mut at_once = WriteOptions::default();
         at_once.set_no_slowdown(true);
