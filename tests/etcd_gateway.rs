@@ -15,6 +15,8 @@ mod common;
 
 use std::io::BufRead;
 use std::io::BufReader;
+use std::io::Write;
+use std::net::TcpStream;
 use std::sync::mpsc;
 use std::sync::mpsc::Receiver;
 use std::thread;
@@ -335,6 +337,96 @@ fn a_watch_streams_history_and_the_writes_made_through_another_member() {
         of(deletes),
         [(json!("DELETE"), json!(b64("app/a")), json!(b64("1")))],
         "{events:?}"
+    );
+}
+
+/// A request body kept open, written a message at a time as HTTP/1.1 chunks over a plain
+/// socket (the HTTP clients at hand send a whole body before they read the answer), with the
+/// answer's JSON lines read by a thread.
+struct OpenBody {
+    socket: TcpStream,
+    lines: Receiver<Value>,
+}
+
+impl OpenBody {
+    fn post(base: &str, path: &str) -> OpenBody {
+        let address = base.trim_start_matches("http://");
+        let mut socket = TcpStream::connect(address).expect("connect to the client port");
+        write!(
+            socket,
+            "POST /v3/{path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .expect("send the request head");
+        let answer = BufReader::new(socket.try_clone().expect("clone the socket"));
+        let (sender, lines) = mpsc::channel();
+        thread::spawn(move || {
+            let mut answer = answer.lines().map_while(Result::ok);
+            let status = answer.next().unwrap_or_default();
+            // The answer's own chunk sizes and blank lines are skipped; each JSON line is one
+            // chunk of the answer.
+            let messages = answer.filter(|line| line.starts_with('{'));
+            let first = serde_json::json!({"status": status});
+            for line in std::iter::once(first.to_string()).chain(messages) {
+                let parsed = serde_json::from_str(&line).unwrap_or(Value::Null);
+                if sender.send(parsed).is_err() {
+                    return;
+                }
+            }
+        });
+        OpenBody { socket, lines }
+    }
+
+    fn send(&mut self, message: &Value) {
+        let text = message.to_string();
+        write!(self.socket, "{:x}\r\n{text}\r\n", text.len()).expect("send a message");
+    }
+
+    fn next(&self) -> Value {
+        self.lines
+            .recv_timeout(SETTLE)
+            .unwrap_or_else(|e| panic!("no line within {SETTLE:?}: {e}"))
+    }
+}
+
+#[test]
+fn a_watch_answers_each_request_of_a_body_still_being_sent() {
+    let (_cluster, bases) = cluster(&[]);
+    let (one, two) = (&bases[0], &bases[1]);
+    let mut watch = OpenBody::post(two, "watch");
+    for (key, id) in [("stream/a", "0"), ("stream/b", "1")] {
+        // Created before the body ends, and sent the write made through another member.
+        watch.send(&json!({"create_request": {"key": b64(key)}}));
+        if id == "0" {
+            // The answer starts once the first request has arrived.
+            assert_eq!(watch.next()["status"], "HTTP/1.1 200 OK");
+        }
+        let created = watch.next();
+        assert_eq!(created["result"]["created"], true, "{created}");
+        ok(one, "kv/put", json!({"key": b64(key), "value": b64("1")}));
+        let event = watch.next();
+        assert_eq!(
+            event["result"]["watch_id"].as_str().unwrap_or("0"),
+            id,
+            "{event}"
+        );
+        assert_eq!(
+            event["result"]["events"][0]["kv"]["key"],
+            b64(key),
+            "{event}"
+        );
+    }
+    // The body ends; the watches go on.
+    watch.socket.write_all(b"0\r\n\r\n").expect("end the body");
+    ok(
+        one,
+        "kv/put",
+        json!({"key": b64("stream/a"), "value": b64("2")}),
+    );
+    let event = watch.next();
+    assert_eq!(
+        event["result"]["events"][0]["kv"]["value"],
+        b64("2"),
+        "{event}"
     );
 }
 

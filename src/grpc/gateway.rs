@@ -12,10 +12,18 @@
 //!
 //! Streams answer one `{"result": <message>}` line per message (a failure mid-stream is an
 //! `{"error": {...}}` line). For Watch and LeaseKeepAlive, whose requests are a stream too, the
-//! body holds one or more request messages one after another; a watch goes on after the body
-//! ends, until the client disconnects.
+//! body holds one or more request messages one after another, each acted on as it arrives (a
+//! client may keep the body open and send more, answered as they come; etcd 3.4's gateway, on
+//! Go's HTTP/1.1 server, answers only once the body has ended); a watch goes on after the body
+//! ends, until the client disconnects. As with grpc-gateway, a first message that is not a
+//! request is refused with an error answer, and one later in the body ends the requests.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::PoisonError;
+use std::task::ready;
+use std::task::Context;
+use std::task::Poll;
 
 use axum::body::Body;
 use axum::body::Bytes;
@@ -107,7 +115,7 @@ macro_rules! server_stream {
 macro_rules! client_stream {
     ($service:ident, $method:ident) => {
         post(|State(services): Gateway, request: Request| async move {
-            match decode_all(request, services.max_body_bytes).await {
+            match decode_each(request, services.max_body_bytes).await {
                 Ok(requests) => answer_stream(services.$service.$method(requests).await),
                 Err(refused) => error_response(&refused),
             }
@@ -246,21 +254,167 @@ where
     with_token(tonic::Request::new(message), token)
 }
 
-/// The request messages a body holds one after another, as the stream of a streaming RPC.
-async fn decode_all<T>(
+/// The request messages of a body, as the stream of a streaming RPC, each as soon as it has
+/// arrived whole. The first is awaited here, so that a body that does not start with a request
+/// is refused as grpc-gateway refuses it; a later one that is not a request ends the stream.
+async fn decode_each<T>(
     request: Request,
-    max_body_bytes: usize,
+    max_message_bytes: usize,
 ) -> Result<tonic::Request<impl Stream<Item = Result<T, Status>> + Send + Unpin + 'static>, Status>
 where
-    T: DeserializeOwned + Send + 'static,
+    T: DeserializeOwned + Send + Sync + 'static,
 {
-    let (token, body) = read(request, max_body_bytes).await?;
-    let messages = serde_json::Deserializer::from_slice(&body)
-        .into_iter::<T>()
-        .map(|message| message.map_err(|e| Status::invalid_argument(e.to_string())))
-        .collect::<Result<Vec<T>, Status>>()?;
-    let stream = futures::stream::iter(messages.into_iter().map(Ok));
+    let (parts, body) = request.into_parts();
+    let token = parts.headers.get(header::AUTHORIZATION).cloned();
+    let mut messages = BodyMessages::new(body, max_message_bytes);
+    let first = messages.next().await.transpose()?;
+    let rest = messages.filter_map(|message| {
+        futures::future::ready(match message {
+            Ok(message) => Some(Ok(message)),
+            Err(refused) => {
+                tracing::debug!("gateway: the request stream ends: {}", refused.message());
+                None
+            }
+        })
+    });
+    let stream = futures::stream::iter(first.map(Ok)).chain(rest);
     with_token(tonic::Request::new(stream), token)
+}
+
+/// The JSON messages of a request body one after another, read as the body arrives; the stream
+/// ends after the first refusal (not JSON, not the request expected, too large, cut short).
+struct BodyMessages<T> {
+    /// In a mutex only to be `Sync`, as the services need of a request stream: only ever
+    /// reached through `&mut self`, it is never locked.
+    body: std::sync::Mutex<axum::body::BodyDataStream>,
+    /// Bytes received and not yet parsed: the start of the next message.
+    buffered: Vec<u8>,
+    /// Where the next message ends in `buffered`, once it has all arrived.
+    end: MessageEnd,
+    /// Whether the body has ended.
+    ended: bool,
+    /// Whether the stream has ended (after the last message, or a refusal).
+    finished: bool,
+    /// The largest message accepted, as etcd bounds a request.
+    max_message_bytes: usize,
+    message: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> BodyMessages<T> {
+    fn new(body: Body, max_message_bytes: usize) -> Self {
+        BodyMessages {
+            body: std::sync::Mutex::new(body.into_data_stream()),
+            buffered: Vec::new(),
+            end: MessageEnd::default(),
+            ended: false,
+            finished: false,
+            max_message_bytes,
+            message: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: DeserializeOwned> BodyMessages<T> {
+    /// The next message if it has arrived whole, `Ok(None)` if the body has ended after the
+    /// last, or why there is none; `Pending` while more of the body is needed.
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, Status>> {
+        loop {
+            if let Some(end) = self.end.scan(&self.buffered) {
+                let message = serde_json::from_slice(&self.buffered[..end])
+                    .map_err(|e| Status::invalid_argument(e.to_string()));
+                self.buffered.drain(..end);
+                return Poll::Ready(message.map(Some));
+            }
+            if self.ended {
+                if self.buffered.iter().all(u8::is_ascii_whitespace) {
+                    return Poll::Ready(Ok(None));
+                }
+                // Cut short: the parser says where.
+                let why = serde_json::from_slice::<T>(&self.buffered)
+                    .err()
+                    .map_or_else(
+                        || "the body ends inside a message".into(),
+                        |e| e.to_string(),
+                    );
+                return Poll::Ready(Err(Status::invalid_argument(why)));
+            }
+            if self.buffered.len() > self.max_message_bytes {
+                return Poll::Ready(Err(Status::invalid_argument(
+                    super::status::REQUEST_TOO_LARGE,
+                )));
+            }
+            let body = self.body.get_mut().unwrap_or_else(PoisonError::into_inner);
+            match ready!(body.poll_next_unpin(cx)) {
+                Some(Ok(chunk)) => self.buffered.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    return Poll::Ready(Err(Status::invalid_argument(format!(
+                        "cannot read the request body: {e}"
+                    ))))
+                }
+                None => self.ended = true,
+            }
+        }
+    }
+}
+
+impl<T: DeserializeOwned> Stream for BodyMessages<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        let next = ready!(this.poll_message(cx)).transpose();
+        this.finished = !matches!(next, Some(Ok(_)));
+        Poll::Ready(next)
+    }
+}
+
+/// Finds where the JSON value at the start of a byte stream ends, fed as the bytes arrive: each
+/// byte is looked at once, and a message is parsed once, whole (parsing the growing text again
+/// at every arrival would cost the square of its length).
+#[derive(Debug, Default)]
+struct MessageEnd {
+    /// Objects and arrays open at the scanned point.
+    depth: usize,
+    in_string: bool,
+    /// Whether the previous byte, in a string, was a backslash.
+    escaped: bool,
+    /// Bytes already scanned.
+    scanned: usize,
+}
+
+impl MessageEnd {
+    /// The length of the first value in `buffered` once it is whole, else `None` (scanning
+    /// only what was added since the last call). A number or a literal ends at its first
+    /// byte: it is not a request, and the parser says so.
+    fn scan(&mut self, buffered: &[u8]) -> Option<usize> {
+        for (at, &byte) in buffered.iter().enumerate().skip(self.scanned) {
+            if self.in_string {
+                match (self.escaped, byte) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+            } else {
+                match byte {
+                    b'"' => self.in_string = true,
+                    b'{' | b'[' => self.depth += 1,
+                    b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+                    byte if byte.is_ascii_whitespace() => continue,
+                    _ => {}
+                }
+            }
+            if self.depth == 0 && !self.in_string {
+                *self = MessageEnd::default();
+                return Some(at + 1);
+            }
+        }
+        self.scanned = buffered.len();
+        None
+    }
 }
 
 /// The `Authorization` header and the body of `request`, refused as etcd refuses a request
@@ -409,4 +563,57 @@ pub(super) fn serves<B>(request: &axum::http::Request<B>) -> bool {
         && PREFIXES
             .iter()
             .any(|prefix| request.uri().path().starts_with(prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use serde_json::Value;
+
+    use super::*;
+
+    /// The messages `chunks` make as a request body, or the refusal that ended them.
+    async fn messages_of(chunks: Vec<Vec<u8>>) -> Result<Vec<Value>, Status> {
+        let body = Body::from_stream(futures::stream::iter(
+            chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
+        ));
+        BodyMessages::<Value>::new(body, 1 << 20)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn messages_come_out_whole_wherever_the_body_is_cut() {
+        let sent = [
+            json!({"create_request": {"key": "a2V5", "filters": ["NOPUT"]}}),
+            json!({"text": "braces } { ] [, a quote \" and a backslash \\ in a string"}),
+            json!({"progress_request": {}}),
+        ];
+        let body = sent
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n ");
+        let body = body.as_bytes();
+        for cut in 0..=body.len() {
+            let chunks = vec![body[..cut].to_vec(), body[cut..].to_vec()];
+            assert_eq!(messages_of(chunks).await.unwrap(), sent, "cut at {cut}");
+        }
+        let one_byte_each = body.iter().map(|byte| vec![*byte]).collect();
+        assert_eq!(messages_of(one_byte_each).await.unwrap(), sent);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_or_not_json_is_refused_after_the_messages_before_it() {
+        let cut_short = messages_of(vec![b"{\"a\": 1} {\"b\": ".to_vec()]).await;
+        assert_eq!(cut_short.unwrap_err().code(), Code::InvalidArgument);
+        let not_json = messages_of(vec![b"{\"a\": 1} nonsense".to_vec()]).await;
+        assert_eq!(not_json.unwrap_err().code(), Code::InvalidArgument);
+        assert!(messages_of(vec![b" \n ".to_vec()])
+            .await
+            .unwrap()
+            .is_empty());
+    }
 }
