@@ -142,7 +142,7 @@ const POINT_LOOKUP_FAMILIES: &[&str] = &[mvcc::CF_DATA, mvcc::CF_CHANGES, mvcc::
 /// looked up on the write path, where a key written long ago is looked for in every memtable
 /// first. Every insert pays for the filter (a write at a random place in it); the `changes`
 /// family's inserts, one per put, are not looked up by puts or by current reads, so its
-/// memtables go without (measured: 6 % less CPU per put, BENCHMARKS.md).
+/// memtables go without (measured: 3 % less CPU per put, BENCHMARKS.md).
 const MEMTABLE_FILTER_FAMILIES: &[&str] = &[mvcc::CF_DATA, mvcc::CF_LEASES];
 
 /// Families written at random keys. Each insert into a memtable is a skip-list search (the log's
