@@ -345,7 +345,7 @@ fn a_watch_streams_history_and_the_writes_made_through_another_member() {
 /// answer's JSON lines read by a thread.
 struct OpenBody {
     socket: TcpStream,
-    lines: Receiver<Value>,
+    lines: Lines,
 }
 
 impl OpenBody {
@@ -373,7 +373,10 @@ impl OpenBody {
                 }
             }
         });
-        OpenBody { socket, lines }
+        OpenBody {
+            socket,
+            lines: Lines { lines },
+        }
     }
 
     fn send(&mut self, message: &Value) {
@@ -382,9 +385,7 @@ impl OpenBody {
     }
 
     fn next(&self) -> Value {
-        self.lines
-            .recv_timeout(SETTLE)
-            .unwrap_or_else(|e| panic!("no line within {SETTLE:?}: {e}"))
+        self.lines.next()
     }
 }
 
