@@ -118,10 +118,15 @@ impl Lines {
             .send(body.as_bytes())
             .unwrap_or_else(|e| panic!("POST /v3/{path} failed: {e}"));
         assert_eq!(response.status().as_u16(), 200, "/v3/{path}");
-        let (sender, lines) = mpsc::channel();
         let reader = BufReader::new(response.into_body().into_reader());
+        Lines::reading(reader.lines().map_while(Result::ok))
+    }
+
+    /// `lines`, each parsed as JSON, read by a thread until they end or no one listens.
+    fn reading(lines: impl Iterator<Item = String> + Send + 'static) -> Lines {
+        let (sender, receiver) = mpsc::channel();
         thread::spawn(move || {
-            for line in reader.lines().map_while(Result::ok) {
+            for line in lines {
                 let parsed = serde_json::from_str(&line)
                     .unwrap_or_else(|e| json!({"unparsable": line, "why": e.to_string()}));
                 if sender.send(parsed).is_err() {
@@ -129,7 +134,7 @@ impl Lines {
                 }
             }
         });
-        Lines { lines }
+        Lines { lines: receiver }
     }
 
     fn next(&self) -> Value {
@@ -358,24 +363,20 @@ impl OpenBody {
         )
         .expect("send the request head");
         let answer = BufReader::new(socket.try_clone().expect("clone the socket"));
-        let (sender, lines) = mpsc::channel();
-        thread::spawn(move || {
-            let mut answer = answer.lines().map_while(Result::ok);
-            let status = answer.next().unwrap_or_default();
-            // The answer's own chunk sizes and blank lines are skipped; each JSON line is one
-            // chunk of the answer.
-            let messages = answer.filter(|line| line.starts_with('{'));
-            let first = serde_json::json!({"status": status});
-            for line in std::iter::once(first.to_string()).chain(messages) {
-                let parsed = serde_json::from_str(&line).unwrap_or(Value::Null);
-                if sender.send(parsed).is_err() {
-                    return;
-                }
-            }
-        });
+        // The status line comes first, as `{"status": ...}`; the answer's headers, its chunk
+        // sizes and blank lines are skipped, and each JSON line is one chunk of the answer.
+        let lines =
+            answer
+                .lines()
+                .map_while(Result::ok)
+                .enumerate()
+                .filter_map(|(number, line)| match number {
+                    0 => Some(json!({ "status": line }).to_string()),
+                    _ => line.starts_with('{').then_some(line),
+                });
         OpenBody {
             socket,
-            lines: Lines { lines },
+            lines: Lines::reading(lines),
         }
     }
 
